@@ -1,0 +1,41 @@
+"""Shared test helpers: tiny multilingual segments with a non-Latin script, no network needed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("XLING_PROGRESS", "0")  # keep test logs readable
+
+from xling.sources import Segment  # noqa: E402
+
+# (book.chapter.verse) -> text per language; three languages, one in Cyrillic.
+TINY = {
+    "en": ["In the beginning was the word.", "The light shines in the darkness.", "He came to his own.",
+           "Grace and truth came through him.", "No one has seen God at any time.", "This is the testimony."],
+    "fr": ["Au commencement était la parole.", "La lumière luit dans les ténèbres.", "Il est venu chez les siens.",
+           "La grâce et la vérité sont venues par lui.", "Personne n'a jamais vu Dieu.", "Voici le témoignage."],
+    "ru": ["В начале было Слово.", "Свет во тьме светит.", "Пришел к своим.",
+           "Благодать и истина произошли через него.", "Бога не видел никто никогда.", "Вот свидетельство."],
+}
+
+
+def tiny_segments(chapters: int = 20) -> list[Segment]:
+    """Aligned segments over `chapters` chapters of 6 verses; verse text varies with the chapter."""
+    out = []
+    for c in range(1, chapters + 1):
+        for lang, verses in TINY.items():
+            for v, text in enumerate(verses, 1):
+                out.append(Segment(lang, f"43.{c}.{v}", f"{text} ({c})", f"43.{c}"))
+    return out
+
+
+@pytest.fixture
+def fake_source(monkeypatch):
+    """Make `build_corpus` read the given segments instead of a real source."""
+
+    def use(segments):
+        monkeypatch.setattr("xling.corpus.read_source", lambda cfg: iter(segments))
+
+    return use

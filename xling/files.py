@@ -1,0 +1,112 @@
+"""Small file helpers every stage uses: atomic writes and careful text reading.
+
+Nothing half-written: files go to a temporary name in the same directory and
+are renamed into place; a stage builds its whole output directory under a
+temporary name and renames it when done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from xling.errors import XlingError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `path`.
+
+    On any exception the temporary directory is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            if not overwrite:
+                raise XlingError(f"{path} already exists; pass --overwrite to replace it")
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_lines(path: str | Path, what: str = "file") -> list[str]:
+    """Read a UTF-8 text file as lines (without newlines), with clear errors.
+
+    Missing, not-a-file, empty and non-UTF-8 files each get one line naming the
+    file (and the line number of the first bad byte) and the fix.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise XlingError(f"{what} {path} does not exist; check the path")
+    if path.is_dir():
+        raise XlingError(f"{what} {path} is a directory; give a file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise XlingError(f"{what} {path} is empty; give a file with at least one line of text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise XlingError(
+            f"{what} {path} line {line}: bytes are not UTF-8 ({data[e.start:e.start + 4]!r}); "
+            f"re-encode it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.splitlines()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where downloaded data lives: $XLING_CACHE or ~/.cache/xling."""
+    root = os.environ.get("XLING_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "xling")
+    return Path(root)

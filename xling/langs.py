@@ -1,0 +1,70 @@
+"""Language codes: validation and display names.
+
+Two-letter codes are checked against ISO 639-1; three-letter codes (ISO 639-3,
+which covers many low-resource languages) are accepted by shape. A region or
+script suffix is allowed: `pt-BR`, `zh_Hant`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from xling.errors import XlingError
+
+# ISO 639-1 codes with English names (written from the standard's code list).
+NAMES = dict(item.split(":") for item in """
+aa:Afar ab:Abkhazian ae:Avestan af:Afrikaans ak:Akan am:Amharic an:Aragonese ar:Arabic as:Assamese
+av:Avaric ay:Aymara az:Azerbaijani ba:Bashkir be:Belarusian bg:Bulgarian bi:Bislama bm:Bambara
+bn:Bengali bo:Tibetan br:Breton bs:Bosnian ca:Catalan ce:Chechen ch:Chamorro co:Corsican cr:Cree
+cs:Czech cu:Church_Slavic cv:Chuvash cy:Welsh da:Danish de:German dv:Divehi dz:Dzongkha ee:Ewe
+el:Greek en:English eo:Esperanto es:Spanish et:Estonian eu:Basque fa:Persian ff:Fulah fi:Finnish
+fj:Fijian fo:Faroese fr:French fy:Western_Frisian ga:Irish gd:Gaelic gl:Galician gn:Guarani
+gu:Gujarati gv:Manx ha:Hausa he:Hebrew hi:Hindi ho:Hiri_Motu hr:Croatian ht:Haitian hu:Hungarian
+hy:Armenian hz:Herero ia:Interlingua id:Indonesian ie:Interlingue ig:Igbo ii:Sichuan_Yi ik:Inupiaq
+io:Ido is:Icelandic it:Italian iu:Inuktitut ja:Japanese jv:Javanese ka:Georgian kg:Kongo ki:Kikuyu
+kj:Kuanyama kk:Kazakh kl:Kalaallisut km:Khmer kn:Kannada ko:Korean kr:Kanuri ks:Kashmiri ku:Kurdish
+kv:Komi kw:Cornish ky:Kyrgyz la:Latin lb:Luxembourgish lg:Ganda li:Limburgish ln:Lingala lo:Lao
+lt:Lithuanian lu:Luba-Katanga lv:Latvian mg:Malagasy mh:Marshallese mi:Maori mk:Macedonian
+ml:Malayalam mn:Mongolian mr:Marathi ms:Malay mt:Maltese my:Burmese na:Nauru nb:Norwegian_Bokmal
+nd:North_Ndebele ne:Nepali ng:Ndonga nl:Dutch nn:Norwegian_Nynorsk no:Norwegian nr:South_Ndebele
+nv:Navajo ny:Chichewa oc:Occitan oj:Ojibwa om:Oromo or:Oriya os:Ossetian pa:Punjabi pi:Pali
+pl:Polish ps:Pashto pt:Portuguese qu:Quechua rm:Romansh rn:Rundi ro:Romanian ru:Russian
+rw:Kinyarwanda sa:Sanskrit sc:Sardinian sd:Sindhi se:Northern_Sami sg:Sango si:Sinhala sk:Slovak
+sl:Slovenian sm:Samoan sn:Shona so:Somali sq:Albanian sr:Serbian ss:Swati st:Southern_Sotho
+su:Sundanese sv:Swedish sw:Swahili ta:Tamil te:Telugu tg:Tajik th:Thai ti:Tigrinya tk:Turkmen
+tl:Tagalog tn:Tswana to:Tonga tr:Turkish ts:Tsonga tt:Tatar tw:Twi ty:Tahitian ug:Uyghur
+uk:Ukrainian ur:Urdu uz:Uzbek ve:Venda vi:Vietnamese vo:Volapuk wa:Walloon wo:Wolof xh:Xhosa
+yi:Yiddish yo:Yoruba za:Zhuang zh:Chinese zu:Zulu
+""".split())
+NAMES = {k: v.replace("_", " ") for k, v in NAMES.items()}
+
+_CODE = re.compile(r"^(?P<base>[a-z]{2,3})(?:[-_](?P<sub>[A-Za-z]{2,4}|\d{3}))?$")
+
+
+def check_lang(code: str, where: str = "") -> str:
+    """Return `code` if it is a valid language code, else raise a clear XlingError."""
+    m = _CODE.match(code or "")
+    ok = m is not None and (len(m["base"]) == 3 or m["base"] in NAMES)
+    if not ok:
+        at = f" in {where}" if where else ""
+        raise XlingError(
+            f"unknown language code {code!r}{at}; use an ISO 639-1 code such as en, fr, ar "
+            f"(or a three-letter ISO 639-3 code for languages without one)"
+        )
+    return code
+
+
+def check_langs(codes: list[str], where: str = "") -> list[str]:
+    seen = set()
+    for c in codes:
+        check_lang(c, where)
+        if c in seen:
+            at = f" in {where}" if where else ""
+            raise XlingError(f"language {c!r} appears twice{at}; list each language once")
+        seen.add(c)
+    return list(codes)
+
+
+def lang_name(code: str) -> str:
+    m = _CODE.match(code)
+    return NAMES.get(m["base"], code) if m else code

@@ -1,0 +1,357 @@
+"""The shard stage: a corpus encoded once into memory-mapped token files, and their reader.
+
+    xling shard --run runs/demo                                          # CLI
+    build_shards(Corpus("runs/demo/corpus"), Path("runs/demo/tokenizer"),
+                 ShardConfig(), Path("runs/demo/shards"))                # Python
+    sh = Shards("runs/demo/shards"); sh.segment("train", "en", 0)         # read
+
+On disk (`<run>/shards/`), for each split and language:
+
+    train/en.bin        every segment's token ids concatenated, raw (no BOS/EOS/tags added),
+                        uint16 when the vocabulary fits in 65,536 ids, else uint32
+    train/en.idx.npy    int64 offsets, N+1 entries: segment i = bin[off[i]:off[i+1]]
+    train/en.keys       the alignment key of each segment (copied from the corpus)
+    train/en.chars.npy  int32 characters per segment (for bits per character)
+    train/pairs/en-fr.npy  int32 (M, 2): rows (i, j) with en segment i and fr segment j sharing a key;
+                        a before b in corpus language order, rows in a's order; only pairs with M > 0
+    meta.json           dtype, vocab size, tokenizer sha256, languages, special and language-tag ids,
+                        counts per split/language (segments, tokens, chars), pair counts, throughput
+
+Encoding streams each language file in chunks of `batch_size` lines through the Rust tokenizer's
+multi-threaded `encode_batch_fast` and appends the ids to the .bin, so memory stays bounded by a chunk
+(plus the alignment keys of one split, needed for the pair index). The reader memory-maps everything
+and copies nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from itertools import chain, combinations
+from pathlib import Path
+
+import numpy as np
+
+from xling.corpus import SPLITS, Corpus
+from xling.errors import XlingError
+from xling.files import atomic_dir, atomic_write_json, sha256_file
+
+DTYPES = ("auto", "uint16", "uint32")
+_FALSE = ("", "0", "false", "off", "no")
+
+
+@dataclass
+class ShardConfig:
+    batch_size: int = 2048  # lines per encode_batch call: large enough to keep every core busy, small for memory
+    dtype: str = "auto"  # token dtype on disk: auto (uint16 if vocab <= 65536, else uint32) | uint16 | uint32
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+
+
+def choose_dtype(vocab_size: int, dtype: str = "auto") -> np.dtype:
+    """The smallest unsigned type that holds every id, or the requested one if it fits."""
+    if dtype == "auto":
+        dtype = "uint16" if vocab_size <= 2**16 else "uint32"
+    if dtype == "uint16" and vocab_size > 2**16:
+        raise XlingError(f"shard.dtype=uint16 cannot hold a vocabulary of {vocab_size:,} ids; "
+                         f"use shard.dtype=auto or uint32")
+    return np.dtype(dtype)
+
+
+# ---------------------------------------------------------------------------- building
+
+def _tokenizer_info(tokenizer_dir: Path, langs: list[str]):
+    """(tokenizer, sha256, special ids, language-tag ids) via xling.tokenizer's conventions."""
+    from xling.tokenizer import lang_ids, load_tokenizer, special_ids, tokenizer_hash
+
+    tok = load_tokenizer(tokenizer_dir)
+    return tok, tokenizer_hash(tokenizer_dir), special_ids(tok), lang_ids(tok, langs)
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in a text file (a last line without a newline counts), reading 4 MiB at a time."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _read_chunks(path: Path, size: int):
+    """Yield (lines, utf-8 bytes read) with at most `size` lines each, never the whole file."""
+    lines: list[str] = []
+    nbytes = 0
+    with open(path, "rb") as f:
+        for raw in f:  # splits on b"\n" only, as the corpus writes it
+            nbytes += len(raw)
+            lines.append(raw.rstrip(b"\r\n").decode("utf-8"))
+            if len(lines) == size:
+                yield lines, nbytes
+                lines, nbytes = [], 0
+    if lines:
+        yield lines, nbytes
+
+
+class _Parallelism:
+    """Let the Rust tokenizer use every core while encoding.
+
+    HF tokenizers runs single-threaded when TOKENIZERS_PARALLELISM is false, a value many users set
+    globally to silence its fork warning. We switch it on for the encode and restore it after, except in
+    a multiprocessing child, where the variable may have been set to avoid a deadlock after fork.
+    """
+
+    def __enter__(self):
+        self.old = os.environ.get("TOKENIZERS_PARALLELISM")
+        if self.old is not None and self.old.lower() in _FALSE and multiprocessing.parent_process() is None:
+            os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = self.old
+
+
+def _encode_language(tok, text_path: Path, n: int, dtype: np.dtype, batch_size: int, out: Path,
+                     name: str, bar) -> dict[str, int]:
+    """Encode one corpus file into {name}.bin / .idx.npy / .chars.npy. Returns its counts."""
+    offsets = np.lib.format.open_memmap(out / f"{name}.idx.npy", mode="w+", dtype=np.int64, shape=(n + 1,))
+    chars = np.lib.format.open_memmap(out / f"{name}.chars.npy", mode="w+", dtype=np.int32, shape=(n,))
+    offsets[0] = 0
+    i, total = 0, 0
+    with open(out / f"{name}.bin", "wb") as binf:
+        for lines, nbytes in _read_chunks(text_path, batch_size):
+            if i + len(lines) > n:
+                break  # reported below, after counting
+            encs = tok.encode_batch_fast(lines, add_special_tokens=False)
+            lens = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
+            ntok = int(lens.sum())
+            ids = np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=dtype, count=ntok)
+            binf.write(ids.tobytes())
+            offsets[i + 1:i + 1 + len(lines)] = total + np.cumsum(lens)
+            chars[i:i + len(lines)] = [len(t) for t in lines]
+            i += len(lines)
+            total += ntok
+            bar.update(nbytes)
+    if i != n:
+        raise XlingError(f"corpus file {text_path} has {_count_lines(text_path):,} lines but its .keys file has "
+                         f"{n:,}; rebuild the corpus (`xling corpus --overwrite`)")
+    offsets.flush()
+    chars.flush()
+    counts = {"segments": n, "tokens": total, "chars": int(chars.sum(dtype=np.int64))}
+    del offsets, chars  # close the memmaps before the directory is renamed
+    return counts
+
+
+def _pair_index(keys_a: list[str], index_b: dict[str, int]) -> np.ndarray:
+    """(M, 2) int32 rows (i, j) with keys_a[i] == keys_b[j], in a's order."""
+    rows = [(i, index_b[k]) for i, k in enumerate(keys_a) if k in index_b]
+    return np.array(rows, dtype=np.int32).reshape(-1, 2)
+
+
+def _key_index(keys: list[str], path: Path) -> dict[str, int]:
+    index = {k: i for i, k in enumerate(keys)}
+    if len(index) != len(keys):
+        dup = next(k for i, k in enumerate(keys) if index[k] != i)
+        raise XlingError(f"alignment key {dup!r} appears twice in {path}; every segment of a language needs "
+                         f"its own key (rebuild the corpus)")
+    return index
+
+
+def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, out_dir: str | Path) -> dict:
+    """Encode every split and language of `corpus` into `out_dir` (atomically). Returns meta."""
+    from xling.progress import progress
+
+    tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
+    langs = list(corpus.langs)
+    tok, tok_sha, specials, tags = _tokenizer_info(tokenizer_dir, langs)
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    dtype = choose_dtype(vocab_size, cfg.dtype)
+
+    files = {(s, lg): corpus.path / s / f"{lg}.txt" for s in SPLITS for lg in langs}
+    for p in files.values():
+        for q in (p, p.with_suffix(".keys")):
+            if not q.is_file():
+                raise XlingError(f"corpus file {q} is missing; rebuild the corpus with "
+                                 f"`xling corpus --run {corpus.path.parent} --overwrite`")
+    total_bytes = sum(p.stat().st_size for p in files.values())
+
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    pair_counts: dict[str, dict[str, int]] = {}
+    seconds = 0.0
+    with atomic_dir(out_dir) as tmp, _Parallelism(), \
+            progress(desc="shard: encoding", total=total_bytes, unit="B") as bar:
+        for split in SPLITS:
+            (tmp / split).mkdir()
+            counts[split] = {}
+            keys: dict[str, list[str]] = {}
+            for lang in langs:
+                key_path = files[split, lang].with_suffix(".keys")
+                keys[lang] = corpus.keys(split, lang)
+                shutil.copyfile(key_path, tmp / split / f"{lang}.keys")
+                bar.set_postfix_str(f"{split}/{lang}")
+                t0 = time.perf_counter()
+                counts[split][lang] = _encode_language(tok, files[split, lang], len(keys[lang]), dtype,
+                                                       cfg.batch_size, tmp / split, lang, bar)
+                seconds += time.perf_counter() - t0
+            index = {lg: _key_index(keys[lg], files[split, lg].with_suffix(".keys")) for lg in langs}
+            for a, b in combinations(langs, 2):
+                rows = _pair_index(keys[a], index[b])
+                if len(rows):
+                    (tmp / split / "pairs").mkdir(exist_ok=True)
+                    np.save(tmp / split / "pairs" / f"{a}-{b}.npy", rows)
+                    pair_counts.setdefault(f"{a}-{b}", {})[split] = len(rows)
+        mb = total_bytes / 1e6
+        ntok = sum(c["tokens"] for s in counts.values() for c in s.values())
+        meta = {
+            "dtype": dtype.name,
+            "vocab_size": vocab_size,
+            "tokenizer_sha256": tok_sha,
+            "langs": langs,
+            "specials": specials,
+            "lang_token_ids": tags,
+            "splits": counts,
+            "pairs": pair_counts,
+            "throughput": {"text_mb": round(mb, 3), "encode_seconds": round(seconds, 3),
+                           "mb_per_s": round(mb / max(seconds, 1e-9), 3),
+                           "tokens_per_s": round(ntok / max(seconds, 1e-9), 1),
+                           "batch_size": cfg.batch_size, "cpus": os.cpu_count()},
+        }
+        atomic_write_json(tmp / "meta.json", meta)
+    print(f"shard: encoded {mb:.1f} MB ({ntok:,} tokens) in {seconds:.1f} s = {mb / max(seconds, 1e-9):.2f} MB/s",
+          file=sys.stderr)
+    return meta
+
+
+# ---------------------------------------------------------------------------- reading
+
+class Shards:
+    """Read-only view of a shards directory; arrays are memory-mapped, nothing is loaded whole.
+
+    `expect_tokenizer_hash`: the sha256 of the tokenizer.json the caller will decode with; a mismatch
+    with the one the shards were built with is an XlingError (the ids would mean other tokens).
+    """
+
+    def __init__(self, path: str | Path, expect_tokenizer_hash: str | None = None):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            what = "does not exist" if not self.path.exists() else "holds no meta.json"
+            raise XlingError(f"shards directory {self.path} {what}; build it with "
+                             f"`xling shard --run {self.path.parent}`")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.langs: list[str] = list(self.meta["langs"])
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.vocab_size: int = int(self.meta["vocab_size"])
+            self.specials: dict[str, int] = dict(self.meta["specials"])
+            self.lang_token_ids: dict[str, int] = dict(self.meta["lang_token_ids"])
+            self.tokenizer_sha256: str = self.meta["tokenizer_sha256"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise XlingError(f"{meta_path} is corrupt ({type(e).__name__}: {e}); rebuild it with "
+                             f"`xling shard --run {self.path.parent} --force`") from None
+        if expect_tokenizer_hash is not None and expect_tokenizer_hash != self.tokenizer_sha256:
+            raise XlingError(f"shards in {self.path} were encoded with tokenizer sha256 "
+                             f"{self.tokenizer_sha256[:12]}… but the tokenizer given has {expect_tokenizer_hash[:12]}…; "
+                             f"re-encode with `xling shard --run {self.path.parent} --force`")
+        self._cache: dict[tuple[str, str, str], np.ndarray] = {}
+
+    # -- per split and language
+
+    def num_segments(self, split: str, lang: str) -> int:
+        return len(self.offsets(split, lang)) - 1
+
+    def num_tokens(self, split: str, lang: str) -> int:
+        return int(self.offsets(split, lang)[-1])
+
+    def offsets(self, split: str, lang: str) -> np.ndarray:
+        """int64 (N+1,) memmap: segment i is tokens[off[i]:off[i+1]]."""
+        return self._npy(split, lang, "idx")
+
+    def chars(self, split: str, lang: str) -> np.ndarray:
+        """int32 (N,) memmap: characters of each segment."""
+        return self._npy(split, lang, "chars")
+
+    def tokens(self, split: str, lang: str) -> np.ndarray:
+        """All token ids of the split and language, concatenated: a read-only memmap (empty array if none)."""
+        key = (split, lang, "bin")
+        if key not in self._cache:
+            n = self.num_tokens(split, lang)
+            path = self._file(split, lang, ".bin")
+            if path.stat().st_size != n * self.dtype.itemsize:
+                raise XlingError(f"{path} has {path.stat().st_size:,} bytes, expected {n * self.dtype.itemsize:,} "
+                                 f"({n:,} {self.dtype.name} tokens); rebuild with "
+                                 f"`xling shard --run {self.path.parent} --force`")
+            # np.memmap cannot map an empty file; an empty split is an empty array
+            self._cache[key] = np.memmap(path, dtype=self.dtype, mode="r") if n else np.empty(0, self.dtype)
+        return self._cache[key]
+
+    def segment(self, split: str, lang: str, i: int) -> np.ndarray:
+        """The token ids of segment i: a view into the memmap (no copy)."""
+        off = self.offsets(split, lang)
+        n = len(off) - 1
+        if not -n <= i < n:
+            raise IndexError(f"segment {i} out of range: {split}/{lang} has {n} segments")
+        i %= n
+        return self.tokens(split, lang)[off[i]:off[i + 1]]
+
+    def keys(self, split: str, lang: str) -> list[str]:
+        """Alignment keys, one per segment (read from the small text file on each call)."""
+        path = self._file(split, lang, ".keys")
+        return path.read_text(encoding="utf-8").splitlines() if path.stat().st_size else []
+
+    # -- translation pairs
+
+    def pair_counts(self, split: str) -> dict[str, int]:
+        """{"en-fr": M, ...} for the language pairs with translation pairs in `split`."""
+        self._check(split, self.langs[0])
+        return {p: c[split] for p, c in self.meta.get("pairs", {}).items() if c.get(split)}
+
+    def pairs(self, split: str, a: str, b: str) -> np.ndarray:
+        """int32 (M, 2) segment indices of translation pairs; column 0 indexes a, column 1 indexes b."""
+        self._check(split, a)
+        self._check(split, b)
+        if a == b:
+            raise XlingError(f"pairs need two different languages, got {a!r} twice")
+        first, second = (a, b) if self.langs.index(a) < self.langs.index(b) else (b, a)
+        path = self.path / split / "pairs" / f"{first}-{second}.npy"
+        if not path.is_file():
+            have = ", ".join(self.pair_counts(split)) or "none"
+            raise XlingError(f"no {first}-{second} translation pairs in the {split} split of {self.path} "
+                             f"(pairs there: {have}); use aligned data with shared keys for both languages")
+        rows = np.load(path, mmap_mode="r")
+        return rows if (first, second) == (a, b) else rows[:, ::-1]
+
+    # -- helpers
+
+    def _check(self, split: str, lang: str) -> None:
+        if split not in SPLITS:
+            raise XlingError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if lang not in self.langs:
+            raise XlingError(f"language {lang!r} is not in the shards at {self.path} (they have "
+                             f"{', '.join(self.langs)}); rebuild the corpus and shards with it")
+
+    def _file(self, split: str, lang: str, suffix: str) -> Path:
+        self._check(split, lang)
+        path = self.path / split / f"{lang}{suffix}"
+        if not path.is_file():
+            raise XlingError(f"shard file {path} is missing; rebuild with `xling shard --run {self.path.parent} "
+                             f"--force`")
+        return path
+
+    def _npy(self, split: str, lang: str, kind: str) -> np.ndarray:
+        key = (split, lang, kind)
+        if key not in self._cache:
+            self._cache[key] = np.load(self._file(split, lang, f".{kind}.npy"), mmap_mode="r")
+        return self._cache[key]

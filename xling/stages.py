@@ -1,0 +1,193 @@
+"""Pipeline stages over one run directory, with a manifest that traces every output.
+
+    run_stage("corpus", cfg, "runs/demo")       # what `xling corpus --run runs/demo` does
+
+A run directory holds one folder per stage (`corpus/`, `tokenizer/`, `shards/`, ...), the resolved
+`config.toml` and `manifest.json`. Each stage has a hash over its own config sections, its inputs and
+the hash of the stage before it, so:
+  - a stage whose hash is unchanged and whose output exists is skipped (`force=True` rebuilds it);
+  - a stage whose output was built from something else is refused unless `overwrite=True`;
+  - a stage whose upstream is missing or stale says which command to run first.
+Module APIs (`build_corpus`, `train_tokenizer`, `build_shards`) stay pure: this file does the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xling import __version__
+from xling.config import Config, to_toml
+from xling.errors import XlingError
+from xling.files import atomic_write_json, atomic_write_text
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the CLI subcommand
+    sections: tuple[str, ...]  # config sections that define its output
+    upstream: str | None  # the stage whose output it reads
+    out: str  # its folder inside the run directory
+    run: Callable[[Config, Path, Path], dict]  # (cfg, run_dir, tmp-free out dir) -> summary
+
+
+def _corpus(cfg: Config, run_dir: Path, out: Path) -> dict:
+    from xling.corpus import STATS_HEADER, build_corpus, stats_table
+    from xling.progress import format_table
+
+    meta = build_corpus(cfg.corpus, out)
+    print(format_table(STATS_HEADER, stats_table(meta),
+                       title=f"corpus: {meta['source']}, {len(meta['langs'])} languages "
+                             f"(p = natural share, q = sampled share with alpha {cfg.corpus.alpha})"))
+    pairs = sum(c.get("train", 0) for c in meta["pairs"].values())
+    print(f"translation pairs (train, all language pairs): {pairs:,}; dropped: {meta['dropped']}")
+    return {"langs": meta["langs"], "train_pairs": pairs}
+
+
+def _tokenizer(cfg: Config, run_dir: Path, out: Path) -> dict:
+    from xling.corpus import Corpus
+    from xling.tokenizer import format_report, train_tokenizer
+
+    alpha = cfg.tokenizer.alpha if cfg.tokenizer.alpha is not None else cfg.corpus.alpha
+    report = train_tokenizer(Corpus(run_dir / "corpus"), cfg.tokenizer, out, alpha=alpha)
+    print(format_report(report))
+    return {"vocab_size": report.get("vocab_size")}
+
+
+def _shard(cfg: Config, run_dir: Path, out: Path) -> dict:
+    from xling.corpus import Corpus
+    from xling.shards import build_shards
+
+    meta = build_shards(Corpus(run_dir / "corpus"), run_dir / "tokenizer", cfg.shard, out)
+    return {"dtype": meta.get("dtype"), "vocab_size": meta.get("vocab_size")}
+
+
+STAGES: dict[str, Stage] = {
+    "corpus": Stage("corpus", ("corpus",), None, "corpus", _corpus),
+    "tokenizer": Stage("tokenizer", ("tokenizer",), "corpus", "tokenizer", _tokenizer),
+    "shard": Stage("shard", ("shard",), "tokenizer", "shards", _shard),
+}
+
+
+def input_fingerprint(cfg: Config) -> str:
+    """What the corpus reads from outside the config: file sizes and times of its input paths."""
+    entries = []
+    for p in cfg.corpus.paths:
+        path = Path(p)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            st = f.stat() if f.exists() else None
+            entries.append([str(f), st.st_size if st else -1, st.st_mtime_ns if st else -1])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def stage_hash(cfg: Config, name: str) -> str:
+    stage = STAGES[name]
+    parts = [name, cfg.section_hash(*stage.sections)]
+    if stage.upstream:
+        parts.append(stage_hash(cfg, stage.upstream))
+    else:
+        parts.append(input_fingerprint(cfg))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """A run directory and its manifest."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise XlingError(f"{self.manifest_path} is corrupt; remove the run directory or pass --overwrite") \
+                from None
+
+    def saved_config(self) -> dict | None:
+        """The run's resolved config as a plain tree (the base for later stages), if any."""
+        import tomllib
+
+        p = self.path / "config.toml"
+        return tomllib.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+    def check_is_ours(self, overwrite: bool) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise XlingError(f"run directory {self.path} is a file; choose another --run")
+        if self.path.is_dir() and any(self.path.iterdir()) and not self.manifest_path.exists() and not overwrite:
+            raise XlingError(f"{self.path} is not empty and holds no xling run (no {MANIFEST}); "
+                             f"choose another --run or pass --overwrite")
+
+    def record(self, name: str, cfg: Config, h: str, summary: dict, seconds: float) -> None:
+        m = self.manifest()
+        m["xling_version"] = __version__
+        m.setdefault("stages", {})[name] = {
+            "hash": h,
+            "config": {s: cfg.to_dict()[s] for s in STAGES[name].sections},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(seconds, 2),
+            "summary": summary,
+        }
+        atomic_write_json(self.manifest_path, m)
+        atomic_write_text(self.path / "config.toml", to_toml(cfg))
+
+
+def _diff(old: dict, new: dict) -> str:
+    changes = []
+    for sec, values in new.items():
+        for k, v in values.items():
+            o = old.get(sec, {}).get(k, "<unset>")
+            if o != v:
+                changes.append(f"{sec}.{k} {o!r} -> {v!r}")
+    return "; ".join(changes[:4]) or "its inputs changed"
+
+
+def run_stage(name: str, cfg: Config, run_dir: str | Path, *, overwrite: bool = False,
+              force: bool = False) -> dict[str, Any]:
+    """Run one stage into `run_dir`, or skip it when its output is up to date."""
+    stage = STAGES[name]
+    rd = RunDir(run_dir)
+    rd.check_is_ours(overwrite)
+    manifest = rd.manifest()
+    h = stage_hash(cfg, name)
+    if stage.upstream:
+        up = manifest["stages"].get(stage.upstream)
+        if up is None or not (rd.path / STAGES[stage.upstream].out).exists():
+            raise XlingError(f"{rd.path} has no {stage.upstream} yet; run `xling {stage.upstream} --run {rd.path}` "
+                             f"first")
+        if up["hash"] != stage_hash(cfg, stage.upstream):
+            raise XlingError(f"the {stage.upstream} in {rd.path} was built from a different config "
+                             f"({_diff(up['config'], {s: cfg.to_dict()[s] for s in up['config']})}); "
+                             f"re-run `xling {stage.upstream} --run {rd.path} --overwrite` or use the run's config")
+    out = rd.path / stage.out
+    done = manifest["stages"].get(name)
+    if done and out.exists():
+        if done["hash"] == h and not force:
+            print(f"{name}: up to date in {out} (hash {h}); pass --force to rebuild")
+            return done["summary"]
+        if done["hash"] != h and not overwrite:
+            raise XlingError(f"{out} holds a {name} built from a different config "
+                             f"({_diff(done['config'], {s: cfg.to_dict()[s] for s in stage.sections})}); "
+                             f"pass --overwrite to replace it, or choose another --run")
+    elif out.exists() and not overwrite:
+        raise XlingError(f"{out} exists but is not recorded in {rd.manifest_path}; pass --overwrite to replace it")
+    rd.path.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    summary = stage.run(cfg, rd.path, out)
+    seconds = time.perf_counter() - t0
+    rd.record(name, cfg, h, summary, seconds)
+    print(f"{name}: wrote {out} in {seconds:.1f} s")
+    return summary
