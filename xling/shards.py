@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from itertools import chain, combinations
@@ -39,7 +38,7 @@ import numpy as np
 
 from xling.corpus import SPLITS, Corpus
 from xling.errors import XlingError
-from xling.files import atomic_dir, atomic_write_json, sha256_file
+from xling.files import atomic_dir, atomic_write_json
 
 DTYPES = ("auto", "uint16", "uint32")
 _FALSE = ("", "0", "false", "off", "no")
@@ -229,8 +228,7 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
                            "batch_size": cfg.batch_size, "cpus": os.cpu_count()},
         }
         atomic_write_json(tmp / "meta.json", meta)
-    print(f"shard: encoded {mb:.1f} MB ({ntok:,} tokens) in {seconds:.1f} s = {mb / max(seconds, 1e-9):.2f} MB/s",
-          file=sys.stderr)
+    print(f"shard: encoded {mb:.3g} MB ({ntok:,} tokens) in {seconds:.1f} s = {mb / max(seconds, 1e-9):.2f} MB/s")
     return meta
 
 
@@ -263,7 +261,8 @@ class Shards:
                              f"`xling shard --run {self.path.parent} --force`") from None
         if expect_tokenizer_hash is not None and expect_tokenizer_hash != self.tokenizer_sha256:
             raise XlingError(f"shards in {self.path} were encoded with tokenizer sha256 "
-                             f"{self.tokenizer_sha256[:12]}… but the tokenizer given has {expect_tokenizer_hash[:12]}…; "
+                             f"{self.tokenizer_sha256[:12]}… but the tokenizer given has "
+                             f"{expect_tokenizer_hash[:12]}…; "
                              f"re-encode with `xling shard --run {self.path.parent} --force`")
         self._cache: dict[tuple[str, str, str], np.ndarray] = {}
 
@@ -315,11 +314,14 @@ class Shards:
 
     def pair_counts(self, split: str) -> dict[str, int]:
         """{"en-fr": M, ...} for the language pairs with translation pairs in `split`."""
-        self._check(split, self.langs[0])
+        self._check_split(split)
         return {p: c[split] for p, c in self.meta.get("pairs", {}).items() if c.get(split)}
 
     def pairs(self, split: str, a: str, b: str) -> np.ndarray:
-        """int32 (M, 2) segment indices of translation pairs; column 0 indexes a, column 1 indexes b."""
+        """int32 (M, 2) segment indices of translation pairs; column 0 indexes a, column 1 indexes b.
+
+        Rows are in the segment order of whichever of a, b comes first in `langs` (the stored order).
+        """
         self._check(split, a)
         self._check(split, b)
         if a == b:
@@ -335,9 +337,12 @@ class Shards:
 
     # -- helpers
 
-    def _check(self, split: str, lang: str) -> None:
+    def _check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise XlingError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+    def _check(self, split: str, lang: str) -> None:
+        self._check_split(split)
         if lang not in self.langs:
             raise XlingError(f"language {lang!r} is not in the shards at {self.path} (they have "
                              f"{', '.join(self.langs)}); rebuild the corpus and shards with it")

@@ -1,0 +1,150 @@
+"""Training throughput: xling's Transformer against Hugging Face GPT-2, side by side in one process.
+
+    python bench/train_throughput.py                 # 20 timed steps per variant after warm-up
+    python bench/train_throughput.py --steps 40 --rounds 8
+
+Trains the same small decoder LM (vocab 8000, context 128, 4 layers, d 256, 4 heads, batch 16,
+dropout 0) on random tokens with next-token cross-entropy and AdamW, in these variants:
+
+    xling fast   bf16 autocast + torch.compile(fullgraph=True) of forward + loss + fused AdamW
+                 (the default CPU path; fullgraph proves the model has no graph breaks)
+    xling fp32   eager, plain AdamW          xling bf16   eager, bf16 autocast, plain AdamW
+    hf fp32      GPT2LMHeadModel (SDPA attention), plain PyTorch loop, plain AdamW
+    hf bf16      the same under bf16 autocast
+
+Steps of all variants are interleaved in rounds (the machine is shared and noisy); each figure is
+the median step time over all timed steps. The bf16 matmul peak (2048^3, 2 threads) is measured in
+the same run. Achieved GFLOP/s counts, per token, 6 * N + 12 * n_layer * T * d_model
+(N = parameters without position embeddings, the tied output matrix counted once, because it is
+a matmul in the head; the second term is attention's QK^T and AV, forward and backward, without
+the causal halving), i.e. the PaLM / nanoGPT formula. The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_peak.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # xling from a source checkout
+
+from _peak import bf16_matmul_peak  # noqa: E402
+
+from xling.model import ModelConfig, Transformer  # noqa: E402
+from xling.progress import format_table  # noqa: E402
+
+VOCAB, CTX, LAYERS, D, HEADS, BATCH = 8000, 128, 4, 256, 4, 16
+
+
+def xling_variant(autocast: bool, compiled: bool, fused: bool):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, block_size=CTX, n_layer=LAYERS, d_model=D,
+                                    n_head=HEADS, dropout=0.0)).train()
+
+    def loss_fn(x, y):
+        logits = model.lm_head(model(x))  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    if compiled:
+        loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused or None)
+    return model, loss_fn, opt, autocast
+
+
+def hf_variant(autocast: bool):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=CTX, n_embd=D, n_layer=LAYERS, n_head=HEADS,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg).train()
+
+    def loss_fn(x, y):
+        logits = model(input_ids=x).logits  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    return model, loss_fn, opt, autocast
+
+
+def train_step(variant, x, y) -> float:
+    model, loss_fn, opt, autocast = variant
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = loss_fn(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (after warm-up)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds the steps are split into")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compile included)")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocab {VOCAB}, ctx {CTX}, "
+          f"{LAYERS} layers, d {D}, {HEADS} heads, batch {BATCH}", file=sys.stderr)
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, VOCAB, (BATCH, CTX + 1), generator=g) for _ in range(8)]
+    batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
+
+    variants = {
+        "xling fast (bf16 + compile + fused AdamW)": xling_variant(True, True, True),
+        "xling fp32 eager": xling_variant(False, False, False),
+        "xling bf16 eager": xling_variant(True, False, False),
+        "hf GPT2 fp32": hf_variant(False),
+        "hf GPT2 bf16": hf_variant(True),
+    }
+    n_params = variants["xling fp32 eager"][0].num_params()
+    hf_params = sum(p.numel() for p in variants["hf GPT2 fp32"][0].parameters())
+    assert n_params == hf_params, (n_params, hf_params)  # the same architecture, counted the same way
+    flops_per_token = 6 * (n_params - CTX * D) + 12 * LAYERS * CTX * D
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    losses: dict[str, float] = {}
+    for name, v in variants.items():
+        t0 = time.perf_counter()
+        for i in range(args.warmup):
+            losses[name] = train_step(v, *batches[i % len(batches)])
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    per_round = max(1, args.steps // args.rounds)
+    for r in range(args.rounds):
+        for name, v in variants.items():
+            for i in range(per_round):
+                x, y = batches[(r * per_round + i) % len(batches)]
+                t0 = time.perf_counter()
+                losses[name] = train_step(v, x, y)
+                times[name].append(time.perf_counter() - t0)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    peak = bf16_matmul_peak()
+
+    tok = {name: BATCH * CTX / statistics.median(ts) for name, ts in times.items()}
+    hf32, hf16 = tok["hf GPT2 fp32"], tok["hf GPT2 bf16"]
+    rows = []
+    for name in variants:
+        gflops = tok[name] * flops_per_token / 1e9
+        rows.append([name, round(tok[name]), f"{statistics.median(times[name]) * 1e3:.0f}",
+                     f"{tok[name] / hf32:.2f}", f"{tok[name] / hf16:.2f}", f"{gflops:.0f}",
+                     f"{100 * gflops / peak:.0f}", f"{losses[name]:.3f}"])
+    print(format_table(["variant", "tokens/s", "ms/step", "x HF fp32", "x HF bf16", "GFLOP/s",
+                        "% bf16 peak", "last loss"], rows,
+                       title=f"Training throughput, {n_params:,} parameters, {BATCH}x{CTX} tokens/step, "
+                             f"{len(times['hf GPT2 fp32'])} timed steps each (median)"))
+    print(f"\nbf16 matmul peak (2048^3, 2 threads): {peak:.0f} GFLOP/s; flops/token = 6*N + 12*L*T*d = "
+          f"6*{n_params - CTX * D:,} + 12*{LAYERS}*{CTX}*{D} = {flops_per_token:,}")
+    fast = tok["xling fast (bf16 + compile + fused AdamW)"]
+    print(f"xling_tok_s={fast:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
+          f"ratio_fp32={fast / hf32:.2f} ratio_bf16={fast / hf16:.2f} "
+          f"peak_fraction={fast * flops_per_token / 1e9 / peak:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The `xling` command: stages over a run directory, skip/refuse/overwrite rules, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from xling.cli import main
+
+from .conftest import TINY
+
+
+@pytest.fixture
+def text_dir(tmp_path):
+    """Three languages as plain text files, 30 lines each."""
+    d = tmp_path / "text"
+    d.mkdir()
+    for lang, verses in TINY.items():
+        lines = [f"{v} ({i})" for i in range(5) for v in verses]
+        (d / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {err!r}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from xling.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'tokenizers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
+
+
+def test_corpus_stage_table_manifest_and_skip(tmp_path, text_dir, capsys):
+    rd = tmp_path / "run"
+    code, out, err = run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--langs", "en,fr,ru",
+                         "--run", rd, "corpus.valid_fraction=0.1", "corpus.test_fraction=0.1")
+    assert code == 0, err
+    header = next(ln for ln in out.splitlines() if ln.startswith("| lang"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["lang", "train", "valid", "test", "words",
+                                                                 "chars", "p", "q"]
+    manifest = json.loads((rd / "manifest.json").read_text())
+    assert manifest["stages"]["corpus"]["config"]["corpus"]["langs"] == ["en", "fr", "ru"]
+    assert "[corpus]" in (rd / "config.toml").read_text()
+    # same inputs: skipped; the saved config is the base, so no flags are needed again
+    code, out, _ = run(capsys, "corpus", "--run", rd)
+    assert code == 0 and "up to date" in out
+    # another config: refused, then replaced with --overwrite
+    code, _, err = run(capsys, "corpus", "--run", rd, "corpus.alpha=0.5")
+    assert code == 2
+    assert "corpus.alpha 0.3 -> 0.5" in one_line_error(err) and "--overwrite" in err
+    code, _, err = run(capsys, "corpus", "--run", rd, "corpus.alpha=0.5", "--overwrite")
+    assert code == 0, err
+    assert json.loads((rd / "corpus" / "meta.json").read_text())["sampling"]["alpha"] == 0.5
+
+
+def test_full_chain_text_source(tmp_path, text_dir, capsys):
+    rd = tmp_path / "run"
+    assert run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--langs", "en,fr,ru", "--run", rd)[0] == 0
+    code, out, err = run(capsys, "tokenizer", "--run", rd, "tokenizer.vocab_size=300")
+    assert code == 0, err
+    assert "fertility" in out.lower() and "parity" in out.lower()
+    code, out, err = run(capsys, "shard", "--run", rd)
+    assert code == 0, err
+    meta = json.loads((rd / "shards" / "meta.json").read_text())
+    assert meta["langs"] == ["en", "fr", "ru"]
+    # a changed tokenizer config makes the shards' upstream stale: shard says what to do
+    code, _, err = run(capsys, "shard", "--run", rd, "tokenizer.vocab_size=310")
+    assert code == 2 and "tokenizer" in one_line_error(err) and "different config" in err
+
+
+def test_stage_before_its_input(tmp_path, capsys):
+    code, _, err = run(capsys, "tokenizer", "--run", tmp_path / "empty")
+    assert code == 2
+    assert "has no corpus yet; run `xling corpus" in one_line_error(err)
+
+
+@pytest.mark.parametrize("setup,argv,msg", [
+    (None, ["--paths", "{tmp}/missing"], "does not exist"),
+    ("empty", ["--paths", "{tmp}/in/en.txt"], "is empty"),
+    ("latin1", ["--paths", "{tmp}/in/fr.txt"], "line 2: bytes are not UTF-8"),
+    ("badlang", ["--paths", "{tmp}/in/xx.txt"], "unknown language code 'xx'"),
+    (None, ["corpus.alhpa=1"], "unknown config key 'corpus.alhpa'; did you mean 'alpha'?"),
+    (None, ["corpus.alpha=abc"], "expected a number"),
+    (None, ["--langs", "en,fr,en"], "appears twice"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, setup, argv, msg):
+    src = tmp_path / "in"
+    src.mkdir()
+    if setup == "empty":
+        (src / "en.txt").write_text("\n\n")
+    elif setup == "latin1":
+        (src / "fr.txt").write_bytes("une ligne\nd\xe9j\xe0 vu\n".encode("latin-1"))
+    elif setup == "badlang":
+        (src / "xx.txt").write_text("hello\n")
+    rd = tmp_path / "run"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = run(capsys, "corpus", "--source", "text", "--run", rd, *argv)
+    assert code == 2
+    assert msg in one_line_error(err)
+    assert not (rd / "corpus").exists()
+    assert not (rd / "manifest.json").exists()
+
+
+def test_refuses_a_directory_that_is_not_a_run(tmp_path, text_dir, capsys):
+    rd = tmp_path / "mine"
+    rd.mkdir()
+    (rd / "notes.txt").write_text("my files")
+    code, _, err = run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--run", rd)
+    assert code == 2 and "holds no xling run" in one_line_error(err)
+    assert (rd / "notes.txt").read_text() == "my files"
+
+
+def test_python_dash_m_and_config_command(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "xling", "config", "--run", tmp_path / "r", "corpus.alpha=0.7"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "alpha = 0.7" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "xling", "config", "--run", tmp_path / "r", "nope.x=1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown config key 'nope'" in bad.stderr

@@ -1,0 +1,212 @@
+"""Shards: encode -> shard -> read round-trips exactly; offsets, chars and counts agree with meta; the pair
+index aligns equal keys in both argument orders; the reader memory-maps; bad input gets one clear line."""
+
+import json
+import os
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from xling.corpus import SPLITS, Corpus
+from xling.errors import XlingError
+from xling.files import sha256_file
+from xling.shards import ShardConfig, Shards, build_shards, choose_dtype
+from xling.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+
+from .conftest import TINY
+
+LANGS = ["en", "fr", "ru"]
+# segment numbers per split and language, in file order. fr misses 3 and 7 and lists some out of order,
+# ru misses 5 and has no test data at all, so pairs are not a plain diagonal and one split has none.
+LAYOUT = {
+    "train": {"en": list(range(12)), "fr": [0, 1, 2, 4, 6, 5, 8, 9, 11, 10], "ru": [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]},
+    "valid": {"en": [12, 13, 14], "fr": [14, 13, 12], "ru": [13, 14]},
+    "test": {"en": [15, 16], "fr": [16], "ru": []},
+}
+EXTRA = ["", " — naïve café", " 東京 ✓", " 2:14", " «quoted»"]  # rarer characters reach byte fallback
+
+
+def _text(lang: str, n: int) -> str:
+    return f"{TINY[lang][n % 6]}{EXTRA[n % 5]} ({n})"
+
+
+def _key(n: int) -> str:
+    return f"43.{n // 6 + 1}.{n % 6 + 1}"
+
+
+def _write_corpus(root: Path) -> Corpus:
+    for split, per_lang in LAYOUT.items():
+        (root / split).mkdir(parents=True)
+        for lang, ns in per_lang.items():
+            (root / split / f"{lang}.txt").write_text("".join(_text(lang, n) + "\n" for n in ns), encoding="utf-8")
+            (root / split / f"{lang}.keys").write_text("".join(_key(n) + "\n" for n in ns), encoding="utf-8")
+    (root / "meta.json").write_text(json.dumps({"langs": LANGS}), encoding="utf-8")
+    return Corpus(root)
+
+
+def _train_tokenizer(out: Path, corpus: Corpus) -> Tokenizer:
+    cfg = TokenizerConfig(vocab_size=300, min_frequency=1)  # byte-level BPE: 256 bytes + 8 specials + merges
+    train_tokenizer(corpus, cfg, out, alpha=1.0)
+    return load_tokenizer(out)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    corpus = _write_corpus(root / "corpus")
+    tok = _train_tokenizer(root / "tokenizer", corpus)
+    # batch_size 5: several encode_batch chunks per file, with a partial last one
+    meta = build_shards(corpus, root / "tokenizer", ShardConfig(batch_size=5), root / "shards")
+    return root, corpus, tok, meta
+
+
+def test_round_trip_every_split_and_language(built):
+    root, corpus, tok, meta = built
+    sh = Shards(root / "shards", expect_tokenizer_hash=sha256_file(root / "tokenizer" / "tokenizer.json"))
+    assert sh.langs == LANGS and meta["langs"] == LANGS
+    assert sh.vocab_size == tok.get_vocab_size() == meta["vocab_size"]
+    assert sh.specials == {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "mask": 4}
+    assert sh.lang_token_ids == {"en": 5, "fr": 6, "ru": 7}
+    assert meta["dtype"] == "uint16" and sh.tokens("train", "en").dtype == np.uint16
+    total_tokens = 0
+    for split in SPLITS:
+        for lang in LANGS:
+            texts = corpus.texts(split, lang)
+            assert len(texts) == len(LAYOUT[split][lang]) == sh.num_segments(split, lang)
+            expected = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+            for i, (text, ids) in enumerate(zip(texts, expected, strict=True)):
+                seg = sh.segment(split, lang, i)
+                assert seg.tolist() == ids
+                assert tok.decode(seg.tolist()) == text
+                assert int(sh.chars(split, lang)[i]) == len(text)
+            # offsets: start at 0, grow by each segment's length, end at the token count of meta and the file
+            off = sh.offsets(split, lang)
+            assert off.dtype == np.int64 and off[0] == 0
+            assert np.diff(off).tolist() == [len(x) for x in expected]
+            counts = meta["splits"][split][lang]
+            assert counts == {"segments": len(texts), "tokens": sum(map(len, expected)),
+                              "chars": sum(map(len, texts))}
+            assert off[-1] == counts["tokens"] == len(sh.tokens(split, lang))
+            assert (root / "shards" / split / f"{lang}.bin").stat().st_size == 2 * counts["tokens"]
+            assert sh.tokens(split, lang).tolist() == [t for x in expected for t in x]
+            assert sh.keys(split, lang) == corpus.keys(split, lang)
+            total_tokens += counts["tokens"]
+            assert counts["tokens"] == 0 or int(sh.tokens(split, lang).max()) < sh.vocab_size
+    assert sh.segment("train", "ru", -1).tolist() == tok.encode(corpus.texts("train", "ru")[-1]).ids
+    assert meta["tokenizer_sha256"] == sha256_file(root / "tokenizer" / "tokenizer.json")
+    assert meta["throughput"]["text_mb"] > 0 and meta["throughput"]["tokens_per_s"] > 0
+    assert json.loads((root / "shards" / "meta.json").read_text()) == meta
+    assert total_tokens == sum(c["tokens"] for s in meta["splits"].values() for c in s.values())
+
+
+def test_pairs_align_equal_keys_in_both_orders(built):
+    root, corpus, _, meta = built
+    sh = Shards(root / "shards")
+    for split in SPLITS:
+        for a, b in combinations(LANGS, 2):
+            ka, kb = corpus.keys(split, a), corpus.keys(split, b)
+            expected = [[i, kb.index(k)] for i, k in enumerate(ka) if k in kb]  # in a's order
+            if not expected:
+                with pytest.raises(XlingError, match=f"no {a}-{b} translation pairs in the {split} split"):
+                    sh.pairs(split, a, b)
+                assert f"{a}-{b}" not in sh.pair_counts(split)
+                continue
+            ab, ba = sh.pairs(split, a, b), sh.pairs(split, b, a)
+            assert ab.shape == (len(expected), 2) and ab.dtype == np.int32
+            assert ab.tolist() == expected
+            assert ba.tolist() == [[j, i] for i, j in expected]  # columns follow the argument order
+            assert [ka[i] for i in ab[:, 0]] == [kb[j] for j in ab[:, 1]]
+            assert [kb[i] for i in ba[:, 0]] == [ka[j] for j in ba[:, 1]]
+            assert meta["pairs"][f"{a}-{b}"][split] == sh.pair_counts(split)[f"{a}-{b}"] == len(expected)
+    # the hand-made layout: fr lacks 3 and 7 in train, its valid is reversed; rows follow en (first in corpus)
+    assert sh.pairs("train", "en", "fr").tolist()[3:6] == [[4, 3], [5, 5], [6, 4]]
+    assert sh.pairs("valid", "fr", "en").tolist() == [[2, 0], [1, 1], [0, 2]]
+    assert sh.pair_counts("test") == {"en-fr": 1}
+
+
+def test_uint32_matches_uint16_and_parallelism_env_is_restored(built, tmp_path, monkeypatch):
+    root, corpus, _, _ = built
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    meta = build_shards(corpus, root / "tokenizer", ShardConfig(dtype="uint32", batch_size=1000), tmp_path / "s32")
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert meta["dtype"] == "uint32"
+    wide, narrow = Shards(tmp_path / "s32"), Shards(root / "shards")
+    for split in SPLITS:
+        for lang in LANGS:
+            assert wide.tokens(split, lang).dtype == np.uint32
+            np.testing.assert_array_equal(wide.tokens(split, lang), narrow.tokens(split, lang))
+            np.testing.assert_array_equal(wide.offsets(split, lang), narrow.offsets(split, lang))
+            n = meta["splits"][split][lang]["tokens"]
+            assert (tmp_path / "s32" / split / f"{lang}.bin").stat().st_size == 4 * n
+
+
+def test_dtype_choice_and_config_checks():
+    assert choose_dtype(300) == np.uint16
+    assert choose_dtype(65536) == np.uint16  # ids 0..65535 fit
+    assert choose_dtype(65537) == np.uint32
+    assert choose_dtype(300, "uint32") == np.uint32
+    with pytest.raises(XlingError, match="uint16 cannot hold a vocabulary of 70,000"):
+        choose_dtype(70_000, "uint16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ShardConfig(dtype="int8")
+    with pytest.raises(ValueError, match="batch_size"):
+        ShardConfig(batch_size=0)
+
+
+def test_reader_memory_maps_and_returns_views(built):
+    root, _, _, _ = built
+    sh = Shards(root / "shards")
+    toks = sh.tokens("train", "en")
+    assert isinstance(toks, np.memmap) and not toks.flags.writeable
+    seg = sh.segment("train", "en", 3)
+    assert np.shares_memory(seg, toks) and not seg.flags.owndata  # a view, no copy
+    for arr in (sh.offsets("train", "en"), sh.chars("train", "en"), sh.pairs("train", "en", "fr")):
+        assert isinstance(arr, np.memmap) or isinstance(arr.base, np.memmap)
+    assert sh.tokens("train", "en") is toks  # mapped once
+    assert len(sh.tokens("test", "ru")) == 0 and sh.num_segments("test", "ru") == 0  # empty file, no mmap error
+    with pytest.raises(IndexError):
+        sh.segment("train", "en", 12)
+
+
+def test_bad_input_gets_clear_errors(built, tmp_path):
+    root, corpus, _, _ = built
+    with pytest.raises(XlingError, match=r"shards directory .*nope does not exist; build it with `xling shard --run"):
+        Shards(tmp_path / "nope")
+    with pytest.raises(XlingError, match=r"encoded with tokenizer sha256 .* but the tokenizer given has 000000000000"
+                                         r"…; re-encode with `xling shard"):
+        Shards(root / "shards", expect_tokenizer_hash="0" * 64)
+    sh = Shards(root / "shards")
+    with pytest.raises(XlingError, match=r"language 'de' is not in the shards .*\(they have en, fr, ru\)"):
+        sh.segment("train", "de", 0)
+    with pytest.raises(XlingError, match="language 'de' is not in the shards"):
+        sh.pairs("train", "en", "de")
+    with pytest.raises(XlingError, match="unknown split 'dev'; choose one of train, valid, test"):
+        sh.tokens("dev", "en")
+    with pytest.raises(XlingError, match="two different languages"):
+        sh.pairs("train", "en", "en")
+
+
+def test_corrupt_shards_and_corpus_are_reported(built, tmp_path):
+    root, corpus, _, _ = built
+    # a truncated .bin no longer matches its offsets
+    copy = tmp_path / "shards"
+    build_shards(corpus, root / "tokenizer", ShardConfig(), copy)
+    with open(copy / "train" / "fr.bin", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(XlingError, match=r"fr\.bin has 10 bytes, expected .* rebuild with"):
+        Shards(copy).tokens("train", "fr")
+    # a corpus whose text and keys disagree: an error, and the old shards stay untouched (atomic)
+    bad = tmp_path / "bad"
+    _write_corpus(bad)
+    with open(bad / "valid" / "ru.txt", "a", encoding="utf-8") as f:
+        f.write("one line too many\n")
+    before = (copy / "meta.json").read_text()
+    with pytest.raises(XlingError, match=r"ru\.txt has 3 lines but its \.keys file has 2"):
+        build_shards(Corpus(bad), root / "tokenizer", ShardConfig(), copy)
+    assert (copy / "meta.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "shards"]  # no temporary directory left
+    with pytest.raises(XlingError, match="no tokenizer at .*missing-tokenizer"):
+        build_shards(corpus, tmp_path / "missing-tokenizer", ShardConfig(), tmp_path / "x")

@@ -1,0 +1,302 @@
+"""The pretraining loop on real tiny shards (corpus -> tokenizer -> shards built here with xling's own
+modules): the loss falls, exact resume bit for bit, the NaN guard, metrics per objective and language,
+bits per character per language, the three budgets, the schedule, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY
+from xling.config import load_config
+from xling.errors import XlingError
+from xling.model import ModelConfig, Transformer
+from xling.objectives import build_objectives
+from xling.shards import Shards
+from xling.trainer import LangSubset, TrainConfig, Trainer, check_langs, pretrain, resolve_model_config
+
+LANGS = list(TINY)  # en, fr, ru (Cyrillic)
+
+
+def build_tiny_run(root: Path, chapters: int = 20, aligned: bool = True, vocab_size: int = 300) -> Path:
+    """A run directory with corpus/, tokenizer/ and shards/ from the conftest verses.
+
+    Chapters 1..n-4 train, n-3..n-2 valid, the rest test. aligned=False gives every language its own keys,
+    so the shards hold no translation pairs.
+    """
+    from xling.corpus import Corpus
+    from xling.shards import ShardConfig, build_shards
+    from xling.tokenizer import TokenizerConfig, train_tokenizer
+
+    corpus = root / "corpus"
+    for split in ("train", "valid", "test"):
+        (corpus / split).mkdir(parents=True, exist_ok=True)
+    for lang in LANGS:
+        rows: dict[str, list[tuple[str, str]]] = {"train": [], "valid": [], "test": []}
+        for c in range(1, chapters + 1):
+            split = "valid" if c in (chapters - 3, chapters - 2) else "test" if c > chapters - 2 else "train"
+            for v, text in enumerate(TINY[lang], 1):
+                rows[split].append((f"43.{c}.{v}" if aligned else f"{lang}.{c}.{v}", f"{text} ({c})"))
+        for split, items in rows.items():
+            (corpus / split / f"{lang}.txt").write_text("".join(t + "\n" for _, t in items), encoding="utf-8")
+            (corpus / split / f"{lang}.keys").write_text("".join(k + "\n" for k, _ in items), encoding="utf-8")
+    (corpus / "meta.json").write_text(json.dumps({"langs": LANGS}), encoding="utf-8")
+    c = Corpus(corpus)
+    train_tokenizer(c, TokenizerConfig(vocab_size=vocab_size, min_frequency=1), root / "tokenizer", alpha=0.3)
+    build_shards(c, root / "tokenizer", ShardConfig(), root / "shards")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dropout: float = 0.0,
+                 **overrides) -> Trainer:
+    """A tiny model (d=32, 2 layers, language embeddings) and its trainer, fp32 unless asked otherwise."""
+    kw = dict(batch_size=4, seq_len=32, max_steps=20, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0,
+              log_every=1, ckpt_every=0, precision="fp32", eval_max_tokens=200)
+    cfg = TrainConfig(**{**kw, **overrides})
+    torch.manual_seed(init_seed)
+    model = Transformer(ModelConfig.preset("tiny", vocab_size=shards.vocab_size, n_langs=len(shards.langs),
+                                           dropout=dropout))
+    objectives = build_objectives(cfg.objectives, shards, d_model=32)
+    return Trainer(model, objectives, shards, cfg, run_dir=run_dir, seed=seed)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- learning
+
+def test_clm_loss_falls_and_bpc_improves(tiny_run):
+    sh = Shards(tiny_run / "shards")
+    tr = make_trainer(sh, max_steps=40, batch_size=8, lr=1e-2, min_lr=1e-3)
+    before = tr.evaluate()
+    losses = [tr.step()["loss"] for _ in range(40)]
+    after = tr.evaluate()
+    assert losses[0] == pytest.approx(math.log(sh.vocab_size), rel=0.05)  # uniform start
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
+    for lang in LANGS:  # bits per character per language, on held-out chapters
+        assert after[f"valid/bpc/{lang}"] < 0.75 * before[f"valid/bpc/{lang}"]
+        assert after[f"valid/loss/clm/{lang}"] < before[f"valid/loss/clm/{lang}"]
+
+
+def test_mixture_learns_and_logs_per_objective_and_language(tiny_run, tmp_path):
+    sh = Shards(tiny_run / "shards")
+    objs = {"clm": 1.0, "mlm": 1.0, "tlm": 1.0, "contrastive": 1.0}
+    tr = make_trainer(sh, tmp_path, objectives=objs, max_steps=40, log_every=5, eval_every=20)
+    before = tr.evaluate()
+    summary = tr.train()
+    after = tr.last_valid
+    for name in objs:
+        assert after[f"valid/loss/{name}"] < before[f"valid/loss/{name}"], name
+    lines = read_metrics(tmp_path)
+    train = [ln for ln in lines if ln["kind"] == "train"]
+    valid = [ln for ln in lines if ln["kind"] == "valid"]
+    assert [ln["step"] for ln in train] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [ln["step"] for ln in valid] == [20, 40]
+    keys = set().union(*train)
+    assert {f"loss/{n}" for n in objs} <= keys  # per objective
+    assert {f"loss/clm/{lg}" for lg in LANGS} <= keys  # per language (monolingual objectives)
+    assert {"loss/tlm/en-fr", "loss/contrastive/en-fr"} <= keys  # per language pair
+    for ln in train:  # the line's loss is the mean of its objectives' losses, weighted by micro-batches
+        assert ln["tokens_per_s"] > 0 and ln["lr"] > 0 and ln["skipped"] == 0
+    assert set(summary["valid_bpc"]) == set(LANGS)
+    assert summary["valid_bpc"] == {lg: valid[-1][f"valid/bpc/{lg}"] for lg in LANGS}
+    assert summary["steps"] == 40 and set(summary["final_loss"]) <= set(objs)
+    # the trainer drew each step's objective by weight: all four were trained
+    assert {n for n in objs if any(f"loss/{n}" in ln for ln in train)} == set(objs)
+
+
+# ---------------------------------------------------------------------------- exact resume
+
+def _weights(tr: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in tr.module.state_dict().items()}
+
+
+def test_resume_is_exact_bit_for_bit(tiny_run, tmp_path):
+    """train 4 == train 2, save, rebuild everything from disk, train 2: same losses, weights, optimizer."""
+    sh = Shards(tiny_run / "shards")
+    kw = dict(objectives={"clm": 1.0, "mlm": 1.0, "nsp": 1.0}, max_steps=4, dropout=0.1, grad_accum=2,
+              precision="auto")
+    ref = make_trainer(sh, tmp_path / "a", **kw)
+    ref_losses = [ref.step()["loss"] for _ in range(4)]
+
+    first = make_trainer(sh, tmp_path / "b", **kw)
+    losses = [first.step()["loss"] for _ in range(2)]
+    first.save()
+    del first  # "kill": nothing of it survives but the checkpoint on disk
+
+    # a fresh process would build the model from another init; load() must overwrite all of it
+    resumed = make_trainer(Shards(tiny_run / "shards"), tmp_path / "b", init_seed=123, **kw)
+    assert resumed.load(tmp_path / "b" / "checkpoints") == 2
+    losses += [resumed.step()["loss"] for _ in range(2)]
+
+    assert losses == ref_losses  # exact float equality: same data, masks, dropout and updates
+    a, b = _weights(ref), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = ref.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert resumed.tokens == ref.tokens and resumed.step_no == ref.step_no == 4
+
+
+def test_train_resume_continues_metrics_and_budget(tiny_run, tmp_path):
+    sh = Shards(tiny_run / "shards")
+    tr = make_trainer(sh, tmp_path, max_steps=6, log_every=1, ckpt_every=3)
+    tr.train(max_new_steps=4)  # "killed" after step 4: the last checkpoint is step 3 ... plus the exit save
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    # simulate a kill right after step 4's log line but before any save of step 4
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000004")
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000003\n")
+    tr2 = make_trainer(sh, tmp_path, max_steps=6, log_every=1, ckpt_every=3)
+    assert tr2.load(tmp_path / "checkpoints") == 3
+    summary = tr2.train()
+    assert summary["steps"] == 6 and summary["new_steps"] == 3
+    steps = [ln["step"] for ln in read_metrics(tmp_path) if ln["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the killed run's step-4 line was dropped, then rewritten
+
+
+# ---------------------------------------------------------------------------- NaN guard
+
+def test_nan_guard_skips_the_update_and_says_so(tiny_run, tmp_path, capsys):
+    sh = Shards(tiny_run / "shards")
+    tr = make_trainer(sh, tmp_path, max_steps=3, log_every=10)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):  # NaN in the final norm's output on the second step only
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 2 else output
+
+    tr.model.ln_f.register_forward_hook(poison)
+    tr.step()
+    before = _weights(tr)
+    out = tr.step()
+    assert out["skipped"] and math.isnan(out["grad_norm"])
+    after = _weights(tr)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no update
+    assert all(p.grad is None for p in tr.module.parameters())  # the NaN gradients are gone
+    third = tr.step()
+    assert not third["skipped"] and math.isfinite(third["loss"])
+    assert any(not torch.equal(before[k], v) for k, v in _weights(tr).items())
+    assert "step 2: gradient norm is nan" in capsys.readouterr().err
+    tr._log_interval()
+    assert read_metrics(tmp_path)[-1]["skipped"] == 1 and tr.skipped == 1
+
+
+# ---------------------------------------------------------------------------- budgets and schedule
+
+def test_budget_by_steps_tokens_and_minutes(tiny_run):
+    sh = Shards(tiny_run / "shards")
+    assert make_trainer(sh, max_steps=3).train()["steps"] == 3
+    # CLM: batch_size * seq_len tokens per micro-batch: 4 * 16 * 2 = 128 per step; 300 tokens -> 3 steps
+    tr = make_trainer(sh, max_steps=0, max_tokens=300, seq_len=16, grad_accum=2)
+    s = tr.train()
+    assert s["steps"] == 3 and s["tokens"] == 384
+    tr = make_trainer(sh, max_steps=0, max_minutes=0.01)  # 0.6 s of wall clock
+    seen = []
+    step = tr.step
+    tr.step = lambda: (seen.append(tr.elapsed), step())[1]
+    tr.train()
+    assert tr.elapsed >= 0.6 and all(e < 0.6 for e in seen)  # stopped at the first step past the budget
+    assert len(seen) == tr.step_no >= 1
+
+
+def test_schedule_warmup_cosine_by_steps_and_by_time(tiny_run):
+    sh = Shards(tiny_run / "shards")
+    tr = make_trainer(sh, max_steps=10, warmup_steps=2, lr=1e-3, min_lr=1e-4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(tr.lr())
+        tr.step_no += 1
+    expect = [5e-4, 1e-3] + [1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 10)]
+    assert lrs == pytest.approx(expect, rel=1e-12)
+    tr = make_trainer(sh, max_steps=0, max_minutes=1.0, warmup_steps=0, lr=1e-3, min_lr=1e-4)
+    for elapsed, want in ((0.0, 1e-3), (30.0, 5.5e-4), (60.0, 1e-4)):
+        tr.elapsed = elapsed  # the cosine follows the wall clock when the budget is minutes
+        assert tr.lr() == pytest.approx(want, rel=1e-12)
+
+
+def test_train_config_rejects_impossible_values():
+    with pytest.raises(ValueError, match="budget"):
+        TrainConfig(max_steps=0, max_tokens=0, max_minutes=0)
+    with pytest.raises(XlingError, match="precision"):
+        load_config(overrides=["train.precision=fp16"])
+    with pytest.raises(XlingError, match="not divisible by n_head"):
+        load_config(overrides=["model.d_model=30", "model.n_head=4"])
+    assert load_config(overrides=["train.objectives={clm = 1.0, mlm = 0.5}"]).train.objectives == \
+        {"clm": 1.0, "mlm": 0.5}
+
+
+# ---------------------------------------------------------------------------- pretrain() and bad input
+
+def _config(**train):
+    overrides = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.block_size=64",
+                 "model.vocab_size=300", "train.batch_size=4", "train.seq_len=32", "train.precision=fp32",
+                 "train.eval_max_tokens=200", "train.warmup_steps=2", "train.max_minutes=0"]
+    for k, v in train.items():
+        if isinstance(v, dict):
+            v = "{" + ", ".join(f"{a} = {b}" for a, b in v.items()) + "}"
+        elif isinstance(v, str | list):
+            v = json.dumps(v)
+        overrides.append(f"train.{k}={v}")
+    return load_config(overrides=overrides)
+
+
+def test_pretrain_from_config_writes_checkpoints_and_resumes(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    s = pretrain(_config(max_steps=4, ckpt_every=2, keep_checkpoints=1, eval_every=0), run)
+    assert s["steps"] == 4 and set(s["valid_bpc"]) == set(LANGS) and s["tokens"] == 4 * 4 * 32
+    ck = run / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_00000004"]  # keep 1
+    meta = json.loads((ck / "step_00000004" / "meta.json").read_text())
+    assert meta["tokenizer_sha256"] == Shards(run / "shards").tokenizer_sha256
+    with pytest.raises(XlingError, match="already holds checkpoints"):
+        pretrain(_config(max_steps=6), run)
+    s = pretrain(_config(max_steps=6, eval_every=0), run, resume=True)
+    assert s["steps"] == 6 and s["new_steps"] == 2
+    with pytest.raises(XlingError, match="another model shape"):
+        pretrain(load_config(overrides=["model.n_layer=3", "model.d_model=32", "model.n_head=2",
+                                         "model.vocab_size=300", "train.max_steps=8", "train.seq_len=32"]),
+                 run, resume=True)
+    fresh = shutil.copytree(tiny_run, tmp_path / "fresh")
+    with pytest.raises(XlingError, match="nothing to resume"):
+        pretrain(_config(max_steps=2), fresh, resume=True)
+
+
+def test_bad_input_is_one_clear_error(tiny_run, tmp_path):
+    sh = Shards(tiny_run / "shards")
+    small = ModelConfig.preset("tiny", vocab_size=100)
+    with pytest.raises(XlingError, match=r"model.vocab_size=100 is smaller than the tokenizer's 300"):
+        resolve_model_config(small, sh, 32)
+    assert resolve_model_config(dataclasses.replace(small, vocab_size=320), sh, 32).vocab_size == 320
+    with pytest.raises(XlingError, match="longer than model.block_size"):
+        resolve_model_config(ModelConfig.preset("tiny", vocab_size=300), sh, 128)
+    with pytest.raises(XlingError, match=r"train.langs has xx, which the shards do not have"):
+        check_langs(["en", "xx"], sh)
+    with pytest.raises(XlingError, match="needs translation pairs"):
+        build_objectives({"tlm": 1.0}, LangSubset(sh, ["en"]))  # one language: no pairs
+    unaligned = build_tiny_run(tmp_path / "unaligned", chapters=8, aligned=False)
+    with pytest.raises(XlingError, match="objective contrastive needs translation pairs"):
+        pretrain(_config(max_steps=2, objectives={"clm": 1.0, "contrastive": 1.0}), unaligned)
+    with pytest.raises(XlingError, match="train.langs has de"):
+        pretrain(_config(max_steps=2, langs=["en", "de"]), unaligned)
+
+
+def test_lang_subset_trains_only_those_languages(tiny_run, tmp_path):
+    sh = Shards(tiny_run / "shards")
+    view = LangSubset(sh, ["en", "ru"])
+    make_trainer(view, tmp_path, objectives={"clm": 1.0, "tlm": 1.0}, max_steps=12).train()
+    keys = set().union(*read_metrics(tmp_path))
+    assert "loss/clm/en" in keys and not any("fr" in k for k in keys)
+    assert view.lang_token_ids == sh.lang_token_ids and view.langs == sh.langs  # indices unchanged

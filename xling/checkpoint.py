@@ -1,0 +1,217 @@
+"""Checkpoints: written atomically, verified on load, enough state for an exact resume.
+
+    path = save_checkpoint(root, step, model_state=..., heads_state=..., train_state=..., config=...,
+                           tokenizer_sha256=sha, keep=3)
+    ckpt = load_checkpoint(root)                 # the `latest` one, or give a step directory
+    check_compatible(ckpt, model_cfg, sha)       # one XlingError for another shape or tokenizer
+    model = load_model("runs/demo/checkpoints")  # a Transformer with the trained weights, for tasks
+
+On disk (`<run>/checkpoints/`):
+
+    step_00000100/
+        model.safetensors   the Transformer's weights (fp32), keys as in `Transformer.state_dict()`
+        heads.safetensors   parameters the objectives own (e.g. the NSP head), keys "<objective>.<name>"
+        state.pt            optimizer, schedule, step/tokens/time, RNG and data-stream state:
+                            torch.save of plain containers and tensors, read back with weights_only=True
+        config.json         {"model": ModelConfig fields, "train": TrainConfig fields, "run": the whole config}
+        meta.json           step, tokenizer sha256, xling version, bytes and sha256 of every file above
+    latest                  the name of the newest complete checkpoint (replaced atomically)
+
+A checkpoint directory is built under a temporary name and renamed into place, then `latest` is
+rewritten, then all but the newest `keep` are removed: a killed process leaves either the old or the
+new checkpoint, never half of one. Weights are loaded with `safetensors`; `state.pt` only with
+`torch.load(weights_only=True)`, so no arbitrary pickle is ever executed. A missing, truncated or altered
+file fails the size/sha256 check in meta.json with one XlingError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from xling import __version__
+from xling.errors import XlingError
+from xling.files import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+
+LATEST = "latest"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+FILES = ("model.safetensors", "heads.safetensors", "state.pt", "config.json")
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # the step directory
+    meta: dict  # meta.json
+    config: dict  # config.json
+    model_state: dict[str, torch.Tensor]  # Transformer weights
+    heads_state: dict[str, torch.Tensor] = field(default_factory=dict)  # objective heads
+    train_state: dict[str, Any] = field(default_factory=dict)  # optimizer, schedule, RNG, data position
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint directories under `root`, oldest first (temporary ones are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors wants dense, unshared CPU tensors
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torch.Tensor],
+                    heads_state: dict[str, torch.Tensor] | None = None, train_state: dict[str, Any] | None = None,
+                    config: dict | None = None, tokenizer_sha256: str = "", keep: int = 0) -> Path:
+    """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the newest `keep` (0 = all)."""
+    root = Path(root)
+    name = step_dir_name(step)
+    with atomic_dir(root / name) as tmp:
+        save_file(_contiguous(model_state), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(_contiguous(heads_state or {}), str(tmp / "heads.safetensors"), metadata={"format": "pt"})
+        torch.save(train_state or {}, tmp / "state.pt")
+        atomic_write_json(tmp / "config.json", config or {})
+        meta = {
+            "step": step,
+            "tokenizer_sha256": tokenizer_sha256,
+            "xling_version": __version__,
+            "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in FILES},
+        }
+        atomic_write_json(tmp / "meta.json", meta)
+    atomic_write_text(root / LATEST, name + "\n")
+    if keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    return root / name
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A step directory: `path` itself, or the one `path/latest` names (else the newest one there)."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    if not path.is_dir():
+        raise XlingError(f"checkpoint {path} does not exist; train first (`xling pretrain`) or give another path")
+    latest = path / LATEST
+    if latest.is_file():
+        target = path / latest.read_text(encoding="utf-8").strip()
+        if (target / "meta.json").is_file():
+            return target
+        raise XlingError(f"{latest} names {target.name}, which is missing or incomplete; point it at one of "
+                         f"{', '.join(p.name for p in list_checkpoints(path)) or 'no checkpoint'} or retrain")
+    found = list_checkpoints(path)
+    if not found:
+        raise XlingError(f"no checkpoint in {path}; train first (`xling pretrain`) or give another path")
+    return found[-1]
+
+
+def _verify(step_dir: Path) -> dict:
+    meta_path = step_dir / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        files = meta["files"]
+        int(meta["step"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise XlingError(f"checkpoint {step_dir} is corrupt: {meta_path.name} is unreadable ({type(e).__name__}); "
+                         f"resume from another checkpoint or retrain") from None
+    for name, want in files.items():
+        f = step_dir / name
+        if not f.is_file():
+            raise XlingError(f"checkpoint {step_dir} is incomplete: {name} is missing; resume from another "
+                             f"checkpoint or retrain")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise XlingError(f"checkpoint file {f} is truncated or altered ({size:,} bytes, expected "
+                             f"{want['bytes']:,}); resume from another checkpoint or retrain")
+        if sha256_file(f) != want["sha256"]:
+            raise XlingError(f"checkpoint file {f} is corrupt (sha256 differs from meta.json); resume from "
+                             f"another checkpoint or retrain")
+    return meta
+
+
+def load_checkpoint(path: str | Path, *, train_state: bool = True) -> Checkpoint:
+    """Load and verify a checkpoint (a step directory, or a root with `latest`). Tensors land on the CPU."""
+    step_dir = find_checkpoint(path)
+    meta = _verify(step_dir)
+    try:
+        config = json.loads((step_dir / "config.json").read_text(encoding="utf-8"))
+        model_state = load_file(str(step_dir / "model.safetensors"))
+        heads_state = load_file(str(step_dir / "heads.safetensors"))
+        state = torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True) if train_state else {}
+    except pickle.UnpicklingError:  # weights_only=True refused an object: not a state file xling wrote
+        raise XlingError(f"checkpoint file {step_dir / 'state.pt'} holds objects xling does not write; "
+                         f"refusing to unpickle it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, RuntimeError,
+            ValueError, EOFError) as e:
+        raise XlingError(f"checkpoint {step_dir} cannot be read ({type(e).__name__}: {str(e)[:120]}); "
+                         f"resume from another checkpoint or retrain") from None
+    return Checkpoint(step_dir, meta, config, model_state, heads_state, state)
+
+
+def check_compatible(ckpt: Checkpoint, model_cfg: dict, tokenizer_sha256: str | None = None,
+                     model_state: dict[str, torch.Tensor] | None = None) -> None:
+    """One XlingError if the checkpoint was made for another model shape or tokenizer.
+
+    model_cfg: the current ModelConfig as a dict; model_state: the current model's state dict, to compare
+    every tensor's shape (a config that matches but weights that do not still fail here, not in torch).
+    """
+    old = ckpt.config.get("model", {})
+    keys = ("vocab_size", "n_langs", "block_size", "n_layer", "d_model", "n_head", "d_ff", "pos", "norm",
+            "mlp", "bias")
+    diff = [f"{k}={old.get(k)!r} there, {model_cfg.get(k)!r} here" for k in keys
+            if k in old and old.get(k) != model_cfg.get(k)]
+    if diff:
+        raise XlingError(f"checkpoint {ckpt.path} is for another model shape ({'; '.join(diff[:3])}); use the "
+                         f"run's model config or start a new run")
+    have = ckpt.meta.get("tokenizer_sha256", "")
+    if tokenizer_sha256 and have and have != tokenizer_sha256:
+        raise XlingError(f"checkpoint {ckpt.path} was trained with tokenizer sha256 {have[:12]}… but these "
+                         f"shards use {tokenizer_sha256[:12]}…; resume with the same tokenizer or start a new run")
+    if model_state is not None:
+        missing = sorted(set(model_state) - set(ckpt.model_state))
+        extra = sorted(set(ckpt.model_state) - set(model_state))
+        if missing or extra:
+            raise XlingError(f"checkpoint {ckpt.path} does not fit this model (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}); use the run's model config or start a new run")
+        for k, v in model_state.items():
+            if tuple(ckpt.model_state[k].shape) != tuple(v.shape):
+                raise XlingError(f"checkpoint {ckpt.path}: {k} has shape {tuple(ckpt.model_state[k].shape)}, "
+                                 f"this model {tuple(v.shape)}; use the run's model config or start a new run")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(Transformer with the checkpoint's weights in eval mode, its ModelConfig, meta) for later stages."""
+    from dataclasses import fields
+
+    from xling.model import ModelConfig, Transformer
+
+    ckpt = load_checkpoint(path, train_state=False)
+    names = {f.name for f in fields(ModelConfig)}
+    try:
+        cfg = ModelConfig(**{k: v for k, v in ckpt.config.get("model", {}).items() if k in names})
+    except (TypeError, ValueError) as e:
+        raise XlingError(f"checkpoint {ckpt.path}: config.json has an invalid model config ({e})") from None
+    model = Transformer(cfg)
+    check_compatible(ckpt, ckpt.config.get("model", {}), model_state=model.state_dict())
+    model.load_state_dict(ckpt.model_state)
+    return model.to(device).eval(), cfg, ckpt.meta

@@ -1,0 +1,306 @@
+"""Evaluation of a trained run on held-out test chapters; each evaluation is one registered entry.
+
+    xling evaluate runs/demo        # writes runs/demo/eval/<name>.json, then `xling report` renders them
+    evaluate_run("runs/demo")       # the same from Python
+
+An evaluation is a function `(ctx: EvalContext) -> {"metrics": {...}, "sections": [...]}` registered with
+`@evaluation(name, order)`. Metrics are flat dotted keys (`bpc.en`, `retrieval.top1.en-fr`); sections
+are report blocks as data (see `xling.report`). A task from another module plugs in by adding its module
+to `PLUGINS`; the module registers its entries when imported. Built in:
+
+    tokenizer   fertility and parity per language (from the tokenizer stage's report)
+    pretrain    tokens, tokens/s, minutes and the loss curve per objective (from train/metrics.jsonl)
+    bpc         bits per character per language on the test split
+    retrieval   top-1 translation retrieval en->X and X->en on the test split, layer chosen on valid
+    langid      nearest language centroid over sentence vectors encoded WITHOUT the language tag
+    generation  one continuation per language from a prompt in that language, its language identified
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xling.errors import XlingError
+from xling.files import atomic_write_json
+
+PLUGINS: list[str] = []  # modules that register more evaluations, e.g. "xling.tasks.classify"
+
+
+@dataclass
+class EvalContext:
+    run_dir: Path
+    model: Any  # xling.model.Transformer in eval mode
+    shards: Any  # xling.shards.Shards
+    tokenizer: Any  # tokenizers.Tokenizer
+    corpus: Any  # xling.corpus.Corpus
+    step: int  # checkpoint step the numbers come from
+    max_segments: int = 1000  # cap per language and split (keeps evaluation within a minute on a CPU)
+    cache: dict = field(default_factory=dict)  # shared between evaluations (e.g. sentence vectors)
+
+    @property
+    def langs(self) -> list[str]:
+        return list(self.shards.langs)
+
+    def provenance(self, split: str, n: int | None = None) -> str:
+        cfg = self.model.cfg
+        size = f"{cfg.n_layer} layers, d {cfg.d_model}, {self.model.num_params() / 1e6:.1f}M parameters"
+        count = f", {n:,} segments per language" if n is not None else ""
+        return f"{split} split{count}; model {size}; checkpoint step {self.step}"
+
+    def segments(self, split: str, lang: str) -> list[np.ndarray]:
+        n = min(self.shards.num_segments(split, lang), self.max_segments)
+        return [np.asarray(self.shards.segment(split, lang, i), dtype=np.int64) for i in range(n)]
+
+
+EVALUATIONS: dict[str, tuple[int, Callable[[EvalContext], dict]]] = {}
+
+
+def evaluation(name: str, order: int = 50) -> Callable:
+    def register(fn: Callable[[EvalContext], dict]) -> Callable:
+        EVALUATIONS[name] = (order, fn)
+        return fn
+
+    return register
+
+
+def _bar(name, labels, values, ylabel, **kw) -> dict:
+    return {"kind": "bar", "name": name, "labels": list(labels), "values": [float(v) for v in values],
+            "ylabel": ylabel, **kw}
+
+
+# ---------------------------------------------------------------------------- built-in evaluations
+
+@evaluation("tokenizer", order=10)
+def eval_tokenizer(ctx: EvalContext) -> dict:
+    path = ctx.run_dir / "tokenizer" / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    per = report["langs"]
+    langs = [lg for lg in ctx.langs if lg in per]
+    metrics = {"languages": ctx.langs}
+    for lg in langs:
+        metrics[f"tokenizer.fertility.{lg}"] = per[lg]["fertility"]
+        metrics[f"tokenizer.parity.{lg}"] = per[lg]["parity"]
+    rows = [[lg, per[lg]["fertility"], per[lg]["parity"], per[lg].get("chars_per_token", float("nan"))]
+            for lg in langs]
+    pivot = report.get("pivot", "en")
+    return {"metrics": metrics, "sections": [{"title": "Tokenizer fairness", "blocks": [
+        {"kind": "text", "text": f"Shared vocabulary of {report.get('vocab_size', '?'):,} tokens. Fertility = "
+                                 f"tokens per word; parity = tokens for a verse / tokens for its {pivot} "
+                                 f"verse (median over aligned test verses). Equal tokenization is equal cost."},
+        {"kind": "table", "header": ["lang", "fertility", f"parity vs {pivot}", "chars/token"], "rows": rows},
+        _bar("parity", langs, [per[lg]["parity"] for lg in langs], f"tokens / {pivot} tokens",
+             reference=1.0, reference_label=f"{pivot} = 1", title="Tokenizer parity"),
+    ]}]}
+
+
+@evaluation("pretrain", order=20)
+def eval_pretrain(ctx: EvalContext) -> dict:
+    path = ctx.run_dir / "train" / "metrics.jsonl"
+    if not path.exists():
+        return {"metrics": {}, "sections": []}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train_rows = [r for r in rows if r.get("kind", "train") == "train"]
+    series: dict[str, list] = {}
+    for r in train_rows:
+        for k, v in r.items():
+            if k.startswith("loss/") and k.count("/") == 1 and v is not None and math.isfinite(v):
+                series.setdefault(k.split("/", 1)[1], []).append([r.get("minutes", r["step"]), v])
+    summary = json.loads((ctx.run_dir / "train" / "summary.json").read_text()) \
+        if (ctx.run_dir / "train" / "summary.json").exists() else {}
+    last = train_rows[-1] if train_rows else {}
+    tokens = summary.get("tokens", last.get("tokens", 0))
+    minutes = summary.get("minutes", last.get("minutes", 0.0))
+    tps = summary.get("tokens_per_second", tokens / max(minutes * 60, 1e-9))
+    metrics = {"pretrain.tokens": int(tokens), "pretrain.tokens_per_second": float(tps),
+               "pretrain.minutes": float(minutes), "pretrain.steps": int(summary.get("steps", last.get("step", 0)))}
+    xlabel = "minutes" if train_rows and "minutes" in train_rows[0] else "step"
+    return {"metrics": metrics, "sections": [{"title": "Pretraining", "blocks": [
+        {"kind": "text", "text": f"{metrics['pretrain.steps']:,} steps, {tokens:,} tokens in {minutes:.1f} min "
+                                 f"({tps:,.0f} tokens/s); objectives: {', '.join(series) or '-'}."},
+        {"kind": "lines", "name": "train_loss", "series": series, "xlabel": xlabel, "ylabel": "training loss",
+         "title": "Training loss per objective"},
+    ]}]}
+
+
+@evaluation("bpc", order=30)
+def eval_bpc(ctx: EvalContext) -> dict:
+    from xling.objectives import bits_per_char, clm_eval
+
+    bpc = {}
+    for lg in ctx.langs:
+        nats, chars = clm_eval(ctx.model, ctx.shards, "test", lg, seq_len=ctx.model.cfg.block_size,
+                               max_tokens=ctx.max_segments * 64)
+        bpc[lg] = bits_per_char(nats, chars)
+    metrics = {f"bpc.{lg}": v for lg, v in bpc.items()}
+    return {"metrics": metrics, "sections": [{"title": "Bits per character (causal LM)", "blocks": [
+        {"kind": "text", "text": "Next-token loss over held-out test chapters, converted to bits per character "
+                                 "(comparable across languages and tokenizers; each verse scored as "
+                                 f"`<lang> verse </s>`). {ctx.provenance('test')}."},
+        {"kind": "table", "header": ["lang", "bits/char"], "rows": [[lg, v] for lg, v in bpc.items()]},
+        _bar("bpc", bpc, bpc.values(), "bits per character", title="Bits per character, test split"),
+    ]}]}
+
+
+def _aligned(ctx: EvalContext, split: str, a: str, b: str) -> tuple[list, list]:
+    rows = np.asarray(ctx.shards.pairs(split, a, b))[: ctx.max_segments]
+    sa = [np.asarray(ctx.shards.segment(split, a, i), np.int64) for i in rows[:, 0]]
+    sb = [np.asarray(ctx.shards.segment(split, b, j), np.int64) for j in rows[:, 1]]
+    return sa, sb
+
+
+def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str, all_layers: bool, layer: int = -1):
+    from xling.tasks.retrieve import encode
+
+    sp, sl = _aligned(ctx, split, pivot, lg)
+    specials = ctx.shards.specials
+    idx = {x: i for i, x in enumerate(ctx.langs)}
+    kw = dict(specials=specials, all_layers=all_layers, layer=layer)
+    vp = encode(ctx.model, sp, lang_index=idx[pivot], tag=ctx.shards.lang_token_ids[pivot], **kw)
+    vl = encode(ctx.model, sl, lang_index=idx[lg], tag=ctx.shards.lang_token_ids[lg], **kw)
+    return vp, vl
+
+
+@evaluation("retrieval", order=40)
+def eval_retrieval(ctx: EvalContext) -> dict:
+    from xling.tasks.retrieve import top1_accuracy
+
+    pivot = "en" if "en" in ctx.langs else ctx.langs[0]
+    others = [lg for lg in ctx.langs if lg != pivot]
+    if not others:
+        return {"metrics": {}, "sections": []}
+    # choose the pooled layer on the valid split (mean accuracy over both directions and all languages)
+    n_layers = ctx.model.cfg.n_layer + 1
+    scores = np.zeros(n_layers)
+    for lg in others:
+        vp, vl = _pair_vectors(ctx, "valid", pivot, lg, all_layers=True)
+        for layer in range(n_layers):
+            scores[layer] += top1_accuracy(vp[layer], vl[layer]) + top1_accuracy(vl[layer], vp[layer])
+    layer = int(np.argmax(scores))
+    ctx.cache["retrieval_layer"] = layer
+    metrics: dict[str, Any] = {"retrieval.layer": layer}
+    table, accs = [], []
+    matrix = [[None] * len(ctx.langs) for _ in ctx.langs]
+    n_test = 0
+    for lg in others:
+        vp, vl = _pair_vectors(ctx, "test", pivot, lg, all_layers=False, layer=layer)
+        fwd, bwd = top1_accuracy(vp, vl), top1_accuracy(vl, vp)
+        n_test = len(vp)
+        metrics[f"retrieval.top1.{pivot}-{lg}"] = fwd
+        metrics[f"retrieval.top1.{lg}-{pivot}"] = bwd
+        table.append([f"{pivot}-{lg}", fwd, bwd, len(vp), 1 / max(len(vp), 1)])
+        accs += [fwd, bwd]
+        i, j = ctx.langs.index(pivot), ctx.langs.index(lg)
+        matrix[i][j], matrix[j][i] = fwd, bwd
+    metrics["retrieval.top1_mean"] = float(np.mean(accs))
+    return {"metrics": metrics, "sections": [{"title": "Cross-lingual retrieval", "blocks": [
+        {"kind": "text", "text": f"Top-1 accuracy of finding a verse's translation among all test verses of the "
+                                 f"other language (cosine of mean-pooled layer {layer}, chosen on the valid split; "
+                                 f"mean {metrics['retrieval.top1_mean']:.3f}). {ctx.provenance('test', n_test)}."},
+        {"kind": "table", "header": ["pair", f"{pivot}→X", f"X→{pivot}", "candidates", "chance"], "rows": table},
+        {"kind": "heatmap", "name": "retrieval", "rows": ctx.langs, "cols": ctx.langs, "values": matrix,
+         "xlabel": "target language", "ylabel": "query language", "title": "Top-1 retrieval accuracy"},
+    ]}]}
+
+
+@evaluation("langid", order=50)
+def eval_langid(ctx: EvalContext) -> dict:
+    from xling.tasks.retrieve import encode
+
+    layer = ctx.cache.get("retrieval_layer", -1)
+    kw = dict(specials=ctx.shards.specials, lang_index=None, tag=None, layer=layer)
+    centroids = np.stack([encode(ctx.model, ctx.segments("valid", lg), **kw).mean(0) for lg in ctx.langs])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    metrics, rows = {}, []
+    for k, lg in enumerate(ctx.langs):
+        v = encode(ctx.model, ctx.segments("test", lg), **kw)
+        pred = (v @ centroids.T).argmax(1)
+        acc = float((pred == k).mean())
+        metrics[f"langid.accuracy.{lg}"] = acc
+        confused = Counter(ctx.langs[p] for p in pred if p != k).most_common(1)
+        rows.append([lg, acc, len(v), confused[0][0] if confused else "-"])
+    return {"metrics": metrics, "sections": [{"title": "Language identification from the model", "blocks": [
+        {"kind": "text", "text": "Nearest language centroid (valid split) of sentence vectors encoded without "
+                                 f"the language tag or language ids (layer {layer}). {ctx.provenance('test')}."},
+        {"kind": "table", "header": ["lang", "accuracy", "segments", "most confused with"], "rows": rows},
+    ]}]}
+
+
+class CharNgramLangID:
+    """A character-trigram naive Bayes language identifier trained on the corpus (independent of the model)."""
+
+    def __init__(self, texts: dict[str, list[str]], n: int = 3):
+        self.n = n
+        self.langs = list(texts)
+        self.logp, self.unk = {}, {}
+        for lg, lines in texts.items():
+            counts = Counter(g for t in lines for g in self._grams(t))
+            total, vocab = sum(counts.values()), len(counts) + 1
+            self.logp[lg] = {g: math.log((c + 1) / (total + vocab)) for g, c in counts.items()}
+            self.unk[lg] = math.log(1 / (total + vocab))
+
+    def _grams(self, text: str):
+        t = f" {text.lower()} "
+        return (t[i:i + self.n] for i in range(len(t) - self.n + 1))
+
+    def predict(self, text: str) -> str:
+        grams = list(self._grams(text))
+        return max(self.langs, key=lambda lg: sum(self.logp[lg].get(g, self.unk[lg]) for g in grams))
+
+
+@evaluation("generation", order=60)
+def eval_generation(ctx: EvalContext) -> dict:
+    from xling.generate import GenerateConfig, generate
+
+    ident = CharNgramLangID({lg: ctx.corpus.texts("train", lg)[:3000] for lg in ctx.langs})
+    rows, metrics, correct = [], {}, 0
+    cfg = GenerateConfig(max_new_tokens=40, temperature=0.8, top_k=40, seed=0)
+    for lg in ctx.langs:
+        words = ctx.corpus.texts("test", lg)[0].split()
+        prompt = " ".join(words[:4])
+        text = generate(ctx.model, ctx.tokenizer, [prompt], lang=lg, cfg=cfg)[0]
+        found = ident.predict(text) if text.strip() else "-"
+        correct += found == lg
+        rows.append([lg, prompt, text.strip().replace("\n", " ")[:160], found])
+    metrics["generation.language_match"] = correct / len(ctx.langs)
+    return {"metrics": metrics, "sections": [{"title": "Generation samples", "blocks": [
+        {"kind": "text", "text": "One continuation per language (language tag first; temperature 0.8, top-k 40, "
+                                 "seed 0, 40 new tokens) from the first words of a test verse; the output's language "
+                                 "identified by a character-trigram classifier trained on the corpus. "
+                                 f"{correct}/{len(ctx.langs)} in the prompt's language. Checkpoint step {ctx.step}."},
+        {"kind": "table", "header": ["lang", "prompt", "continuation", "identified"], "rows": rows},
+    ]}]}
+
+
+# ---------------------------------------------------------------------------- driver
+
+def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
+    """Run the registered evaluations (or `only` these), write eval/<name>.json; return all metrics."""
+    for mod in PLUGINS:
+        importlib.import_module(mod)
+    names = sorted(EVALUATIONS, key=lambda n: EVALUATIONS[n][0])
+    if only:
+        unknown = [n for n in only if n not in EVALUATIONS]
+        if unknown:
+            raise XlingError(f"unknown evaluation {', '.join(unknown)}; choose from {', '.join(names)}")
+        names = [n for n in names if n in only]
+    metrics: dict = {}
+    for name in names:
+        order, fn = EVALUATIONS[name]
+        t0 = time.perf_counter()
+        result = fn(ctx)
+        seconds = time.perf_counter() - t0
+        atomic_write_json(ctx.run_dir / "eval" / f"{name}.json",
+                          {"name": name, "order": order, "step": ctx.step, "seconds": round(seconds, 2), **result})
+        metrics.update(result["metrics"])
+        print(f"evaluate: {name} done in {seconds:.1f} s")
+    return metrics

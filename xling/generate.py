@@ -1,0 +1,610 @@
+"""Text generation with the xling Transformer: KV-cache decoding, sampling, beam search, streaming.
+
+    from xling.generate import GenerateConfig, generate, stream
+    cfg = GenerateConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=1)
+    texts = generate(model, tok, ["In the beginning", "Au commencement"], lang=["en", "fr"], cfg=cfg)
+    for piece in stream(model, tok, "In the beginning", lang="en", cfg=cfg):
+        print(piece, end="", flush=True)                       # complete text only, as it is produced
+    hyps = beam_search(step, batch_size=2, num_beams=4, max_new_tokens=50, eos_ids=[2], n_best=4)
+
+Language control: generation in language L feeds `<L>` as the first token (the causal-LM objective
+trains on `<L> segment </s> segment </s> ...`) and, when the model has language embeddings, the
+language index of L on every position. The index is the tag's id minus the 5 fixed specials, which is
+the language's position in corpus order (INTERFACES.md: tags follow corpus order, and the language
+index is the position in `Shards.langs`). `</s>` ends a continuation (`GenerateConfig.stop_tokens`).
+
+Decoding (`generate_ids`): the prompts are left-padded into one batch; each row gets its own positions
+(real tokens counted from 0) and a padding mask, so a row produces what it would produce alone. The
+prompt fills a `KVCache` in one call; then each step feeds only the last token. Per step: repetition
+penalty (CTRL, over prompt and output), temperature, top-k, top-p, then sampling with a seeded
+generator; temperature 0 is greedy (argmax). Rows that have stopped keep feeding padding until every
+row has stopped. Generation also ends when the cache reaches the model's `block_size`.
+
+Beam search (`beam_search`) runs over a `step(tokens, parents) -> log-probs` callable, so the causal LM
+(`lm_beam_search`), a prompt-format translation decoder or an encoder-decoder share it. Scores are
+sum of log-probs / length ** length_penalty (Hugging Face's convention; length counts the end token).
+
+Speed (bench/generate.py, PERF.md): decoding a small model is memory- and overhead-bound, so the step
+loop does as few tensor ops as it can (no logits processors for greedy, stop checks only when there is
+something to stop at) and `precision="bf16"` casts a copy of the weights to bfloat16 ("auto" picks
+bf16 where the hardware has native bf16 dot products).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from xling.errors import XlingError
+from xling.model import KVCache
+from xling.tokenizer import PAD_ID, SPECIAL_TOKENS
+from xling.tokenizer import lang_ids as tag_ids
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 100  # tokens to generate at most (also capped by the model's block_size)
+    temperature: float = 0.8  # softmax temperature; 0 = greedy (argmax, no sampling)
+    top_k: int = 0  # sample only among the k most likely tokens; 0 = off
+    top_p: float = 0.95  # nucleus: the smallest set of most likely tokens with mass >= top_p; 1 = off
+    repetition_penalty: float = 1.0  # CTRL: logits of seen tokens divided (>0) or multiplied (<0); 1 = off
+    stop: list[str] = field(default_factory=list)  # strings that end generation; output is cut before them
+    stop_tokens: list[str] = field(default_factory=lambda: ["</s>"])  # tokens that end generation (excluded)
+    seed: int | None = 1234  # sampling seed (same seed, same output); None = a fresh random seed
+    num_beams: int = 1  # > 1: beam search (deterministic; temperature/top-k/top-p/penalty ignored)
+    length_penalty: float = 1.0  # beam score = logprob / length ** length_penalty (> 0 favours longer)
+    early_stopping: bool = True  # beam: stop when num_beams hypotheses ended; false: when none can improve
+    precision: str = "auto"  # fp32 | bf16 (bf16 copy of the weights, faster) | auto (bf16 where native)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), not {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), not {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 = off), not {self.repetition_penalty}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, not {self.num_beams}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+
+
+# ---------------------------------------------------------------------------- logits processors
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL (Keskar et al. 2019): seen tokens' positive logits are divided by `penalty`, negative multiplied.
+
+    logits (B, V) float, seen (B, V) bool. penalty > 1 discourages repeats.
+    """
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # (B, V)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row (ties with the k-th kept too); the rest become -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    probability mass is >= p (at least one token); the rest become -inf. logits (B, V)."""
+    if p >= 1:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # (B, V) mass of the more likely tokens
+    drop_sorted = mass_before >= p  # already enough mass without this token; never drops the first
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, -math.inf)
+
+
+def _choose(logits: Tensor, cfg: GenerateConfig, gen: torch.Generator | None) -> Tensor:
+    """(B, V) float logits -> (B,) next tokens: argmax for temperature 0, else a filtered sample."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / cfg.temperature
+    logits = top_k_filter(logits, cfg.top_k)
+    logits = top_p_filter(logits, cfg.top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)  # (B,)
+
+
+# ---------------------------------------------------------------------------- precision
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """"fp32" -> float32, "bf16" -> bfloat16, "auto" -> bfloat16 where the device computes it natively."""
+    if precision == "auto":
+        return torch.bfloat16 if _native_bf16(torch.device(device)) else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+def for_precision(model: nn.Module, precision: str) -> nn.Module:
+    """The model itself if its weights already have the precision's dtype, else an eval-mode copy cast to it.
+
+    Convert once with this and pass the result when calling `generate` many times.
+    """
+    param = next(model.parameters())
+    dtype = resolve_precision(precision, param.device)
+    if param.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype).eval()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------- prompts and language control
+
+def encode_prompts(tokenizer, prompts: Sequence[str], lang: str | Sequence[str] | None
+                   ) -> tuple[list[list[int]], list[int] | None]:
+    """Token ids of each prompt, `<lang>` first when a language is given, and the language indices.
+
+    lang: one language for all prompts, one per prompt, or None (no tag, no language ids).
+    Returns (ids per prompt, language index per prompt or None).
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    langs = [lang] * len(prompts) if lang is None or isinstance(lang, str) else list(lang)
+    if len(langs) != len(prompts):
+        raise XlingError(f"got {len(langs)} languages for {len(prompts)} prompts; give one language, "
+                         f"or one per prompt")
+    tags = tag_ids(tokenizer, sorted(set(langs))) if lang is not None else {}
+    ids = []
+    for text, lg in zip(prompts, langs, strict=True):
+        x = tokenizer.encode(text, add_special_tokens=False).ids
+        if lg is not None:
+            x = [tags[lg]] + x
+        elif not x:
+            raise XlingError("an empty prompt needs a language to start from; give --lang or some text")
+        ids.append(x)
+    index = [tags[lg] - len(SPECIAL_TOKENS) for lg in langs] if lang is not None else None
+    return ids, index
+
+
+def stop_token_ids(tokenizer, names: Sequence[str]) -> list[int]:
+    """Ids of the `stop_tokens` names, e.g. ["</s>"] -> [2]."""
+    out = []
+    for name in names:
+        i = tokenizer.token_to_id(name)
+        if i is None:
+            raise XlingError(f"stop token {name!r} is not in the tokenizer's vocabulary; use one of its "
+                             f"special tokens such as </s>")
+        out.append(i)
+    return out
+
+
+# ---------------------------------------------------------------------------- the KV-cache state
+
+class _LM:
+    """A batch of left-padded prompts in a KV cache, giving next-token logits one step at a time.
+
+    After construction `.logits` (B, V) float is the distribution after each prompt; `step(tokens)`
+    appends one token per row and returns the next logits. `max_steps` tokens fit in the cache.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, prompts: list[list[int]], lang_index: list[int] | None):
+        self.model = model
+        cfg = model.cfg
+        dev = next(model.parameters()).device
+        lens = [len(p) for p in prompts]
+        B, T0 = len(prompts), max(lens)
+        if min(lens) == 0:
+            raise ValueError("every prompt needs at least one token")
+        if T0 > cfg.block_size:
+            raise XlingError(f"a prompt of {T0} tokens is longer than the model's block_size "
+                             f"({cfg.block_size}); shorten the prompt")
+        self.max_steps = cfg.block_size - T0 + 1  # the last token chosen is never fed back
+        idx = torch.full((B, T0), PAD_ID, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            idx[r, T0 - len(p):] = torch.tensor(p, dtype=torch.long)  # left padding: every row ends at T0-1
+        self.idx = idx = idx.to(dev)  # (B, T0)
+        padded = min(lens) < T0
+        real = pad_mask = positions = None
+        self.next_pos = None
+        if padded:
+            starts = torch.tensor([T0 - n for n in lens])[:, None]  # (B, 1) first real column
+            real = pad_mask = (torch.arange(T0)[None, :] >= starts).to(dev)  # (B, T0) True = real
+            positions = (pad_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T0) real tokens counted from 0
+            self.next_pos = torch.tensor(lens, device=dev)[:, None]  # (B, 1)
+        self.real = real  # (B, T0) bool or None
+        self.lang = None  # (B, 1) language index per row, when the model has language embeddings
+        if lang_index is not None and cfg.n_langs > 0:
+            bad = [i for i in lang_index if not 0 <= i < cfg.n_langs]
+            if bad:
+                raise XlingError(f"language index {bad[0]} is outside the model's {cfg.n_langs} languages; "
+                                 f"use the tokenizer the model was trained with")
+            self.lang = torch.tensor(lang_index, device=dev)[:, None]
+        self.cache = KVCache()
+        lang_ids = None if self.lang is None else self.lang.expand(B, T0)
+        h = model(idx, positions=positions, lang_ids=lang_ids, pad_mask=pad_mask, kv_cache=self.cache)
+        self.logits = model.lm_head(h[:, -1]).float()  # (B, V)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> Tensor:
+        """(B,) tokens appended to each row -> (B, V) float logits of the next token."""
+        h = self.model(tokens[:, None], positions=self.next_pos, lang_ids=self.lang, kv_cache=self.cache)
+        if self.next_pos is not None:
+            self.next_pos = self.next_pos + 1
+        return self.model.lm_head(h[:, -1]).float()  # (B, V)
+
+    def reorder(self, rows: Tensor) -> None:
+        """Row i continues row rows[i] (beam search): gather every cached tensor along the batch."""
+        c = self.cache
+        c.k = [k.index_select(0, rows) for k in c.k]
+        c.v = [v.index_select(0, rows) for v in c.v]
+        if c.key_mask is not None:
+            c.key_mask = c.key_mask.index_select(0, rows)
+        if self.next_pos is not None:
+            self.next_pos = self.next_pos.index_select(0, rows)
+        if self.lang is not None:
+            self.lang = self.lang.index_select(0, rows)
+
+    def seen(self) -> Tensor:
+        """(B, V) bool: which tokens each prompt contains (padding excluded), for the repetition penalty."""
+        B, V = self.idx.shape[0], self.logits.shape[-1]
+        real = self.real if self.real is not None else torch.ones_like(self.idx, dtype=torch.bool)
+        counts = torch.zeros(B, V, dtype=torch.long, device=self.idx.device)
+        return counts.scatter_add_(1, self.idx, real.long()) > 0  # padding adds 0
+
+
+def _tokens(lm: _LM, cfg: GenerateConfig, n_steps: int, stop: Tensor | None, done: Tensor | None
+            ) -> Iterator[Tensor]:
+    """Yield the (B,) chosen tokens step by step. `done` (B,) bool is shared with the caller, who may
+    set rows (stop strings); rows that emit a `stop` token are marked here. Finished rows get PAD_ID.
+    Ends after n_steps or when every row is done."""
+    gen = None
+    if cfg.temperature > 0:
+        gen = torch.Generator(device=lm.logits.device)
+        if cfg.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(cfg.seed)
+    penalty = cfg.repetition_penalty != 1.0
+    seen = lm.seen() if penalty else None  # (B, V)
+    logits = lm.logits  # (B, V)
+    tok = None
+    for t in range(n_steps):
+        if t:
+            logits = lm.step(tok)
+        if penalty:
+            logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+        tok = _choose(logits, cfg, gen)  # (B,)
+        if done is not None:
+            tok = tok.masked_fill(done, PAD_ID)  # finished rows feed padding (their output is ignored)
+        if penalty:
+            seen.scatter_(1, tok[:, None], True)
+        yield tok
+        if done is not None:
+            if stop is not None:
+                done |= torch.isin(tok, stop)
+            if bool(done.all()):
+                return
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int:
+    """Index of the earliest stop string in text, or -1."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    i = _find_stop(text, stops)
+    return text if i < 0 else text[:i]
+
+
+def _run(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, lang_index: list[int] | None,
+         stop_ids: Sequence[int], tokenizer=None) -> list[list[int]]:
+    """Sampling/greedy decoding; generated ids per row, without the stop token (or what follows a stop
+    string, which only a tokenizer can see)."""
+    with _eval_mode(model):
+        lm = _LM(model, prompts, lang_index)
+        B, dev = len(prompts), lm.logits.device
+        stops = cfg.stop if tokenizer is not None else []
+        stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev) if stop_ids else None
+        done = torch.zeros(B, dtype=torch.bool, device=dev) if stop is not None or stops else None
+        rows: list[list[int]] = [[] for _ in range(B)]
+        cols: list[Tensor] = []
+        ended = [False] * B  # rows stopped by a stop string (python side)
+        for tok in _tokens(lm, cfg, min(cfg.max_new_tokens, lm.max_steps), stop, done):
+            cols.append(tok)
+            if stops:  # decode each unfinished row's output so far and look for a stop string
+                for r, t in enumerate(tok.tolist()):
+                    if ended[r] or t in stop_ids:
+                        ended[r] = True
+                        continue
+                    rows[r].append(t)
+                    if _find_stop(tokenizer.decode(rows[r], skip_special_tokens=True), stops) >= 0:
+                        ended[r] = True
+                        done[r] = True
+        if stops:
+            return rows
+        out = torch.stack(cols, dim=1).tolist() if cols else [[] for _ in range(B)]  # (B, steps)
+        stop_set = set(stop_ids)
+        for r, ids in enumerate(out):
+            end = next((i for i, t in enumerate(ids) if t in stop_set), len(ids))
+            out[r] = ids[:end]
+        return out
+
+
+def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, *,
+                 lang_index: list[int] | None = None, stop_ids: Sequence[int] = ()) -> list[list[int]]:
+    """Continue token-id prompts; the generated ids of each (stop token excluded).
+
+    The model is used as given (see `for_precision`); `cfg.stop` strings and `cfg.stop_tokens` names
+    need a tokenizer and are ignored here: pass `stop_ids` instead. num_beams > 1 runs beam search.
+    """
+    if cfg.num_beams > 1:
+        return [h[0].tokens if h else [] for h in lm_beam_search(model, prompts, cfg, lang_index=lang_index,
+                                                     eos_ids=stop_ids)]
+    return _run(model, prompts, cfg, lang_index, stop_ids)
+
+
+def generate(model: nn.Module, tokenizer, prompts: list[str], lang: str | list[str] | None = None,
+             cfg: GenerateConfig | None = None) -> list[str]:
+    """Continue each prompt in language `lang` (one for all, one per prompt, or None); the new text only.
+
+    The output stops before the first `cfg.stop` string and at a `cfg.stop_tokens` token.
+    """
+    cfg = cfg or GenerateConfig()
+    ids, index = encode_prompts(tokenizer, prompts, lang)
+    stop_ids = stop_token_ids(tokenizer, cfg.stop_tokens)
+    model = for_precision(model, cfg.precision)
+    if cfg.num_beams > 1:
+        out = generate_ids(model, ids, cfg, lang_index=index, stop_ids=stop_ids)
+    else:
+        out = _run(model, ids, cfg, index, stop_ids, tokenizer)
+    return [_cut(tokenizer.decode(o, skip_special_tokens=True), cfg.stop) for o in out]
+
+
+class IncrementalDecoder:
+    """Token ids in, complete text out: what a live display can print without ever taking it back.
+
+        dec = IncrementalDecoder(tokenizer, stops=["\\n\\n"])
+        for t in ids:
+            print(dec.push(t), end="")         # "" while a character or a possible stop string is incomplete
+            if dec.stopped: break
+        print(dec.flush())                     # the rest; all pieces together == dec.text
+
+    Held back: trailing U+FFFD (an incomplete UTF-8 sequence decodes to it until its last byte arrives,
+    with byte-level BPE or byte-fallback pieces) and a trailing part of a stop string. `text` is the
+    decoded output, cut before the first stop string (then `stopped` is True).
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str] = ()):
+        self.tokenizer, self.stops = tokenizer, list(stops)
+        self.ids: list[int] = []
+        self.text = self.emitted = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = _find_stop(self.text, self.stops)
+        if cut >= 0:
+            self.text, self.stopped = self.text[:cut], True
+            return ""
+        safe = self.text[:len(self.text) - self._held_back()]
+        return self._emit(safe)
+
+    def flush(self) -> str:
+        return self._emit(self.text)
+
+    def _emit(self, safe: str) -> str:
+        # decoding more tokens only ever changes held-back characters, so `safe` extends what was emitted
+        if len(safe) <= len(self.emitted) or not safe.startswith(self.emitted):
+            return ""
+        piece, self.emitted = safe[len(self.emitted):], safe
+        return piece
+
+    def _held_back(self) -> int:
+        text = self.text
+        n = len(text) - len(text.rstrip("\ufffd"))
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text)), n, -1):  # longest stop-string prefix ending the text
+                if text.endswith(s[:k]):
+                    n = k
+                    break
+        return n
+
+
+def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
+           cfg: GenerateConfig | None = None) -> Iterator[str]:
+    """Yield the continuation of one prompt as text pieces, as soon as each piece is complete text.
+
+    The pieces concatenate to what `generate` returns for the same prompt and config. A piece never
+    ends inside a multi-byte character or a possible stop string (see `IncrementalDecoder`). Beam
+    search cannot stream: with num_beams > 1 the whole output comes as one piece.
+    """
+    cfg = cfg or GenerateConfig()
+    if cfg.num_beams > 1:
+        yield from generate(model, tokenizer, [prompt], lang, cfg)
+        return
+    ids, index = encode_prompts(tokenizer, [prompt], lang)
+    stop_ids = set(stop_token_ids(tokenizer, cfg.stop_tokens))
+    model = for_precision(model, cfg.precision)
+    dec = IncrementalDecoder(tokenizer, cfg.stop)
+    with _eval_mode(model):
+        lm = _LM(model, ids, index)
+        for tok in _tokens(lm, cfg, min(cfg.max_new_tokens, lm.max_steps), None, None):
+            t = int(tok[0])
+            if t in stop_ids:
+                break
+            piece = dec.push(t)
+            if piece:
+                yield piece
+            if dec.stopped:
+                break
+    piece = dec.flush()
+    if piece:
+        yield piece
+
+
+# ---------------------------------------------------------------------------- beam search
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated ids, the end token excluded
+    score: float  # logprob / length ** length_penalty: what hypotheses are ranked by
+    logprob: float  # sum of the generated tokens' log-probabilities (end token included)
+
+
+# step(tokens, parents) -> (batch_size * num_beams, V) log-probabilities of the next token
+StepFn = Callable[[Tensor | None, Tensor | None], Tensor]
+
+
+def _keep_best(hyps: list[Hypothesis], h: Hypothesis, k: int) -> None:
+    hyps.append(h)
+    hyps.sort(key=lambda x: -x.score)
+    del hyps[k:]
+
+
+def beam_search(step: StepFn, batch_size: int, *, num_beams: int = 4, max_new_tokens: int = 64,
+                eos_ids: Sequence[int] = (), length_penalty: float = 1.0, early_stopping: bool = True,
+                n_best: int = 1) -> list[list[Hypothesis]]:
+    """Beam search over any decoder; per batch entry the n_best hypotheses, best normalised score first.
+
+    step(tokens, parents) returns (batch_size * num_beams, V) log-probabilities (log_softmax) of the next
+    token; row b * num_beams + k is beam k of batch entry b.
+    - First call: tokens = parents = None; return the distribution after the prompt (every row of an
+      entry holds the same prompt; only beam 0 is expanded, the others start at -inf).
+    - Later calls: parents (N,) long says that row i now continues the previous call's row parents[i]
+      (reorder your state, e.g. a KV cache, with index_select(0, parents)), and tokens (N,) long is the
+      token just appended to row i.
+    A hypothesis ends at a token of eos_ids (kept only if it ranks among the num_beams best candidates,
+    as in Hugging Face) or at max_new_tokens. Score = sum of log-probs / length ** length_penalty with
+    length = generated tokens, the end token included. early_stopping=True: an entry is done once
+    num_beams hypotheses ended; False: once no running beam can still beat the worst kept hypothesis
+    (an exact bound: log-probs only fall, and the bound uses the most favourable remaining length).
+    """
+    K, B, lp = num_beams, batch_size, length_penalty
+    if K < 1 or n_best < 1 or n_best > K:
+        raise ValueError(f"need 1 <= n_best <= num_beams, got n_best={n_best}, num_beams={K}")
+    eos = set(eos_ids)
+    filler = min(eos) if eos else 0  # token fed to dead beams (their score is -inf, never kept)
+    scores = torch.full((B, K), -math.inf)
+    scores[:, 0] = 0.0
+    hist: list[list[int]] = [[] for _ in range(B * K)]  # generated tokens of each row
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    tokens = parents = None
+    for t in range(max_new_tokens):
+        logp = step(tokens, parents).float()  # (B*K, V)
+        V = logp.shape[-1]
+        cand = (scores.to(logp.device).view(-1, 1) + logp).view(B, K * V)  # (B, K*V) running sums
+        top, idx = cand.topk(min(K * (1 + len(eos)), K * V), dim=1)  # enough candidates for K non-end ones
+        top, idx = top.tolist(), idx.tolist()
+        new_scores, new_parents, new_tokens = [], [], []
+        for b in range(B):
+            beams: list[tuple[float, int, int]] = []  # (score, parent row, token)
+            if not done[b]:
+                for rank, (s, j) in enumerate(zip(top[b], idx[b], strict=True)):
+                    if s == -math.inf:
+                        break
+                    k, w = divmod(j, V)
+                    if w in eos:
+                        if rank < K:
+                            _keep_best(finished[b], Hypothesis(hist[b * K + k], s / (t + 1) ** lp, s), K)
+                        continue
+                    beams.append((s, b * K + k, w))
+                    if len(beams) == K:
+                        break
+                done[b] = _beam_done(finished[b], beams[0][0] if beams else None, K, t + 1, max_new_tokens,
+                                     lp, early_stopping)
+            beams += [(-math.inf, b * K, filler)] * (K - len(beams))  # dead beams keep the shapes
+            for s, p, w in beams:
+                new_scores.append(s)
+                new_parents.append(p)
+                new_tokens.append(w)
+        hist = [hist[p] + [w] for p, w in zip(new_parents, new_tokens, strict=True)]
+        scores = torch.tensor(new_scores).view(B, K)
+        if all(done):
+            break
+        tokens = torch.tensor(new_tokens, device=logp.device)
+        parents = torch.tensor(new_parents, device=logp.device)
+    for b in range(B):  # entries cut by max_new_tokens: their running beams are hypotheses too
+        if not done[b]:
+            for k in range(K):
+                s = float(scores[b, k])
+                if s > -math.inf:
+                    tokens_k = hist[b * K + k]
+                    _keep_best(finished[b], Hypothesis(tokens_k, s / max(len(tokens_k), 1) ** lp, s), K)
+    return [hyps[:n_best] for hyps in finished]
+
+
+def _beam_done(hyps: list[Hypothesis], best_running: float | None, K: int, length: int, max_new: int,
+               lp: float, early_stopping: bool) -> bool:
+    """Whether a batch entry can stop after `length` generated tokens."""
+    if best_running is None:
+        return True  # nothing left to extend
+    if len(hyps) < K:
+        return False
+    if early_stopping:
+        return True
+    # A running beam's final sum is <= best_running <= 0 and its final length L is in (length, max_new];
+    # s / L**lp is largest at L = max_new when lp > 0, at the shortest L otherwise.
+    best_length = max_new if lp > 0 else length + 1
+    return hyps[-1].score >= best_running / best_length ** lp
+
+
+def lm_beam_search(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, *,
+                   lang_index: list[int] | None = None, eos_ids: Sequence[int] = (), n_best: int = 1
+                   ) -> list[list[Hypothesis]]:
+    """Beam search with the causal LM on token-id prompts (e.g. `<en> source </s> <fr>` for translation).
+
+    Each prompt is copied num_beams times into one KV-cache batch; beams are reordered in the cache.
+    """
+    K = cfg.num_beams
+    rows = [p for p in prompts for _ in range(K)]
+    index = None if lang_index is None else [i for i in lang_index for _ in range(K)]
+    with _eval_mode(model):
+        lm = _LM(model, rows, index)
+
+        def step(tokens: Tensor | None, parents: Tensor | None) -> Tensor:
+            if tokens is None:
+                return lm.logits.log_softmax(dim=-1)
+            lm.reorder(parents)
+            return lm.step(tokens).log_softmax(dim=-1)
+
+        n_steps = min(cfg.max_new_tokens, lm.max_steps)
+        return beam_search(step, len(prompts), num_beams=K, max_new_tokens=n_steps, eos_ids=eos_ids,
+                           length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
+                           n_best=n_best)

@@ -1,0 +1,1 @@
+"""Downstream tasks on top of corpora and trained models (alignment, translation, classification, ...)."""

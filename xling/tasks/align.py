@@ -1,0 +1,678 @@
+"""Cross-lingual word-embedding alignment (MUSE, vecmap): map source vectors into the target space.
+
+    W = procrustes(X[train[:, 0]], Y[train[:, 1]])          # supervised, from a seed dictionary
+    W, log = adversarial(X, Y, cfg)                          # unsupervised (MUSE), then refine(...)
+    space = Space(X @ W.T, Y)                                 # mapped source, target; unit vectors
+    scores, idx = space.s2t(query_ids, k=10, method="csls")  # translations, chunked: bounded memory
+    result = run_align(src_vecs, tgt_vecs, "runs/demo/align/en-fr", pairs=..., cfg=AlignConfig())
+
+CLI: `xling align --src en.vec --tgt fr.vec --dict freedict` (`align_files`) or, inside a run,
+`align_from_corpus` (static vectors trained on the corpus, FreeDict/CLDR dictionaries), which also
+gives the demo's metrics `align.p_at_1.<src>-<tgt>.{supervised,unsupervised}`.
+
+Methods (AlignConfig.methods):
+  procrustes          W = U V^T from the SVD of Y_d^T X_d over the training dictionary
+  procrustes-refine   the same, then refinement (below)
+  adversarial         MUSE's GAN: a discriminator tells mapped source from target vectors, the
+                      mapping learns to fool it and is kept orthogonal; then refinement
+  identical           seed dictionary = strings present in both vocabularies; then refinement
+Refinement: `refine_iters` times, build a dictionary of mutual CSLS nearest neighbours among the
+`refine_max_rank` most frequent words and solve Procrustes on it. Every candidate mapping is scored
+without any dictionary by MUSE's criterion (mean cosine of the 10k most confident CSLS pairs) and
+the best one is kept. P@k is measured on a test dictionary split off by source frequency rank.
+
+Retrieval is CSLS(x, y) = 2 cos(Wx, y) - r_T(Wx) - r_S(y), with r the mean cosine of the k = 10
+nearest neighbours in the other space; it is computed in row chunks with a top-k per chunk, so
+100k x 100k words need a few hundred MB, never the full similarity matrix.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xling.errors import XlingError
+from xling.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from xling.progress import format_table, progress
+from xling.tasks.dictionaries import (coverage_line, filter_pairs, identical_pairs, load_dictionary,
+                                      split_by_rank)
+from xling.tasks.vectors import Vectors, VectorsConfig, read_vec, train_static_vectors, write_vec
+
+METHODS = ("procrustes", "procrustes-refine", "adversarial", "identical")
+SUPERVISED = ("procrustes", "procrustes-refine")
+NORM_STEPS = ("center", "renorm", "none", "")
+
+
+@dataclass
+class AlignConfig:
+    methods: list[str] = field(default_factory=lambda: ["procrustes", "procrustes-refine", "adversarial",
+                                                        "identical"])  # which mappings to learn
+    normalize: str = "renorm,center,renorm"  # MUSE normalize_embeddings steps: center, renorm ("" = none)
+    max_vocab: int = 200000  # most frequent words kept per language (MUSE's default)
+    train_ranks: list[int] = field(default_factory=lambda: [0, 5000])  # source-rank range of the train dict
+    test_ranks: list[int] = field(default_factory=lambda: [5000, 6500])  # ... and of the test dict (disjoint)
+    csls_k: int = 10  # neighbours in CSLS's hubness penalty
+    refine_iters: int = 5  # Procrustes refinement iterations
+    refine_max_rank: int = 15000  # refinement dictionary: mutual CSLS neighbours among this many words
+    select_max_rank: int = 10000  # model-selection criterion: most frequent source words considered ...
+    select_pairs: int = 10000  # ... and the most confident pairs averaged
+    identical_max_rank: int = 0  # identical-strings seed among this many words per side (0 = all)
+    adv_most_frequent: int = 75000  # the discriminator sees only the most frequent words
+    adv_hidden: int = 2048  # discriminator width (d -> h -> h -> 1)
+    adv_dropout: float = 0.1  # discriminator input dropout
+    adv_smooth: float = 0.1  # discriminator label smoothing
+    adv_dis_steps: int = 5  # discriminator steps per mapping step
+    adv_batch: int = 32  # words per side in a batch
+    adv_epochs: int = 5  # epochs; the best one by the criterion is kept
+    adv_epoch_size: int = 1000000  # words per epoch (MUSE): epoch_size / batch mapping steps
+    adv_lr: float = 0.1  # SGD learning rate of mapping and discriminator
+    adv_lr_decay: float = 0.98  # mapping lr *= decay after every epoch ...
+    adv_lr_shrink: float = 0.5  # ... and *= shrink when the criterion got worse
+    adv_min_lr: float = 1e-6  # stop when the mapping lr falls below this
+    adv_beta: float = 0.001  # orthogonalisation: W <- (1 + beta) W - beta (W W^T) W
+    memory_mb: int = 256  # similarity scores held at once during retrieval
+    write_vectors: bool = True  # write the mapped source and the normalised target as .vec files
+    seed: int = 0  # adversarial training seed
+
+    def __post_init__(self):
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown alignment method {m!r}; choose from {', '.join(METHODS)}")
+        for step in self.normalize.split(","):
+            if step.strip() not in NORM_STEPS:
+                raise ValueError(f"normalize step {step!r} is not one of center, renorm, none")
+        for name in ("train_ranks", "test_ranks"):
+            r = getattr(self, name)
+            if len(r) != 2 or not 0 <= r[0] <= r[1]:
+                raise ValueError(f"{name} must be two ranks [start, end) with 0 <= start <= end, not {r}")
+        if max(self.train_ranks[0], self.test_ranks[0]) < min(self.train_ranks[1], self.test_ranks[1]):
+            raise ValueError(f"train_ranks {self.train_ranks} and test_ranks {self.test_ranks} overlap")
+        if min(self.csls_k, self.adv_hidden, self.adv_dis_steps, self.adv_batch, self.max_vocab,
+               self.memory_mb) < 1:
+            raise ValueError("csls_k, adv_hidden, adv_dis_steps, adv_batch, max_vocab and memory_mb must be >= 1")
+        if self.adv_lr <= 0 or not 0 < self.adv_lr_decay <= 1 or not 0 < self.adv_lr_shrink <= 1:
+            raise ValueError("adv_lr must be > 0 and adv_lr_decay, adv_lr_shrink in (0, 1]")
+        if not 0 <= self.adv_dropout < 1 or not 0 <= self.adv_smooth < 0.5:
+            raise ValueError("adv_dropout must be in [0, 1) and adv_smooth in [0, 0.5)")
+
+
+# ---------------------------------------------------------------------------- normalisation, Procrustes
+
+def normalize_embeddings(x: np.ndarray, how: str) -> np.ndarray:
+    """Apply MUSE's comma-separated steps in order: "center" (subtract the mean vector), "renorm"
+    (unit length rows); e.g. "renorm,center,renorm". Returns a new float32 array."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    for step in (s.strip() for s in how.split(",")):
+        if step == "center":
+            x -= x.mean(axis=0, keepdims=True)
+        elif step == "renorm":
+            x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+        elif step not in ("", "none"):
+            raise ValueError(f"unknown normalisation step {step!r}")
+    return x
+
+
+def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The orthogonal W (d, d) minimising ||a W^T - b||_F: row a_i maps to W a_i ~ b_i.
+
+    M = b^T a, U S V^T = svd(M), W = U V^T (Schönemann 1966; MUSE, vecmap). Computed in float64.
+    """
+    if a.shape != b.shape or a.ndim != 2 or len(a) == 0:
+        raise ValueError(f"procrustes needs two (n, d) arrays of one shape with n > 0, got {a.shape}, {b.shape}")
+    m = b.astype(np.float64).T @ a.astype(np.float64)  # (d, d)
+    u, _, vt = np.linalg.svd(m)
+    return u @ vt  # (d, d) float64
+
+
+def orthogonalize(w, beta: float):
+    """One step towards the orthogonal manifold: W <- (1 + beta) W - beta (W W^T) W (MUSE, Cisse et al.)."""
+    return (1 + beta) * w - beta * (w @ w.T) @ w
+
+
+# ---------------------------------------------------------------------------- retrieval: NN and CSLS
+
+def _unit(x):
+    import torch
+
+    t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
+    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, memory_mb: int = 256):
+    """Top-k over keys of scale * (q . key) - penalty[key] for every query row, chunk by chunk.
+
+    queries (n, d), keys (m, d) torch float32; penalty (m,) or None. Only a (chunk, m) block of
+    scores exists at a time (chunk = memory_mb / (8 m) rows). Returns (values (n, k), indices (n, k)).
+    """
+    import torch
+
+    n, m = queries.shape[0], keys.shape[0]
+    k = min(k, m)
+    rows = max(1, (memory_mb << 20) // (8 * m))
+    vals = torch.empty(n, k)
+    idx = torch.empty(n, k, dtype=torch.long)
+    kt = keys.T.contiguous()  # (d, m)
+    with torch.no_grad():
+        for s in range(0, n, rows):
+            scores = queries[s:s + rows] @ kt  # (c, m)
+            if scale != 1.0:
+                scores.mul_(scale)
+            if penalty is not None:
+                scores.sub_(penalty[None, :])
+            vals[s:s + rows], idx[s:s + rows] = scores.topk(k, dim=1)
+    return vals, idx
+
+
+def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256):
+    """(n,) mean cosine of each query's k nearest keys: CSLS's r (unit rows assumed)."""
+    return topk_scores(queries, keys, k, memory_mb=memory_mb)[0].mean(dim=1)
+
+
+class Space:
+    """Mapped source and target vectors (unit rows) with NN / CSLS retrieval both ways.
+
+    The hubness terms r_S (each mapped source word's mean cosine to its k nearest targets) and r_T
+    (each target's to its k nearest mapped source words) are computed on first use and cached.
+    """
+
+    def __init__(self, src_mapped, tgt, csls_k: int = 10, memory_mb: int = 256):
+        self.src = _unit(src_mapped)  # (n_s, d)
+        self.tgt = _unit(tgt)  # (n_t, d)
+        self.k = csls_k
+        self.memory_mb = memory_mb
+        self._r = {}
+
+    def r(self, side: str, ids=None):
+        """r_S ("src") or r_T ("tgt") for all rows, or for `ids` only when not cached."""
+        import torch
+
+        if side not in self._r and ids is not None:
+            q = self.src if side == "src" else self.tgt
+            other = self.tgt if side == "src" else self.src
+            return mean_knn_sim(q[torch.as_tensor(ids)], other, self.k, self.memory_mb)
+        if side not in self._r:
+            q, other = (self.src, self.tgt) if side == "src" else (self.tgt, self.src)
+            self._r[side] = mean_knn_sim(q, other, self.k, self.memory_mb)
+        return self._r[side] if ids is None else self._r[side][torch.as_tensor(ids)]
+
+    def s2t(self, ids, k: int = 10, method: str = "csls"):
+        """Top-k targets of the mapped source words `ids`: (scores (q, k), indices (q, k)) numpy."""
+        return self._search("src", ids, k, method)
+
+    def t2s(self, ids, k: int = 10, method: str = "csls"):
+        """Top-k mapped source words of the targets `ids`."""
+        return self._search("tgt", ids, k, method)
+
+    def _search(self, side: str, ids, k: int, method: str):
+        import torch
+
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        q, keys, other = (self.src, self.tgt, "tgt") if side == "src" else (self.tgt, self.src, "src")
+        if method == "nn":
+            v, i = topk_scores(q[ids], keys, k, memory_mb=self.memory_mb)
+        elif method == "csls":
+            v, i = topk_scores(q[ids], keys, k, scale=2.0, penalty=self.r(other), memory_mb=self.memory_mb)
+            v = v - self.r(side, ids)[:, None]
+        else:
+            raise ValueError(f"retrieval method must be nn or csls, not {method!r}")
+        return v.numpy(), i.numpy()
+
+
+def csls_reference(src_mapped: np.ndarray, tgt: np.ndarray, k: int = 10) -> np.ndarray:
+    """The full CSLS matrix (n_s, n_t) by brute force in numpy: for tests and small inputs only."""
+    s = src_mapped / np.linalg.norm(src_mapped, axis=1, keepdims=True)
+    t = tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
+    cos = s @ t.T  # (n_s, n_t)
+    r_s = np.sort(cos, axis=1)[:, -k:].mean(axis=1)  # (n_s,) each source's k nearest targets
+    r_t = np.sort(cos, axis=0)[-k:, :].mean(axis=0)  # (n_t,) each target's k nearest sources
+    return 2 * cos - r_s[:, None] - r_t[None, :]
+
+
+# ---------------------------------------------------------------------------- dictionaries from a mapping
+
+def candidate_pairs(space: Space, direction: str = "s2t", method: str = "csls", max_rank: int = 15000,
+                    max_size: int = 0) -> np.ndarray:
+    """Best translation of each of the `max_rank` most frequent words, most confident first.
+
+    Confidence = score of the best minus the second-best candidate (MUSE). Pairs whose translation
+    is beyond `max_rank` are dropped; at most `max_size` pairs kept (0 = all). Returns (m, 2)
+    (source row, target row) whatever the direction.
+    """
+    n = len(space.src) if direction == "s2t" else len(space.tgt)
+    n_q = min(max_rank, n) if max_rank > 0 else n
+    search = space.s2t if direction == "s2t" else space.t2s
+    scores, idx = search(np.arange(n_q), 2, method)
+    best = idx[:, 0]
+    conf = scores[:, 0] - scores[:, 1] if scores.shape[1] > 1 else scores[:, 0]
+    order = np.argsort(-conf, kind="stable")
+    pairs = np.stack([np.arange(n_q), best], axis=1)[order]  # (n_q, 2) query, answer
+    if max_rank > 0:
+        pairs = pairs[pairs[:, 1] < max_rank]
+    if max_size > 0:
+        pairs = pairs[:max_size]
+    return pairs if direction == "s2t" else pairs[:, ::-1].copy()
+
+
+def build_dictionary(space: Space, build: str = "S2T&T2S", method: str = "csls",
+                     max_rank: int = 15000) -> np.ndarray:
+    """A dictionary induced from the mapping: S2T, T2S, their union (S2T|T2S) or mutual neighbours
+    (S2T&T2S, refinement's default). (m, 2) source/target rows."""
+    s2t = candidate_pairs(space, "s2t", method, max_rank)
+    if build == "S2T":
+        return s2t
+    t2s = candidate_pairs(space, "t2s", method, max_rank)
+    if build == "T2S":
+        return t2s
+    t2s_set = {tuple(p) for p in t2s.tolist()}
+    if build == "S2T&T2S":
+        keep = [p for p in s2t.tolist() if tuple(p) in t2s_set]
+    elif build == "S2T|T2S":
+        s2t_set = {tuple(p) for p in s2t.tolist()}
+        keep = s2t.tolist() + [p for p in t2s.tolist() if tuple(p) not in s2t_set]
+    else:
+        raise ValueError(f"build must be S2T, T2S, S2T|T2S or S2T&T2S, not {build!r}")
+    return np.array(keep, dtype=np.int64).reshape(-1, 2)
+
+
+def mean_cosine(space: Space, max_rank: int = 10000, max_size: int = 10000) -> float:
+    """MUSE's unsupervised model-selection criterion: mean cosine of the `max_size` most confident
+    CSLS source->target pairs among the `max_rank` most frequent words."""
+    pairs = candidate_pairs(space, "s2t", "csls", max_rank, max_size)
+    if len(pairs) == 0:
+        return 0.0
+    s, t = space.src[pairs[:, 0]], space.tgt[pairs[:, 1]]
+    return float((s * t).sum(dim=1).mean())
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def evaluate_bli(space: Space, pairs: np.ndarray, method: str = "csls",
+                 ks: tuple[int, ...] = (1, 5, 10)) -> tuple[dict[int, float], np.ndarray, np.ndarray]:
+    """Precision@k of bilingual lexicon induction on (source row, target row) gold pairs.
+
+    Each distinct source word is one query; it counts as correct at k if any of its gold
+    translations is among its top-k retrieved targets. Returns ({k: P@k}, query rows, correct@1).
+    """
+    if len(pairs) == 0:
+        raise XlingError("the test dictionary is empty; widen align.test_ranks or give a larger dictionary")
+    queries, inverse = np.unique(pairs[:, 0], return_inverse=True)
+    _, idx = space.s2t(queries, max(ks), method)  # (q, K)
+    gold = np.zeros(idx.shape, dtype=bool)
+    for row, tgt in zip(inverse.ravel(), pairs[:, 1], strict=True):
+        gold[row] |= idx[row] == tgt
+    hit_by = np.cumsum(gold, axis=1) > 0  # (q, K): a gold translation within the first k
+    return {k: float(hit_by[:, k - 1].mean()) for k in ks}, queries, hit_by[:, 0]
+
+
+def frequency_bands(n: int) -> list[tuple[int, int]]:
+    edges = [e for e in (0, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000) if e < n] + [n]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+# ---------------------------------------------------------------------------- learning the mapping
+
+def refine(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: AlignConfig,
+           log: Callable[[str], None] = print, label: str = "refine") -> tuple[np.ndarray, list[dict]]:
+    """Procrustes refinement: `cfg.refine_iters` rounds of (mutual CSLS dictionary -> Procrustes).
+
+    Keeps the best mapping by the unsupervised criterion, the starting one included.
+    """
+    best_w, best = w, _criterion(x, y, w, cfg)
+    history = [{"iter": 0, "criterion": best}]
+    for it in range(1, cfg.refine_iters + 1):
+        dico = build_dictionary(Space(x @ w.T, y, cfg.csls_k, cfg.memory_mb), "S2T&T2S", "csls",
+                                cfg.refine_max_rank)
+        if len(dico) == 0:
+            log(f"{label} {it}: empty dictionary; stopping")
+            break
+        w = procrustes(x[dico[:, 0]], y[dico[:, 1]])
+        crit = _criterion(x, y, w, cfg)
+        history.append({"iter": it, "pairs": len(dico), "criterion": crit})
+        log(f"{label} {it}: {len(dico):,} mutual pairs, criterion {crit:.4f}")
+        if crit > best:
+            best_w, best = w, crit
+    return best_w, history
+
+
+def _criterion(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: AlignConfig) -> float:
+    return mean_cosine(Space(x @ w.T, y, cfg.csls_k, cfg.memory_mb), cfg.select_max_rank, cfg.select_pairs)
+
+
+def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
+                log: Callable[[str], None] = print) -> tuple[np.ndarray, list[dict]]:
+    """MUSE's adversarial training of an orthogonal map W (x -> W x), without any dictionary.
+
+    A discriminator D (d -> h -> h -> 1, LeakyReLU 0.2, input dropout, label smoothing) learns to
+    tell mapped source words from target words, both drawn from the `adv_most_frequent` most
+    frequent; W, initialised to the identity, learns to fool it (`adv_dis_steps` D steps per W
+    step, SGD), and after each W step is pulled back towards orthogonality. After each epoch the
+    criterion is measured; the best epoch's W is returned. Seeded and deterministic on CPU.
+    """
+    import torch
+    from torch import nn
+
+    d = x.shape[1]
+    n_s, n_t = min(cfg.adv_most_frequent, len(x)), min(cfg.adv_most_frequent, len(y))
+    xs = torch.from_numpy(np.ascontiguousarray(x[:n_s], dtype=np.float32))  # (n_s, d)
+    yt = torch.from_numpy(np.ascontiguousarray(y[:n_t], dtype=np.float32))  # (n_t, d)
+    bs, smooth = cfg.adv_batch, cfg.adv_smooth
+    # mapped source words are labelled 1 - smooth, target words smooth (MUSE)
+    labels = torch.cat([torch.full((bs,), 1 - smooth), torch.full((bs,), smooth)])  # (2 bs,)
+    history: list[dict] = []
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        mapping = nn.Linear(d, d, bias=False)
+        with torch.no_grad():
+            mapping.weight.copy_(torch.eye(d))
+        h = cfg.adv_hidden
+        disc = nn.Sequential(nn.Dropout(cfg.adv_dropout), nn.Linear(d, h), nn.LeakyReLU(0.2),
+                             nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
+        opt_d = torch.optim.SGD(disc.parameters(), lr=cfg.adv_lr)
+        opt_m = torch.optim.SGD(mapping.parameters(), lr=cfg.adv_lr)
+        bce = nn.BCEWithLogitsLoss()  # = sigmoid output + BCE, computed stably
+
+        def batch(grad: bool):
+            src = xs[torch.randint(n_s, (bs,), generator=gen)]
+            tgt = yt[torch.randint(n_t, (bs,), generator=gen)]
+            with torch.set_grad_enabled(grad):
+                return torch.cat([mapping(src), tgt])  # (2 bs, d)
+
+        best_w, best = mapping.weight.detach().double().numpy().copy(), -np.inf
+        steps = max(1, cfg.adv_epoch_size // bs)
+        for epoch in range(cfg.adv_epochs):
+            t0, d_loss = time.perf_counter(), 0.0
+            for _ in progress(range(steps), desc=f"adversarial epoch {epoch}", unit="step"):
+                disc.train()
+                for _ in range(cfg.adv_dis_steps):
+                    loss = bce(disc(batch(grad=False)).squeeze(1), labels)
+                    opt_d.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt_d.step()
+                d_loss += float(loss)
+                disc.eval()  # no dropout while the mapping learns to fool the discriminator
+                loss = bce(disc(batch(grad=True)).squeeze(1), 1 - labels)
+                opt_m.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_m.step()
+                with torch.no_grad():
+                    mapping.weight.copy_(orthogonalize(mapping.weight, cfg.adv_beta))
+            w = mapping.weight.detach().double().numpy().copy()
+            crit = _criterion(x, y, w, cfg)
+            lr = opt_m.param_groups[0]["lr"]
+            history.append({"epoch": epoch, "criterion": crit, "dis_loss": d_loss / steps, "lr": lr,
+                            "seconds": time.perf_counter() - t0})
+            log(f"adversarial epoch {epoch}: criterion {crit:.4f}, discriminator loss {d_loss / steps:.4f}, "
+                f"lr {lr:.4g}")
+            new_lr = max(cfg.adv_min_lr, lr * cfg.adv_lr_decay)
+            if crit < best and cfg.adv_lr_shrink < 1:
+                new_lr *= cfg.adv_lr_shrink
+            if crit > best:
+                best_w, best = w, crit
+            for g in opt_m.param_groups:
+                g["lr"] = new_lr
+            if new_lr < cfg.adv_min_lr:
+                break
+    return best_w, history
+
+
+def learn_mapping(method: str, x: np.ndarray, y: np.ndarray, src_words: list[str], tgt_words: list[str],
+                  train: np.ndarray | None, cfg: AlignConfig,
+                  log: Callable[[str], None] = print) -> tuple[np.ndarray, dict]:
+    """One method's W (d, d) and what happened on the way ({"history": ..., "raw_w": ...})."""
+    info: dict = {}
+    if method in SUPERVISED:
+        if train is None or len(train) == 0:
+            raise XlingError(f"method {method} needs a training dictionary with pairs in ranks "
+                             f"{cfg.train_ranks}; give one (--dict) or use adversarial / identical")
+        w = procrustes(x[train[:, 0]], y[train[:, 1]])
+        if method == "procrustes-refine":
+            info["raw_w"] = w
+            w, info["history"] = refine(x, y, w, cfg, log, "procrustes refine")
+    elif method == "adversarial":
+        w, info["adversarial"] = adversarial(x, y, cfg, log)
+        info["raw_w"] = w
+        w, info["history"] = refine(x, y, w, cfg, log, "adversarial refine")
+    elif method == "identical":
+        seed = identical_pairs(src_words, tgt_words, cfg.identical_max_rank)
+        info["seed_pairs"] = len(seed)
+        log(f"identical strings: {len(seed):,} words in both vocabularies")
+        if len(seed) < 2:
+            raise XlingError("fewer than 2 identical strings in the two vocabularies (different scripts?); "
+                             "use adversarial or a dictionary instead")
+        w = procrustes(x[seed[:, 0]], y[seed[:, 1]])
+        info["raw_w"] = w
+        w, info["history"] = refine(x, y, w, cfg, log, "identical refine")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return w, info
+
+
+# ---------------------------------------------------------------------------- the whole task
+
+def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str, tgt_lang: str,
+              pairs: list[tuple[str, str]] | None = None, cfg: AlignConfig | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Learn every method's mapping src -> tgt, evaluate it, write the outputs into `out_dir`:
+
+    W-<method>.npy (the (d, d) map, applied to normalised source vectors: x -> W x),
+    vectors/<src>-<method>.vec and vectors/<tgt>.vec (if cfg.write_vectors), results.json,
+    table.md (P@1/5/10, NN and CSLS, per method) and p_at_1_by_band.png.
+    Returns results.json's content; `results["metrics"]` holds flat `align.*` numbers.
+    """
+    cfg = cfg or AlignConfig()
+    out_dir = Path(out_dir)
+    src, tgt = src.head(cfg.max_vocab), tgt.head(cfg.max_vocab)
+    if src.dim != tgt.dim:
+        raise XlingError(f"source vectors have dimension {src.dim} but target vectors {tgt.dim}; "
+                         f"an orthogonal map needs equal dimensions")
+    x, y = normalize_embeddings(src.vecs, cfg.normalize), normalize_embeddings(tgt.vecs, cfg.normalize)
+    pair = f"{src_lang}-{tgt_lang}"
+    train = test = held_out_all = None
+    results: dict = {"pair": pair, "src_words": len(src), "tgt_words": len(tgt), "dim": src.dim,
+                     "config": asdict(cfg), "methods": {}}
+    if pairs:
+        idx, stats = filter_pairs(pairs, src.index, tgt.index)
+        log(coverage_line(stats, src_lang, tgt_lang))
+        train, test = split_by_rank(idx, tuple(cfg.train_ranks), tuple(cfg.test_ranks))
+        results["dictionary"] = dict(stats, train_pairs=len(train), test_pairs=len(test),
+                                     train_words=len(np.unique(train[:, 0])),
+                                     test_words=len(np.unique(test[:, 0])))
+        log(f"train dictionary: {len(train):,} pairs (source ranks {cfg.train_ranks}); test: {len(test):,} "
+            f"pairs, {results['dictionary']['test_words']:,} source words (ranks {cfg.test_ranks})")
+        held_out_all = idx
+    methods = [m for m in cfg.methods if pairs or m not in SUPERVISED]
+    if not pairs and len(methods) < len(cfg.methods):
+        log("no dictionary: skipping the supervised methods and P@k")
+    band_rows = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        w, info = learn_mapping(method, x, y, src.words, tgt.words, train, cfg, log)
+        seconds = time.perf_counter() - t0
+        entry = {"seconds": seconds, **{k: v for k, v in info.items() if k != "raw_w"}}
+        variants = [(method, w)] + ([(f"{method} (no refinement)", info["raw_w"])] if "raw_w" in info else [])
+        for name, wv in variants:
+            space = Space(x @ wv.T, y, cfg.csls_k, cfg.memory_mb)
+            ev = {"criterion": mean_cosine(space, cfg.select_max_rank, cfg.select_pairs)}
+            if test is not None and len(test):
+                for how in ("nn", "csls"):
+                    p, _, _ = evaluate_bli(space, test, how)
+                    ev[how] = {f"p@{k}": v for k, v in p.items()}
+            if name == method:
+                entry.update(ev)
+                atomic_write_bytes(out_dir / f"W-{method}.npy", _npy(wv))
+                if pairs:
+                    # every dictionary pair whose source word the method did not train on
+                    trained = set(train[:, 0].tolist()) if method in SUPERVISED else set()
+                    held = held_out_all[~np.isin(held_out_all[:, 0], list(trained))]
+                    band_rows[method] = _by_band(space, held, len(src))
+                if cfg.write_vectors:
+                    write_vec(out_dir / "vectors" / f"{src_lang}-{method}.vec", Vectors(src.words, x @ wv.T))
+            else:
+                entry["no_refinement"] = ev
+        results["methods"][method] = entry
+        log(f"{method}: {seconds:.1f} s, criterion {entry['criterion']:.4f}"
+            + (f", P@1 NN {entry['nn']['p@1']:.3f} CSLS {entry['csls']['p@1']:.3f}" if "csls" in entry else ""))
+    if cfg.write_vectors:
+        write_vec(out_dir / "vectors" / f"{tgt_lang}.vec", Vectors(tgt.words, y))
+    results["bands"] = band_rows
+    results["metrics"] = align_metrics(results)
+    table = results_table(results)
+    results["table"] = table
+    atomic_write_text(out_dir / "table.md", table + "\n")
+    atomic_write_json(out_dir / "results.json", _jsonable(results))
+    if band_rows:
+        plot_bands(band_rows, out_dir / "p_at_1_by_band.png", pair)
+    log(table)
+    return results
+
+
+def _by_band(space: Space, pairs: np.ndarray, n_src: int) -> list[dict]:
+    rows = []
+    for lo, hi in frequency_bands(n_src):
+        sel = pairs[(pairs[:, 0] >= lo) & (pairs[:, 0] < hi)]
+        if len(sel):
+            p, q, _ = evaluate_bli(space, sel, "csls", ks=(1,))
+            rows.append({"band": f"{lo}-{hi}", "words": len(q), "p@1": p[1]})
+    return rows
+
+
+def align_metrics(results: dict) -> dict[str, float]:
+    """Flat metrics: align.p_at_1.<pair>.<method>.<nn|csls>, plus the headline numbers
+    align.p_at_1.<pair>.supervised (best supervised method by the criterion, CSLS) and
+    align.p_at_1.<pair>.unsupervised (the unsupervised method the criterion picks, CSLS)."""
+    pair, out = results["pair"], {}
+    methods = results["methods"]
+    for m, e in methods.items():
+        for how in ("nn", "csls"):
+            if how in e:
+                out[f"align.p_at_1.{pair}.{m}.{how}"] = e[how]["p@1"]
+    for kind, names in (("supervised", SUPERVISED), ("unsupervised", ("adversarial", "identical"))):
+        scored = [m for m in names if m in methods and "csls" in methods[m]]
+        if scored:
+            pick = max(scored, key=lambda m: methods[m]["criterion"])
+            out[f"align.p_at_1.{pair}.{kind}"] = methods[pick]["csls"]["p@1"]
+    return out
+
+
+def results_table(results: dict) -> str:
+    rows = []
+    for m, e in results["methods"].items():
+        for name, ev in ((f"{m} (no refinement)", e.get("no_refinement")), (m, e)):
+            if ev is None:
+                continue
+            row = [name, ev["criterion"]]
+            for how in ("nn", "csls"):
+                row += [ev[how][f"p@{k}"] for k in (1, 5, 10)] if how in ev else ["-"] * 3
+            rows.append(row + [e["seconds"] if ev is e else "-"])
+    header = ["method", "criterion", "NN P@1", "NN P@5", "NN P@10", "CSLS P@1", "CSLS P@5", "CSLS P@10", "seconds"]
+    d = results.get("dictionary")
+    title = f"Word-embedding alignment {results['pair']}" + (
+        f" (test: {d['test_words']:,} source words)" if d else " (no dictionary: no P@k)")
+    return format_table(header, rows, title=title)
+
+
+def plot_bands(band_rows: dict[str, list[dict]], path: str | Path, pair: str) -> None:
+    """P@1 (CSLS) against the source word's frequency band, one line per method (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, rows in band_rows.items():
+        if rows:
+            ax.plot([r["band"] for r in rows], [r["p@1"] for r in rows], marker="o", label=method)
+    ax.set_xlabel("source word frequency rank")
+    ax.set_ylabel("P@1 (CSLS)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{pair}: translation accuracy by word frequency (held-out pairs)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, dtype=np.float32))
+    return buf.getvalue()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer | np.floating):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+# ---------------------------------------------------------------------------- entry points for the CLI
+
+def align_files(src_vec: str | Path, tgt_vec: str | Path, out_dir: str | Path, *, src_lang: str, tgt_lang: str,
+                dictionary: str | None = None, cfg: AlignConfig | None = None,
+                log: Callable[[str], None] = print) -> dict:
+    """`xling align`: align two `.vec` files; `dictionary` = a MUSE file, "freedict", "cldr",
+    "freedict+cldr" or None (unsupervised methods only)."""
+    cfg = cfg or AlignConfig()
+    src = read_vec(src_vec, max_words=cfg.max_vocab)
+    tgt = read_vec(tgt_vec, max_words=cfg.max_vocab)
+    pairs = load_dictionary(dictionary, src_lang, tgt_lang) if dictionary else None
+    return run_align(src, tgt, out_dir, src_lang=src_lang, tgt_lang=tgt_lang, pairs=pairs, cfg=cfg, log=log)
+
+
+def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str, tgt_langs: list[str], *,
+                      vectors_cfg: VectorsConfig | None = None, cfg: AlignConfig | None = None,
+                      dictionary: str = "freedict", log: Callable[[str], None] = print) -> dict[str, float]:
+    """The demo: static vectors per language from the corpus's train split, then `run_align` for
+    src -> each target into `<out_dir>/<src>-<tgt>/`. The dictionary falls back from FreeDict to
+    CLDR names, then to none (unsupervised only). Returns the merged `align.*` metrics."""
+    from xling.corpus import Corpus
+
+    corpus = Corpus(corpus_dir)
+    out_dir = Path(out_dir)
+    vecs = {}
+    for lang in [src_lang] + list(tgt_langs):
+        if lang not in corpus.langs:
+            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} ({', '.join(corpus.langs)})")
+        t0 = time.perf_counter()
+        vecs[lang] = train_static_vectors(corpus.texts("train", lang), vectors_cfg)
+        log(f"vectors {lang}: {len(vecs[lang]):,} words, {time.perf_counter() - t0:.1f} s")
+        write_vec(out_dir / "vectors" / f"{lang}.vec", vecs[lang])
+    metrics: dict[str, float] = {}
+    for tgt in tgt_langs:
+        pairs = None
+        for spec in dict.fromkeys([dictionary, "cldr"]):
+            try:
+                pairs = load_dictionary(spec, src_lang, tgt)
+                break
+            except XlingError as e:
+                log(f"dictionary {spec} for {src_lang}-{tgt}: {e}")
+        res = run_align(vecs[src_lang], vecs[tgt], out_dir / f"{src_lang}-{tgt}", src_lang=src_lang, tgt_lang=tgt,
+                        pairs=pairs, cfg=cfg, log=log)
+        metrics.update(res["metrics"])
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_mapping(path: str | Path) -> np.ndarray:
+    """A W-<method>.npy written by run_align (a (d, d) float array; no pickles)."""
+    try:
+        w = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise XlingError(f"mapping {path} cannot be read ({e}); give a W-<method>.npy from xling align") from None
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        raise XlingError(f"mapping {path} has shape {w.shape}; expected a square (d, d) matrix")
+    return w

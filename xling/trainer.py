@@ -1,0 +1,776 @@
+"""The pretraining loop: a weighted mixture of objectives, AdamW, warmup + cosine, bf16, checkpoints.
+
+    xling pretrain --run runs/demo                       # CLI: reads shards/, writes checkpoints/, train/
+    torchrun --nproc-per-node 2 -m xling pretrain --run runs/demo      # data parallel (DDP or FSDP2)
+    summary = pretrain(cfg, Path("runs/demo"), resume=True)            # Python, the same
+    trainer = Trainer(model, objectives, shards, TrainConfig(max_steps=50)); trainer.train()
+
+One optimizer step: draw an objective by its weight (one generator shared by all ranks, so every rank
+runs the same objective); each of the step's micro-batches is one "slot" with its own numpy generator
+(the objective draws the language or pair by alpha and the data from it) and its own torch RNG state
+(dropout). Slot s of N = world_size * grad_accum slots is micro-batch s % grad_accum on rank
+s // grad_accum, and its generators derive from (seed, s) only: 2 processes with grad_accum 1 see
+exactly the batches that 1 process with grad_accum 2 sees, and every generator's state is saved in the
+checkpoint, so a resumed run continues the same data order bit for bit.
+
+Schedule: linear warmup over `warmup_steps`, then cosine from `lr` to `min_lr` over the budget. The
+cosine's progress is the fraction of the budget used, max(step/max_steps, tokens/max_tokens,
+elapsed/max_minutes) over the budgets set, so a wall-clock budget gets a time-based cosine (the lr
+reaches min_lr when time runs out, whatever the step rate) and a step budget an exact, step-based one
+(what an exact resume needs). Time includes validation and checkpointing; in a distributed run the
+ranks' mean clock is used, so every rank sees the same lr and stops at the same step.
+
+Precision "auto": bf16 autocast (fp32 master weights and AdamW state) on CUDA with bf16 and on CPUs with
+native bf16 dot products (AVX512-BF16 or AMX); fp32 elsewhere. Measured on this project's 2-core
+AVX512-BF16 CPU, see the issue notes / report. `compile` compiles the Transformer's forward
+(dynamic=False: the objectives pad to multiples of `pad_multiple`, so each objective meets few shapes).
+
+A step whose global gradient norm is NaN or inf is skipped (no update, gradients dropped) and reported
+on stderr and in metrics.jsonl. Metrics: `<run>/train/metrics.jsonl`, one JSON line per log step
+("kind": "train": loss per objective and per objective/language, lr, grad norm, tokens/s) and per
+validation ("kind": "valid": loss per objective and language or pair, bits per character per language).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xling import distributed as xdist
+from xling.checkpoint import check_compatible, list_checkpoints, load_checkpoint, save_checkpoint
+from xling.errors import XlingError
+from xling.files import atomic_write_text
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_OBJ, _DATA, _TORCH, _EVAL = 1, 2, 3, 4  # sub-stream ids for derive_seed / SeedSequence
+
+
+@dataclass
+class TrainConfig:
+    # objective -> weight: each step draws one objective with probability weight / sum of weights
+    objectives: dict[str, float] = field(default_factory=lambda: {"clm": 1.0})
+    batch_size: int = 16  # sequences per micro-batch and process
+    seq_len: int = 128  # tokens per sequence (at most model.block_size)
+    grad_accum: int = 1  # micro-batches per step; global batch = batch_size * grad_accum * processes
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float = 1e-4  # where the cosine ends
+    warmup_steps: int = 100  # linear warmup from 0 over this many steps
+    weight_decay: float = 0.1  # AdamW decay of matrices and embeddings (never biases or norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
+    eps: float = 1e-8  # AdamW epsilon
+    clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (the norm is still logged)
+    precision: str = "auto"  # auto | fp32 | bf16 autocast; auto = bf16 where the hardware does bf16 natively
+    compile: bool = False  # torch.compile the model's forward: faster steps, ~20-40 s cold start
+    max_steps: int = 0  # budget: optimizer steps (0 = unset); at least one budget must be set
+    max_tokens: int = 0  # budget: tokens trained on, padding excluded, summed over processes (0 = unset)
+    max_minutes: float = 10.0  # budget: wall-clock minutes of training (0 = unset); the demo's 10 minutes
+    eval_every: int = 500  # steps between validations (0 = only at the end)
+    eval_batches: int = 2  # validation batches per objective and language (or language pair)
+    eval_max_tokens: int = 20_000  # tokens per language scored for bits per character (0 = whole valid split)
+    log_every: int = 10  # steps between metrics.jsonl lines (and progress-bar updates of the loss)
+    ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk (0 = all)
+    seed: int | None = None  # seed of init, data order and dropout; None = [run].seed
+    langs: list[str] = field(default_factory=list)  # languages to train on; empty = every shard language
+    alpha: float | None = None  # language sampling exponent; None = corpus.alpha
+    pair_alpha: float | None = None  # language-pair sampling exponent; None = corpus.pair_alpha
+    mlm_prob: float = 0.15  # mlm/tlm: share of positions chosen for prediction
+    mlm_smoothing: float = 0.0  # mlm/tlm: XLM sample_alpha, rare tokens chosen more often (0 = off)
+    tau: float = 0.05  # contrastive temperature
+    margin: float = 0.0  # contrastive additive margin (LaBSE)
+    length_batching: bool = True  # pair objectives: batch similar lengths (less padding)
+    pad_multiple: int = 16  # pair objectives: pad lengths to a multiple of this (few compiled shapes)
+    dist: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block) when started by torchrun
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    tensorboard: bool = False  # also write TensorBoard scalars to <run>/train/tb (if tensorboard is installed)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.dist not in xdist.DIST_MODES:
+            raise ValueError(f"dist must be one of {', '.join(xdist.DIST_MODES)}, not {self.dist!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        for name in ("batch_size", "seq_len", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("warmup_steps", "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_batches",
+                     "eval_max_tokens", "ckpt_every", "keep_checkpoints", "weight_decay", "clip", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if not self.max_steps and not self.max_tokens and not self.max_minutes:
+            raise ValueError("set a training budget: max_steps, max_tokens or max_minutes (e.g. train.max_minutes=10)")
+        if not self.lr > 0 or self.min_lr > self.lr:
+            raise ValueError(f"need lr > 0 and min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0, not {self.seed}")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for autocast, or None for fp32 ("auto": bf16 only where the hardware has native bf16)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:  # not Linux: bf16 is emulated (slower) on most other CPUs torch supports
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+class TrainModule(nn.Module):
+    """The model and the objectives (with their heads) as one module: DDP/FSDP see every trained weight."""
+
+    def __init__(self, model: nn.Module, objectives: dict[str, nn.Module]):
+        super().__init__()
+        self.model = model
+        self.objectives = nn.ModuleDict(objectives)
+        self.compiled: nn.Module | None = None  # the model's compiled forward, when train.compile
+
+    def compile_model(self, **kwargs) -> None:
+        # a plain attribute, not a registered submodule: its weights are the model's, counted once
+        object.__setattr__(self, "compiled", torch.compile(self.model, **kwargs))
+
+    def forward(self, name: str, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self.objectives[name](self.compiled or self.model, batch)
+
+
+class _Slot:
+    """One micro-batch position in a step: its numpy data generator and its torch RNG state (dropout)."""
+
+    def __init__(self, seed: int, index: int, device: torch.device):
+        self.rng = np.random.default_rng([seed, _DATA, index])
+        g = torch.Generator().manual_seed(xdist.derive_seed(seed, _TORCH, index))
+        self.cpu_state = g.get_state()
+        self.cuda_state = None
+        if device.type == "cuda":
+            gc = torch.Generator(device=device).manual_seed(xdist.derive_seed(seed, _TORCH, index))
+            self.cuda_state = gc.get_state()
+
+    @contextlib.contextmanager
+    def torch_rng(self):
+        """Run with this slot's torch RNG state as the global one, then keep the advanced state."""
+        saved = torch.get_rng_state()
+        saved_cuda = torch.cuda.get_rng_state() if self.cuda_state is not None else None
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state)
+        try:
+            yield
+        finally:
+            self.cpu_state = torch.get_rng_state()
+            torch.set_rng_state(saved)
+            if saved_cuda is not None:
+                self.cuda_state = torch.cuda.get_rng_state()
+                torch.cuda.set_rng_state(saved_cuda)
+
+    def state_dict(self) -> dict:
+        return {"numpy": self.rng.bit_generator.state, "torch": self.cpu_state, "cuda": self.cuda_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["numpy"]
+        self.cpu_state = state["torch"]
+        if self.cuda_state is not None and state.get("cuda") is not None:
+            self.cuda_state = state["cuda"]
+
+
+class LangSubset:
+    """A Shards view that hides languages outside `langs` (no segments, no pairs); indices stay unchanged."""
+
+    def __init__(self, shards, langs: list[str]):
+        self._shards, self._keep = shards, set(langs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._shards, name)
+
+    def num_segments(self, split: str, lang: str) -> int:
+        return self._shards.num_segments(split, lang) if lang in self._keep else 0
+
+    def pairs(self, split: str, a: str, b: str):
+        if a not in self._keep or b not in self._keep:
+            raise XlingError(f"language pair {a}-{b} is outside train.langs")
+        return self._shards.pairs(split, a, b)
+
+    def pair_counts(self, split: str) -> dict[str, int]:
+        return {p: n for p, n in self._shards.pair_counts(split).items() if set(p.split("-", 1)) <= self._keep}
+
+
+class Trainer:
+    """The loop over a built model, objectives and shards (`pretrain` builds them from a config).
+
+    run_dir: where `checkpoints/` and `train/metrics.jsonl` go (None: nothing is written).
+    info: this process's place in a torchrun job (default: a single process on the CPU).
+    config: what config.json in each checkpoint holds ({"model": ..., "train": ..., ...}).
+    """
+
+    def __init__(self, model: nn.Module, objectives: dict[str, nn.Module], shards, cfg: TrainConfig, *,
+                 run_dir: str | Path | None = None, seed: int = 0, info: xdist.DistInfo | None = None,
+                 tokenizer_sha256: str = "", config: dict | None = None, langs: list[str] | None = None):
+        self.cfg, self.shards, self.seed = cfg, shards, seed
+        self.info = info or xdist.DistInfo()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.config = config or {"train": dataclasses.asdict(cfg)}
+        self.langs = list(langs or shards.langs)
+        self.names = [k for k in cfg.objectives if k in objectives and cfg.objectives[k] > 0]
+        if not self.names:
+            raise XlingError("no objective with a positive weight in train.objectives was built")
+        w = np.array([cfg.objectives[k] for k in self.names], dtype=np.float64)
+        self.probs = w / w.sum()
+
+        dev = self.info.device
+        self.model = model.to(dev)
+        self.module = TrainModule(self.model, objectives).to(dev)
+        # DDP must look for unused parameters when a step can leave an objective's head without gradient
+        heads = any(True for n in self.names for _ in objectives[n].parameters())
+        self.wrapped = xdist.wrap(self.module, cfg.dist, self.info, blocks=list(getattr(model, "blocks", [])),
+                                  find_unused=heads and len(self.names) > 1)
+        if cfg.compile:
+            # only the Transformer's forward: objectives read ints and strings from the batch, which a
+            # compiled objective would guard on (one recompile per value)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self.module.compile_model(dynamic=False)
+        self.optimizer = self._make_optimizer()
+        self.amp_dtype = autocast_dtype(cfg.precision, dev)
+
+        self.obj_rng = np.random.default_rng([seed, _OBJ])
+        n_slots = self.info.world_size * cfg.grad_accum
+        first = self.info.rank * cfg.grad_accum
+        self.slots = [_Slot(seed, first + i, dev) for i in range(cfg.grad_accum)]
+        self.n_slots = n_slots
+        self.step_no, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
+        self.warmup_frac: float | None = None
+        self._interval: dict[str, list[float]] = {}
+        self._interval_tokens, self._interval_time = 0, 0.0
+        self.last_losses: dict[str, float] = {}
+        self.last_valid: dict[str, float] = {}
+        self._last_saved = -1
+        self._tb = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in params if p.dim() < 2]  # biases, norm weights
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        if self.info.device.type in ("cpu", "cuda"):
+            try:
+                return torch.optim.AdamW(groups, fused=True, **kwargs)
+            except (RuntimeError, TypeError, ValueError):  # fused not available for these tensors
+                pass
+        return torch.optim.AdamW(groups, **kwargs)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, dtype=self.amp_dtype)
+
+    def _no_sync(self, last: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+        if last or not self.info.distributed:
+            return contextlib.nullcontext()
+        if isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()  # FSDP: set_requires_gradient_sync below
+
+    # ------------------------------------------------------------------ schedule and budget
+
+    def progress(self) -> float:
+        """Fraction of the budget used: the largest over the budgets set (1 = done)."""
+        cfg, parts = self.cfg, []
+        if cfg.max_steps:
+            parts.append(self.step_no / cfg.max_steps)
+        if cfg.max_tokens:
+            parts.append(self.tokens / cfg.max_tokens)
+        if cfg.max_minutes:
+            parts.append(self.elapsed / (60 * cfg.max_minutes))
+        return max(parts)
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def lr(self) -> float:
+        """The lr of the coming step: linear warmup, then cosine over the rest of the budget."""
+        cfg = self.cfg
+        if self.step_no < cfg.warmup_steps:
+            return cfg.lr * (self.step_no + 1) / cfg.warmup_steps
+        if self.warmup_frac is None:
+            self.warmup_frac = self.progress()  # where the cosine starts, saved for resume
+        w = self.warmup_frac
+        q = 1.0 if w >= 1 else min(max((self.progress() - w) / (1 - w), 0.0), 1.0)
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * q))
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> dict[str, Any]:
+        """One optimizer step over all micro-batches (and ranks). Returns its global loss, lr, grad norm."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        lr = self.lr()
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        name = self.names[int(self.obj_rng.choice(len(self.names), p=self.probs))]
+        objective = self.module.objectives[name]
+        fsdp = xdist.is_fsdp(self.wrapped) and self.info.distributed
+        loss_sum, tokens = 0.0, 0
+        for i, slot in enumerate(self.slots):
+            last = i == len(self.slots) - 1
+            batch = objective.make_batch(self.shards, "train", slot.rng, cfg.batch_size, cfg.seq_len)
+            tokens += int(batch["n_tokens"])
+            if fsdp:
+                self.wrapped.set_requires_gradient_sync(last)
+            with self._no_sync(last), slot.torch_rng():
+                with self.autocast():
+                    loss, stats = self.wrapped(name, batch)
+                (loss / len(self.slots)).backward()
+            loss_sum += float(stats["loss"])
+            self._add_stats(name, batch.get("lang") or batch.get("pair"), stats)
+
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        if cfg.clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        grad_norm = float(norm)
+        skipped = not math.isfinite(grad_norm)  # the same on every rank: gradients are already reduced
+        if skipped:
+            self.skipped += 1
+            if self.info.is_main:
+                print(f"xling pretrain: step {self.step_no + 1}: gradient norm is {grad_norm} (objective "
+                      f"{name}); skipped this update", file=sys.stderr)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # one all-reduce per step: tokens, wall time, loss; every rank gets the same totals
+        totals = xdist.all_reduce_sum(torch.tensor([tokens, time.perf_counter() - t0 + self._carry,
+                                                    loss_sum, len(self.slots)], dtype=torch.float64))
+        self._carry = 0.0
+        self.step_no += 1
+        self.tokens += int(totals[0])
+        dt = float(totals[1]) / self.info.world_size
+        self.elapsed += dt
+        self._interval_tokens += int(totals[0])
+        self._interval_time += dt
+        loss = float(totals[2] / totals[3])
+        if skipped:
+            self._interval.setdefault("skipped", [0.0, 1])[0] += 1
+        return {"step": self.step_no, "objective": name, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens": int(totals[0]), "skipped": skipped}
+
+    _carry = 0.0  # seconds spent outside step() (validation, checkpoints) charged to the next step
+
+    def _add_stats(self, name: str, unit: str | None, stats: dict) -> None:
+        for key, value in stats.items():
+            if key in ("n_tokens", "n_masked") or not isinstance(value, int | float):
+                continue
+            for k in (f"{key}/{name}",) + ((f"{key}/{name}/{unit}",) if unit else ()):
+                acc = self._interval.setdefault(k, [0.0, 0])
+                acc[0] += float(value)
+                acc[1] += 1
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss per objective and per language (or pair); bits per character per language.
+
+        Each batch comes from a fresh generator (seed, unit), so every validation scores the same text.
+        Every rank computes the same numbers (FSDP needs every rank in each forward).
+        """
+        from xling.objectives import bits_per_char, clm_eval
+
+        cfg, shards = self.cfg, self.shards
+        out: dict[str, float] = {}
+        self.module.eval()
+        fsdp = xdist.is_fsdp(self.wrapped) and self.info.distributed
+        try:
+            for name in self.names:
+                objective = self.module.objectives[name]
+                if getattr(objective, "uses_pairs", False):
+                    units = [("pair", p) for p, n in shards.pair_counts("valid").items() if n > 0]
+                else:
+                    units = [("lang", lg) for lg in self.langs if shards.num_segments("valid", lg) >= 2]
+                losses = []
+                for u, (kind, unit) in enumerate(units):
+                    rng = np.random.default_rng([self.seed, _EVAL, u])
+                    vals = []
+                    for _ in range(cfg.eval_batches):
+                        batch = objective.make_batch(shards, "valid", rng, cfg.batch_size, cfg.seq_len,
+                                                     **{kind: unit})
+                        with self.autocast():
+                            _, stats = self.module(name, batch)
+                        vals.append(float(stats["loss"]))
+                    if vals:
+                        out[f"valid/loss/{name}/{unit}"] = float(np.mean(vals))
+                        losses.extend(vals)
+                if losses:
+                    out[f"valid/loss/{name}"] = float(np.mean(losses))
+            if "clm" in self.names:
+                if fsdp:
+                    self.wrapped.unshard()  # clm_eval calls the model directly, not the sharded root
+                for lang in self.langs:
+                    if shards.num_segments("valid", lang) == 0:
+                        continue
+                    with self.autocast():
+                        nats, chars = clm_eval(self.model, shards, "valid", lang, cfg.seq_len,
+                                               cfg.eval_max_tokens, cfg.batch_size)
+                    out[f"valid/bpc/{lang}"] = bits_per_char(nats, chars)
+                if fsdp:
+                    self.wrapped.reshard()
+        finally:
+            self.module.train()
+        self.last_valid = out
+        return out
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_interval(self) -> dict[str, Any]:
+        """Merge every rank's per-objective/language sums of the interval into means; log on rank 0."""
+        merged: dict[str, list[float]] = {}
+        for part in xdist.all_gather_objects(self._interval):
+            for k, (s, n) in part.items():
+                acc = merged.setdefault(k, [0.0, 0])
+                acc[0] += s
+                acc[1] += n
+        self._interval = {}
+        skipped = int(merged.pop("skipped", [0, 0])[0] / max(self.info.world_size, 1))
+        means = {k: s / n for k, (s, n) in sorted(merged.items()) if n}
+        self.last_losses = {k.split("/", 1)[1]: v for k, v in means.items() if k.count("/") == 1
+                            and k.startswith("loss/")}
+        total = sum(means.get(f"loss/{n}", 0.0) * merged.get(f"loss/{n}", [0, 0])[1] for n in self.names)
+        count = sum(merged.get(f"loss/{n}", [0, 0])[1] for n in self.names)
+        line = {"kind": "train", "step": self.step_no, "tokens": self.tokens, "elapsed_s": round(self.elapsed, 3),
+                "lr": self.optimizer.param_groups[0]["lr"], "loss": total / max(count, 1),
+                "tokens_per_s": self._interval_tokens / max(self._interval_time, 1e-9), "skipped": skipped,
+                **means}
+        self._interval_tokens, self._interval_time = 0, 0.0
+        self._write(line)
+        return line
+
+    def _write(self, line: dict) -> None:
+        if self.run_dir is None or not self.info.is_main:
+            return
+        path = self.run_dir / "train" / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if self.cfg.tensorboard:
+            self._tensorboard(line)
+
+    def _tensorboard(self, line: dict) -> None:
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("xling pretrain: train.tensorboard is on but tensorboard is not installed "
+                      "(pip install tensorboard); writing metrics.jsonl only", file=sys.stderr)
+                self.cfg.tensorboard = False
+                return
+            self._tb = SummaryWriter(str(self.run_dir / "train" / "tb"))
+        prefix = "" if line["kind"] == "valid" else "train/"
+        for k, v in line.items():
+            if k not in ("kind", "step") and isinstance(v, int | float):
+                self._tb.add_scalar(prefix + k, v, line["step"])
+        self._tb.flush()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dicts(self) -> tuple[dict, dict]:
+        """(full module state, full optimizer state), gathered on rank 0 (collective under FSDP)."""
+        from torch.distributed.checkpoint import state_dict as dsd
+
+        opts = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (dsd.get_model_state_dict(self.wrapped, options=opts),
+                dsd.get_optimizer_state_dict(self.wrapped, self.optimizer, options=opts))
+
+    def train_state(self, optimizer_state: dict) -> dict:
+        slots = [s for part in xdist.all_gather_objects([s.state_dict() for s in self.slots]) for s in part]
+        return {"step": self.step_no, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
+                "warmup_frac": self.warmup_frac, "objective_rng": self.obj_rng.bit_generator.state,
+                "slots": slots, "optimizer": optimizer_state, "objectives": list(self.names),
+                "layout": {"slots": self.n_slots, "batch_size": self.cfg.batch_size}}
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step under <run>/checkpoints (rank 0 writes; all ranks call)."""
+        if self.run_dir is None:
+            return None
+        t0 = time.perf_counter()
+        module_state, optim_state = self.state_dicts()
+        state = self.train_state(optim_state)
+        path = None
+        if self.info.is_main:
+            model_state = {k[len("model."):]: v for k, v in module_state.items() if k.startswith("model.")}
+            heads = {k[len("objectives."):]: v for k, v in module_state.items() if k.startswith("objectives.")}
+            path = save_checkpoint(self.run_dir / "checkpoints", self.step_no, model_state=model_state,
+                                   heads_state=heads, train_state=state, config=self.config,
+                                   tokenizer_sha256=self.tokenizer_sha256, keep=self.cfg.keep_checkpoints)
+        xdist.barrier()
+        self._last_saved = self.step_no
+        self._carry += time.perf_counter() - t0
+        return path
+
+    def load(self, path: str | Path) -> int:
+        """Resume from a checkpoint (step dir or checkpoints/ root): weights, optimizer, RNG, data position."""
+        from torch.distributed.checkpoint import state_dict as dsd
+
+        ckpt, error = None, None
+        if self.info.is_main:
+            try:
+                ckpt = load_checkpoint(path)
+                check_compatible(ckpt, self.config.get("model", {}), self.tokenizer_sha256,
+                                 model_state=self.model.state_dict() if not self.info.distributed else None)
+                self._check_state(ckpt)
+            except XlingError as e:
+                error = str(e)
+        error = xdist.broadcast_object(error)
+        if error:
+            raise XlingError(error)
+        full = self.info.distributed
+        module_state, optim_state, state = {}, {}, None
+        if ckpt is not None:
+            module_state = {**{f"model.{k}": v for k, v in ckpt.model_state.items()},
+                            **{f"objectives.{k}": v for k, v in ckpt.heads_state.items()}}
+            optim_state = ckpt.train_state["optimizer"]
+            state = {k: v for k, v in ckpt.train_state.items() if k != "optimizer"}
+        state = xdist.broadcast_object(state)
+        opts = dsd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=full, strict=True)
+        dsd.set_model_state_dict(self.wrapped, module_state, options=opts)
+        dsd.set_optimizer_state_dict(self.wrapped, self.optimizer, optim_state, options=opts)
+        self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
+        self.elapsed, self.skipped = float(state["elapsed"]), int(state["skipped"])
+        self.warmup_frac = state["warmup_frac"]
+        self.obj_rng.bit_generator.state = state["objective_rng"]
+        first = self.info.rank * self.cfg.grad_accum
+        for i, slot in enumerate(self.slots):
+            slot.load_state_dict(state["slots"][first + i])
+        self._last_saved = self.step_no
+        if self.run_dir is not None and self.info.is_main:
+            self._truncate_metrics(self.step_no)
+        xdist.barrier()
+        return self.step_no
+
+    def _check_state(self, ckpt) -> None:
+        st = ckpt.train_state
+        try:
+            layout, names = st["layout"], st["objectives"]
+        except (KeyError, TypeError):
+            raise XlingError(f"checkpoint {ckpt.path} has no training state; it cannot be resumed") from None
+        if sorted(names) != sorted(self.names):
+            raise XlingError(f"checkpoint {ckpt.path} trained objectives {', '.join(names)}, the config has "
+                             f"{', '.join(self.names)}; resume with the same train.objectives or start a new run")
+        if layout["slots"] != self.n_slots or layout["batch_size"] != self.cfg.batch_size:
+            raise XlingError(f"checkpoint {ckpt.path} was trained with {layout['slots']} micro-batches of "
+                             f"{layout['batch_size']} per step (processes x grad_accum); this run has "
+                             f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics lines written after the checkpoint (by the run that was killed)."""
+        path = self.run_dir / "train" / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(keep))
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, max_new_steps: int | None = None) -> dict[str, Any]:
+        """Train until a budget is spent (or `max_new_steps` more steps); validate, checkpoint, log.
+
+        Returns the summary: steps, tokens, tokens_per_second, minutes, skipped_steps, final losses per
+        objective, validation losses and bits per character per language, and the last checkpoint.
+        """
+        from xling.progress import progress
+
+        cfg = self.cfg
+        start_step, start_tokens, start_time = self.step_no, self.tokens, self.elapsed
+        bar = progress(total=cfg.max_steps or None, initial=self.step_no, desc="pretrain", unit="step") \
+            if self.info.is_main else _NoBar()
+        new = 0
+        try:
+            while not self.done() and (max_new_steps is None or new < max_new_steps):
+                out = self.step()
+                new += 1
+                bar.update(1)
+                if self.step_no % cfg.log_every == 0 or self.done():
+                    line = self._log_interval()
+                    bar.set_postfix_str(f"loss {line['loss']:.3f} tok/s {line['tokens_per_s']:,.0f} "
+                                        f"eta {_fmt_eta(self.eta())}", refresh=False)
+                elif out["skipped"]:
+                    self._write({"kind": "skip", "step": self.step_no, "objective": out["objective"],
+                                 "grad_norm": out["grad_norm"]})
+                if cfg.eval_every and self.step_no % cfg.eval_every == 0 and not self.done():
+                    self._validate()
+                if cfg.ckpt_every and self.step_no % cfg.ckpt_every == 0 and not self.done():
+                    self.save()
+        except KeyboardInterrupt:
+            if not self.info.distributed and self.run_dir is not None and self.step_no > self._last_saved:
+                print(f"xling pretrain: interrupted; saving step {self.step_no} (resume with --resume)",
+                      file=sys.stderr)
+                self.save()
+            raise
+        finally:
+            bar.close()
+        if self.done() and self.step_no > start_step:
+            self._validate()
+        if self.step_no > self._last_saved:
+            self.save()
+        minutes = (self.elapsed - start_time) / 60
+        return {"steps": self.step_no, "new_steps": self.step_no - start_step, "tokens": self.tokens,
+                "tokens_per_second": (self.tokens - start_tokens) / max(self.elapsed - start_time, 1e-9),
+                "minutes": round(minutes, 3), "skipped_steps": self.skipped, "final_loss": self.last_losses,
+                "valid_loss": {k[len("valid/loss/"):]: v for k, v in self.last_valid.items()
+                               if k.startswith("valid/loss/")},
+                "valid_bpc": {k[len("valid/bpc/"):]: v for k, v in self.last_valid.items()
+                              if k.startswith("valid/bpc/")},
+                "checkpoint": str(self.run_dir / "checkpoints") if self.run_dir else None}
+
+    def _validate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        out = self.evaluate()
+        self._write({"kind": "valid", "step": self.step_no, "tokens": self.tokens, **out})
+        if self.info.is_main and out.get("valid/bpc/" + self.langs[0]) is not None:
+            bpc = " ".join(f"{k[len('valid/bpc/'):]} {v:.3f}" for k, v in out.items() if "/bpc/" in k)
+            print(f"xling pretrain: step {self.step_no}: valid bits/char {bpc}", file=sys.stderr)
+        self._carry += time.perf_counter() - t0
+        return out
+
+    def eta(self) -> float:
+        f = self.progress()
+        return self.elapsed * (1 - f) / f if f > 0 else float("inf")
+
+
+class _NoBar:
+    """The progress bar of ranks other than 0: silent."""
+
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+    def close(self) -> None: ...
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}:{s:02d}"
+
+
+# ---------------------------------------------------------------------------- from a config
+
+def resolve_model_config(model_cfg, shards, seq_len: int):
+    """The model config for these shards: vocab_size 0 = the tokenizer's; checks vocab, languages, length."""
+    vocab = model_cfg.vocab_size or shards.vocab_size
+    if vocab < shards.vocab_size:
+        raise XlingError(f"model.vocab_size={vocab} is smaller than the tokenizer's {shards.vocab_size} ids; "
+                         f"set model.vocab_size=0 (take it from the tokenizer) or >= {shards.vocab_size}")
+    if 0 < model_cfg.n_langs < len(shards.langs):
+        raise XlingError(f"model.n_langs={model_cfg.n_langs} but the shards have {len(shards.langs)} languages "
+                         f"({', '.join(shards.langs)}); set model.n_langs={len(shards.langs)} or 0 (no language "
+                         f"embeddings)")
+    if seq_len > model_cfg.block_size:
+        raise XlingError(f"train.seq_len={seq_len} is longer than model.block_size={model_cfg.block_size}; "
+                         f"lower train.seq_len or raise model.block_size")
+    return dataclasses.replace(model_cfg, vocab_size=vocab) if vocab != model_cfg.vocab_size else model_cfg
+
+
+def check_langs(langs: list[str], shards) -> list[str]:
+    unknown = [lg for lg in langs if lg not in shards.langs]
+    if unknown:
+        raise XlingError(f"train.langs has {', '.join(unknown)}, which the shards do not have "
+                         f"({', '.join(shards.langs)}); remove it or rebuild the corpus with it")
+    return list(langs) or list(shards.langs)
+
+
+def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train the model of `cfg.model` on `<run_dir>/shards` with `cfg.train`; returns the summary.
+
+    Writes `<run_dir>/checkpoints/` and `<run_dir>/train/metrics.jsonl`. resume: continue from the latest
+    checkpoint (exactly, for the same config and process layout). overwrite: delete earlier checkpoints
+    and metrics first. Under torchrun every process calls this; rank 0 writes.
+    """
+    from xling.model import Transformer
+    from xling.objectives import build_objectives
+    from xling.shards import Shards
+
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    seed = tc.seed if tc.seed is not None else cfg.run.seed
+    started = not torch.distributed.is_initialized()
+    info = xdist.init_distributed(tc.device)
+    try:
+        tok_hash = None
+        tok_json = run_dir / "tokenizer" / "tokenizer.json"
+        if tok_json.is_file():
+            from xling.tokenizer import tokenizer_hash
+
+            tok_hash = tokenizer_hash(run_dir / "tokenizer")
+        shards = Shards(run_dir / "shards", expect_tokenizer_hash=tok_hash)
+        langs = check_langs(tc.langs, shards)
+        view = LangSubset(shards, langs) if set(langs) != set(shards.langs) else shards
+        model_cfg = resolve_model_config(cfg.model, shards, tc.seq_len)
+        ckpt_root = run_dir / "checkpoints"
+        if not resume and list_checkpoints(ckpt_root):
+            if not overwrite:
+                raise XlingError(f"{ckpt_root} already holds checkpoints; pass --resume to continue or "
+                                 f"--overwrite to start over")
+            if info.is_main:
+                shutil.rmtree(ckpt_root, ignore_errors=True)
+                shutil.rmtree(run_dir / "train", ignore_errors=True)
+        if resume and not list_checkpoints(ckpt_root):
+            raise XlingError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
+        xdist.barrier()
+        corpus = getattr(cfg, "corpus", None)
+        alpha = tc.alpha if tc.alpha is not None else getattr(corpus, "alpha", 0.3)
+        pair_alpha = tc.pair_alpha if tc.pair_alpha is not None else getattr(corpus, "pair_alpha", 0.3)
+        xdist.seed_everything(seed)
+        model = Transformer(model_cfg)
+        objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
+                                      mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
+                                      d_model=model_cfg.d_model, length_batching=tc.length_batching,
+                                      pad_multiple=tc.pad_multiple)
+        config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(tc),
+                  "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
+        trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,
+                          tokenizer_sha256=shards.tokenizer_sha256, config=config, langs=langs)
+        if info.is_main:
+            amp = "bf16 autocast" if trainer.amp_dtype else "fp32"
+            print(f"pretrain: {model.num_params():,} parameters, objectives "
+                  f"{', '.join(f'{n} {w:g}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
+                  f"{info.world_size} process(es) on {info.device}, {amp}"
+                  f"{', compiled' if tc.compile else ''}", file=sys.stderr)
+        if resume:
+            step = trainer.load(ckpt_root)
+            if info.is_main:
+                print(f"pretrain: resumed from step {step}", file=sys.stderr)
+        return trainer.train()
+    finally:
+        if started:
+            xdist.destroy()
