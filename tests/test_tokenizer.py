@@ -94,6 +94,7 @@ def test_special_ids_and_language_tags(trained, corpus):
     # no post-processor: plain text gets no BOS/EOS
     ids = tok.encode("book house.").ids
     assert ids and not set(ids) & set(range(8))
+    assert tok.encode("cafe\u0301").ids == tok.encode("caf\u00e9").ids  # NFC normalizer
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sha256"] == tokenizer_hash(out)
     assert meta["vocab_size"] == tok.get_vocab_size() == 400

@@ -59,7 +59,16 @@ def tiny_run(tmp_path_factory) -> Path:
     return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
 
 
-def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dropout: float = 0.0,
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads crawl on a busy shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dropout: float = 0.0, info=None,
                  **overrides) -> Trainer:
     """A tiny model (d=32, 2 layers, language embeddings) and its trainer, fp32 unless asked otherwise."""
     kw = dict(batch_size=4, seq_len=32, max_steps=20, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0,
@@ -69,7 +78,7 @@ def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dro
     model = Transformer(ModelConfig.preset("tiny", vocab_size=shards.vocab_size, n_langs=len(shards.langs),
                                            dropout=dropout))
     objectives = build_objectives(cfg.objectives, shards, d_model=32)
-    return Trainer(model, objectives, shards, cfg, run_dir=run_dir, seed=seed)
+    return Trainer(model, objectives, shards, cfg, run_dir=run_dir, seed=seed, info=info)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -239,9 +248,9 @@ def test_train_config_rejects_impossible_values():
 
 # ---------------------------------------------------------------------------- pretrain() and bad input
 
-def _config(**train):
+def _config(vocab: int, **train):
     overrides = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.block_size=64",
-                 "model.vocab_size=300", "train.batch_size=4", "train.seq_len=32", "train.precision=fp32",
+                 f"model.vocab_size={vocab}", "train.batch_size=4", "train.seq_len=32", "train.precision=fp32",
                  "train.eval_max_tokens=200", "train.warmup_steps=2", "train.max_minutes=0"]
     for k, v in train.items():
         if isinstance(v, dict):
@@ -255,42 +264,45 @@ def _config(**train):
 def test_pretrain_from_config_writes_checkpoints_and_resumes(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    s = pretrain(_config(max_steps=4, ckpt_every=2, keep_checkpoints=1, eval_every=0), run)
+    V = Shards(run / "shards").vocab_size
+    s = pretrain(_config(V, max_steps=4, ckpt_every=2, keep_checkpoints=1, eval_every=0), run)
     assert s["steps"] == 4 and set(s["valid_bpc"]) == set(LANGS) and s["tokens"] == 4 * 4 * 32
     ck = run / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_00000004"]  # keep 1
     meta = json.loads((ck / "step_00000004" / "meta.json").read_text())
     assert meta["tokenizer_sha256"] == Shards(run / "shards").tokenizer_sha256
     with pytest.raises(XlingError, match="already holds checkpoints"):
-        pretrain(_config(max_steps=6), run)
-    s = pretrain(_config(max_steps=6, eval_every=0), run, resume=True)
+        pretrain(_config(V, max_steps=6), run)
+    s = pretrain(_config(V, max_steps=6, eval_every=0), run, resume=True)
     assert s["steps"] == 6 and s["new_steps"] == 2
     with pytest.raises(XlingError, match="another model shape"):
         pretrain(load_config(overrides=["model.n_layer=3", "model.d_model=32", "model.n_head=2",
-                                         "model.vocab_size=300", "train.max_steps=8", "train.seq_len=32"]),
+                                         f"model.vocab_size={V}", "train.max_steps=8", "train.seq_len=32"]),
                  run, resume=True)
     fresh = shutil.copytree(tiny_run, tmp_path / "fresh")
     with pytest.raises(XlingError, match="nothing to resume"):
-        pretrain(_config(max_steps=2), fresh, resume=True)
+        pretrain(_config(V, max_steps=2), fresh, resume=True)
 
 
 def test_bad_input_is_one_clear_error(tiny_run, tmp_path):
     sh = Shards(tiny_run / "shards")
+    V = sh.vocab_size
     small = ModelConfig.preset("tiny", vocab_size=100)
-    with pytest.raises(XlingError, match=r"model.vocab_size=100 is smaller than the tokenizer's 300"):
+    with pytest.raises(XlingError, match=rf"model.vocab_size=100 is smaller than the tokenizer's {V} ids"):
         resolve_model_config(small, sh, 32)
-    assert resolve_model_config(dataclasses.replace(small, vocab_size=320), sh, 32).vocab_size == 320
+    assert resolve_model_config(dataclasses.replace(small, vocab_size=V + 20), sh, 32).vocab_size == V + 20
     with pytest.raises(XlingError, match="longer than model.block_size"):
-        resolve_model_config(ModelConfig.preset("tiny", vocab_size=300), sh, 128)
+        resolve_model_config(ModelConfig.preset("tiny", vocab_size=V), sh, 128)
     with pytest.raises(XlingError, match=r"train.langs has xx, which the shards do not have"):
         check_langs(["en", "xx"], sh)
     with pytest.raises(XlingError, match="needs translation pairs"):
         build_objectives({"tlm": 1.0}, LangSubset(sh, ["en"]))  # one language: no pairs
     unaligned = build_tiny_run(tmp_path / "unaligned", chapters=8, aligned=False)
+    Vu = Shards(unaligned / "shards").vocab_size
     with pytest.raises(XlingError, match="objective contrastive needs translation pairs"):
-        pretrain(_config(max_steps=2, objectives={"clm": 1.0, "contrastive": 1.0}), unaligned)
+        pretrain(_config(Vu, max_steps=2, objectives={"clm": 1.0, "contrastive": 1.0}), unaligned)
     with pytest.raises(XlingError, match="train.langs has de"):
-        pretrain(_config(max_steps=2, langs=["en", "de"]), unaligned)
+        pretrain(_config(Vu, max_steps=2, langs=["en", "de"]), unaligned)
 
 
 def test_lang_subset_trains_only_those_languages(tiny_run, tmp_path):

@@ -179,7 +179,7 @@ def check_compatible(ckpt: Checkpoint, model_cfg: dict, tokenizer_sha256: str | 
     keys = ("vocab_size", "n_langs", "block_size", "n_layer", "d_model", "n_head", "d_ff", "pos", "norm",
             "mlp", "bias")
     diff = [f"{k}={old.get(k)!r} there, {model_cfg.get(k)!r} here" for k in keys
-            if k in old and old.get(k) != model_cfg.get(k)]
+            if k in old and k in model_cfg and old[k] != model_cfg[k]]
     if diff:
         raise XlingError(f"checkpoint {ckpt.path} is for another model shape ({'; '.join(diff[:3])}); use the "
                          f"run's model config or start a new run")

@@ -69,20 +69,51 @@ def cmd_stage(name: str) -> Callable:
     return run
 
 
-def cmd_demo(args) -> int:
-    from xling.config import load_config
-    from xling.stages import RunDir, run_stage
+def cmd_pretrain(args) -> int:
+    from xling.stages import run_pretrain
 
+    cfg = _resolve(args)
+    run_pretrain(cfg, args.run, resume=True if args.resume else None, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from xling.stages import run_evaluate
+
+    run_evaluate(args.run_dir, only=args.only.split(",") if args.only else None, max_segments=args.max_segments)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from xling.report import write_report
+
+    out = write_report(args.run_dir)
+    print(f"report: {out / 'report.html'} (open in a browser), {out / 'report.md'}, {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """corpus -> tokenizer -> shard -> pretrain (resumes) -> evaluate -> report, skipping what is up to date."""
+    import time
+
+    from xling.config import load_config
+    from xling.report import write_report
+    from xling.stages import RunDir, run_evaluate, run_pretrain, run_stage
+
+    t0 = time.perf_counter()
     config = args.config or str(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
     if not Path(config).exists():
         config = None  # installed without the repo's configs/: built-in defaults are the demo
-    base = RunDir(args.run).saved_config()
-    overrides = list(args.overrides)
+    overrides = [f"train.max_minutes={args.minutes}"]
     if args.langs:
         overrides.append(f"corpus.langs={args.langs}")
-    cfg = load_config(config, overrides, base=base)
+    cfg = load_config(config, [*overrides, *args.overrides], base=RunDir(args.run).saved_config())
     for stage in ("corpus", "tokenizer", "shard"):
-        run_stage(stage, cfg, args.run, overwrite=args.overwrite, force=False)
+        run_stage(stage, cfg, args.run, overwrite=args.overwrite)
+    run_pretrain(cfg, args.run, overwrite=args.overwrite)
+    run_evaluate(args.run)
+    out = write_report(args.run)
+    print(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min; report: {out / 'report.html'}")
     return 0
 
 
@@ -112,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage_parser(sub, "shard", "encode the corpus to memory-mapped token shards")
     p.set_defaults(func=cmd_stage("shard"))
+
+    p = _stage_parser(sub, "pretrain", "train the Transformer on the shards with the configured objectives")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (default: automatic "
+                                                          "when the run holds checkpoints of the same config)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint on the held-out test chapters")
+    p.add_argument("run_dir", nargs="?", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--only", help="comma-separated evaluations (default: all)")
+    p.add_argument("--max-segments", type=int, default=1000, help="segments per language and split (default 1000)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="render a run's evaluation results as Markdown, HTML and PNG plots")
+    p.add_argument("run_dir", nargs="?", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    p.set_defaults(func=cmd_report)
 
     p = _stage_parser(sub, "demo", "run every stage on the embedded default corpus and config")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget in wall-clock minutes")

@@ -402,28 +402,37 @@ class IncrementalDecoder:
             if dec.stopped: break
         print(dec.flush())                     # the rest; all pieces together == dec.text
 
-    Held back: trailing U+FFFD (an incomplete UTF-8 sequence decodes to it until its last byte arrives,
-    with byte-level BPE or byte-fallback pieces) and a trailing part of a stop string. `text` is the
-    decoded output, cut before the first stop string (then `stopped` is True).
+    Held back: a trailing run of byte-fallback pieces (`<0xNN>`: the decoder turns a whole run into
+    U+FFFD when it is not valid UTF-8, so a later byte can change earlier characters), trailing U+FFFD
+    (with byte-level BPE an incomplete UTF-8 sequence decodes to it until its last byte arrives) and a
+    trailing part of a stop string. `text` is the decoded output, cut before the first stop string
+    (then `stopped` is True).
     """
 
     def __init__(self, tokenizer, stops: Sequence[str] = ()):
         self.tokenizer, self.stops = tokenizer, list(stops)
+        ids = (tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256))
+        self.byte_ids = {i for i in ids if i is not None}  # empty for byte-level BPE
+        self.special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         self.ids: list[int] = []
         self.text = self.emitted = ""
         self.stopped = False
+        self._tail = 0  # trailing byte-fallback pieces
 
     def push(self, token: int) -> str:
         if self.stopped:
             return ""
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # a skipped special token between byte pieces does not end their run
+        in_run = token in self.byte_ids or (self._tail and token in self.special_ids)
+        self._tail = self._tail + 1 if in_run else 0
+        self.text = self._decode(self.ids)
         cut = _find_stop(self.text, self.stops)
         if cut >= 0:
             self.text, self.stopped = self.text[:cut], True
             return ""
-        safe = self.text[:len(self.text) - self._held_back()]
-        return self._emit(safe)
+        stable = self._decode(self.ids[:-self._tail]) if self._tail else self.text
+        return self._emit(stable[:len(stable) - self._held_back(stable)])
 
     def flush(self) -> str:
         return self._emit(self.text)
@@ -435,8 +444,10 @@ class IncrementalDecoder:
         piece, self.emitted = safe[len(self.emitted):], safe
         return piece
 
-    def _held_back(self) -> int:
-        text = self.text
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _held_back(self, text: str) -> int:
         n = len(text) - len(text.rstrip("\ufffd"))
         for s in self.stops:
             for k in range(min(len(s) - 1, len(text)), n, -1):  # longest stop-string prefix ending the text

@@ -73,7 +73,12 @@ STAGES: dict[str, Stage] = {
     "corpus": Stage("corpus", ("corpus",), None, "corpus", _corpus),
     "tokenizer": Stage("tokenizer", ("tokenizer",), "corpus", "tokenizer", _tokenizer),
     "shard": Stage("shard", ("shard",), "tokenizer", "shards", _shard),
+    "pretrain": Stage("pretrain", ("model", "train"), "shard", "checkpoints", lambda *a: {}),
 }
+
+# Train keys that only say how long or how often: changing them continues a run instead of replacing it.
+BUDGET_KEYS = ("max_steps", "max_tokens", "max_minutes", "eval_every", "eval_batches", "eval_max_tokens",
+               "log_every", "ckpt_every", "keep_checkpoints", "tensorboard")
 
 
 def input_fingerprint(cfg: Config) -> str:
@@ -88,9 +93,17 @@ def input_fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
+def _stage_config(cfg: Config, name: str) -> dict:
+    d = {s: dict(cfg.to_dict()[s]) for s in STAGES[name].sections}
+    if name == "pretrain":
+        for k in BUDGET_KEYS:
+            d["train"].pop(k, None)
+    return d
+
+
 def stage_hash(cfg: Config, name: str) -> str:
     stage = STAGES[name]
-    parts = [name, cfg.section_hash(*stage.sections)]
+    parts = [name, hashlib.sha256(json.dumps(_stage_config(cfg, name), sort_keys=True).encode()).hexdigest()]
     if stage.upstream:
         parts.append(stage_hash(cfg, stage.upstream))
     else:
@@ -136,7 +149,7 @@ class RunDir:
         m["xling_version"] = __version__
         m.setdefault("stages", {})[name] = {
             "hash": h,
-            "config": {s: cfg.to_dict()[s] for s in STAGES[name].sections},
+            "config": _stage_config(cfg, name),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "seconds": round(seconds, 2),
             "summary": summary,
@@ -155,6 +168,77 @@ def _diff(old: dict, new: dict) -> str:
     return "; ".join(changes[:4]) or "its inputs changed"
 
 
+def check_upstream(rd: RunDir, manifest: dict, cfg: Config, name: str) -> None:
+    """The stage before `name` must exist in the run and match the current config."""
+    up_name = STAGES[name].upstream
+    if not up_name:
+        return
+    up = manifest["stages"].get(up_name)
+    if up is None or not (rd.path / STAGES[up_name].out).exists():
+        raise XlingError(f"{rd.path} has no {up_name} yet; run `xling {up_name} --run {rd.path}` first")
+    if up["hash"] != stage_hash(cfg, up_name):
+        # name the earliest stage whose own config differs: that is the one to re-run first
+        first, why = up_name, "its input files or the xling version changed"
+        chain = up_name
+        while chain:
+            rec = manifest["stages"].get(chain)
+            if rec and rec["config"] != _stage_config(cfg, chain):
+                first, why = chain, _diff(rec["config"], _stage_config(cfg, chain))
+            chain = STAGES[chain].upstream
+        raise XlingError(f"the {first} in {rd.path} was built from a different config ({why}); re-run "
+                         f"`xling {first} --run {rd.path} --overwrite` and the stages after it, or use the run's config")
+
+
+def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None, overwrite: bool = False) -> dict:
+    """Train into `<run>/checkpoints`. resume=None: continue when the run holds checkpoints of the same model and
+    objectives (only the budget changed), start when it holds none, refuse a different config unless overwrite."""
+    import os
+
+    from xling.checkpoint import list_checkpoints
+    from xling.trainer import pretrain
+
+    rd = RunDir(run_dir)
+    rd.check_is_ours(overwrite)
+    manifest = rd.manifest()
+    check_upstream(rd, manifest, cfg, "pretrain")
+    h = stage_hash(cfg, "pretrain")
+    done = manifest["stages"].get("pretrain")
+    has_ckpt = bool(list_checkpoints(rd.path / "checkpoints"))
+    if has_ckpt and done and done["hash"] != h and not overwrite:
+        raise XlingError(f"{rd.path / 'checkpoints'} holds a model trained with a different config "
+                         f"({_diff(done['config'], _stage_config(cfg, 'pretrain'))}); pass --overwrite to start over, "
+                         f"or choose another --run")
+    if resume is None:
+        resume = has_ckpt and not overwrite
+    t0 = time.perf_counter()
+    summary = pretrain(cfg, rd.path, resume=resume, overwrite=overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        rd.record("pretrain", cfg, h, _jsonable(summary), time.perf_counter() - t0)
+    return summary
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def run_evaluate(run_dir: str | Path, only: list[str] | None = None, max_segments: int = 1000) -> dict:
+    """Evaluate the run's latest checkpoint on the test split; writes `<run>/eval/*.json`."""
+    from xling.checkpoint import load_model
+    from xling.corpus import Corpus
+    from xling.evaluate import EvalContext, run_evaluations
+    from xling.shards import Shards
+    from xling.tokenizer import load_tokenizer, tokenizer_hash
+
+    rd = Path(run_dir)
+    if not (rd / "checkpoints").is_dir():
+        raise XlingError(f"{rd} has no trained model (no checkpoints/); run `xling pretrain --run {rd}` first")
+    model, _, meta = load_model(rd / "checkpoints")
+    ctx = EvalContext(run_dir=rd, model=model, step=int(meta.get("step", 0)), max_segments=max_segments,
+                      shards=Shards(rd / "shards", expect_tokenizer_hash=tokenizer_hash(rd / "tokenizer")),
+                      tokenizer=load_tokenizer(rd / "tokenizer"), corpus=Corpus(rd / "corpus"))
+    return run_evaluations(ctx, only)
+
+
 def run_stage(name: str, cfg: Config, run_dir: str | Path, *, overwrite: bool = False,
               force: bool = False) -> dict[str, Any]:
     """Run one stage into `run_dir`, or skip it when its output is up to date."""
@@ -163,15 +247,7 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, *, overwrite: bool = 
     rd.check_is_ours(overwrite)
     manifest = rd.manifest()
     h = stage_hash(cfg, name)
-    if stage.upstream:
-        up = manifest["stages"].get(stage.upstream)
-        if up is None or not (rd.path / STAGES[stage.upstream].out).exists():
-            raise XlingError(f"{rd.path} has no {stage.upstream} yet; run `xling {stage.upstream} --run {rd.path}` "
-                             f"first")
-        if up["hash"] != stage_hash(cfg, stage.upstream):
-            raise XlingError(f"the {stage.upstream} in {rd.path} was built from a different config "
-                             f"({_diff(up['config'], {s: cfg.to_dict()[s] for s in up['config']})}); "
-                             f"re-run `xling {stage.upstream} --run {rd.path} --overwrite` or use the run's config")
+    check_upstream(rd, manifest, cfg, name)
     out = rd.path / stage.out
     done = manifest["stages"].get(name)
     if done and out.exists():

@@ -154,7 +154,7 @@ class TrainModule(nn.Module):
         object.__setattr__(self, "compiled", torch.compile(self.model, **kwargs))
 
     def forward(self, name: str, batch: dict) -> tuple[torch.Tensor, dict]:
-        return self.objectives[name](self.compiled or self.model, batch)
+        return self.objectives[name](self.model if self.compiled is None else self.compiled, batch)
 
 
 class _Slot:

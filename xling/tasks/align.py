@@ -394,7 +394,7 @@ def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
                     opt_d.zero_grad(set_to_none=True)
                     loss.backward()
                     opt_d.step()
-                d_loss += float(loss)
+                d_loss += float(loss.detach())
                 disc.eval()  # no dropout while the mapping learns to fool the discriminator
                 loss = bce(disc(batch(grad=True)).squeeze(1), 1 - labels)
                 opt_m.zero_grad(set_to_none=True)
