@@ -27,6 +27,7 @@ from xling.generate import (
     generate,
     generate_ids,
     lm_beam_search,
+    load_for_generation,
     stream,
     top_k_filter,
     top_p_filter,
@@ -40,9 +41,11 @@ FAMILIES = {"gpt2": {}, "llama": dict(pos="rope", norm="rmsnorm", mlp="swiglu", 
 GREEDY = GenerateConfig(max_new_tokens=12, temperature=0.0, precision="fp32", stop_tokens=[])
 
 
-def make(seed: int = 0, n_langs: int = 3, **kw) -> Transformer:
+def make(seed: int = 0, n_langs: int = 3, tok=None, **kw) -> Transformer:
+    """A tiny random model; with `tok`, its vocabulary is the tokenizer's."""
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig.preset("tiny", vocab_size=V, n_langs=n_langs, **kw)).eval()
+    vocab = V if tok is None else tok.get_vocab_size()
+    model = Transformer(ModelConfig.preset("tiny", vocab_size=vocab, n_langs=n_langs, **kw)).eval()
     # larger weights than the init's std 0.02: peaked next-token distributions and attention, so the
     # tests see real choices rather than near-ties
     with torch.no_grad():
@@ -192,7 +195,7 @@ def test_repetition_penalty_is_ctrl():
 # ---------------------------------------------------------------------------- text, stops, language
 
 def test_language_tag_is_the_first_token_fed(tok):
-    model = make(n_langs=3)
+    model = make(n_langs=3, tok=tok)
     seen = []
     hook = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args[0], kwargs["lang_ids"])),
                                            with_kwargs=True)
@@ -216,7 +219,7 @@ def test_language_tag_is_the_first_token_fed(tok):
 
 
 def test_generate_text_equals_decoded_ids(tok):
-    model = make()
+    model = make(tok=tok)
     out = generate(model, tok, ["In the beginning", "Свет во"], lang="en", cfg=GREEDY)
     ids, index = encode_prompts(tok, ["In the beginning", "Свет во"], "en")
     want = [tok.decode(x, skip_special_tokens=True)
@@ -225,7 +228,7 @@ def test_generate_text_equals_decoded_ids(tok):
 
 
 def test_stop_strings_and_stop_tokens_cut_the_output(tok):
-    model = make(seed=1)
+    model = make(seed=1, tok=tok)
     cfg = GenerateConfig(max_new_tokens=30, temperature=0.0, stop_tokens=[], precision="fp32")
     full = generate(model, tok, ["In the beginning"], "en", cfg)[0]
     ids = generate_ids(model, encode_prompts(tok, ["In the beginning"], "en")[0], cfg, lang_index=[0])[0]
@@ -245,7 +248,7 @@ def test_stop_strings_and_stop_tokens_cut_the_output(tok):
 @pytest.mark.parametrize("kind", ["bpe", "bytelevel-bpe"])
 def test_streaming_pieces_concatenate_to_the_output(toks, kind):
     tok = toks[kind]
-    model = make(seed=2)
+    model = make(seed=2, tok=tok)
     n_pieces = 0
     for cfg in (GenerateConfig(max_new_tokens=40, temperature=1.0, top_p=1.0, seed=4, precision="fp32"),
                 GenerateConfig(max_new_tokens=40, temperature=1.0, top_p=1.0, seed=5, precision="fp32"),
@@ -299,7 +302,7 @@ def test_stop_string_split_across_pieces_is_never_emitted(tok):
 
 
 def test_precision_copy(tok):
-    model = make()
+    model = make(tok=tok)
     bf = for_precision(model, "bf16")
     assert bf is not model and next(bf.parameters()).dtype == torch.bfloat16
     assert next(model.parameters()).dtype == torch.float32
@@ -311,6 +314,29 @@ def test_precision_copy(tok):
     ids, index = encode_prompts(tok, ["In the"], "en")
     assert out == [tok.decode(generate_ids(bf, ids, cfg, lang_index=index, stop_ids=[EOS_ID])[0])]
     assert model.training and next(model.parameters()).dtype == torch.float32
+
+
+def test_load_for_generation_from_a_run_directory(tok, tmp_path):
+    import dataclasses
+
+    from xling.checkpoint import save_checkpoint
+    from xling.tokenizer import tokenizer_hash
+
+    model = make(tok=tok)
+    (tmp_path / "tokenizer").mkdir()
+    tok.save(str(tmp_path / "tokenizer" / "tokenizer.json"))
+    sha = tokenizer_hash(tmp_path / "tokenizer")
+    step_dir = save_checkpoint(tmp_path / "checkpoints", 5, model_state=model.state_dict(),
+                               config={"model": dataclasses.asdict(model.cfg)}, tokenizer_sha256=sha)
+    want = generate(model, tok, ["In the"], "en", GREEDY)
+    for path in (tmp_path, tmp_path / "checkpoints", step_dir):
+        m, t = load_for_generation(path)
+        assert generate(m, t, ["In the"], "en", GREEDY) == want
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer.json").write_text(tok.to_str().replace("<en>", "<xx>"), encoding="utf-8")
+    with pytest.raises(XlingError, match="sha256"):
+        load_for_generation(tmp_path, tokenizer_dir=other)
 
 
 def test_config_validation():
@@ -422,7 +448,7 @@ def test_lm_beam_1_equals_greedy_and_batched_equals_alone():
 
 
 def test_generate_with_beams_returns_the_best_hypothesis(tok):
-    model = make()
+    model = make(tok=tok)
     cfg = GenerateConfig(max_new_tokens=8, num_beams=3, precision="fp32")
     ids, index = encode_prompts(tok, ["In the"], "en")
     best = lm_beam_search(model, ids, cfg, lang_index=index, eos_ids=[EOS_ID])[0][0]

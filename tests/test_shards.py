@@ -3,6 +3,8 @@ index aligns equal keys in both argument orders; the reader memory-maps; bad inp
 
 import json
 import os
+import subprocess
+import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -210,3 +212,46 @@ def test_corrupt_shards_and_corpus_are_reported(built, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "shards"]  # no temporary directory left
     with pytest.raises(XlingError, match="no tokenizer at .*missing-tokenizer"):
         build_shards(corpus, tmp_path / "missing-tokenizer", ShardConfig(), tmp_path / "x")
+
+
+def test_crlf_corpus_encodes_like_lf_and_non_utf8_is_reported(built, tmp_path):
+    root, corpus, _, _ = built
+    crlf = tmp_path / "crlf"
+    _write_corpus(crlf)
+    for p in crlf.glob("*/*.txt"):
+        p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
+    build_shards(Corpus(crlf), root / "tokenizer", ShardConfig(batch_size=4), tmp_path / "s")
+    a, b = Shards(tmp_path / "s"), Shards(root / "shards")
+    for split in SPLITS:
+        for lang in LANGS:
+            np.testing.assert_array_equal(a.tokens(split, lang), b.tokens(split, lang))
+            np.testing.assert_array_equal(a.chars(split, lang), b.chars(split, lang))
+    with open(crlf / "test" / "fr.txt", "ab") as f:
+        f.write(b"caf\xe9\r\n")
+    with pytest.raises(XlingError, match=r"corpus file .*fr\.txt is not UTF-8"):
+        build_shards(Corpus(crlf), root / "tokenizer", ShardConfig(), tmp_path / "s2")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux /proc")
+def test_encoding_uses_rust_threads_even_when_the_env_disables_them(built, tmp_path):
+    """TOKENIZERS_PARALLELISM=false (often set globally) would encode on one core: build_shards lifts it."""
+    root, _, _, _ = built
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from xling.corpus import Corpus\n"
+        "from xling.shards import ShardConfig, build_shards\n"
+        "from xling.tokenizer import load_tokenizer\n"
+        "n = lambda: len(os.listdir('/proc/self/task'))\n"
+        "load_tokenizer(sys.argv[1] + '/tokenizer').encode_batch_fast(['a b c'] * 500)\n"
+        "before = n()\n"
+        "build_shards(Corpus(sys.argv[1] + '/corpus'), Path(sys.argv[1] + '/tokenizer'), ShardConfig(), "
+        "Path(sys.argv[2]))\n"
+        "print('THREADS', before, n(), os.environ['TOKENIZERS_PARALLELISM'])\n"
+    )
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", script, str(root), str(tmp_path / "s")], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    before, after, flag = out.split("THREADS")[1].split()
+    assert int(after) >= int(before) + 2  # the rayon pool started (2 workers); the env value is back
+    assert flag == "false"

@@ -215,3 +215,69 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     check_compatible(ckpt, ckpt.config.get("model", {}), model_state=model.state_dict())
     model.load_state_dict(ckpt.model_state)
     return model.to(device).eval(), cfg, ckpt.meta
+
+
+# ---------------------------------------------------------------------------- a training module's state
+
+def save_training(root: str | Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  train_state: dict[str, Any], *, config: dict, tokenizer_sha256: str, keep: int) -> Path | None:
+    """Checkpoint a (possibly DDP/FSDP-wrapped) `TrainModule` and its optimizer; every rank calls it.
+
+    The full weights and optimizer state are gathered to rank 0 (a collective under FSDP), which writes
+    `model.*` weights to model.safetensors, `objectives.*` to heads.safetensors and the optimizer into
+    state.pt beside `train_state`. Returns the step directory on rank 0, None elsewhere.
+    """
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    from xling import distributed as xdist
+
+    opts = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    module_state = dsd.get_model_state_dict(module, options=opts)
+    optim_state = dsd.get_optimizer_state_dict(module, optimizer, options=opts)
+    path = None
+    if xdist.is_main():
+        model = {k[len("model."):]: v for k, v in module_state.items() if k.startswith("model.")}
+        heads = {k[len("objectives."):]: v for k, v in module_state.items() if k.startswith("objectives.")}
+        path = save_checkpoint(root, step, model_state=model, heads_state=heads,
+                               train_state={**train_state, "optimizer": optim_state}, config=config,
+                               tokenizer_sha256=tokenizer_sha256, keep=keep)
+    xdist.barrier()
+    return path
+
+
+def load_training(path: str | Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                  model_cfg: dict, tokenizer_sha256: str, model_state: dict[str, torch.Tensor] | None = None,
+                  check=None) -> dict[str, Any]:
+    """Load weights and optimizer state into a (wrapped) `TrainModule`; returns the rest of train_state.
+
+    Rank 0 reads and verifies the checkpoint (`check_compatible`, then `check(ckpt)` for the caller's own
+    conditions); an error there is raised as the same XlingError on every rank. The state is then
+    broadcast from rank 0, so only rank 0 needs to see the files.
+    """
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    from xling import distributed as xdist
+
+    ckpt, error = None, None
+    if xdist.is_main():
+        try:
+            ckpt = load_checkpoint(path)
+            check_compatible(ckpt, model_cfg, tokenizer_sha256, model_state)
+            if check is not None:
+                check(ckpt)
+        except XlingError as e:
+            error = str(e)
+    error = xdist.broadcast_object(error)
+    if error:
+        raise XlingError(error)
+    module_state, optim_state, state = {}, {}, None
+    if ckpt is not None:
+        module_state = {**{f"model.{k}": v for k, v in ckpt.model_state.items()},
+                        **{f"objectives.{k}": v for k, v in ckpt.heads_state.items()}}
+        optim_state = ckpt.train_state["optimizer"]
+        state = {k: v for k, v in ckpt.train_state.items() if k != "optimizer"}
+    state = xdist.broadcast_object(state)
+    opts = dsd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=xdist.world_size() > 1, strict=True)
+    dsd.set_model_state_dict(module, module_state, options=opts)
+    dsd.set_optimizer_state_dict(module, optimizer, optim_state, options=opts)
+    return state

@@ -15,11 +15,13 @@ in a single process, so the training loop has one code path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -27,6 +29,7 @@ from torch import nn
 from xling.errors import XlingError
 
 DIST_MODES = ("ddp", "fsdp")
+DATA_STREAM, TORCH_STREAM = 2, 3  # sub-stream ids of the seed for RngSlot
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,6 @@ def barrier() -> None:
 
 def derive_seed(seed: int, *stream: int) -> int:
     """A 63-bit seed for a named sub-stream of `seed` (e.g. (seed, DATA, slot)), the same on every machine."""
-    import numpy as np
-
     return int(np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -123,12 +124,64 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+class RngSlot:
+    """The randomness of one micro-batch position ("slot") of a training step, on whichever rank runs it.
+
+    rng: a numpy Generator for the data (the objective draws languages, segments and masks from it);
+    torch_rng(): a context in which torch's global RNG (dropout) is this slot's own stream. Both derive
+    from (seed, index) only, so a slot draws the same numbers whatever the number of processes.
+    """
+
+    def __init__(self, seed: int, index: int, device: torch.device):
+        self.rng = np.random.default_rng([seed, DATA_STREAM, index])
+        g = torch.Generator().manual_seed(derive_seed(seed, TORCH_STREAM, index))
+        self.cpu_state = g.get_state()
+        self.cuda_state = None
+        if device.type == "cuda":
+            gc = torch.Generator(device=device).manual_seed(derive_seed(seed, TORCH_STREAM, index))
+            self.cuda_state = gc.get_state()
+
+    @contextlib.contextmanager
+    def torch_rng(self):
+        """Run with this slot's torch RNG state as the global one, then keep the advanced state."""
+        saved = torch.get_rng_state()
+        saved_cuda = torch.cuda.get_rng_state() if self.cuda_state is not None else None
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state)
+        try:
+            yield
+        finally:
+            self.cpu_state = torch.get_rng_state()
+            torch.set_rng_state(saved)
+            if saved_cuda is not None:
+                self.cuda_state = torch.cuda.get_rng_state()
+                torch.cuda.set_rng_state(saved_cuda)
+
+    def state_dict(self) -> dict:
+        return {"numpy": self.rng.bit_generator.state, "torch": self.cpu_state, "cuda": self.cuda_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["numpy"]
+        self.cpu_state = state["torch"]
+        if self.cuda_state is not None and state.get("cuda") is not None:
+            self.cuda_state = state["cuda"]
+
+
 # ---------------------------------------------------------------------------- collectives
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place (identity in a single process). Returns it."""
+    """Sum a tensor over ranks in place (identity in a single process). Returns it.
+
+    NCCL reduces only CUDA tensors: a CPU tensor makes a round trip through the current GPU.
+    """
     if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            t.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

@@ -111,21 +111,18 @@ def eval_pretrain(ctx: EvalContext) -> dict:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     train_rows = [r for r in rows if r.get("kind", "train") == "train"]
     series: dict[str, list] = {}
-    for r in train_rows:
+    for r in train_rows:  # loss per objective ("loss/clm"), not per language ("loss/clm/en")
         for k, v in r.items():
             if k.startswith("loss/") and k.count("/") == 1 and v is not None and math.isfinite(v):
-                series.setdefault(k.split("/", 1)[1], []).append([r.get("minutes", r["step"]), v])
-    summary = json.loads((ctx.run_dir / "train" / "summary.json").read_text()) \
-        if (ctx.run_dir / "train" / "summary.json").exists() else {}
-    last = train_rows[-1] if train_rows else {}
-    tokens = summary.get("tokens", last.get("tokens", 0))
-    minutes = summary.get("minutes", last.get("minutes", 0.0))
-    tps = summary.get("tokens_per_second", tokens / max(minutes * 60, 1e-9))
-    metrics = {"pretrain.tokens": int(tokens), "pretrain.tokens_per_second": float(tps),
-               "pretrain.minutes": float(minutes), "pretrain.steps": int(summary.get("steps", last.get("step", 0)))}
-    xlabel = "minutes" if train_rows and "minutes" in train_rows[0] else "step"
+                series.setdefault(k.split("/", 1)[1], []).append([r["elapsed_s"] / 60, v])
+    last = train_rows[-1] if train_rows else {"step": 0, "tokens": 0, "elapsed_s": 0.0}
+    tokens, seconds = int(last["tokens"]), float(last["elapsed_s"])  # cumulative over resumed sessions
+    tps, minutes = tokens / max(seconds, 1e-9), seconds / 60
+    metrics = {"pretrain.tokens": tokens, "pretrain.tokens_per_second": tps, "pretrain.minutes": minutes,
+               "pretrain.steps": int(last["step"])}
+    xlabel = "minutes"
     return {"metrics": metrics, "sections": [{"title": "Pretraining", "blocks": [
-        {"kind": "text", "text": f"{metrics['pretrain.steps']:,} steps, {tokens:,} tokens in {minutes:.1f} min "
+        {"kind": "text", "text": f"{metrics['pretrain.steps']:,} steps, {tokens:,} tokens in {minutes:.2f} min "
                                  f"({tps:,.0f} tokens/s); objectives: {', '.join(series) or '-'}."},
         {"kind": "lines", "name": "train_loss", "series": series, "xlabel": xlabel, "ylabel": "training loss",
          "title": "Training loss per objective"},

@@ -148,6 +148,13 @@ class KVCache:
             self.v[layer] = torch.cat([self.v[layer], v], dim=2)  # (B, nh, T_cached + T, hs)
         return self.k[layer], self.v[layer]
 
+    def reorder(self, rows: Tensor) -> None:
+        """Row i continues row rows[i] (beam search): gather every cached tensor along the batch."""
+        self.k = [k.index_select(0, rows) for k in self.k]  # (B', nh, T_cached, hs) each
+        self.v = [v.index_select(0, rows) for v in self.v]  # (B', nh, T_cached, hs) each
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, rows)  # (B', T_cached)
+
 
 def _norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
@@ -231,7 +238,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = _norm(cfg)
         if cfg.pos == "rope":
-            inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+            exponent = torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim  # (hs/2,)
+            inv_freq = 1.0 / cfg.rope_theta**exponent  # (hs/2,) theta^(-2i/hs)
             angles = torch.outer(torch.arange(cfg.block_size).float(), inv_freq)  # (block, hs/2)
             angles = torch.cat([angles, angles], dim=-1)  # (block, hs): the same angle for both halves
             # derived from the config: not saved in checkpoints
@@ -295,7 +303,7 @@ class Transformer(nn.Module):
     def _run(self, idx: Tensor, causal: bool, positions: Tensor | None, lang_ids: Tensor | None,
              pad_mask: Tensor | None, kv_cache: KVCache | None, collect: list[Tensor] | None) -> Tensor:
         cfg = self.cfg
-        B, T = idx.shape
+        B, T = idx.shape  # batch, new tokens
         past = 0 if kv_cache is None else len(kv_cache)
         if kv_cache is not None and not causal:
             raise ValueError("kv_cache is for causal decoding; call with causal=True")
@@ -336,14 +344,16 @@ class Transformer(nn.Module):
         """The SDPA mask (True = may attend) for T queries over past + T keys, or the is_causal flag.
 
         Without padding the fast paths need no mask: is_causal for a plain causal pass, nothing for
-        a bidirectional one or for a single decoded token (it sees every cached key).
+        a bidirectional one or for a single decoded token (it sees every cached key). With a cache,
+        this call's pad_mask is appended to the cache's key mask.
         """
         key_mask = pad_mask  # (B, T) or None
         if kv_cache is not None:
             if kv_cache.key_mask is not None or pad_mask is not None:
                 old = kv_cache.key_mask if kv_cache.key_mask is not None else \
                     torch.ones(B, past, dtype=torch.bool, device=device)  # (B, past)
-                new = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+                new = pad_mask if pad_mask is not None else \
+                    torch.ones(B, T, dtype=torch.bool, device=device)  # (B, T)
                 key_mask = kv_cache.key_mask = torch.cat([old, new], dim=1)  # (B, past + T)
         if key_mask is None:
             if not causal or T == 1:
@@ -352,7 +362,8 @@ class Transformer(nn.Module):
                 return None, True
         q_pos = torch.arange(past, past + T, device=device)[:, None]  # (T, 1) absolute query positions
         k_pos = torch.arange(past + T, device=device)[None, :]  # (1, past + T)
-        allowed = k_pos <= q_pos if causal else torch.ones(T, past + T, dtype=torch.bool, device=device)
+        allowed = k_pos <= q_pos if causal else \
+            torch.ones(T, past + T, dtype=torch.bool, device=device)  # (T, past + T)
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, :]  # (B, T, past + T)
         allowed = allowed | (k_pos == q_pos)  # a padded query attends to itself: no empty softmax row

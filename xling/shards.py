@@ -18,9 +18,9 @@ On disk (`<run>/shards/`), for each split and language:
                         counts per split/language (segments, tokens, chars), pair counts, throughput
 
 Encoding streams each language file in chunks of `batch_size` lines through the Rust tokenizer's
-multi-threaded `encode_batch_fast` and appends the ids to the .bin, so memory stays bounded by a chunk
-(plus the alignment keys of one split, needed for the pair index). The reader memory-maps everything
-and copies nothing.
+multi-threaded `encode_batch_fast` (the next chunk encodes while this one is converted and appended to
+the .bin), so memory stays bounded by two chunks (plus the alignment keys of one split, for the pair
+index). The reader memory-maps everything and copies nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, combinations
+from itertools import chain, combinations, islice
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from xling.errors import XlingError
 from xling.files import atomic_dir, atomic_write_json
 
 DTYPES = ("auto", "uint16", "uint32")
-_FALSE = ("", "0", "false", "off", "no")
+_FALSE = ("", "0", "f", "false", "n", "no", "off")  # what HF tokenizers reads as "off"
 
 
 @dataclass
@@ -88,17 +89,34 @@ def _count_lines(path: Path) -> int:
 
 def _read_chunks(path: Path, size: int):
     """Yield (lines, utf-8 bytes read) with at most `size` lines each, never the whole file."""
-    lines: list[str] = []
-    nbytes = 0
     with open(path, "rb") as f:
-        for raw in f:  # splits on b"\n" only, as the corpus writes it
-            nbytes += len(raw)
-            lines.append(raw.rstrip(b"\r\n").decode("utf-8"))
-            if len(lines) == size:
-                yield lines, nbytes
-                lines, nbytes = [], 0
-    if lines:
-        yield lines, nbytes
+        while raw := list(islice(f, size)):  # splits on b"\n" only, as the corpus writes it
+            data = b"".join(raw)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise XlingError(f"corpus file {path} is not UTF-8; rebuild the corpus") from None
+            lines = text.removesuffix("\n").split("\n")
+            if "\r" in text:  # a hand-written file with CRLF line ends
+                lines = [t.removesuffix("\r") for t in lines]
+            yield lines, len(data)
+
+
+def _encode_ahead(tok, chunks):
+    """Yield (lines, nbytes, encodings) of each chunk, encoding the next chunk in a thread meanwhile.
+
+    The Rust encoder releases the GIL and runs on every core, so our numpy conversion and file writes
+    overlap with it instead of leaving the cores idle. At most two chunks are held at a time.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for lines, nbytes in chunks:
+            job = lines, nbytes, pool.submit(tok.encode_batch_fast, lines, add_special_tokens=False)
+            if pending:
+                yield pending[0], pending[1], pending[2].result()
+            pending = job
+        if pending:
+            yield pending[0], pending[1], pending[2].result()
 
 
 class _Parallelism:
@@ -130,10 +148,9 @@ def _encode_language(tok, text_path: Path, n: int, dtype: np.dtype, batch_size: 
     offsets[0] = 0
     i, total = 0, 0
     with open(out / f"{name}.bin", "wb") as binf:
-        for lines, nbytes in _read_chunks(text_path, batch_size):
+        for lines, nbytes, encs in _encode_ahead(tok, _read_chunks(text_path, batch_size)):
             if i + len(lines) > n:
                 break  # reported below, after counting
-            encs = tok.encode_batch_fast(lines, add_special_tokens=False)
             lens = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
             ntok = int(lens.sum())
             ids = np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=dtype, count=ntok)
@@ -146,8 +163,6 @@ def _encode_language(tok, text_path: Path, n: int, dtype: np.dtype, batch_size: 
     if i != n:
         raise XlingError(f"corpus file {text_path} has {_count_lines(text_path):,} lines but its .keys file has "
                          f"{n:,}; rebuild the corpus (`xling corpus --overwrite`)")
-    offsets.flush()
-    chars.flush()
     counts = {"segments": n, "tokens": total, "chars": int(chars.sum(dtype=np.int64))}
     del offsets, chars  # close the memmaps before the directory is renamed
     return counts

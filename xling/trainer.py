@@ -49,12 +49,12 @@ import torch
 from torch import nn
 
 from xling import distributed as xdist
-from xling.checkpoint import check_compatible, list_checkpoints, load_checkpoint, save_checkpoint
+from xling.checkpoint import list_checkpoints, load_training, save_training
 from xling.errors import XlingError
 from xling.files import atomic_write_text
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_OBJ, _DATA, _TORCH, _EVAL = 1, 2, 3, 4  # sub-stream ids for derive_seed / SeedSequence
+_OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
 
 
 @dataclass
@@ -153,47 +153,10 @@ class TrainModule(nn.Module):
         # a plain attribute, not a registered submodule: its weights are the model's, counted once
         object.__setattr__(self, "compiled", torch.compile(self.model, **kwargs))
 
-    def forward(self, name: str, batch: dict) -> tuple[torch.Tensor, dict]:
-        return self.objectives[name](self.model if self.compiled is None else self.compiled, batch)
-
-
-class _Slot:
-    """One micro-batch position in a step: its numpy data generator and its torch RNG state (dropout)."""
-
-    def __init__(self, seed: int, index: int, device: torch.device):
-        self.rng = np.random.default_rng([seed, _DATA, index])
-        g = torch.Generator().manual_seed(xdist.derive_seed(seed, _TORCH, index))
-        self.cpu_state = g.get_state()
-        self.cuda_state = None
-        if device.type == "cuda":
-            gc = torch.Generator(device=device).manual_seed(xdist.derive_seed(seed, _TORCH, index))
-            self.cuda_state = gc.get_state()
-
-    @contextlib.contextmanager
-    def torch_rng(self):
-        """Run with this slot's torch RNG state as the global one, then keep the advanced state."""
-        saved = torch.get_rng_state()
-        saved_cuda = torch.cuda.get_rng_state() if self.cuda_state is not None else None
-        torch.set_rng_state(self.cpu_state)
-        if self.cuda_state is not None:
-            torch.cuda.set_rng_state(self.cuda_state)
-        try:
-            yield
-        finally:
-            self.cpu_state = torch.get_rng_state()
-            torch.set_rng_state(saved)
-            if saved_cuda is not None:
-                self.cuda_state = torch.cuda.get_rng_state()
-                torch.cuda.set_rng_state(saved_cuda)
-
-    def state_dict(self) -> dict:
-        return {"numpy": self.rng.bit_generator.state, "torch": self.cpu_state, "cuda": self.cuda_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["numpy"]
-        self.cpu_state = state["torch"]
-        if self.cuda_state is not None and state.get("cuda") is not None:
-            self.cuda_state = state["cuda"]
+    def forward(self, name: str, batch: dict, eager: bool = False) -> tuple[torch.Tensor, dict]:
+        # eager=True for validation: its other shapes and modes would each cost a recompile
+        model = self.model if eager or self.compiled is None else self.compiled
+        return self.objectives[name](model, batch)
 
 
 class LangSubset:
@@ -258,7 +221,7 @@ class Trainer:
         self.obj_rng = np.random.default_rng([seed, _OBJ])
         n_slots = self.info.world_size * cfg.grad_accum
         first = self.info.rank * cfg.grad_accum
-        self.slots = [_Slot(seed, first + i, dev) for i in range(cfg.grad_accum)]
+        self.slots = [xdist.RngSlot(seed, first + i, dev) for i in range(cfg.grad_accum)]
         self.n_slots = n_slots
         self.step_no, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
         self.warmup_frac: float | None = None
@@ -426,7 +389,7 @@ class Trainer:
                         batch = objective.make_batch(shards, "valid", rng, cfg.batch_size, cfg.seq_len,
                                                      **{kind: unit})
                         with self.autocast():
-                            _, stats = self.module(name, batch)
+                            _, stats = self.module(name, batch, eager=True)
                         vals.append(float(stats["loss"]))
                     if vals:
                         out[f"valid/loss/{name}/{unit}"] = float(np.mean(vals))
@@ -511,59 +474,28 @@ class Trainer:
         return (dsd.get_model_state_dict(self.wrapped, options=opts),
                 dsd.get_optimizer_state_dict(self.wrapped, self.optimizer, options=opts))
 
-    def train_state(self, optimizer_state: dict) -> dict:
-        slots = [s for part in xdist.all_gather_objects([s.state_dict() for s in self.slots]) for s in part]
-        return {"step": self.step_no, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
-                "warmup_frac": self.warmup_frac, "objective_rng": self.obj_rng.bit_generator.state,
-                "slots": slots, "optimizer": optimizer_state, "objectives": list(self.names),
-                "layout": {"slots": self.n_slots, "batch_size": self.cfg.batch_size}}
-
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step under <run>/checkpoints (rank 0 writes; all ranks call)."""
+        """Checkpoint the current step under <run>/checkpoints (every rank calls; rank 0 writes)."""
         if self.run_dir is None:
             return None
         t0 = time.perf_counter()
-        module_state, optim_state = self.state_dicts()
-        state = self.train_state(optim_state)
-        path = None
-        if self.info.is_main:
-            model_state = {k[len("model."):]: v for k, v in module_state.items() if k.startswith("model.")}
-            heads = {k[len("objectives."):]: v for k, v in module_state.items() if k.startswith("objectives.")}
-            path = save_checkpoint(self.run_dir / "checkpoints", self.step_no, model_state=model_state,
-                                   heads_state=heads, train_state=state, config=self.config,
-                                   tokenizer_sha256=self.tokenizer_sha256, keep=self.cfg.keep_checkpoints)
-        xdist.barrier()
+        slots = [s for part in xdist.all_gather_objects([s.state_dict() for s in self.slots]) for s in part]
+        state = {"step": self.step_no, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
+                 "warmup_frac": self.warmup_frac, "objective_rng": self.obj_rng.bit_generator.state,
+                 "slots": slots, "objectives": list(self.names),
+                 "layout": {"slots": self.n_slots, "batch_size": self.cfg.batch_size}}
+        path = save_training(self.run_dir / "checkpoints", self.step_no, self.wrapped, self.optimizer, state,
+                             config=self.config, tokenizer_sha256=self.tokenizer_sha256,
+                             keep=self.cfg.keep_checkpoints)
         self._last_saved = self.step_no
         self._carry += time.perf_counter() - t0
         return path
 
     def load(self, path: str | Path) -> int:
-        """Resume from a checkpoint (step dir or checkpoints/ root): weights, optimizer, RNG, data position."""
-        from torch.distributed.checkpoint import state_dict as dsd
-
-        ckpt, error = None, None
-        if self.info.is_main:
-            try:
-                ckpt = load_checkpoint(path)
-                check_compatible(ckpt, self.config.get("model", {}), self.tokenizer_sha256,
-                                 model_state=self.model.state_dict() if not self.info.distributed else None)
-                self._check_state(ckpt)
-            except XlingError as e:
-                error = str(e)
-        error = xdist.broadcast_object(error)
-        if error:
-            raise XlingError(error)
-        full = self.info.distributed
-        module_state, optim_state, state = {}, {}, None
-        if ckpt is not None:
-            module_state = {**{f"model.{k}": v for k, v in ckpt.model_state.items()},
-                            **{f"objectives.{k}": v for k, v in ckpt.heads_state.items()}}
-            optim_state = ckpt.train_state["optimizer"]
-            state = {k: v for k, v in ckpt.train_state.items() if k != "optimizer"}
-        state = xdist.broadcast_object(state)
-        opts = dsd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=full, strict=True)
-        dsd.set_model_state_dict(self.wrapped, module_state, options=opts)
-        dsd.set_optimizer_state_dict(self.wrapped, self.optimizer, optim_state, options=opts)
+        """Resume from a checkpoint (a step dir or checkpoints/): weights, optimizer, RNG, data position."""
+        state = load_training(path, self.wrapped, self.optimizer, model_cfg=self.config.get("model", {}),
+                              tokenizer_sha256=self.tokenizer_sha256, check=self._check_state,
+                              model_state=None if self.info.distributed else self.model.state_dict())
         self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
         self.elapsed, self.skipped = float(state["elapsed"]), int(state["skipped"])
         self.warmup_frac = state["warmup_frac"]

@@ -75,6 +75,8 @@ class AlignConfig:
     adv_lr_shrink: float = 0.5  # ... and *= shrink when the criterion got worse
     adv_min_lr: float = 1e-6  # stop when the mapping lr falls below this
     adv_beta: float = 0.001  # orthogonalisation: W <- (1 + beta) W - beta (W W^T) W
+    adv_threads: int = 0  # torch threads for adversarial training (0 = as set); its small matmuls gain
+    # little from a second thread and can lose 10-100x to one when the machine is busy
     memory_mb: int = 256  # similarity scores held at once during retrieval
     write_vectors: bool = True  # write the mapped source and the normalised target as .vec files
     seed: int = 0  # adversarial training seed
@@ -143,17 +145,19 @@ def _unit(x):
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, memory_mb: int = 256):
+def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, memory_mb: int = 256,
+                chunk_rows: int = 0):
     """Top-k over keys of scale * (q . key) - penalty[key] for every query row, chunk by chunk.
 
     queries (n, d), keys (m, d) torch float32; penalty (m,) or None. Only a (chunk, m) block of
-    scores exists at a time (chunk = memory_mb / (8 m) rows). Returns (values (n, k), indices (n, k)).
+    scores exists at a time: chunk = `chunk_rows`, or memory_mb / (8 m) rows when 0 (the block and
+    topk's workspace). Returns (values (n, k), indices (n, k)).
     """
     import torch
 
     n, m = queries.shape[0], keys.shape[0]
     k = min(k, m)
-    rows = max(1, (memory_mb << 20) // (8 * m))
+    rows = chunk_rows or max(1, (memory_mb << 20) // (8 * m))
     vals = torch.empty(n, k)
     idx = torch.empty(n, k, dtype=torch.long)
     kt = keys.T.contiguous()  # (d, m)
@@ -168,9 +172,9 @@ def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, memo
     return vals, idx
 
 
-def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256):
+def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256, chunk_rows: int = 0):
     """(n,) mean cosine of each query's k nearest keys: CSLS's r (unit rows assumed)."""
-    return topk_scores(queries, keys, k, memory_mb=memory_mb)[0].mean(dim=1)
+    return topk_scores(queries, keys, k, memory_mb=memory_mb, chunk_rows=chunk_rows)[0].mean(dim=1)
 
 
 class Space:
@@ -180,11 +184,11 @@ class Space:
     (each target's to its k nearest mapped source words) are computed on first use and cached.
     """
 
-    def __init__(self, src_mapped, tgt, csls_k: int = 10, memory_mb: int = 256):
+    def __init__(self, src_mapped, tgt, csls_k: int = 10, memory_mb: int = 256, chunk_rows: int = 0):
         self.src = _unit(src_mapped)  # (n_s, d)
         self.tgt = _unit(tgt)  # (n_t, d)
         self.k = csls_k
-        self.memory_mb = memory_mb
+        self.chunk = {"memory_mb": memory_mb, "chunk_rows": chunk_rows}  # see topk_scores
         self._r = {}
 
     def r(self, side: str, ids=None):
@@ -194,10 +198,10 @@ class Space:
         if side not in self._r and ids is not None:
             q = self.src if side == "src" else self.tgt
             other = self.tgt if side == "src" else self.src
-            return mean_knn_sim(q[torch.as_tensor(ids)], other, self.k, self.memory_mb)
+            return mean_knn_sim(q[torch.as_tensor(ids)], other, self.k, **self.chunk)
         if side not in self._r:
             q, other = (self.src, self.tgt) if side == "src" else (self.tgt, self.src)
-            self._r[side] = mean_knn_sim(q, other, self.k, self.memory_mb)
+            self._r[side] = mean_knn_sim(q, other, self.k, **self.chunk)
         return self._r[side] if ids is None else self._r[side][torch.as_tensor(ids)]
 
     def s2t(self, ids, k: int = 10, method: str = "csls"):
@@ -214,9 +218,9 @@ class Space:
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         q, keys, other = (self.src, self.tgt, "tgt") if side == "src" else (self.tgt, self.src, "src")
         if method == "nn":
-            v, i = topk_scores(q[ids], keys, k, memory_mb=self.memory_mb)
+            v, i = topk_scores(q[ids], keys, k, **self.chunk)
         elif method == "csls":
-            v, i = topk_scores(q[ids], keys, k, scale=2.0, penalty=self.r(other), memory_mb=self.memory_mb)
+            v, i = topk_scores(q[ids], keys, k, scale=2.0, penalty=self.r(other), **self.chunk)
             v = v - self.r(side, ids)[:, None]
         else:
             raise ValueError(f"retrieval method must be nn or csls, not {method!r}")
@@ -354,12 +358,24 @@ def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
     criterion is measured; the best epoch's W is returned. Seeded and deterministic on CPU.
     """
     import torch
-    from torch import nn
 
-    d = x.shape[1]
     n_s, n_t = min(cfg.adv_most_frequent, len(x)), min(cfg.adv_most_frequent, len(y))
     xs = torch.from_numpy(np.ascontiguousarray(x[:n_s], dtype=np.float32))  # (n_s, d)
-    yt = torch.from_numpy(np.ascontiguousarray(y[:n_t], dtype=np.float32))  # (n_t, d)
+    ys = torch.from_numpy(np.ascontiguousarray(y[:n_t], dtype=np.float32))  # (n_t, d)
+    threads = torch.get_num_threads()
+    if cfg.adv_threads:
+        torch.set_num_threads(cfg.adv_threads)
+    try:
+        return _adversarial(xs, ys, x, y, cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _adversarial(xs, ys, x, y, cfg: AlignConfig, log) -> tuple[np.ndarray, list[dict]]:
+    import torch
+    from torch import nn
+
+    (n_s, d), n_t = xs.shape, len(ys)
     bs, smooth = cfg.adv_batch, cfg.adv_smooth
     # mapped source words are labelled 1 - smooth, target words smooth (MUSE)
     labels = torch.cat([torch.full((bs,), 1 - smooth), torch.full((bs,), smooth)])  # (2 bs,)
@@ -379,12 +395,13 @@ def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
 
         def batch(grad: bool):
             src = xs[torch.randint(n_s, (bs,), generator=gen)]
-            tgt = yt[torch.randint(n_t, (bs,), generator=gen)]
+            tgt = ys[torch.randint(n_t, (bs,), generator=gen)]
             with torch.set_grad_enabled(grad):
                 return torch.cat([mapping(src), tgt])  # (2 bs, d)
 
         best_w, best = mapping.weight.detach().double().numpy().copy(), -np.inf
         steps = max(1, cfg.adv_epoch_size // bs)
+        worse_before = False
         for epoch in range(cfg.adv_epochs):
             t0, d_loss = time.perf_counter(), 0.0
             for _ in progress(range(steps), desc=f"adversarial epoch {epoch}", unit="step"):
@@ -410,8 +427,10 @@ def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
             log(f"adversarial epoch {epoch}: criterion {crit:.4f}, discriminator loss {d_loss / steps:.4f}, "
                 f"lr {lr:.4g}")
             new_lr = max(cfg.adv_min_lr, lr * cfg.adv_lr_decay)
-            if crit < best and cfg.adv_lr_shrink < 1:
-                new_lr *= cfg.adv_lr_shrink
+            if crit < best:  # MUSE shrinks the lr from the second time the criterion falls below its best
+                if worse_before:
+                    new_lr *= cfg.adv_lr_shrink
+                worse_before = True
             if crit > best:
                 best_w, best = w, crit
             for g in opt_m.param_groups:

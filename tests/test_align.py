@@ -1,0 +1,347 @@
+"""Cross-lingual word-embedding alignment: Procrustes, CSLS, adversarial, refinement, BLI, .vec, dictionaries."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from xling.errors import XlingError
+from xling.tasks.align import (AlignConfig, Space, adversarial, csls_reference, evaluate_bli, learn_mapping,
+                               normalize_embeddings, procrustes, run_align)
+from xling.tasks.dictionaries import (filter_pairs, freedict_pairs, identical_pairs, parse_freedict,
+                                      read_dictionary, split_by_rank)
+from xling.tasks.vectors import Vectors, model_word_vectors, read_vec, train_static_vectors, write_vec
+
+
+def rotation(d: int, seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    return q * np.sign(np.diag(r))  # (d, d), a uniformly random orthogonal matrix
+
+
+def clustered(n: int, d: int, clusters: int, seed: int, noise: float = 0.2) -> np.ndarray:
+    """Vectors around random centres: a distribution with no rotational symmetry, like word vectors."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    return (centres[rng.integers(clusters, size=n)] + noise * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def tiny_cfg(**kw) -> AlignConfig:
+    base = dict(adv_hidden=128, adv_threads=1, refine_iters=3, refine_max_rank=0, select_max_rank=0,
+                select_pairs=0, normalize="", write_vectors=False)
+    return AlignConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------- Procrustes
+
+def test_procrustes_recovers_a_random_rotation_exactly():
+    x = np.random.default_rng(0).normal(size=(200, 16))
+    r = rotation(16, 1)
+    w = procrustes(x, x @ r.T)
+    np.testing.assert_allclose(w, r, atol=1e-6)
+    np.testing.assert_allclose(w @ w.T, np.eye(16), atol=1e-10)
+
+
+def test_procrustes_equals_the_closed_form():
+    # 90-degree rotation in the plane, by hand: (1, 0) -> (0, 1), (0, 1) -> (-1, 0)
+    w = procrustes(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [-1.0, 0.0]]))
+    np.testing.assert_allclose(w, [[0.0, -1.0], [1.0, 0.0]], atol=1e-12)
+    # a fixed noisy case against U V^T from numpy's SVD of B^T A
+    a = np.array([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0], [2.0, 0.1, -0.7], [-1.2, 0.4, 0.9]])
+    b = np.array([[0.9, 2.1, 0.4], [0.2, -0.8, 2.2], [2.1, 0.0, -0.5], [-1.0, 0.5, 1.1]])
+    u, _, vt = np.linalg.svd(b.T @ a)
+    np.testing.assert_allclose(procrustes(a, b), u @ vt, atol=1e-12)
+    # and it is the best orthogonal map: no random rotation fits better
+    best = np.linalg.norm(a @ procrustes(a, b).T - b)
+    assert all(best <= np.linalg.norm(a @ rotation(3, s).T - b) for s in range(50))
+
+
+def test_normalize_embeddings_center_and_renorm():
+    x = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    y = normalize_embeddings(x, "renorm,center,renorm")
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-6)
+    mid = np.array([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]])  # after the first renorm
+    mid -= mid.mean(axis=0)
+    np.testing.assert_allclose(y, mid / np.linalg.norm(mid, axis=1, keepdims=True), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- retrieval
+
+def test_csls_equals_brute_force_and_chunking_changes_nothing():
+    rng = np.random.default_rng(3)
+    src, tgt = rng.normal(size=(30, 8)), rng.normal(size=(40, 8))
+    k = 5
+    # reference written out here: cosines, each side's mean cosine to its k nearest in the other space
+    s = src / np.linalg.norm(src, axis=1, keepdims=True)
+    t = tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
+    cos = s @ t.T
+    r_src = np.array([np.sort(row)[-k:].mean() for row in cos])
+    r_tgt = np.array([np.sort(col)[-k:].mean() for col in cos.T])
+    ref = 2 * cos - r_src[:, None] - r_tgt[None, :]
+    np.testing.assert_allclose(csls_reference(src, tgt, k), ref, atol=1e-12)
+    order = np.argsort(-ref, axis=1, kind="stable")[:, :3]
+    for rows in (0, 1, 7):  # whole matrix, one row at a time, uneven chunks
+        scores, idx = Space(src, tgt, csls_k=k, chunk_rows=rows).s2t(np.arange(30), 3, "csls")
+        np.testing.assert_array_equal(idx, order)
+        np.testing.assert_allclose(scores, np.take_along_axis(ref, order, axis=1), atol=1e-5)
+    scores, idx = Space(src, tgt, csls_k=k, chunk_rows=4).t2s(np.arange(40), 2, "csls")
+    np.testing.assert_array_equal(idx, np.argsort(-ref.T, axis=1, kind="stable")[:, :2])
+
+
+def test_csls_reduces_hubness():
+    # every query carries a shared direction c; a few "hub" targets point along c, so plain cosine
+    # sends many queries to a hub while CSLS discounts targets that are close to everything
+    rng = np.random.default_rng(0)
+    n, d = 300, 32
+    c = rng.normal(size=d)
+    c /= np.linalg.norm(c)
+    tgt = rng.normal(size=(n, d))
+    tgt /= np.linalg.norm(tgt, axis=1, keepdims=True)
+    src = tgt + 1.5 * rng.normal(size=(n, d)) / np.sqrt(d) + 1.5 * c
+    tgt[:3] = c + 0.3 * rng.normal(size=(3, d)) / np.sqrt(d)  # the hubs (their own queries are rows 0-2)
+    gold = np.stack([np.arange(n), np.arange(n)], axis=1)
+    space = Space(src, tgt, csls_k=10)
+    hub_share, p1 = {}, {}
+    for how in ("nn", "csls"):
+        _, idx = space.s2t(np.arange(n), 1, how)
+        hub_share[how] = np.bincount(idx[:, 0], minlength=n).max() / n
+        p1[how] = evaluate_bli(space, gold, how, ks=(1,))[0][1]
+    assert hub_share["nn"] > 0.3 and hub_share["csls"] < hub_share["nn"] / 2  # measured: 0.35 -> 0.14
+    assert p1["csls"] > p1["nn"] + 0.2  # measured: 0.09 -> 0.42
+
+
+def test_precision_at_k_on_a_hand_made_case():
+    # targets on the unit circle at 0, 90, 180, 270 degrees; each source vector sits between two of
+    # them, so its ranking is known: source i ranks targets (i, i+1, i+3, i+2) (mod 4) by cosine
+    angles = np.deg2rad([0, 90, 180, 270])
+    tgt = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    src = np.stack([np.cos(angles + np.deg2rad(30)), np.sin(angles + np.deg2rad(30))], axis=1)
+    pairs = np.array([
+        [0, 0],            # source 0: gold at rank 1
+        [1, 3], [1, 2],    # source 1: two gold translations, the best at rank 2 (target 2)
+        [2, 1],            # source 2: gold at rank 3 (2 -> 3, 3, 1, 0)
+        [3, 1],            # source 3: gold at rank 4 (3 -> 3, 0, 2, 1)
+    ])
+    p, queries, correct = evaluate_bli(Space(src, tgt), pairs, "nn", ks=(1, 2, 3))
+    np.testing.assert_array_equal(queries, [0, 1, 2, 3])
+    np.testing.assert_array_equal(correct, [True, False, False, False])
+    assert p == {1: 0.25, 2: 0.5, 3: 0.75}
+
+
+# ---------------------------------------------------------------------------- unsupervised methods
+
+def test_adversarial_recovers_a_rotation_deterministically():
+    x = clustered(1000, 8, 32, seed=0)
+    r = rotation(8, 100)
+    y = (x @ r.T + 0.01 * np.random.default_rng(1).normal(size=x.shape)).astype(np.float32)
+    cfg = tiny_cfg(adv_epochs=6, adv_epoch_size=3200, adv_lr=1.0, adv_lr_decay=1.0, adv_lr_shrink=1.0, seed=1)
+    w, history = adversarial(x, y, cfg, log=lambda s: None)
+    gold = np.stack([np.arange(1000), np.arange(1000)], axis=1)
+    assert evaluate_bli(Space(x @ w.T, y), gold, "csls", ks=(1,))[0][1] > 0.95
+    assert np.abs(w @ w.T - np.eye(8)).max() < 0.05  # kept near-orthogonal
+    assert max(h["criterion"] for h in history) > 0.99
+    # same seed, same mapping (a shorter run)
+    short = tiny_cfg(adv_epochs=1, adv_epoch_size=640, seed=5)
+    w1, _ = adversarial(x, y, short, log=lambda s: None)
+    w2, _ = adversarial(x, y, short, log=lambda s: None)
+    np.testing.assert_array_equal(w1, w2)
+
+
+def test_identical_strings_seed_then_refinement():
+    n, d = 400, 8
+    x = clustered(n, d, 32, seed=2)
+    r = rotation(d, 3)
+    y = (x @ r.T + 0.01 * np.random.default_rng(4).normal(size=x.shape)).astype(np.float32)
+    src_words = [f"s{i}" for i in range(n)]
+    tgt_words = [f"t{i}" for i in range(n)]
+    for i in range(0, 60, 3):  # 20 shared strings (names, numbers) at the right rows ...
+        tgt_words[i] = src_words[i] = f"name{i}"
+    for i, j in ((100, 200), (150, 250)):  # ... and two false friends
+        src_words[i] = tgt_words[j] = f"false{i}"
+    assert len(identical_pairs(src_words, tgt_words)) == 22
+    w, info = learn_mapping("identical", x, y, src_words, tgt_words, None, tiny_cfg(), log=lambda s: None)
+    gold = np.stack([np.arange(n), np.arange(n)], axis=1)
+    assert evaluate_bli(Space(x @ w.T, y), gold, "csls", ks=(1,))[0][1] > 0.95
+    np.testing.assert_allclose(w, r, atol=0.02)
+    assert info["seed_pairs"] == 22 and info["history"][-1]["pairs"] > 0.9 * n  # mutual pairs grew
+
+
+# ---------------------------------------------------------------------------- dictionaries
+
+def test_split_by_rank_never_overlaps():
+    rng = np.random.default_rng(0)
+    pairs = np.stack([rng.integers(0, 100, 500), rng.integers(0, 300, 500)], axis=1)
+    train, test = split_by_rank(pairs, (0, 50), (50, 80))
+    assert set(train[:, 0]).isdisjoint(test[:, 0])
+    assert train[:, 0].max() < 50 and test[:, 0].min() >= 50 and test[:, 0].max() < 80
+    assert len(train) == (pairs[:, 0] < 50).sum()  # every translation goes with its source word
+    with pytest.raises(XlingError, match="overlap"):
+        split_by_rank(pairs, (0, 60), (50, 80))
+    with pytest.raises(ValueError, match="overlap"):
+        AlignConfig(train_ranks=[0, 5000], test_ranks=[4000, 6500])
+
+
+def test_filter_pairs_and_muse_dictionary_file(tmp_path):
+    path = tmp_path / "en-fr.txt"
+    path.write_text("house maison\nhouse\tdemeure\n\nKing roi\nzebra zèbre\n", encoding="utf-8")
+    pairs = read_dictionary(path)
+    assert pairs == [("house", "maison"), ("house", "demeure"), ("king", "roi"), ("zebra", "zèbre")]
+    idx, stats = filter_pairs(pairs, {"king": 0, "house": 1}, {"roi": 0, "maison": 1, "demeure": 2})
+    assert idx.tolist() == [[0, 0], [1, 1], [1, 2]]
+    assert stats["source_words_in_vocab"] == 2 and stats["pairs_in_vocab"] == 3 and stats["source_words"] == 3
+    (tmp_path / "bad.txt").write_text("one two\nthree four five\n", encoding="utf-8")
+    with pytest.raises(XlingError, match="line 2"):
+        read_dictionary(tmp_path / "bad.txt")
+
+
+def _dictd(tmp_path, name: str, entries: list[str]) -> None:
+    """Write a dictd pair: entries concatenated, the index giving base64 offset and length."""
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def enc(n: int) -> str:
+        out = ""
+        while True:
+            out = b64[n % 64] + out
+            n //= 64
+            if n == 0:
+                return out
+
+    data, index = b"", []
+    for text in entries:
+        raw = text.encode("utf-8")
+        index.append(f"{text.split(' /')[0].split(chr(10))[0].lower()}\t{enc(len(data))}\t{enc(len(raw))}")
+        data += raw
+    (tmp_path / f"{name}.index").write_text("\n".join(index) + "\n", encoding="utf-8")
+    (tmp_path / f"{name}.dict.dz").write_bytes(gzip.compress(data))
+
+
+def test_freedict_parser_on_a_hand_made_dictionary(tmp_path):
+    _dictd(tmp_path, "freedict-eng-ara", [
+        "00-database-info\nThis is a test dictionary.\n",
+        "book /bʊk/ <n>\n1. كِتَابٌ, سِفْر\n2. a written work\n",
+        "light /laɪt/\nنُور; ضَوْء <masc>\n see: {lamp}\n   Synonyms: {lamp}\n",
+        "give up /ɡɪv ʌp/\nاِسْتَسْلَمَ\n",
+    ])
+    _dictd(tmp_path, "freedict-ara-eng", ["بَيْت /bajt/\nhouse, home\n   Note: also a verse of poetry\n"])
+    entries = parse_freedict(tmp_path / "freedict-eng-ara.index", tmp_path / "freedict-eng-ara.dict.dz")
+    assert entries == [("book", ["كِتَابٌ", "سِفْر", "a written work"]), ("light", ["نُور", "ضَوْء"]),
+                       ("give up", ["اِسْتَسْلَمَ"])]
+    pairs = freedict_pairs("en", "ar", root=tmp_path)  # both files, vowel marks stripped, single words
+    assert pairs == sorted([("book", "كتاب"), ("book", "سفر"), ("light", "نور"), ("light", "ضوء"),
+                            ("house", "بيت"), ("home", "بيت")])
+    with pytest.raises(XlingError, match="apt-get install dict-freedict-eng-fra"):
+        freedict_pairs("en", "fr", root=tmp_path)
+    (tmp_path / "freedict-eng-ara.index").write_text("book\tA\n", encoding="utf-8")
+    with pytest.raises(XlingError, match="line 1"):
+        parse_freedict(tmp_path / "freedict-eng-ara.index", tmp_path / "freedict-eng-ara.dict.dz")
+
+
+# ---------------------------------------------------------------------------- .vec files
+
+def test_vec_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "слово", "كلمة", "naïve", "x1"]
+    vecs = Vectors(words, rng.normal(size=(5, 7)).astype(np.float32))
+    write_vec(tmp_path / "a.vec", vecs)
+    assert (tmp_path / "a.vec").read_text(encoding="utf-8").split("\n")[0] == "5 7"
+    back = read_vec(tmp_path / "a.vec")
+    assert back.words == words and back.index["كلمة"] == 2
+    np.testing.assert_allclose(back.vecs, vecs.vecs, rtol=1e-5, atol=1e-6)
+    assert read_vec(tmp_path / "a.vec", max_words=2).words == ["the", "слово"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("2 3\na 1 2 3\n", "promises 2 vectors but the file has 1"),
+    ("x y\na 1 2 3\n", "line 1: expected 'n d'"),
+    ("2 3\na 1 2 3\nb 1 2\n", "line 3: expected a word and 3 numbers"),
+    ("2 3\na 1 2 3\nb 1 two 3\n", "line 3: a vector value is not a number"),
+    ("2 3\na 1 2 3\nb 1 nan 3\n", "line 3: .*nan"),
+])
+def test_bad_vec_files(tmp_path, text, match):
+    path = tmp_path / "bad.vec"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(XlingError, match=match):
+        read_vec(path)
+
+
+def test_bad_vec_bytes_name_the_line(tmp_path):
+    (tmp_path / "latin1.vec").write_bytes(b"2 2\na 1 2\ncaf\xe9 1 2\n")
+    with pytest.raises(XlingError, match="line 3: bytes are not UTF-8"):
+        read_vec(tmp_path / "latin1.vec")
+    with pytest.raises(XlingError, match="does not exist"):
+        read_vec(tmp_path / "missing.vec")
+
+
+# ---------------------------------------------------------------------------- the task end to end
+
+def test_run_align_writes_outputs_and_metrics(tmp_path):
+    n, d = 400, 8
+    x = clustered(n, d, 32, seed=5)
+    y = x @ rotation(d, 6).T + 0.01 * np.random.default_rng(7).normal(size=x.shape)
+    src = Vectors([f"s{i}" for i in range(n)], x)
+    tgt = Vectors([f"t{i}" for i in range(n)], y)
+    pairs = [(f"s{i}", f"t{i}") for i in range(n)] + [("s5", "t6"), ("unknown", "t1")]
+    cfg = tiny_cfg(methods=["procrustes", "procrustes-refine"], train_ranks=[0, 200], test_ranks=[200, 400],
+                   write_vectors=True)
+    res = run_align(src, tgt, tmp_path, src_lang="en", tgt_lang="fr", pairs=pairs, cfg=cfg, log=lambda s: None)
+    assert res["dictionary"]["train_words"] == 200 and res["dictionary"]["test_words"] == 200
+    m = res["metrics"]
+    assert m["align.p_at_1.en-fr.procrustes.csls"] == 1.0 and m["align.p_at_1.en-fr.supervised"] == 1.0
+    w = np.load(tmp_path / "W-procrustes.npy")
+    np.testing.assert_allclose(w, rotation(d, 6), atol=1e-2)
+    mapped = read_vec(tmp_path / "vectors" / "en-procrustes.vec")
+    np.testing.assert_allclose(mapped.vecs, x @ w.T, atol=1e-4)
+    assert json.loads((tmp_path / "results.json").read_text())["metrics"] == m
+    assert "CSLS P@1" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "p_at_1_by_band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- vectors from text and models
+
+def test_static_vectors_are_reproducible_and_in_frequency_order():
+    pytest.importorskip("gensim")
+    from xling.tasks.vectors import VectorsConfig
+
+    texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 30
+    cfg = VectorsConfig(dim=8, min_count=2, epochs=2, seed=3)
+    a, b = train_static_vectors(texts, cfg), train_static_vectors(texts, cfg)
+    assert a.words[0] == "the" and a.words == b.words and "mat" in a.words
+    np.testing.assert_array_equal(a.vecs, b.vecs)
+
+
+def test_model_word_vectors_input_and_contextual():
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from xling.model import ModelConfig, Transformer
+
+    texts = ["the light shines in the darkness", "свет во тьме светит", "la lumière luit dans les ténèbres"] * 5
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>",
+                                                                                       "<unk>", "<mask>", "<en>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, d_model=32, n_head=2,
+                                    block_size=32))
+    emb = model.wte.weight.detach()
+    words = ["light", "свет", "darkness"]
+    inp = model_word_vectors(model, tok, words, mode="input")
+    for w, v in zip(inp.words, inp.vecs, strict=True):
+        ids = tok.encode(f"x {w}").ids[1:]  # the mid-sentence form (after a space)
+        np.testing.assert_allclose(v, emb[ids].mean(0).numpy(), atol=1e-6)
+    whole = model_word_vectors(model, tok, words, mode="input", whole_words_only=True)
+    assert set(whole.words) <= set(words)
+
+    # contextual: "darkness" occurs in one sentence; its vector is the mean of its tokens' final states
+    lang = 5
+    ctx = model_word_vectors(model, tok, ["darkness", "absent"], mode="contextual", texts=texts[:1],
+                             lang_token_id=lang)
+    assert ctx.words == ["darkness"]
+    enc = tok.encode(texts[0])
+    pos = [i for i, (a, b) in enumerate(enc.offsets) if a < len(texts[0]) and b > texts[0].index("darkness")]
+    with torch.no_grad():
+        hidden = model(torch.tensor([[lang] + enc.ids]))[0]  # (T, D)
+    np.testing.assert_allclose(ctx.vecs[0], hidden[[p + 1 for p in pos]].mean(0).numpy(), atol=1e-5)

@@ -1,0 +1,78 @@
+"""The whole chain through the CLI at tiny size: corpus -> tokenizer -> shard -> pretrain -> evaluate -> report."""
+
+import json
+
+import pytest
+
+from xling.cli import main
+
+from .conftest import TINY
+
+TINY_MODEL = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.block_size=64",
+              "train.seq_len=32", "train.batch_size=8", "train.max_minutes=0", "train.warmup_steps=5",
+              "train.eval_every=0", "train.precision=fp32", "train.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny aligned corpus (3 languages, one Cyrillic) trained with CLM + contrastive for 40 steps."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    lines = {lg: [f"{v} {i}" for i in range(40) for v in verses] for lg, verses in TINY.items()}
+    for lg in TINY:  # jsonl with ids, so the three languages align
+        with open(tmp / f"{lg}.jsonl", "w", encoding="utf-8") as f:
+            for i, text in enumerate(lines[lg]):
+                f.write(json.dumps({"id": f"s{i}", "lang": lg, "text": text}, ensure_ascii=False) + "\n")
+    rd = tmp / "run"
+    common = ["--run", str(rd)]
+    assert main(["corpus", "--source", "jsonl", "--paths", *[str(tmp / f"{lg}.jsonl") for lg in TINY],
+                 "--langs", "en,fr,ru", *common, "corpus.valid_fraction=0.15", "corpus.test_fraction=0.15"]) == 0
+    assert main(["tokenizer", *common, "tokenizer.vocab_size=400"]) == 0
+    assert main(["shard", *common]) == 0
+    assert main(["pretrain", *common, *TINY_MODEL, "train.max_steps=40",
+                 'train.objectives={clm = 1.0, contrastive = 1.0}']) == 0
+    assert main(["evaluate", str(rd)]) == 0
+    assert main(["report", str(rd)]) == 0
+    return rd
+
+
+def test_metrics_have_every_documented_key(trained_run):
+    m = json.loads((trained_run / "report" / "metrics.json").read_text())
+    langs = ["en", "fr", "ru"]
+    assert m["languages"] == langs
+    for lg in langs:
+        for key in (f"tokenizer.fertility.{lg}", f"tokenizer.parity.{lg}", f"bpc.{lg}", f"langid.accuracy.{lg}"):
+            assert key in m, key
+        assert 0 < m[f"bpc.{lg}"] < 12  # bits per character of a barely trained model: finite, below 8+ bits/byte
+        assert 0 <= m[f"langid.accuracy.{lg}"] <= 1
+    assert m["tokenizer.parity.en"] == 1.0
+    for lg in ("fr", "ru"):
+        assert 0 <= m[f"retrieval.top1.en-{lg}"] <= 1 and 0 <= m[f"retrieval.top1.{lg}-en"] <= 1
+    assert m["retrieval.top1_mean"] == pytest.approx(
+        sum(m[f"retrieval.top1.{a}-{b}"] for a, b in [("en", "fr"), ("fr", "en"), ("en", "ru"), ("ru", "en")]) / 4)
+    assert m["pretrain.steps"] == 40 and m["pretrain.tokens"] > 0 and m["pretrain.tokens_per_second"] > 0
+
+
+def test_training_loss_falls(trained_run):
+    rows = [json.loads(x) for x in (trained_run / "train" / "metrics.jsonl").read_text().splitlines()]
+    clm = [r["loss/clm"] for r in rows if r.get("loss/clm") is not None]
+    assert len(clm) >= 2 and clm[-1] < clm[0] - 0.5
+
+
+def test_report_files(trained_run):
+    out = trained_run / "report"
+    page = (out / "report.html").read_text()
+    for title in ("Tokenizer fairness", "Pretraining", "Bits per character", "Cross-lingual retrieval",
+                  "Language identification", "Generation samples"):
+        assert title in page
+    assert len(list(out.glob("*.png"))) == 4  # parity, loss, bpc, retrieval heatmap
+    assert "checkpoint step 40" in (out / "report.md").read_text()
+
+
+def test_demo_stages_skip_when_up_to_date(trained_run, capsys):
+    """A stage re-run with the same config is skipped; more training budget resumes from the checkpoint."""
+    assert main(["shard", "--run", str(trained_run)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["pretrain", "--run", str(trained_run), *TINY_MODEL, "train.max_steps=44",
+                 'train.objectives={clm = 1.0, contrastive = 1.0}']) == 0
+    manifest = json.loads((trained_run / "manifest.json").read_text())
+    assert manifest["stages"]["pretrain"]["summary"]["steps"] == 44
