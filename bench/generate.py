@@ -35,21 +35,23 @@ from xling.progress import format_table  # noqa: E402
 
 
 def to_hf_gpt2(model: Transformer):
-    """Our default-family weights in a `transformers.GPT2LMHeadModel` (Linear (out, in) -> Conv1D (in, out))."""
+    """Our default-family weights in a `transformers.GPT2LMHeadModel`.
+
+    Same maths (tests/test_model.py proves it); our Linear weights are (out, in), GPT-2's Conv1D (in, out).
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.cfg
-    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model, n_layer=c.n_layer,
-                        n_head=c.n_head, n_inner=c.ff_dim, activation_function="gelu_new",
+    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model,
+                        n_layer=c.n_layer, n_head=c.n_head, n_inner=c.ff_dim, activation_function="gelu_new",
                         layer_norm_epsilon=c.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
     hf = GPT2LMHeadModel(hf_cfg)
     ours = model.state_dict()
     state = {}
     for name, p in hf.state_dict().items():
-        key = name.removeprefix("transformer.").replace("h.", "blocks.", 1)
-        if name == "lm_head.weight":
-            key = "wte.weight"
+        key = "wte.weight" if name == "lm_head.weight" else \
+            name.removeprefix("transformer.").replace("h.", "blocks.", 1)
         w = ours[key]
         transposed = name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
         state[name] = w.t().contiguous() if transposed else w
@@ -71,71 +73,69 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)")
     args = ap.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     model = Transformer(ModelConfig(vocab_size=8000, block_size=512, n_layer=4, d_model=256, n_head=4)).eval()
     hf32 = to_hf_gpt2(model)
-    models = {"fp32": (model, hf32), "bf16": (for_precision(model, "bf16"), copy.deepcopy(hf32).to(torch.bfloat16))}
+    models = {"fp32": (model, hf32),
+              "bf16": (for_precision(model, "bf16"), copy.deepcopy(hf32).to(torch.bfloat16))}
     g = torch.Generator().manual_seed(1)
     prompts = {b: torch.randint(5, 8000, (b, args.prompt_len), generator=g) for b in (1, 8)}
     greedy = GenerateConfig(max_new_tokens=args.new_tokens, temperature=0.0)
-
-    def ours(m, x: torch.Tensor) -> list[list[int]]:
-        return generate_ids(m, x.tolist(), greedy)
-
-    # left-padded batch: 8 prompts of lengths 9..16 (ours only)
+    # left-padded batch: 8 prompts of lengths prompt_len-7 .. prompt_len (ours only)
     mixed = [prompts[8][i, :args.prompt_len - 7 + i].tolist() for i in range(8)]
 
-    rows, tps, agree = [], {}, {}
+    rows, tps = [], {}
     for prec, (m, hf) in models.items():
         for b, x in prompts.items():
             want = hf_generate(hf, x, args.new_tokens).tolist()  # also the warm-up
-            got = ours(m, x)
+            got = generate_ids(m, x.tolist(), greedy)
             same = sum(a == c for w, o in zip(want, got, strict=True) for a, c in zip(w, o, strict=True))
-            agree[(prec, b)] = same / (len(want) * args.new_tokens)
             if prec == "fp32":
                 assert got == want, f"greedy tokens differ from HF at fp32, batch {b}"
             t_hf, t_ours = [], []
             for _ in range(args.rounds):
-                t0 = time.perf_counter()
+                t0 = clock()
                 hf_generate(hf, x, args.new_tokens)
-                t1 = time.perf_counter()
-                ours(m, x)
-                t2 = time.perf_counter()
+                t1 = clock()
+                generate_ids(m, x.tolist(), greedy)
+                t2 = clock()
                 t_hf.append(t1 - t0)
                 t_ours.append(t2 - t1)
             n = b * args.new_tokens
-            tps[("hf", prec, b)] = n / statistics.median(t_hf)
-            tps[("ours", prec, b)] = n / statistics.median(t_ours)
-            rows.append([f"HF generate, {prec}", b, round(tps[("hf", prec, b)]), 1.0, "-"])
-            rows.append([f"xling generate_ids, {prec}", b, round(tps[("ours", prec, b)]),
-                         tps[("ours", prec, b)] / tps[("hf", prec, b)], f"{agree[(prec, b)]:.0%}"])
+            hf_tps = tps["hf", prec, b] = n / statistics.median(t_hf)
+            our_tps = tps["ours", prec, b] = n / statistics.median(t_ours)
+            rows.append([f"HF generate, {prec}", b, round(hf_tps), 1.0, "-"])
+            rows.append([f"xling generate_ids, {prec}", b, round(our_tps), our_tps / hf_tps,
+                         f"{same / (b * args.new_tokens):.0%}"])
         t_mixed = []
         for _ in range(args.rounds):
-            t0 = time.perf_counter()
+            t0 = clock()
             generate_ids(m, mixed, greedy)
-            t_mixed.append(time.perf_counter() - t0)
-        rows.append([f"xling, {prec}, left-padded (9..16)", 8, round(8 * args.new_tokens / statistics.median(t_mixed)),
-                     "", ""])
+            t_mixed.append(clock() - t0)
+        rows.append([f"xling, {prec}, left-padded ({len(mixed[0])}..{len(mixed[-1])})", 8,
+                     round(8 * args.new_tokens / statistics.median(t_mixed)), "", ""])
 
     best = "bf16" if resolve_precision("auto") == torch.bfloat16 else "fp32"
     print(format_table(["variant", "batch", "tokens/s", "x HF same precision", "greedy = HF"], rows,
                        title=f"Greedy decoding, {args.new_tokens} new tokens, {args.threads} threads, "
-                             f"medians of {args.rounds} rounds (default precision here: {best})"))
+                             f"{args.clock} clock, medians of {args.rounds} rounds "
+                             f"(xling's default precision here: {best})"))
     parts = []
     for b in (1, 8):
-        r32 = tps[("ours", "fp32", b)] / tps[("hf", "fp32", b)]
-        r16 = tps[("ours", "bf16", b)] / tps[("hf", "bf16", b)]
-        rbest = tps[("ours", best, b)] / tps[("hf", "fp32", b)]
-        parts += [f"b{b}_hf_fp32={tps[('hf', 'fp32', b)]:.0f}", f"b{b}_ours_fp32={tps[('ours', 'fp32', b)]:.0f}",
-                  f"b{b}_hf_bf16={tps[('hf', 'bf16', b)]:.0f}", f"b{b}_ours_bf16={tps[('ours', 'bf16', b)]:.0f}",
-                  f"b{b}_ratio_fp32={r32:.2f}", f"b{b}_ratio_bf16={r16:.2f}", f"b{b}_ratio_best={rbest:.2f}"]
-    r32 = tps[("ours", "fp32", 1)] / tps[("hf", "fp32", 1)]
-    rbest = tps[("ours", best, 1)] / tps[("hf", "fp32", 1)]
-    print(" ".join(parts + [f"ratio_fp32={r32:.2f}", f"ratio_best={rbest:.2f}"]))
+        for who in ("hf", "ours"):
+            parts += [f"b{b}_{who}_{prec}={tps[who, prec, b]:.0f}" for prec in ("fp32", "bf16")]
+        parts += [f"b{b}_ratio_fp32={tps['ours', 'fp32', b] / tps['hf', 'fp32', b]:.2f}",
+                  f"b{b}_ratio_bf16={tps['ours', 'bf16', b] / tps['hf', 'bf16', b]:.2f}",
+                  f"b{b}_ratio_best={tps['ours', best, b] / tps['hf', 'fp32', b]:.2f}"]
+    parts += [f"ratio_fp32={tps['ours', 'fp32', 1] / tps['hf', 'fp32', 1]:.2f}",
+              f"ratio_best={tps['ours', best, 1] / tps['hf', 'fp32', 1]:.2f}"]
+    print(" ".join(parts))
 
 
 if __name__ == "__main__":

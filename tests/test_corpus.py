@@ -141,3 +141,12 @@ def test_missing_language_and_missing_corpus(tmp_path, fake_source):
     assert not (tmp_path / "c").exists()  # nothing half-written
     with pytest.raises(XlingError, match="no corpus in"):
         Corpus(tmp_path / "nothing")
+
+
+def test_control_characters_never_split_a_segment(tmp_path, fake_source):
+    segs = [Segment("en", "1", "one\x1ctwo\u2028three\rfour", "g"), Segment("en", "2", "five", "g")]
+    fake_source(segs)
+    build_corpus(CorpusConfig(langs=["en"], valid_fraction=0, test_fraction=0), tmp_path / "c")
+    c = Corpus(tmp_path / "c")
+    assert c.texts("train", "en") == ["one two three four", "five"]
+    assert c.keys("train", "en") == ["1", "2"]

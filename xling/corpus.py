@@ -38,7 +38,7 @@ from xling.sources import Segment, read_source
 SPLITS = ("train", "valid", "test")
 DEFAULT_LANGS = ["en", "fr", "es", "de", "ru", "ar", "fa", "vi"]
 WORD = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}]*")  # \w splits Devanagari at vowel signs; this does not
-_SPACE = regex.compile(r"\s+")
+_SPACE = regex.compile(r"[\s\p{Cc}\p{Zl}\p{Zp}]+")  # whitespace, control characters, line separators
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LanguageSampler:
 # ---------------------------------------------------------------------------- cleaning, splitting
 
 def clean_text(text: str, normalize: str = "NFC") -> str:
-    """Unicode-normalise and collapse all whitespace (newlines, tabs) to single spaces."""
+    """Unicode-normalise; collapse whitespace and control characters (newlines, tabs, \x1c) to single spaces."""
     if normalize != "none":
         text = unicodedata.normalize(normalize, text)
     return _SPACE.sub(" ", text).strip()
@@ -261,12 +261,12 @@ class Corpus:
     def texts(self, split: str, lang: str) -> list[str]:
         self._check(split, lang)
         p = self.path / split / f"{lang}.txt"
-        return p.read_text(encoding="utf-8").splitlines() if p.stat().st_size else []
+        return p.read_text(encoding="utf-8").split("\n")[:-1] if p.stat().st_size else []
 
     def keys(self, split: str, lang: str) -> list[str]:
         self._check(split, lang)
         p = self.path / split / f"{lang}.keys"
-        return p.read_text(encoding="utf-8").splitlines() if p.stat().st_size else []
+        return p.read_text(encoding="utf-8").split("\n")[:-1] if p.stat().st_size else []
 
     def pairs(self, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
         """Aligned (src text, tgt text) for keys present in both languages, in src order."""

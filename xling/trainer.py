@@ -426,8 +426,8 @@ class Trainer:
         self._interval = {}
         skipped = int(merged.pop("skipped", [0, 0])[0] / max(self.info.world_size, 1))
         means = {k: s / n for k, (s, n) in sorted(merged.items()) if n}
-        self.last_losses = {k.split("/", 1)[1]: v for k, v in means.items() if k.count("/") == 1
-                            and k.startswith("loss/")}
+        self.last_losses.update({k.split("/", 1)[1]: v for k, v in means.items() if k.count("/") == 1
+                                 and k.startswith("loss/")})  # each objective's latest logged loss
         total = sum(means.get(f"loss/{n}", 0.0) * merged.get(f"loss/{n}", [0, 0])[1] for n in self.names)
         count = sum(merged.get(f"loss/{n}", [0, 0])[1] for n in self.names)
         line = {"kind": "train", "step": self.step_no, "tokens": self.tokens, "elapsed_s": round(self.elapsed, 3),
@@ -695,7 +695,7 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         if info.is_main:
             amp = "bf16 autocast" if trainer.amp_dtype else "fp32"
             print(f"pretrain: {model.num_params():,} parameters, objectives "
-                  f"{', '.join(f'{n} {w:g}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
+                  f"{', '.join(f'{n} {w:.2f}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
                   f"{info.world_size} process(es) on {info.device}, {amp}"
                   f"{', compiled' if tc.compile else ''}", file=sys.stderr)
         if resume:
