@@ -1,4 +1,4 @@
-"""Cross-lingual word-embedding alignment: Procrustes, CSLS, adversarial, refinement, BLI, .vec, dictionaries."""
+"""Word-embedding alignment: Procrustes, CSLS, adversarial, refinement, BLI, .vec files, dictionaries."""
 
 from __future__ import annotations
 
@@ -9,10 +9,25 @@ import numpy as np
 import pytest
 
 from xling.errors import XlingError
-from xling.tasks.align import (AlignConfig, Space, adversarial, csls_reference, evaluate_bli, learn_mapping,
-                               normalize_embeddings, procrustes, run_align)
-from xling.tasks.dictionaries import (filter_pairs, freedict_pairs, identical_pairs, parse_freedict,
-                                      read_dictionary, split_by_rank)
+from xling.tasks.align import (
+    AlignConfig,
+    Space,
+    adversarial,
+    csls_reference,
+    evaluate_bli,
+    learn_mapping,
+    normalize_embeddings,
+    procrustes,
+    run_align,
+)
+from xling.tasks.dictionaries import (
+    filter_pairs,
+    freedict_pairs,
+    identical_pairs,
+    parse_freedict,
+    read_dictionary,
+    split_by_rank,
+)
 from xling.tasks.vectors import Vectors, model_word_vectors, read_vec, train_static_vectors, write_vec
 
 
@@ -289,7 +304,8 @@ def test_run_align_writes_outputs_and_metrics(tmp_path):
     pairs = [(f"s{i}", f"t{i}") for i in range(n)] + [("s5", "t6"), ("unknown", "t1")]
     cfg = tiny_cfg(methods=["procrustes", "procrustes-refine"], train_ranks=[0, 200], test_ranks=[200, 400],
                    write_vectors=True)
-    res = run_align(src, tgt, tmp_path, src_lang="en", tgt_lang="fr", pairs=pairs, cfg=cfg, log=lambda s: None)
+    res = run_align(src, tgt, tmp_path, src_lang="en", tgt_lang="fr", pairs=pairs, cfg=cfg,
+                    log=lambda s: None)
     assert res["dictionary"]["train_words"] == 200 and res["dictionary"]["test_words"] == 200
     m = res["metrics"]
     assert m["align.p_at_1.en-fr.procrustes.csls"] == 1.0 and m["align.p_at_1.en-fr.supervised"] == 1.0
@@ -321,11 +337,12 @@ def test_model_word_vectors_input_and_contextual():
 
     from xling.model import ModelConfig, Transformer
 
-    texts = ["the light shines in the darkness", "свет во тьме светит", "la lumière luit dans les ténèbres"] * 5
+    texts = ["the light shines in the darkness", "свет во тьме светит",
+             "la lumière luit dans les ténèbres"] * 5
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>",
-                                                                                       "<unk>", "<mask>", "<en>"],
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>", "<en>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, d_model=32, n_head=2,

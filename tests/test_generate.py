@@ -395,31 +395,61 @@ def test_n_best_sorted_by_normalised_score():
 
 
 def test_exhaustive_beam_without_early_stopping_is_exact():
-    """With enough beams and early_stopping=False, beam search returns the brute-force best sequence."""
+    """With more beams than candidates and early_stopping=False, beam search returns the brute-force best
+    sequence for any length penalty (the stopping bound is exact)."""
     g = torch.Generator().manual_seed(0)
     vocab, L = 3, 4
-    table = {}
-    for n in range(L):
-        for prefix in itertools.product(range(1, vocab), repeat=n):
-            p = torch.rand(vocab, generator=g) ** 3
-            table[prefix] = dict(enumerate((p / p.sum()).tolist()))
-    for lp in (0.0, 1.0):
-        best, best_tokens = -math.inf, None
-        for n in range(1, L + 1):
-            for seq in itertools.product(range(1, vocab), repeat=n):
-                ends = n < L  # a sequence shorter than L must end with token 0; at L it is cut
-                lps = [math.log(table[seq[:i]][seq[i]]) for i in range(n)]
-                if ends:
-                    lps.append(math.log(table[seq][0]))
-                score = sum(lps) / len(lps) ** lp
-                if score > best:
-                    best, best_tokens = score, list(seq)
-        if math.log(table[()][0]) > best:  # the empty sequence: end right away (length 1)
-            best, best_tokens = math.log(table[()][0]), []
-        K = (vocab - 1) ** L
-        got = beam_search(table_step(table, K, vocab), 1, num_beams=K, max_new_tokens=L, eos_ids=[0],
-                          length_penalty=lp, early_stopping=False)[0][0]
-        assert got.tokens == best_tokens and got.score == pytest.approx(best)
+    for _ in range(4):
+        table = {}
+        for n in range(L):
+            for prefix in itertools.product(range(1, vocab), repeat=n):
+                p = torch.rand(vocab, generator=g) ** 3
+                table[prefix] = dict(enumerate((p / p.sum()).tolist()))
+        for lp in (0.0, 1.0, 2.0, -0.5):
+            best, best_tokens = -math.inf, None
+            for n in range(0, L + 1):
+                for seq in itertools.product(range(1, vocab), repeat=n):
+                    lps = [math.log(table[seq[:i]][seq[i]]) for i in range(n)]
+                    if n < L:  # a shorter sequence ends with token 0; one of L tokens is cut there
+                        lps.append(math.log(table[seq][0]))
+                    score = sum(lps) / len(lps) ** lp
+                    if score > best:
+                        best, best_tokens = score, list(seq)
+            K = vocab ** L  # more than the candidates of any step: nothing is pruned
+            got = beam_search(table_step(table, K, vocab), 1, num_beams=K, max_new_tokens=L, eos_ids=[0],
+                              length_penalty=lp, early_stopping=False)[0][0]
+            assert got.tokens == best_tokens and got.score == pytest.approx(best)
+
+
+def test_early_stopping_false_stops_early_without_changing_the_result():
+    """early_stopping=False may only stop once no running beam can win: the n-best list equals that of
+    a search that always runs to max_new_tokens ("never"), for any length penalty."""
+    g = torch.Generator().manual_seed(1)
+    vocab, L, K = 4, 6, 2
+    saved_steps = 0
+    for _ in range(6):
+        table = {}
+        for n in range(L):
+            for prefix in itertools.product(range(1, vocab), repeat=n):
+                p = torch.rand(vocab, generator=g) ** 2
+                p[0] += 0.3 * torch.rand(1, generator=g).item()  # ends are likely: hypotheses finish early
+                table[prefix] = dict(enumerate((p / p.sum()).tolist()))
+        for lp in (0.0, 1.0, 2.0, -0.5):
+            results, calls = {}, {}
+            for mode in (False, "never"):
+                step = table_step(table, K, vocab)
+                counted = []
+
+                def counting(tokens, parents, step=step, counted=counted):
+                    counted.append(1)
+                    return step(tokens, parents)
+
+                results[mode] = beam_search(counting, 1, num_beams=K, max_new_tokens=L, eos_ids=[0],
+                                            length_penalty=lp, early_stopping=mode, n_best=K)[0]
+                calls[mode] = len(counted)
+            assert [h.tokens for h in results[False]] == [h.tokens for h in results["never"]]
+            saved_steps += calls["never"] - calls[False]
+    assert saved_steps > 0  # the bound did stop some searches early
 
 
 def test_lm_beam_1_equals_greedy_and_batched_equals_alone():

@@ -1,6 +1,7 @@
 """Text generation with the xling Transformer: KV-cache decoding, sampling, beam search, streaming.
 
-    from xling.generate import GenerateConfig, generate, stream
+    from xling.generate import GenerateConfig, generate, load_for_generation, stream
+    model, tok = load_for_generation("runs/demo")            # latest checkpoint + the run's tokenizer
     cfg = GenerateConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=1)
     texts = generate(model, tok, ["In the beginning", "Au commencement"], lang=["en", "fr"], cfg=cfg)
     for piece in stream(model, tok, "In the beginning", lang="en", cfg=cfg):
@@ -18,7 +19,8 @@ Decoding (`generate_ids`): the prompts are left-padded into one batch; each row 
 prompt fills a `KVCache` in one call; then each step feeds only the last token. Per step: repetition
 penalty (CTRL, over prompt and output), temperature, top-k, top-p, then sampling with a seeded
 generator; temperature 0 is greedy (argmax). Rows that have stopped keep feeding padding until every
-row has stopped. Generation also ends when the cache reaches the model's `block_size`.
+row has stopped. Generation also ends when the cache reaches the model's `block_size`. A seed fixes
+the output of a whole call; with sampling, a row's draws depend on the other rows of its batch.
 
 Beam search (`beam_search`) runs over a `step(tokens, parents) -> log-probs` callable, so the causal LM
 (`lm_beam_search`), a prompt-format translation decoder or an encoder-decoder share it. Scores are
@@ -549,7 +551,7 @@ def _keep_best(hyps: list[Hypothesis], h: Hypothesis, k: int) -> None:
 
 
 def beam_search(step: StepFn, batch_size: int, *, num_beams: int = 4, max_new_tokens: int = 64,
-                eos_ids: Sequence[int] = (), length_penalty: float = 1.0, early_stopping: bool = True,
+                eos_ids: Sequence[int] = (), length_penalty: float = 1.0, early_stopping: bool | str = True,
                 n_best: int = 1) -> list[list[Hypothesis]]:
     """Beam search over any decoder; per batch entry the n_best hypotheses, best normalised score first.
 
@@ -564,9 +566,12 @@ def beam_search(step: StepFn, batch_size: int, *, num_beams: int = 4, max_new_to
     as in Hugging Face) or at max_new_tokens. Score = sum of log-probs / length ** length_penalty with
     length = generated tokens, the end token included. early_stopping=True: an entry is done once
     num_beams hypotheses ended; False: once no running beam can still beat the worst kept hypothesis
-    (an exact bound: log-probs only fall, and the bound uses the most favourable remaining length).
+    (an exact bound: log-probs only fall, and the bound uses the most favourable remaining length);
+    "never": run to max_new_tokens (the same result as False, found more slowly).
     """
     K, B, lp = num_beams, batch_size, length_penalty
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', not {early_stopping!r}")
     if K < 1 or n_best < 1 or n_best > K:
         raise ValueError(f"need 1 <= n_best <= num_beams, got n_best={n_best}, num_beams={K}")
     eos = set(eos_ids)
@@ -622,17 +627,20 @@ def beam_search(step: StepFn, batch_size: int, *, num_beams: int = 4, max_new_to
 
 
 def _beam_done(hyps: list[Hypothesis], best_running: float | None, K: int, length: int, max_new: int,
-               lp: float, early_stopping: bool) -> bool:
+               lp: float, early_stopping: bool | str) -> bool:
     """Whether a batch entry can stop after `length` generated tokens."""
     if best_running is None:
         return True  # nothing left to extend
     if len(hyps) < K:
         return False
+    if early_stopping == "never":
+        return False
     if early_stopping:
         return True
-    # A running beam's final sum is <= best_running <= 0 and its final length L is in (length, max_new];
-    # s / L**lp is largest at L = max_new when lp > 0, at the shortest L otherwise.
-    best_length = max_new if lp > 0 else length + 1
+    # A running beam's final sum is <= best_running <= 0 and its final length L is length + 1 .. max_new
+    # (just length when it is cut at max_new); s / L**lp is largest at the longest L when lp > 0, else
+    # at the shortest.
+    best_length = max_new if lp > 0 else min(length + 1, max_new)
     return hyps[-1].score >= best_running / best_length ** lp
 
 

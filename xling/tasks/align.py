@@ -39,8 +39,13 @@ import numpy as np
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from xling.progress import format_table, progress
-from xling.tasks.dictionaries import (coverage_line, filter_pairs, identical_pairs, load_dictionary,
-                                      split_by_rank)
+from xling.tasks.dictionaries import (
+    coverage_line,
+    filter_pairs,
+    identical_pairs,
+    load_dictionary,
+    split_by_rank,
+)
 from xling.tasks.vectors import Vectors, VectorsConfig, read_vec, train_static_vectors, write_vec
 
 METHODS = ("procrustes", "procrustes-refine", "adversarial", "identical")
@@ -96,7 +101,8 @@ class AlignConfig:
             raise ValueError(f"train_ranks {self.train_ranks} and test_ranks {self.test_ranks} overlap")
         if min(self.csls_k, self.adv_hidden, self.adv_dis_steps, self.adv_batch, self.max_vocab,
                self.memory_mb) < 1:
-            raise ValueError("csls_k, adv_hidden, adv_dis_steps, adv_batch, max_vocab and memory_mb must be >= 1")
+            raise ValueError("csls_k, adv_hidden, adv_dis_steps, adv_batch, max_vocab and memory_mb "
+                             "must be >= 1")
         if self.adv_lr <= 0 or not 0 < self.adv_lr_decay <= 1 or not 0 < self.adv_lr_shrink <= 1:
             raise ValueError("adv_lr must be > 0 and adv_lr_decay, adv_lr_shrink in (0, 1]")
         if not 0 <= self.adv_dropout < 1 or not 0 <= self.adv_smooth < 0.5:
@@ -125,7 +131,8 @@ def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     M = b^T a, U S V^T = svd(M), W = U V^T (Schönemann 1966; MUSE, vecmap). Computed in float64.
     """
     if a.shape != b.shape or a.ndim != 2 or len(a) == 0:
-        raise ValueError(f"procrustes needs two (n, d) arrays of one shape with n > 0, got {a.shape}, {b.shape}")
+        raise ValueError(f"procrustes needs two (n, d) arrays of one shape with n > 0, got {a.shape}, "
+                         f"{b.shape}")
     m = b.astype(np.float64).T @ a.astype(np.float64)  # (d, d)
     u, _, vt = np.linalg.svd(m)
     return u @ vt  # (d, d) float64
@@ -145,13 +152,15 @@ def _unit(x):
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, memory_mb: int = 256,
-                chunk_rows: int = 0):
+def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, own_k: int = 0,
+                memory_mb: int = 256, chunk_rows: int = 0):
     """Top-k over keys of scale * (q . key) - penalty[key] for every query row, chunk by chunk.
 
     queries (n, d), keys (m, d) torch float32; penalty (m,) or None. Only a (chunk, m) block of
     scores exists at a time: chunk = `chunk_rows`, or memory_mb / (8 m) rows when 0 (the block and
-    topk's workspace). Returns (values (n, k), indices (n, k)).
+    topk's workspace). With own_k > 0 the same pass also returns each query's mean plain similarity
+    to its own_k nearest keys (CSLS's r of the queries), saving a second pass over the keys.
+    Returns (values (n, k), indices (n, k), r (n,) or None).
     """
     import torch
 
@@ -160,16 +169,19 @@ def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, memo
     rows = chunk_rows or max(1, (memory_mb << 20) // (8 * m))
     vals = torch.empty(n, k)
     idx = torch.empty(n, k, dtype=torch.long)
+    r = torch.empty(n) if own_k else None
     kt = keys.T.contiguous()  # (d, m)
     with torch.no_grad():
         for s in range(0, n, rows):
             scores = queries[s:s + rows] @ kt  # (c, m)
+            if own_k:
+                r[s:s + rows] = scores.topk(min(own_k, m), dim=1).values.mean(dim=1)
             if scale != 1.0:
                 scores.mul_(scale)
             if penalty is not None:
                 scores.sub_(penalty[None, :])
             vals[s:s + rows], idx[s:s + rows] = scores.topk(k, dim=1)
-    return vals, idx
+    return vals, idx, r
 
 
 def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256, chunk_rows: int = 0):
@@ -191,18 +203,12 @@ class Space:
         self.chunk = {"memory_mb": memory_mb, "chunk_rows": chunk_rows}  # see topk_scores
         self._r = {}
 
-    def r(self, side: str, ids=None):
-        """r_S ("src") or r_T ("tgt") for all rows, or for `ids` only when not cached."""
-        import torch
-
-        if side not in self._r and ids is not None:
-            q = self.src if side == "src" else self.tgt
-            other = self.tgt if side == "src" else self.src
-            return mean_knn_sim(q[torch.as_tensor(ids)], other, self.k, **self.chunk)
+    def r(self, side: str):
+        """r_S ("src") or r_T ("tgt") of every row (computed once)."""
         if side not in self._r:
             q, other = (self.src, self.tgt) if side == "src" else (self.tgt, self.src)
             self._r[side] = mean_knn_sim(q, other, self.k, **self.chunk)
-        return self._r[side] if ids is None else self._r[side][torch.as_tensor(ids)]
+        return self._r[side]
 
     def s2t(self, ids, k: int = 10, method: str = "csls"):
         """Top-k targets of the mapped source words `ids`: (scores (q, k), indices (q, k)) numpy."""
@@ -218,10 +224,15 @@ class Space:
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         q, keys, other = (self.src, self.tgt, "tgt") if side == "src" else (self.tgt, self.src, "src")
         if method == "nn":
-            v, i = topk_scores(q[ids], keys, k, **self.chunk)
+            v, i, _ = topk_scores(q[ids], keys, k, **self.chunk)
         elif method == "csls":
-            v, i = topk_scores(q[ids], keys, k, scale=2.0, penalty=self.r(other), **self.chunk)
-            v = v - self.r(side, ids)[:, None]
+            # 2 cos(x, y) - r(y) ranks the keys; the query's own r comes from the same pass if not known
+            known = side in self._r
+            v, i, r_q = topk_scores(q[ids], keys, k, scale=2.0, penalty=self.r(other),
+                                    own_k=0 if known else self.k, **self.chunk)
+            v = v - (self._r[side][ids] if known else r_q)[:, None]
+            if not known and len(ids) == len(q) and bool((ids == torch.arange(len(q))).all()):
+                self._r[side] = r_q  # every row was a query: keep their r for searches the other way
         else:
             raise ValueError(f"retrieval method must be nn or csls, not {method!r}")
         return v.numpy(), i.numpy()
@@ -326,16 +337,17 @@ def refine(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: AlignConfig,
 
     Keeps the best mapping by the unsupervised criterion, the starting one included.
     """
-    best_w, best = w, _criterion(x, y, w, cfg)
+    space = Space(x @ w.T, y, cfg.csls_k, cfg.memory_mb)
+    best_w, best = w, mean_cosine(space, cfg.select_max_rank, cfg.select_pairs)
     history = [{"iter": 0, "criterion": best}]
     for it in range(1, cfg.refine_iters + 1):
-        dico = build_dictionary(Space(x @ w.T, y, cfg.csls_k, cfg.memory_mb), "S2T&T2S", "csls",
-                                cfg.refine_max_rank)
+        dico = build_dictionary(space, "S2T&T2S", "csls", cfg.refine_max_rank)
         if len(dico) == 0:
             log(f"{label} {it}: empty dictionary; stopping")
             break
         w = procrustes(x[dico[:, 0]], y[dico[:, 1]])
-        crit = _criterion(x, y, w, cfg)
+        space = Space(x @ w.T, y, cfg.csls_k, cfg.memory_mb)  # scores this W and builds the next dictionary
+        crit = mean_cosine(space, cfg.select_max_rank, cfg.select_pairs)
         history.append({"iter": it, "pairs": len(dico), "criterion": crit})
         log(f"{label} {it}: {len(dico):,} mutual pairs, criterion {crit:.4f}")
         if crit > best:
@@ -535,8 +547,8 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
             else:
                 entry["no_refinement"] = ev
         results["methods"][method] = entry
-        log(f"{method}: {seconds:.1f} s, criterion {entry['criterion']:.4f}"
-            + (f", P@1 NN {entry['nn']['p@1']:.3f} CSLS {entry['csls']['p@1']:.3f}" if "csls" in entry else ""))
+        p1 = f", P@1 NN {entry['nn']['p@1']:.3f} CSLS {entry['csls']['p@1']:.3f}" if "csls" in entry else ""
+        log(f"{method}: {seconds:.1f} s, criterion {entry['criterion']:.4f}{p1}")
     if cfg.write_vectors:
         write_vec(out_dir / "vectors" / f"{tgt_lang}.vec", Vectors(tgt.words, y))
     results["bands"] = band_rows
@@ -589,7 +601,8 @@ def results_table(results: dict) -> str:
             for how in ("nn", "csls"):
                 row += [ev[how][f"p@{k}"] for k in (1, 5, 10)] if how in ev else ["-"] * 3
             rows.append(row + [e["seconds"] if ev is e else "-"])
-    header = ["method", "criterion", "NN P@1", "NN P@5", "NN P@10", "CSLS P@1", "CSLS P@5", "CSLS P@10", "seconds"]
+    header = ["method", "criterion", "NN P@1", "NN P@5", "NN P@10", "CSLS P@1", "CSLS P@5", "CSLS P@10",
+              "seconds"]
     d = results.get("dictionary")
     title = f"Word-embedding alignment {results['pair']}" + (
         f" (test: {d['test_words']:,} source words)" if d else " (no dictionary: no P@k)")
@@ -640,8 +653,8 @@ def _jsonable(obj):
 
 # ---------------------------------------------------------------------------- entry points for the CLI
 
-def align_files(src_vec: str | Path, tgt_vec: str | Path, out_dir: str | Path, *, src_lang: str, tgt_lang: str,
-                dictionary: str | None = None, cfg: AlignConfig | None = None,
+def align_files(src_vec: str | Path, tgt_vec: str | Path, out_dir: str | Path, *, src_lang: str,
+                tgt_lang: str, dictionary: str | None = None, cfg: AlignConfig | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """`xling align`: align two `.vec` files; `dictionary` = a MUSE file, "freedict", "cldr",
     "freedict+cldr" or None (unsupervised methods only)."""
@@ -665,7 +678,8 @@ def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str
     vecs = {}
     for lang in [src_lang] + list(tgt_langs):
         if lang not in corpus.langs:
-            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} ({', '.join(corpus.langs)})")
+            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} "
+                             f"({', '.join(corpus.langs)})")
         t0 = time.perf_counter()
         vecs[lang] = train_static_vectors(corpus.texts("train", lang), vectors_cfg)
         log(f"vectors {lang}: {len(vecs[lang]):,} words, {time.perf_counter() - t0:.1f} s")
@@ -679,8 +693,8 @@ def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str
                 break
             except XlingError as e:
                 log(f"dictionary {spec} for {src_lang}-{tgt}: {e}")
-        res = run_align(vecs[src_lang], vecs[tgt], out_dir / f"{src_lang}-{tgt}", src_lang=src_lang, tgt_lang=tgt,
-                        pairs=pairs, cfg=cfg, log=log)
+        res = run_align(vecs[src_lang], vecs[tgt], out_dir / f"{src_lang}-{tgt}", src_lang=src_lang,
+                        tgt_lang=tgt, pairs=pairs, cfg=cfg, log=log)
         metrics.update(res["metrics"])
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
@@ -691,7 +705,8 @@ def load_mapping(path: str | Path) -> np.ndarray:
     try:
         w = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise XlingError(f"mapping {path} cannot be read ({e}); give a W-<method>.npy from xling align") from None
+        raise XlingError(f"mapping {path} cannot be read ({e}); give a W-<method>.npy from xling align") \
+            from None
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise XlingError(f"mapping {path} has shape {w.shape}; expected a square (d, d) matrix")
     return w

@@ -30,16 +30,19 @@ from xling.errors import XlingError
 from xling.files import atomic_write_text, read_lines
 
 FREEDICT_DIR = Path("/usr/share/dictd")
-# ISO 639-1 -> the ISO 639-3 codes FreeDict names its files with
-ISO3 = {"en": "eng", "fr": "fra", "de": "deu", "es": "spa", "it": "ita", "pt": "por", "ru": "rus", "ar": "ara",
-        "fa": "fas", "nl": "nld", "pl": "pol", "sv": "swe", "tr": "tur", "ja": "jpn", "zh": "zho", "cs": "ces",
-        "el": "ell", "hu": "hun", "fi": "fin", "da": "dan", "hi": "hin", "ko": "kor", "la": "lat", "no": "nor",
-        "ro": "ron", "bg": "bul", "hr": "hrv", "sr": "srp", "sk": "slk", "sl": "slv", "uk": "ukr", "ga": "gle",
-        "cy": "cym", "eo": "epo", "is": "isl", "lt": "lit", "lv": "lav", "et": "est", "sw": "swa", "id": "ind",
-        "vi": "vie", "th": "tha", "he": "heb", "af": "afr", "ca": "cat", "eu": "eus", "gl": "glg", "br": "bre"}
+# ISO 639-1 -> the three-letter codes FreeDict names its files with (Romanian is "rom" there)
+ISO3 = {"en": "eng", "fr": "fra", "de": "deu", "es": "spa", "it": "ita", "pt": "por", "ru": "rus",
+        "ar": "ara", "fa": "fas", "nl": "nld", "pl": "pol", "sv": "swe", "tr": "tur", "ja": "jpn",
+        "zh": "zho", "cs": "ces", "el": "ell", "hu": "hun", "fi": "fin", "da": "dan", "hi": "hin",
+        "ko": "kor", "la": "lat", "no": "nor", "nb": "nob", "nn": "nno", "ro": "rom", "bg": "bul",
+        "hr": "hrv", "sr": "srp", "sk": "slk", "sl": "slv", "uk": "ukr", "ga": "gle", "cy": "cym",
+        "eo": "epo", "is": "isl", "lt": "lit", "lv": "lav", "et": "est", "sw": "swh", "id": "ind",
+        "vi": "vie", "th": "tha", "he": "heb", "af": "afr", "ca": "cat", "eu": "eus", "gl": "glg",
+        "br": "bre", "mk": "mkd", "ku": "kur", "oc": "oci", "gd": "gla", "sa": "san", "wo": "wol"}
 # Arabic harakat, Quranic marks and tatweel; stand-alone combining grave/acute (Russian stress marks:
 # after NFC an accented Latin letter is one code point, so only marks without a precomposed form remain)
-_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed\u0640\u0300\u0301]")
+_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed"
+                    "\u0640\u0300\u0301]")
 _BRACKETS = re.compile(r"<[^>]*>|\[[^\]]*\]|\([^)]*\)|\{[^}]*\}")
 _LABEL = re.compile(r"^[A-Za-z]+:(\s|$)")  # "see:", "Note:", "Synonyms:" lines of FreeDict entries
 _NUMBER = re.compile(r"^\d+\.\s*")
@@ -100,8 +103,8 @@ def parse_freedict(index_path: str | Path, dict_path: str | Path,
     try:
         data = gzip.open(dict_path).read() if dict_path.suffix == ".dz" else dict_path.read_bytes()
     except (OSError, EOFError) as e:
-        raise XlingError(f"FreeDict data {dict_path} cannot be read ({e}); reinstall the dict-freedict package") \
-            from None
+        raise XlingError(f"FreeDict data {dict_path} cannot be read ({e}); reinstall the dict-freedict "
+                         f"package") from None
     entries = []
     seen: set[tuple[int, int]] = set()
     gc_was_enabled = gc.isenabled()
@@ -115,15 +118,17 @@ def parse_freedict(index_path: str | Path, dict_path: str | Path,
                 raise XlingError(f"FreeDict index {index_path} line {lineno}: expected "
                                  f"'headword<TAB>offset<TAB>length'") from None
             if len(fields) != 3:
-                raise XlingError(f"FreeDict index {index_path} line {lineno}: expected 3 tab-separated fields")
-            if fields[0].startswith(("00database", "00-database")) or (single_words and " " in fields[0].strip()):
+                raise XlingError(f"FreeDict index {index_path} line {lineno}: expected 3 tab-separated "
+                                 f"fields")
+            head = fields[0].strip()
+            if head.startswith(("00database", "00-database")) or (single_words and " " in head):
                 continue
             if (off, size) in seen:  # several index headwords can point at one entry
                 continue
             seen.add((off, size))
             if off + size > len(data):
-                raise XlingError(f"FreeDict index {index_path} line {lineno}: entry past the end of {dict_path}; "
-                                 f"the two files do not belong together")
+                raise XlingError(f"FreeDict index {index_path} line {lineno}: entry past the end of "
+                                 f"{dict_path}; the two files do not belong together")
             head, *body = data[off:off + size].decode("utf-8", errors="replace").split("\n")
             headword = _BRACKETS.sub("", head.split(" /")[0]).strip()
             translations = []

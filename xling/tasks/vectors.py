@@ -39,7 +39,7 @@ MODEL_MODES = ("input", "contextual")
 
 @dataclass
 class VectorsConfig:
-    method: str = "skipgram"  # skipgram | cbow | fasttext (gensim); skip-gram chosen by measurement on Bible text
+    method: str = "skipgram"  # skipgram | cbow | fasttext (gensim); chosen by measurement on Bible text
     dim: int = 300  # vector size
     window: int = 5  # context words on each side
     min_count: int = 3  # ignore words seen fewer times
@@ -226,7 +226,8 @@ def train_corpus_vectors(corpus_dir: str | Path, out_dir: str | Path, langs: lis
     out: dict[str, Path] = {}
     for lang in langs:
         if lang not in corpus.langs:
-            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} ({', '.join(corpus.langs)})")
+            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} "
+                             f"({', '.join(corpus.langs)})")
         vecs = train_static_vectors(corpus.texts(split, lang), cfg)
         out[lang] = Path(out_dir) / f"{lang}.vec"
         write_vec(out[lang], vecs)
@@ -293,7 +294,8 @@ def model_word_vectors(model: torch.nn.Module, tokenizer: tokenizers.Tokenizer, 
                         occ.append((b, w, pos))
             if not occ:
                 continue
-            hidden = _run_model(model, [e.ids[:block] for e in encs], lang_token_id, lang_index, layer, causal)
+            seqs = [e.ids[:block] for e in encs]
+            hidden = _run_model(model, seqs, lang_token_id, lang_index, layer, causal)  # (B, T, D)
             shift = int(lang_token_id is not None)
             for b, w, pos in occ:
                 v = hidden[b, [p + shift for p in pos]].mean(0).numpy()  # (D,)
