@@ -11,8 +11,13 @@ this process; the table shows medians. Greedy tokens must equal HF's at fp32 (as
 two implementations round differently, so only their agreement is reported. One more row times ours
 on batch-8 prompts of different lengths (left padding, per-row positions); HF is not timed there.
 
-Last line: tokens/s and ratios (ours / HF). ratio_fp32 and ratio_bf16 compare equal precision;
-ratio_best = our fastest (xling's default precision, "auto" = bf16 on a CPU with native bf16) / HF fp32.
+Last line: tokens/s and ratios (ours / HF) per batch size; ratio_fp32 and ratio_bf16 compare equal
+precision, ratio_default = ours at xling's default precision ("auto": bf16 on a CPU with native bf16
+dot products) / HF fp32, ratio_best = our faster precision / HF fp32. The unprefixed ratio_fp32 and
+ratio_best at the end are batch 1's. Progress lines go to stderr.
+
+On a shared machine, `--threads 1 --clock cpu` (process CPU time) gives steadier ratios: with two
+threads, a busy machine stalls every small parallel op and the wall clock measures the load.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ def main() -> None:
             n = b * args.new_tokens
             hf_tps = tps["hf", prec, b] = n / statistics.median(t_hf)
             our_tps = tps["ours", prec, b] = n / statistics.median(t_ours)
+            print(f"{prec} batch {b}: HF {hf_tps:.0f} tok/s, xling {our_tps:.0f} tok/s", file=sys.stderr,
+                  flush=True)
             rows.append([f"HF generate, {prec}", b, round(hf_tps), 1.0, "-"])
             rows.append([f"xling generate_ids, {prec}", b, round(our_tps), our_tps / hf_tps,
                          f"{same / (b * args.new_tokens):.0%}"])
@@ -121,18 +128,21 @@ def main() -> None:
         rows.append([f"xling, {prec}, left-padded ({len(mixed[0])}..{len(mixed[-1])})", 8,
                      round(8 * args.new_tokens / statistics.median(t_mixed)), "", ""])
 
-    best = "bf16" if resolve_precision("auto") == torch.bfloat16 else "fp32"
+    default = "bf16" if resolve_precision("auto") == torch.bfloat16 else "fp32"
     print(format_table(["variant", "batch", "tokens/s", "x HF same precision", "greedy = HF"], rows,
                        title=f"Greedy decoding, {args.new_tokens} new tokens, {args.threads} threads, "
                              f"{args.clock} clock, medians of {args.rounds} rounds "
-                             f"(xling's default precision here: {best})"))
+                             f"(xling's default precision here: {default})"))
     parts = []
     for b in (1, 8):
         for who in ("hf", "ours"):
             parts += [f"b{b}_{who}_{prec}={tps[who, prec, b]:.0f}" for prec in ("fp32", "bf16")]
+        best = max(("fp32", "bf16"), key=lambda p, b=b: tps["ours", p, b])
         parts += [f"b{b}_ratio_fp32={tps['ours', 'fp32', b] / tps['hf', 'fp32', b]:.2f}",
                   f"b{b}_ratio_bf16={tps['ours', 'bf16', b] / tps['hf', 'bf16', b]:.2f}",
-                  f"b{b}_ratio_best={tps['ours', best, b] / tps['hf', 'fp32', b]:.2f}"]
+                  f"b{b}_ratio_default={tps['ours', default, b] / tps['hf', 'fp32', b]:.2f}",
+                  f"b{b}_ratio_best={tps['ours', best, b] / tps['hf', 'fp32', b]:.2f}", f"b{b}_best={best}"]
+    best = max(("fp32", "bf16"), key=lambda p: tps["ours", p, 1])
     parts += [f"ratio_fp32={tps['ours', 'fp32', 1] / tps['hf', 'fp32', 1]:.2f}",
               f"ratio_best={tps['ours', best, 1] / tps['hf', 'fp32', 1]:.2f}"]
     print(" ".join(parts))

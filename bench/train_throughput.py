@@ -3,24 +3,25 @@
     python bench/train_throughput.py                 # 20 timed steps per variant after warm-up
     python bench/train_throughput.py --steps 40
 
-Trains the same small decoder LM (vocab 8000, context 128, 4 layers, d 256, 4 heads, batch 16,
-dropout 0) on random tokens with next-token cross-entropy and AdamW, in these variants:
+Trains a small decoder LM (vocab 8000, context 128, 4 layers, d 256, 4 heads, batch 16, dropout 0)
+on random tokens with next-token cross-entropy and AdamW, in these variants:
 
-    xling fast   bf16 autocast + torch.compile(fullgraph=True) of forward + loss + fused AdamW
-                 (the default CPU path; fullgraph proves the model has no graph breaks)
-    xling fp32   eager, plain AdamW          xling bf16   eager, bf16 autocast, plain AdamW
-    hf fp32      GPT2LMHeadModel (SDPA attention), plain PyTorch loop, plain AdamW
-    hf bf16      the same under bf16 autocast
+    xling fast        the default model (Llama family: rope, RMSNorm, SwiGLU, no biases) on the
+                      default CPU path: bf16 autocast + torch.compile(fullgraph=True, dynamic=False)
+                      of forward + loss + fused AdamW (fullgraph proves there are no graph breaks)
+    xling gpt2 fast   the same path with FAMILIES["gpt2"], exactly HF GPT-2's architecture
+    xling fp32/bf16   the default model, eager, plain AdamW, without / with bf16 autocast
+    hf fp32/bf16      GPT2LMHeadModel (SDPA attention), plain PyTorch loop, plain AdamW
 
 Steps of all variants are interleaved, one step of each per round by default (the machine is shared
 and noisy, so every variant sees the same load); each figure is the median step time over all timed
 steps. The bf16 matmul peak (2048^3, 2 threads) is measured in every round too, and the peak is the
 median over rounds of the best of two matmuls (on a quiet machine this is simply the peak; on a busy
 one it is loaded like the training steps it is compared with).
-Achieved GFLOP/s counts, per token, 6 * N + 12 * n_layer * T * d_model (the PaLM / nanoGPT formula):
-N = parameters without position embeddings, the tied output matrix counted once (it is a matmul in
-the head); the second term is attention's QK^T and AV, forward and backward, without the causal
-halving. The last line is machine-readable.
+Achieved GFLOP/s counts, per token, 6 * N + 12 * n_layer * T * d_model (the PaLM / nanoGPT formula),
+each variant with its own N: parameters without position embeddings, the tied output matrix counted
+once (it is a matmul in the head); the second term is attention's QK^T and AV, forward and backward,
+without the causal halving. The last line is machine-readable (xling = the default path).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +42,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # xling from a 
 
 from _peak import bf16_matmul_peak  # noqa: E402
 
-from xling.model import ModelConfig, Transformer  # noqa: E402
+from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
 from xling.progress import format_table  # noqa: E402
 
 VOCAB, CTX, LAYERS, D, HEADS, BATCH = 8000, 128, 4, 256, 4, 16
 
 
-def xling_variant(autocast: bool, compiled: bool, fused: bool):
+class Variant(NamedTuple):
+    model: torch.nn.Module
+    loss_fn: Callable
+    opt: torch.optim.Optimizer
+    autocast: bool
+    n_params: int  # the tied output matrix counted once
+    flops_per_token: int  # 6 * (n_params - position embeddings) + 12 * n_layer * T * d_model
+
+
+def variant(model, loss_fn, opt, autocast: bool, n_params: int, pos_params: int) -> Variant:
+    flops = 6 * (n_params - pos_params) + 12 * LAYERS * CTX * D
+    return Variant(model, loss_fn, opt, autocast, n_params, flops)
+
+
+def xling_variant(family: str, autocast: bool, compiled: bool, fused: bool) -> Variant:
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, block_size=CTX, n_layer=LAYERS, d_model=D,
-                                    n_head=HEADS, dropout=0.0)).train()
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=CTX, n_layer=LAYERS, d_model=D, n_head=HEADS, dropout=0.0,
+                      **FAMILIES[family])
+    model = Transformer(cfg).train()
 
     def loss_fn(x, y):
         logits = model.lm_head(model(x))  # (B, T, V)
@@ -57,10 +75,11 @@ def xling_variant(autocast: bool, compiled: bool, fused: bool):
     if compiled:
         loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused or None)
-    return model, loss_fn, opt, autocast
+    pos = model.wpe.weight.numel() if model.wpe is not None else 0
+    return variant(model, loss_fn, opt, autocast, model.num_params(), pos)
 
 
-def hf_variant(autocast: bool):
+def hf_variant(autocast: bool) -> Variant:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -73,16 +92,16 @@ def hf_variant(autocast: bool):
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    return model, loss_fn, opt, autocast
+    n_params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once
+    return variant(model, loss_fn, opt, autocast, n_params, CTX * D)
 
 
-def train_step(variant, x, y) -> float:
-    model, loss_fn, opt, autocast = variant
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = loss_fn(x, y)
+def train_step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.autocast):
+        loss = v.loss_fn(x, y)
     loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    v.opt.step()
+    v.opt.zero_grad(set_to_none=True)
     return loss.item()
 
 
@@ -99,17 +118,17 @@ def main() -> None:
     batches = [torch.randint(0, VOCAB, (BATCH, CTX + 1), generator=g) for _ in range(8)]
     batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
 
+    fast = "xling fast (default, bf16 + compile + fused AdamW)"
     variants = {
-        "xling fast (bf16 + compile + fused AdamW)": xling_variant(True, True, True),
-        "xling fp32 eager": xling_variant(False, False, False),
-        "xling bf16 eager": xling_variant(True, False, False),
+        fast: xling_variant("llama", True, True, True),
+        "xling gpt2 fast (GPT-2 family, same path)": xling_variant("gpt2", True, True, True),
+        "xling fp32 eager": xling_variant("llama", False, False, False),
+        "xling bf16 eager": xling_variant("llama", True, False, False),
         "hf GPT2 fp32": hf_variant(False),
         "hf GPT2 bf16": hf_variant(True),
     }
-    n_params = variants["xling fp32 eager"][0].num_params()
-    hf_params = sum(p.numel() for p in variants["hf GPT2 fp32"][0].parameters())
-    assert n_params == hf_params, (n_params, hf_params)  # the same architecture, counted the same way
-    flops_per_token = 6 * (n_params - CTX * D) + 12 * LAYERS * CTX * D
+    gpt2, hf = variants["xling gpt2 fast (GPT-2 family, same path)"], variants["hf GPT2 fp32"]
+    assert gpt2.n_params == hf.n_params, (gpt2.n_params, hf.n_params)  # the same architecture
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     losses: dict[str, float] = {}
@@ -134,23 +153,24 @@ def main() -> None:
     peak = statistics.median(peaks)
 
     tok = {name: BATCH * CTX / statistics.median(ts) for name, ts in times.items()}
+    gflops = {name: tok[name] * v.flops_per_token / 1e9 for name, v in variants.items()}
     hf32, hf16 = tok["hf GPT2 fp32"], tok["hf GPT2 bf16"]
     rows = []
-    for name in variants:
-        gflops = tok[name] * flops_per_token / 1e9
-        rows.append([name, round(tok[name]), f"{statistics.median(times[name]) * 1e3:.0f}",
-                     f"{tok[name] / hf32:.2f}", f"{tok[name] / hf16:.2f}", f"{gflops:.0f}",
-                     f"{100 * gflops / peak:.0f}", f"{losses[name]:.3f}"])
-    print(format_table(["variant", "tokens/s", "ms/step", "x HF fp32", "x HF bf16", "GFLOP/s",
+    for name, v in variants.items():
+        rows.append([name, v.n_params, round(tok[name]), f"{statistics.median(times[name]) * 1e3:.0f}",
+                     f"{tok[name] / hf32:.2f}",
+                     f"{tok[name] / hf16:.2f}", f"{gflops[name]:.0f}", f"{100 * gflops[name] / peak:.0f}",
+                     f"{losses[name]:.3f}"])
+    print(format_table(["variant", "params", "tokens/s", "ms/step", "x HF fp32", "x HF bf16", "GFLOP/s",
                         "% bf16 peak", "last loss"], rows,
-                       title=f"Training throughput, {n_params:,} parameters, {BATCH}x{CTX} tokens/step, "
-                             f"{len(times['hf GPT2 fp32'])} timed steps each (median)"))
-    print(f"\nbf16 matmul peak (2048^3, 2 threads): {peak:.0f} GFLOP/s; flops/token = 6*N + 12*L*T*d = "
-          f"6*{n_params - CTX * D:,} + 12*{LAYERS}*{CTX}*{D} = {flops_per_token:,}")
-    fast = tok["xling fast (bf16 + compile + fused AdamW)"]
-    print(f"xling_tok_s={fast:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
-          f"ratio_fp32={fast / hf32:.2f} ratio_bf16={fast / hf16:.2f} "
-          f"peak_fraction={fast * flops_per_token / 1e9 / peak:.3f}")
+                       title=f"Training throughput, {BATCH}x{CTX} tokens/step, "
+                             f"{len(times[fast])} timed steps each (median)"))
+    print(f"\nbf16 matmul peak (2048^3, 2 threads): {peak:.0f} GFLOP/s; flops/token = 6*N + 12*L*T*d "
+          f"(default model: 6*{variants[fast].n_params:,} + 12*{LAYERS}*{CTX}*{D} = "
+          f"{variants[fast].flops_per_token:,})")
+    print(f"xling_tok_s={tok[fast]:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
+          f"ratio_fp32={tok[fast] / hf32:.2f} ratio_bf16={tok[fast] / hf16:.2f} "
+          f"peak_fraction={gflops[fast] / peak:.3f}")
 
 
 if __name__ == "__main__":

@@ -316,6 +316,10 @@ def test_run_align_writes_outputs_and_metrics(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["metrics"] == m
     assert "CSLS P@1" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "p_at_1_by_band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # no identical strings and no dictionary: the method is skipped, and with nothing left it is an error
+    with pytest.raises(XlingError, match="no alignment method could run"):
+        run_align(src, tgt, tmp_path / "none", src_lang="en", tgt_lang="fr",
+                  cfg=tiny_cfg(methods=["identical"]), log=lambda s: None)
 
 
 # ---------------------------------------------------------------------------- vectors from text and models

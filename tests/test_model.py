@@ -6,18 +6,20 @@ plus Hugging Face GPT-2 and Llama with our weights copied in (the export familie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from xling.model import FAMILIES as EXPORT_FAMILIES
 from xling.model import PRESETS, KVCache, ModelConfig, Transformer
 
 V, N_LANGS = 300, 3
-GPT2_LIKE = dict(pos="learned", norm="layernorm", mlp="gelu", bias=True)
-LLAMA_LIKE = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
-FAMILIES = {"gpt2": GPT2_LIKE, "llama": LLAMA_LIKE, "rope+layernorm": dict(pos="rope")}
+GPT2_LIKE, LLAMA_LIKE = EXPORT_FAMILIES["gpt2"], EXPORT_FAMILIES["llama"]
+# the two export families and a mix of them, so every option is exercised
+FAMILIES = {"gpt2": GPT2_LIKE, "llama": LLAMA_LIKE, "rope+layernorm+gelu": dict(GPT2_LIKE, pos="rope")}
 
 
 def make(seed: int = 0, **kw) -> Transformer:
@@ -280,15 +282,20 @@ def test_parameter_count(family):
         assert model.num_params() == expected_params(model.cfg)
         emb = V * 32 + (64 * 32 if model.wpe is not None else 0) + n_langs * 32
         assert model.num_params(exclude_embeddings=True) == model.num_params() - emb
-    # by hand: tiny GPT-2-like, vocab 300, block 64, 3 languages
+    # by hand: tiny, vocab 300, block 64, 3 languages; GPT-2-like, then the default (Llama, ff 96)
     assert make(**GPT2_LIKE).num_params() == 300 * 32 + 64 * 32 + 3 * 32 + 2 * (
         32 * 96 + 96 + 32 * 32 + 32 + 32 * 128 + 128 + 128 * 32 + 32 + 4 * 32) + 2 * 32
+    assert make().num_params() == 300 * 32 + 3 * 32 + 2 * (
+        32 * 96 + 32 * 32 + 32 * 192 + 96 * 32 + 2 * 32) + 32
     # the formula gives GPT-2 small's well-known count (building that model here would take seconds)
-    assert expected_params(ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, d_model=768,
-                                       n_head=12)) == 124_439_808
+    gpt2_small = ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, d_model=768, n_head=12,
+                             **GPT2_LIKE)
+    assert expected_params(gpt2_small) == 124_439_808
 
 
 def test_presets_and_validation():
+    default = ModelConfig()
+    assert {k: getattr(default, k) for k in LLAMA_LIKE} == LLAMA_LIKE  # the measured default
     assert (PRESETS["tiny"]["n_layer"], PRESETS["tiny"]["d_model"]) == (2, 32)
     small = ModelConfig.preset("small", vocab_size=8000)
     assert (small.n_layer, small.d_model, small.n_head) == (4, 256, 4)
@@ -309,7 +316,7 @@ def test_presets_and_validation():
 
 def test_init_scales():
     torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset("small", vocab_size=8000, n_langs=4))
+    model = Transformer(ModelConfig.preset("small", vocab_size=8000, n_langs=4, **GPT2_LIKE))
     assert abs(model.wte.weight.std().item() - 0.02) < 0.001
     assert abs(model.blocks[0].attn.c_attn.weight.std().item() - 0.02) < 0.001
     resid = 0.02 / math.sqrt(2 * 4)
@@ -318,13 +325,19 @@ def test_init_scales():
     assert model.blocks[0].attn.c_attn.bias.abs().max() == 0
 
 
-def test_hidden_states_layers():
-    model = make()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_layers(family):
+    model = make(**FAMILIES[family])
     idx = ids(2, 7)
     hs = model.hidden_states(idx, causal=False)
     assert len(hs) == model.cfg.n_layer + 1 and all(h.shape == (2, 7, 32) for h in hs)
     assert torch.equal(hs[-1], model(idx, causal=False))
-    assert torch.allclose(hs[0], model.wte(idx) + model.wpe.weight[:7])
+    first = model.wte(idx) + (model.wpe.weight[:7] if model.wpe is not None else 0)
+    assert torch.allclose(hs[0], first)
+    # [1] is the raw residual stream after block 0: a one-block copy's output is ln_f of it
+    one = Transformer(dataclasses.replace(model.cfg, n_layer=1)).eval()
+    one.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.")})
+    assert torch.allclose(model.ln_f(hs[1]), one(idx, causal=False), atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -375,7 +388,7 @@ def test_gpt2_parity():
 def test_llama_parity():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = make(n_langs=0, **LLAMA_LIKE)
+    model = make(n_langs=0)  # the default config is the Llama family
     c = model.cfg
     hf = LlamaForCausalLM(LlamaConfig(
         vocab_size=V, hidden_size=c.d_model, intermediate_size=c.ff_dim, num_hidden_layers=c.n_layer,

@@ -96,7 +96,7 @@ def test_clm_loss_falls_and_bpc_improves(tiny_run):
     assert losses[0] == pytest.approx(math.log(sh.vocab_size), rel=0.05)  # uniform start
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
     for lang in LANGS:  # bits per character per language, on held-out chapters
-        assert after[f"valid/bpc/{lang}"] < 0.75 * before[f"valid/bpc/{lang}"]
+        assert after[f"valid/bpc/{lang}"] < 0.8 * before[f"valid/bpc/{lang}"]  # 0.57-0.70 when written
         assert after[f"valid/loss/clm/{lang}"] < before[f"valid/loss/clm/{lang}"]
 
 
@@ -107,8 +107,10 @@ def test_mixture_learns_and_logs_per_objective_and_language(tiny_run, tmp_path):
     before = tr.evaluate()
     summary = tr.train()
     after = tr.last_valid
-    for name in objs:
-        assert after[f"valid/loss/{name}"] < before[f"valid/loss/{name}"], name
+    for name in ("clm", "mlm", "tlm"):  # 10 steps each: clearly learning (5.8 -> 4.3 nats when written)
+        assert after[f"valid/loss/{name}"] < 0.85 * before[f"valid/loss/{name}"], name
+    # in-batch InfoNCE over 4 pairs: from above chance to about chance (ln 4) in 10 steps, no further
+    assert after["valid/loss/contrastive"] < before["valid/loss/contrastive"]
     lines = read_metrics(tmp_path)
     train = [ln for ln in lines if ln["kind"] == "train"]
     valid = [ln for ln in lines if ln["kind"] == "valid"]
@@ -119,7 +121,7 @@ def test_mixture_learns_and_logs_per_objective_and_language(tiny_run, tmp_path):
     assert {f"loss/clm/{lg}" for lg in LANGS} <= keys  # per language (monolingual objectives)
     assert {"loss/tlm/en-fr", "loss/contrastive/en-fr"} <= keys  # per language pair
     for ln in train:  # the line's loss is the mean of its objectives' losses, weighted by micro-batches
-        assert ln["tokens_per_s"] > 0 and ln["lr"] > 0 and ln["skipped"] == 0
+        assert ln["tokens_per_s"] > 0 and ln["lr"] > 0 and ln["grad_norm"] > 0 and ln["skipped"] == 0
     assert set(summary["valid_bpc"]) == set(LANGS)
     assert summary["valid_bpc"] == {lg: valid[-1][f"valid/bpc/{lg}"] for lg in LANGS}
     assert summary["steps"] == 40 and set(summary["final_loss"]) <= set(objs)
@@ -312,3 +314,14 @@ def test_lang_subset_trains_only_those_languages(tiny_run, tmp_path):
     keys = set().union(*read_metrics(tmp_path))
     assert "loss/clm/en" in keys and not any("fr" in k for k in keys)
     assert view.lang_token_ids == sh.lang_token_ids and view.langs == sh.langs  # indices unchanged
+
+
+def test_tensorboard_is_optional(tiny_run, tmp_path, capsys):
+    sh = Shards(tiny_run / "shards")
+    make_trainer(sh, tmp_path, max_steps=2, tensorboard=True).train()
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        assert any((tmp_path / "train" / "tb").iterdir())
+    except ImportError:
+        assert "tensorboard is not installed" in capsys.readouterr().err
+    assert [ln["step"] for ln in read_metrics(tmp_path) if ln["kind"] == "train"] == [1, 2]

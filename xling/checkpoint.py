@@ -4,7 +4,8 @@
                            tokenizer_sha256=sha, keep=3)
     ckpt = load_checkpoint(root)                 # the `latest` one, or give a step directory
     check_compatible(ckpt, model_cfg, sha)       # one XlingError for another shape or tokenizer
-    model = load_model("runs/demo/checkpoints")  # a Transformer with the trained weights, for tasks
+    model, cfg, meta = load_model("runs/demo/checkpoints")   # the trained Transformer, for later stages
+    save_training(...) / load_training(...)      # a trainer's (DDP/FSDP-wrapped) module + optimizer
 
 On disk (`<run>/checkpoints/`):
 

@@ -45,6 +45,7 @@ class EvalContext:
     corpus: Any  # xling.corpus.Corpus
     step: int  # checkpoint step the numbers come from
     max_segments: int = 1000  # cap per language and split (keeps evaluation within a minute on a CPU)
+    bpc_tokens: int = 20_000  # test tokens scored per language for bits per character
     cache: dict = field(default_factory=dict)  # shared between evaluations (e.g. sentence vectors)
 
     @property
@@ -136,35 +137,38 @@ def eval_bpc(ctx: EvalContext) -> dict:
     bpc = {}
     for lg in ctx.langs:
         nats, chars = clm_eval(ctx.model, ctx.shards, "test", lg, seq_len=ctx.model.cfg.block_size,
-                               max_tokens=ctx.max_segments * 64)
+                               max_tokens=ctx.bpc_tokens)
         bpc[lg] = bits_per_char(nats, chars)
     metrics = {f"bpc.{lg}": v for lg, v in bpc.items()}
     return {"metrics": metrics, "sections": [{"title": "Bits per character (causal LM)", "blocks": [
         {"kind": "text", "text": "Next-token loss over held-out test chapters, converted to bits per character "
                                  "(comparable across languages and tokenizers; each verse scored as "
-                                 f"`<lang> verse </s>`). {ctx.provenance('test')}."},
+                                 f"`<lang> verse </s>`; the first {ctx.bpc_tokens:,} test tokens per language; "
+                                 f"bf16 autocast where native). {ctx.provenance('test')}."},
         {"kind": "table", "header": ["lang", "bits/char"], "rows": [[lg, v] for lg, v in bpc.items()]},
         _bar("bpc", bpc, bpc.values(), "bits per character", title="Bits per character, test split"),
     ]}]}
 
 
-def _aligned(ctx: EvalContext, split: str, a: str, b: str) -> tuple[list, list]:
-    rows = np.asarray(ctx.shards.pairs(split, a, b))[: ctx.max_segments]
-    sa = [np.asarray(ctx.shards.segment(split, a, i), np.int64) for i in rows[:, 0]]
-    sb = [np.asarray(ctx.shards.segment(split, b, j), np.int64) for j in rows[:, 1]]
-    return sa, sb
-
-
-def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str, all_layers: bool, layer: int = -1):
+def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
+    """Every layer's sentence vectors (L+1, N, D) for the split's segments of one language, cached."""
     from xling.tasks.retrieve import encode
 
-    sp, sl = _aligned(ctx, split, pivot, lg)
-    specials = ctx.shards.specials
-    idx = {x: i for i, x in enumerate(ctx.langs)}
-    kw = dict(specials=specials, all_layers=all_layers, layer=layer)
-    vp = encode(ctx.model, sp, lang_index=idx[pivot], tag=ctx.shards.lang_token_ids[pivot], **kw)
-    vl = encode(ctx.model, sl, lang_index=idx[lg], tag=ctx.shards.lang_token_ids[lg], **kw)
-    return vp, vl
+    key = ("vectors", split, lang)
+    if key not in ctx.cache:
+        seqs = [np.asarray(ctx.shards.segment(split, lang, i), np.int64)
+                for i in range(min(ctx.shards.num_segments(split, lang), ctx.max_segments))]
+        ctx.cache[key] = encode(ctx.model, seqs, lang_index=ctx.langs.index(lang),
+                                tag=ctx.shards.lang_token_ids[lang], specials=ctx.shards.specials,
+                                all_layers=True, desc=f"encode {split} {lang}")
+    return ctx.cache[key]
+
+
+def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors (L+1, M, D) of the split's aligned pivot/lg segments, row i of each a translation pair."""
+    rows = np.asarray(ctx.shards.pairs(split, pivot, lg))
+    rows = rows[(rows[:, 0] < ctx.max_segments) & (rows[:, 1] < ctx.max_segments)]  # the encoded segments
+    return _split_vectors(ctx, split, pivot)[:, rows[:, 0]], _split_vectors(ctx, split, lg)[:, rows[:, 1]]
 
 
 @evaluation("retrieval", order=40)
@@ -179,7 +183,7 @@ def eval_retrieval(ctx: EvalContext) -> dict:
     n_layers = ctx.model.cfg.n_layer + 1
     scores = np.zeros(n_layers)
     for lg in others:
-        vp, vl = _pair_vectors(ctx, "valid", pivot, lg, all_layers=True)
+        vp, vl = _pair_vectors(ctx, "valid", pivot, lg)
         for layer in range(n_layers):
             scores[layer] += top1_accuracy(vp[layer], vl[layer]) + top1_accuracy(vl[layer], vp[layer])
     layer = int(np.argmax(scores))
@@ -189,7 +193,7 @@ def eval_retrieval(ctx: EvalContext) -> dict:
     matrix = [[None] * len(ctx.langs) for _ in ctx.langs]
     n_test = 0
     for lg in others:
-        vp, vl = _pair_vectors(ctx, "test", pivot, lg, all_layers=False, layer=layer)
+        vp, vl = (v[layer] for v in _pair_vectors(ctx, "test", pivot, lg))
         fwd, bwd = top1_accuracy(vp, vl), top1_accuracy(vl, vp)
         n_test = len(vp)
         metrics[f"retrieval.top1.{pivot}-{lg}"] = fwd
@@ -290,11 +294,17 @@ def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
         if unknown:
             raise XlingError(f"unknown evaluation {', '.join(unknown)}; choose from {', '.join(names)}")
         names = [n for n in names if n in only]
+    import torch
+
+    from xling.trainer import autocast_dtype
+
+    dtype = autocast_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has native bf16 (PERF.md)
     metrics: dict = {}
     for name in names:
         order, fn = EVALUATIONS[name]
         t0 = time.perf_counter()
-        result = fn(ctx)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            result = fn(ctx)
         seconds = time.perf_counter() - t0
         atomic_write_json(ctx.run_dir / "eval" / f"{name}.json",
                           {"name": name, "order": order, "step": ctx.step, "seconds": round(seconds, 2), **result})

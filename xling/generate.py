@@ -295,7 +295,19 @@ class _LM:
         self.cache = KVCache()
         lang_ids = None if self.lang is None else self.lang.expand(B, T0)
         h = model(idx, positions=positions, lang_ids=lang_ids, pad_mask=pad_mask, kv_cache=self.cache)
-        self.logits = model.lm_head(h[:, -1]).float()  # (B, V)
+        last = h[:, -1]  # (B, D)
+        self.logits = model.lm_head(last).float()  # (B, V)
+        # The output layer is the largest matrix (V x D). On the CPU in fp32, multiplying by a contiguous
+        # (D, V) copy instead of F.linear's (V, D)^T measured 1.4-3x faster with MKL at batch 1-8 (V=8000,
+        # D=256), ~20% of a batch-1 decoding step; bf16 (oneDNN) gained nothing. Used only if it gives
+        # lm_head's logits (a tied, bias-free output layer).
+        self.head_t = None
+        w = model.wte.weight
+        if w.device.type == "cpu" and w.dtype == torch.float32:
+            self.head_t = w.t().contiguous()  # (D, V)
+            alt = last @ self.head_t
+            if not torch.allclose(alt, self.logits, rtol=1e-3, atol=1e-3 * float(self.logits.abs().max())):
+                self.head_t = None
 
     @torch.inference_mode()
     def step(self, tokens: Tensor) -> Tensor:
@@ -303,7 +315,8 @@ class _LM:
         h = self.model(tokens[:, None], positions=self.next_pos, lang_ids=self.lang, kv_cache=self.cache)
         if self.next_pos is not None:
             self.next_pos = self.next_pos + 1
-        return self.model.lm_head(h[:, -1]).float()  # (B, V)
+        last = h[:, -1]  # (B, D)
+        return (last @ self.head_t if self.head_t is not None else self.model.lm_head(last)).float()  # (B, V)
 
     @torch.inference_mode()
     def reorder(self, rows: Tensor) -> None:

@@ -27,6 +27,9 @@ forward (model and loss together, static shapes: the pair objectives pad to mult
 Measured on this project's 2-core AVX512-BF16 CPU (small model, CLM, batch 16 x 128, per CPU-second on
 one thread): bf16 autocast 1.40x fp32; compiled objective + bf16 1.32x more; compiling the Transformer
 alone gave only 1.05x, because the (B*T, V) logits and the cross-entropy dominate once matmuls are bf16.
+bf16 converges as fp32 does: 150 steps on the Bible shards (8 languages), same data, loss within noise
+(mean of the last 10 steps 7.47 bf16, 7.57 fp32); valid bits per character lower with bf16 for 6 of the
+8 languages, differences 0.002-0.16 (one seed: noise of this size is expected after 150 steps).
 
 A step whose global gradient norm is NaN or inf is skipped (no update, gradients dropped) and reported
 on stderr and in metrics.jsonl. Metrics: `<run>/train/metrics.jsonl`, one JSON line per log step
@@ -361,6 +364,10 @@ class Trainer:
         loss = float(totals[2] / totals[3])
         if skipped:
             self._interval.setdefault("skipped", [0.0, 1])[0] += 1
+        else:  # the same value on every rank; the merge divides by the count, so the mean is right
+            acc = self._interval.setdefault("grad_norm", [0.0, 0])
+            acc[0] += grad_norm
+            acc[1] += 1
         return {"step": self.step_no, "objective": name, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "tokens": int(totals[0]), "skipped": skipped}
 

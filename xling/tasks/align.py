@@ -523,7 +523,11 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
     band_rows = {}
     for method in methods:
         t0 = time.perf_counter()
-        w, info = learn_mapping(method, x, y, src.words, tgt.words, train, cfg, log)
+        try:
+            w, info = learn_mapping(method, x, y, src.words, tgt.words, train, cfg, log)
+        except XlingError as e:  # e.g. no identical strings across scripts: the other methods still run
+            log(f"{method}: skipped: {e}")
+            continue
         seconds = time.perf_counter() - t0
         entry = {"seconds": seconds, **{k: v for k, v in info.items() if k != "raw_w"}}
         variants = [(method, w)] + ([(f"{method} (no refinement)", info["raw_w"])] if "raw_w" in info else [])
@@ -549,6 +553,9 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
         results["methods"][method] = entry
         p1 = f", P@1 NN {entry['nn']['p@1']:.3f} CSLS {entry['csls']['p@1']:.3f}" if "csls" in entry else ""
         log(f"{method}: {seconds:.1f} s, criterion {entry['criterion']:.4f}{p1}")
+    if not results["methods"]:
+        raise XlingError(f"no alignment method could run for {pair} (see above); give a dictionary with "
+                         f"pairs in align.train_ranks or add adversarial to align.methods")
     if cfg.write_vectors:
         write_vec(out_dir / "vectors" / f"{tgt_lang}.vec", Vectors(tgt.words, y))
     results["bands"] = band_rows
