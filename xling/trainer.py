@@ -69,6 +69,8 @@ class TrainConfig:
     # objective -> weight: each step draws one objective with probability weight / sum of weights
     objectives: dict[str, float] = field(default_factory=lambda: {"clm": 1.0})
     batch_size: int = 16  # sequences per micro-batch and process
+    # per-objective batch size overriding batch_size, e.g. {contrastive = 64}: in-batch negatives want more rows
+    batch_sizes: dict[str, int] = field(default_factory=dict)
     seq_len: int = 128  # tokens per sequence (at most model.block_size)
     grad_accum: int = 1  # micro-batches per step; global batch = batch_size * grad_accum * processes
     lr: float = 1e-3  # peak learning rate, reached after warmup
@@ -110,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"dist must be one of {', '.join(xdist.DIST_MODES)}, not {self.dist!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if any(b < 1 for b in self.batch_sizes.values()):
+            raise ValueError(f"batch_sizes must all be >= 1, not {self.batch_sizes}")
         for name in ("batch_size", "seq_len", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -322,7 +326,8 @@ class Trainer:
         loss_sum, tokens = 0.0, 0
         for i, slot in enumerate(self.slots):
             last = i == len(self.slots) - 1
-            batch = objective.make_batch(self.shards, "train", slot.rng, cfg.batch_size, cfg.seq_len)
+            batch = objective.make_batch(self.shards, "train", slot.rng, cfg.batch_sizes.get(name, cfg.batch_size),
+                                         cfg.seq_len)
             tokens += int(batch["n_tokens"])
             if fsdp:
                 self.wrapped.set_requires_gradient_sync(last)
@@ -408,8 +413,8 @@ class Trainer:
                     rng = np.random.default_rng([self.seed, _EVAL, u])
                     vals = []
                     for _ in range(cfg.eval_batches):
-                        batch = objective.make_batch(shards, "valid", rng, cfg.batch_size, cfg.seq_len,
-                                                     **{kind: unit})
+                        batch = objective.make_batch(shards, "valid", rng, cfg.batch_sizes.get(name, cfg.batch_size),
+                                                     cfg.seq_len, **{kind: unit})
                         with self.autocast():
                             _, stats = self.module(name, batch, eager=True)
                         vals.append(float(stats["loss"]))
