@@ -1,15 +1,17 @@
-"""Decoding speed: xling's KV-cache generation against Hugging Face `generate` on the same GPT-2 weights.
+"""Decoding speed: xling's KV-cache generation against Hugging Face `generate` on the same weights.
 
-    python bench/generate.py                      # ~2 min on 2 CPU cores
-    python bench/generate.py --rounds 5 --new-tokens 256 --threads 2
+    python bench/generate.py                                  # default family, wall clock, all threads
+    python bench/generate.py --family gpt2 --threads 1 --clock cpu
 
-The model is xling's default maths (= GPT-2): vocab 8000, block 512, 4 layers, d 256, 4 heads, random
-initialisation; its weights are copied into `transformers.GPT2LMHeadModel` (SDPA attention). Greedy
-decoding of 256 new tokens after a 16-token prompt, batch 1 and batch 8 (equal-length prompts, so
-neither side pads), with fp32 and with bf16 weights. Each round times HF and ours back to back in
-this process; the table shows medians. Greedy tokens must equal HF's at fp32 (asserted); at bf16 the
-two implementations round differently, so only their agreement is reported. One more row times ours
-on batch-8 prompts of different lengths (left padding, per-row positions); HF is not timed there.
+The model: vocab 8000, block 512, 4 layers, d 256, 4 heads, random initialisation, in one of the two
+export families of xling.model (default: the default config's, "llama" = rope + RMSNorm + SwiGLU;
+"gpt2" = learned positions + LayerNorm + GELU); its weights are copied into the equal Hugging Face
+model (LlamaForCausalLM / GPT2LMHeadModel, SDPA attention). Greedy decoding of 256 new tokens after a
+16-token prompt, batch 1 and batch 8 (equal-length prompts, so neither side pads), with fp32 and with
+bf16 weights. Each round times HF and ours back to back in this process; the table shows medians.
+Greedy tokens must equal HF's at fp32 (asserted); at bf16 the two implementations round differently,
+so only their agreement is reported. One more row times ours on batch-8 prompts of different lengths
+(left padding, per-row positions); HF is not timed there.
 
 Last line: tokens/s and ratios (ours / HF) per batch size; ratio_fp32 and ratio_bf16 compare equal
 precision, ratio_default = ours at xling's default precision ("auto": bf16 on a CPU with native bf16
@@ -35,33 +37,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from xling.generate import GenerateConfig, for_precision, generate_ids, resolve_precision  # noqa: E402
-from xling.model import ModelConfig, Transformer  # noqa: E402
+from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
+
+DEFAULT_FAMILY = next(name for name, f in FAMILIES.items()
+                      if all(getattr(ModelConfig(), k) == v for k, v in f.items()))
 from xling.progress import format_table  # noqa: E402
 
 
-def to_hf_gpt2(model: Transformer):
-    """Our default-family weights in a `transformers.GPT2LMHeadModel`.
+def to_hf(model: Transformer):
+    """The same weights in transformers' GPT2LMHeadModel (family "gpt2") or LlamaForCausalLM ("llama").
 
-    Same maths (tests/test_model.py proves it); our Linear weights are (out, in), GPT-2's Conv1D (in, out).
+    tests/test_model.py proves both maps by logits parity. GPT-2's Conv1D weights are (in, out), our
+    Linear's (out, in); Llama splits our fused c_attn into q/k/v and c_fc into gate/up (gate first).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     c = model.cfg
-    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model,
-                        n_layer=c.n_layer, n_head=c.n_head, n_inner=c.ff_dim, activation_function="gelu_new",
-                        layer_norm_epsilon=c.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
-    hf = GPT2LMHeadModel(hf_cfg)
-    ours = model.state_dict()
-    state = {}
-    for name, p in hf.state_dict().items():
-        key = "wte.weight" if name == "lm_head.weight" else \
-            name.removeprefix("transformer.").replace("h.", "blocks.", 1)
-        w = ours[key]
-        transposed = name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-        state[name] = w.t().contiguous() if transposed else w
-        assert state[name].shape == p.shape, (name, state[name].shape, p.shape)
-    hf.load_state_dict(state)
+    if c.pos == "learned":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf = GPT2LMHeadModel(GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model, n_layer=c.n_layer,
+            n_head=c.n_head, n_inner=c.ff_dim, activation_function="gelu_new", layer_norm_epsilon=c.norm_eps,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            tie_word_embeddings=True))
+        sd = {"lm_head.weight": model.wte.weight}
+        for k, v in model.state_dict().items():
+            transposed = k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+            sd["transformer." + k.replace("blocks.", "h.")] = v.t().contiguous() if transposed else v
+        hf.load_state_dict(sd, strict=False)  # GPT-2's causal-mask buffers are not weights
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hf = LlamaForCausalLM(LlamaConfig(
+            vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ff_dim,
+            num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_head,
+            max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, hidden_act="silu",
+            attention_bias=False, mlp_bias=False, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0))
+        sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.ln_f.weight,
+              "lm_head.weight": model.wte.weight}
+        for i, b in enumerate(model.blocks):
+            p = f"model.layers.{i}."
+            q, k, v = b.attn.c_attn.weight.split(c.d_model, 0)
+            gate, up = b.mlp.c_fc.weight.chunk(2, 0)
+            sd.update({p + "input_layernorm.weight": b.ln_1.weight,
+                       p + "post_attention_layernorm.weight": b.ln_2.weight,
+                       p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.c_proj.weight,
+                       p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                       p + "mlp.down_proj.weight": b.mlp.c_proj.weight})
+        hf.load_state_dict(sd, strict=True)
     hf.config._attn_implementation = "sdpa"
     return hf.eval()
 
@@ -78,6 +103,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY,
+                    help="architecture family; the default is xling's default config")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)")
     args = ap.parse_args()
@@ -85,8 +112,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = Transformer(ModelConfig(vocab_size=8000, block_size=512, n_layer=4, d_model=256, n_head=4)).eval()
-    hf32 = to_hf_gpt2(model)
+    model = Transformer(ModelConfig(vocab_size=8000, block_size=512, n_layer=4, d_model=256, n_head=4,
+                                    **FAMILIES[args.family])).eval()
+    hf32 = to_hf(model)
     models = {"fp32": (model, hf32),
               "bf16": (for_precision(model, "bf16"), copy.deepcopy(hf32).to(torch.bfloat16))}
     g = torch.Generator().manual_seed(1)
@@ -130,10 +158,11 @@ def main() -> None:
 
     default = "bf16" if resolve_precision("auto") == torch.bfloat16 else "fp32"
     print(format_table(["variant", "batch", "tokens/s", "x HF same precision", "greedy = HF"], rows,
-                       title=f"Greedy decoding, {args.new_tokens} new tokens, {args.threads} threads, "
+                       title=f"Greedy decoding, {args.family} family, {args.new_tokens} new tokens, "
+                             f"{args.threads} threads, "
                              f"{args.clock} clock, medians of {args.rounds} rounds "
                              f"(xling's default precision here: {default})"))
-    parts = []
+    parts = [f"family={args.family}", f"threads={args.threads}", f"clock={args.clock}"]
     for b in (1, 8):
         for who in ("hf", "ours"):
             parts += [f"b{b}_{who}_{prec}={tps[who, prec, b]:.0f}" for prec in ("fp32", "bf16")]

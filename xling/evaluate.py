@@ -46,6 +46,7 @@ class EvalContext:
     step: int  # checkpoint step the numbers come from
     max_segments: int = 1000  # cap per language and split (keeps evaluation within a minute on a CPU)
     bpc_tokens: int = 20_000  # test tokens scored per language for bits per character
+    valid_segments: int = 300  # valid segments per language for choices (retrieval layer, langid centroids)
     cache: dict = field(default_factory=dict)  # shared between evaluations (e.g. sentence vectors)
 
     @property
@@ -58,8 +59,8 @@ class EvalContext:
         count = f", {n:,} segments per language" if n is not None else ""
         return f"{split} split{count}; model {size}; checkpoint step {self.step}"
 
-    def segments(self, split: str, lang: str) -> list[np.ndarray]:
-        n = min(self.shards.num_segments(split, lang), self.max_segments)
+    def segments(self, split: str, lang: str, cap: int | None = None) -> list[np.ndarray]:
+        n = min(self.shards.num_segments(split, lang), cap or self.max_segments)
         return [np.asarray(self.shards.segment(split, lang, i), dtype=np.int64) for i in range(n)]
 
 
@@ -150,6 +151,10 @@ def eval_bpc(ctx: EvalContext) -> dict:
     ]}]}
 
 
+def _cap(ctx: EvalContext, split: str) -> int:
+    return ctx.valid_segments if split == "valid" else ctx.max_segments
+
+
 def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
     """Every layer's sentence vectors (L+1, N, D) for the split's segments of one language, cached."""
     from xling.tasks.retrieve import encode
@@ -157,7 +162,7 @@ def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
     key = ("vectors", split, lang)
     if key not in ctx.cache:
         seqs = [np.asarray(ctx.shards.segment(split, lang, i), np.int64)
-                for i in range(min(ctx.shards.num_segments(split, lang), ctx.max_segments))]
+                for i in range(min(ctx.shards.num_segments(split, lang), _cap(ctx, split)))]
         ctx.cache[key] = encode(ctx.model, seqs, lang_index=ctx.langs.index(lang),
                                 tag=ctx.shards.lang_token_ids[lang], specials=ctx.shards.specials,
                                 all_layers=True, desc=f"encode {split} {lang}")
@@ -167,7 +172,7 @@ def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
 def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors (L+1, M, D) of the split's aligned pivot/lg segments, row i of each a translation pair."""
     rows = np.asarray(ctx.shards.pairs(split, pivot, lg))
-    rows = rows[(rows[:, 0] < ctx.max_segments) & (rows[:, 1] < ctx.max_segments)]  # the encoded segments
+    rows = rows[(rows[:, 0] < _cap(ctx, split)) & (rows[:, 1] < _cap(ctx, split))]  # the encoded segments
     return _split_vectors(ctx, split, pivot)[:, rows[:, 0]], _split_vectors(ctx, split, lg)[:, rows[:, 1]]
 
 
@@ -219,11 +224,12 @@ def eval_langid(ctx: EvalContext) -> dict:
 
     layer = ctx.cache.get("retrieval_layer", -1)
     kw = dict(specials=ctx.shards.specials, lang_index=None, tag=None, layer=layer)
-    centroids = np.stack([encode(ctx.model, ctx.segments("valid", lg), **kw).mean(0) for lg in ctx.langs])
+    centroids = np.stack([encode(ctx.model, ctx.segments("valid", lg, ctx.valid_segments), **kw).mean(0)
+                          for lg in ctx.langs])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     metrics, rows = {}, []
     for k, lg in enumerate(ctx.langs):
-        v = encode(ctx.model, ctx.segments("test", lg), **kw)
+        v = encode(ctx.model, ctx.segments("test", lg, ctx.valid_segments), **kw)
         pred = (v @ centroids.T).argmax(1)
         acc = float((pred == k).mean())
         metrics[f"langid.accuracy.{lg}"] = acc
