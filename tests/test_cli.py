@@ -130,3 +130,4 @@ def test_python_dash_m_and_config_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "xling", "config", "--run", tmp_path / "r", "nope.x=1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown config key 'nope'" in bad.stderr
+

@@ -40,6 +40,16 @@ LANGS = list(TINY)  # en, fr, ru: tags <en>=5, <fr>=6, <ru>=7
 GREEDY = GenerateConfig(max_new_tokens=12, temperature=0.0, precision="fp32", stop_tokens=[])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine every small parallel op
+    waits for it (this file: ~9 s of CPU with one thread, ~40 s with two under load)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def make(seed: int = 0, n_langs: int = 3, tok=None, **kw) -> Transformer:
     """A tiny random model; with `tok`, its vocabulary is the tokenizer's."""
     torch.manual_seed(seed)

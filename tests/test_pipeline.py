@@ -76,3 +76,17 @@ def test_demo_stages_skip_when_up_to_date(trained_run, capsys):
                  'train.objectives={clm = 1.0, contrastive = 1.0}']) == 0
     manifest = json.loads((trained_run / "manifest.json").read_text())
     assert manifest["stages"]["pretrain"]["summary"]["steps"] == 44
+
+
+def test_generate_command_equals_the_python_api(trained_run, capsys):
+    from xling.generate import GenerateConfig, generate, load_for_generation
+
+    argv = ["generate", "--run", str(trained_run), "--lang", "ru", "В начале",
+            "-o", "generate.temperature=0", "-o", "generate.max_new_tokens=12"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    model, tok = load_for_generation(trained_run)
+    expected = generate(model, tok, ["В начале"], lang="ru", cfg=GenerateConfig(temperature=0, max_new_tokens=12))
+    assert out == "В начале" + expected[0] + "\n"
+    assert main(argv[:3] + ["--lang", "xx", "hi"]) == 2
+    assert "no tag <xx>" in capsys.readouterr().err

@@ -77,6 +77,22 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    """Stream a continuation of each prompt to the terminal, token by token."""
+    from xling.generate import load_for_generation, stream
+
+    cfg = _resolve(args).generate
+    model, tokenizer = load_for_generation(args.run)
+    for prompt in args.prompts:
+        pieces = stream(model, tokenizer, prompt, lang=args.lang, cfg=cfg)
+        first = next(pieces, "")  # bad input (an unknown language) fails here, before anything is printed
+        print(prompt + first, end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from xling.stages import run_evaluate
 
@@ -148,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (default: automatic "
                                                           "when the run holds checkpoints of the same config)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("generate", help="continue prompts in a chosen language with a trained model (streamed)")
+    p.add_argument("prompts", nargs="+", help="text to continue")
+    p.add_argument("--lang", help="language of the continuation (its tag starts the sequence), e.g. fr")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory with checkpoints (default {DEFAULT_RUN})")
+    p.add_argument("--config", help="TOML file with a [generate] section")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="generation setting, e.g. -o generate.temperature=0 -o generate.max_new_tokens=50")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint on the held-out test chapters")
     p.add_argument("run_dir", nargs="?", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")

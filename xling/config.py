@@ -36,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "shard": "xling.shards:ShardConfig",
     "model": "xling.model:ModelConfig",
     "train": "xling.trainer:TrainConfig",
+    "generate": "xling.generate:GenerateConfig",
 }
 
 
