@@ -186,7 +186,8 @@ def check_upstream(rd: RunDir, manifest: dict, cfg: Config, name: str) -> None:
                 first, why = chain, _diff(rec["config"], _stage_config(cfg, chain))
             chain = STAGES[chain].upstream
         raise XlingError(f"the {first} in {rd.path} was built from a different config ({why}); re-run "
-                         f"`xling {first} --run {rd.path} --overwrite` and the stages after it, or use the run's config")
+                         f"`xling {first} --run {rd.path} --overwrite` and the stages after it, "
+                         f"or use the run's config")
 
 
 def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None, overwrite: bool = False) -> dict:
