@@ -2,6 +2,8 @@
 
     python bench/train_throughput.py                 # 20 timed steps per variant after warm-up
     python bench/train_throughput.py --steps 40
+    python bench/train_throughput.py --threads 1   # on a busy shared machine: no thread waits on a
+                                                   # descheduled partner, so ratios stay readable
 
 Trains a small decoder LM (vocab 8000, context 128, 4 layers, d 256, 4 heads, batch 16, dropout 0)
 on random tokens with next-token cross-entropy and AdamW, in these variants:
@@ -15,9 +17,9 @@ on random tokens with next-token cross-entropy and AdamW, in these variants:
 
 Steps of all variants are interleaved, one step of each per round by default (the machine is shared
 and noisy, so every variant sees the same load); each figure is the median step time over all timed
-steps. The bf16 matmul peak (2048^3, 2 threads) is measured in every round too, and the peak is the
-median over rounds of the best of two matmuls (on a quiet machine this is simply the peak; on a busy
-one it is loaded like the training steps it is compared with).
+steps. The bf16 matmul peak (2048^3, as many threads as training: 2) is measured in every round
+too, and the peak is the median over rounds of the best of two matmuls (on a quiet machine this is
+simply the peak; on a busy one it is loaded like the training steps it is compared with).
 Achieved GFLOP/s counts, per token, 6 * N + 12 * n_layer * T * d_model (the PaLM / nanoGPT formula),
 each variant with its own N: parameters without position embeddings, the tied output matrix counted
 once (it is a matmul in the head); the second term is attention's QK^T and AV, forward and backward,
@@ -110,7 +112,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (after warm-up)")
     ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default: one per timed step)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compile included)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training and the peak")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocab {VOCAB}, ctx {CTX}, "
           f"{LAYERS} layers, d {D}, {HEADS} heads, batch {BATCH}", file=sys.stderr)
 
@@ -147,7 +151,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 losses[name] = train_step(v, x, y)
                 times[name].append(time.perf_counter() - t0)
-        peaks.append(bf16_matmul_peak(rounds=1, reps=2))
+        peaks.append(bf16_matmul_peak(threads=args.threads, rounds=1, reps=2))
         if (r + 1) % 5 == 0 or r + 1 == rounds:
             print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     peak = statistics.median(peaks)
@@ -165,9 +169,9 @@ def main() -> None:
                         "% bf16 peak", "last loss"], rows,
                        title=f"Training throughput, {BATCH}x{CTX} tokens/step, "
                              f"{len(times[fast])} timed steps each (median)"))
-    print(f"\nbf16 matmul peak (2048^3, 2 threads): {peak:.0f} GFLOP/s; flops/token = 6*N + 12*L*T*d "
-          f"(default model: 6*{variants[fast].n_params:,} + 12*{LAYERS}*{CTX}*{D} = "
-          f"{variants[fast].flops_per_token:,})")
+    print(f"\nbf16 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s; "
+          f"flops/token = 6*N + 12*L*T*d (default model: 6*{variants[fast].n_params:,} + "
+          f"12*{LAYERS}*{CTX}*{D} = {variants[fast].flops_per_token:,})")
     print(f"xling_tok_s={tok[fast]:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
           f"ratio_fp32={tok[fast] / hf32:.2f} ratio_bf16={tok[fast] / hf16:.2f} "
           f"peak_fraction={gflops[fast] / peak:.3f}")

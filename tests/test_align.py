@@ -372,3 +372,30 @@ def test_model_word_vectors_input_and_contextual():
     with torch.no_grad():
         hidden = model(torch.tensor([[lang] + enc.ids]))[0]  # (T, D)
     np.testing.assert_allclose(ctx.vecs[0], hidden[[p + 1 for p in pos]].mean(0).numpy(), atol=1e-5)
+
+
+def test_align_from_corpus_trains_vectors_and_falls_back_to_no_dictionary(tmp_path, fake_source):
+    pytest.importorskip("gensim")
+    from xling.corpus import Corpus, CorpusConfig, build_corpus
+    from xling.tasks.align import align_from_corpus
+    from xling.tasks.vectors import VectorsConfig, word_counts
+
+    from .conftest import tiny_segments
+
+    fake_source(tiny_segments(20))
+    build_corpus(CorpusConfig(langs=["en", "fr", "ru"], valid_fraction=0.1, test_fraction=0.1),
+                 tmp_path / "c")
+    (tmp_path / "en-fr.txt").write_text("light lumière\nword parole\ngrace grâce\n", encoding="utf-8")
+    cfg = tiny_cfg(methods=["procrustes", "identical"], train_ranks=[0, 20], test_ranks=[20, 60])
+    logs: list[str] = []
+    metrics = align_from_corpus(tmp_path / "c", tmp_path / "align", "en", ["fr", "ru"],
+                                vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg,
+                                dictionary=str(tmp_path / "{src}-{tgt}.txt"), log=logs.append)
+    counts = word_counts(Corpus(tmp_path / "c").texts("train", "en"))
+    en = read_vec(tmp_path / "align" / "vectors" / "en.vec")
+    assert sorted(en.words) == sorted(counts) and counts[en.words[0]] == max(counts.values())
+    assert "align.p_at_1.en-fr.identical.csls" in metrics  # en-fr had a dictionary file
+    assert not any(k.startswith("align.p_at_1.en-ru") for k in metrics)  # en-ru: no dictionary, no P@k
+    assert any("en-ru" in line and "does not exist" in line for line in logs)
+    assert json.loads((tmp_path / "align" / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "align" / "en-ru" / "W-identical.npy").exists()  # shared digits seed en-ru

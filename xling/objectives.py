@@ -418,6 +418,8 @@ class _Binary(Objective):
                  pad_multiple: int = 16):
         super().__init__(alpha)
         self.head = nn.Linear(d_model, 2)
+        nn.init.normal_(self.head.weight, std=0.02)  # BERT's head init: logits ~0, loss ~ln 2 at start
+        nn.init.zeros_(self.head.bias)
         self.length_batching = length_batching
         self.pad_multiple = pad_multiple
 

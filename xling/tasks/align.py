@@ -564,7 +564,7 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
     results["table"] = table
     atomic_write_text(out_dir / "table.md", table + "\n")
     atomic_write_json(out_dir / "results.json", _jsonable(results))
-    if band_rows:
+    if any(band_rows.values()):
         plot_bands(band_rows, out_dir / "p_at_1_by_band.png", pair)
     log(table)
     return results
@@ -623,10 +623,15 @@ def plot_bands(band_rows: dict[str, list[dict]], path: str | Path, pair: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one shared x axis in frequency order, whatever bands each method has held-out words in
+    bands = sorted({r["band"] for rows in band_rows.values() for r in rows},
+                   key=lambda b: int(b.split("-")[0]))
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, rows in band_rows.items():
         if rows:
-            ax.plot([r["band"] for r in rows], [r["p@1"] for r in rows], marker="o", label=method)
+            x = [bands.index(r["band"]) for r in rows]
+            ax.plot(x, [r["p@1"] for r in rows], marker="o", label=method)
+    ax.set_xticks(range(len(bands)), bands)
     ax.set_xlabel("source word frequency rank")
     ax.set_ylabel("P@1 (CSLS)")
     ax.set_ylim(0, 1)
@@ -675,9 +680,11 @@ def align_files(src_vec: str | Path, tgt_vec: str | Path, out_dir: str | Path, *
 def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str, tgt_langs: list[str], *,
                       vectors_cfg: VectorsConfig | None = None, cfg: AlignConfig | None = None,
                       dictionary: str = "freedict", log: Callable[[str], None] = print) -> dict[str, float]:
-    """The demo: static vectors per language from the corpus's train split, then `run_align` for
-    src -> each target into `<out_dir>/<src>-<tgt>/`. The dictionary falls back from FreeDict to
-    CLDR names, then to none (unsupervised only). Returns the merged `align.*` metrics."""
+    """The demo: static vectors per language from the corpus's train split (`<out_dir>/vectors/`),
+    then `run_align` for src -> each target into `<out_dir>/<src>-<tgt>/`. `dictionary` is a
+    `load_dictionary` spec ("freedict", "dicts/{src}-{tgt}.txt", ...); where it has nothing for a
+    pair, CLDR names are tried, then none (unsupervised methods only, no P@k).
+    Returns the merged `align.*` metrics (also written to `<out_dir>/metrics.json`)."""
     from xling.corpus import Corpus
 
     corpus = Corpus(corpus_dir)

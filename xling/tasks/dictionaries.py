@@ -206,7 +206,8 @@ def cldr_pairs(src: str, tgt: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------- choosing, filtering, splitting
 
 def load_dictionary(spec: str, src: str, tgt: str) -> list[tuple[str, str]]:
-    """`spec` = a MUSE-format file path, "freedict", "cldr", or sources joined by "+" ("freedict+cldr")."""
+    """`spec` = a MUSE-format file path ("{src}"/"{tgt}" are filled in: "dicts/{src}-{tgt}.txt"),
+    "freedict", "cldr", or sources joined by "+" ("freedict+cldr")."""
     pairs: set[tuple[str, str]] = set()
     for part in spec.split("+"):
         part = part.strip()
@@ -215,7 +216,7 @@ def load_dictionary(spec: str, src: str, tgt: str) -> list[tuple[str, str]]:
         elif part == "cldr":
             pairs.update(cldr_pairs(src, tgt))
         else:
-            pairs.update(read_dictionary(part))
+            pairs.update(read_dictionary(part.replace("{src}", src).replace("{tgt}", tgt)))
     return sorted(pairs)
 
 
