@@ -261,7 +261,7 @@ def test_freedict_parser_on_a_hand_made_dictionary(tmp_path):
 
 def test_vec_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    words = ["the", "слово", "كلمة", "naïve", "x1"]
+    words = ["the", "слово", "كلمة", "naïve", "x1"]  # (write_vec refuses words with spaces)
     vecs = Vectors(words, rng.normal(size=(5, 7)).astype(np.float32))
     write_vec(tmp_path / "a.vec", vecs)
     assert (tmp_path / "a.vec").read_text(encoding="utf-8").split("\n")[0] == "5 7"
@@ -269,12 +269,17 @@ def test_vec_round_trip(tmp_path):
     assert back.words == words and back.index["كلمة"] == 2
     np.testing.assert_allclose(back.vecs, vecs.vecs, rtol=1e-5, atol=1e-6)
     assert read_vec(tmp_path / "a.vec", max_words=2).words == ["the", "слово"]
+    # fastText files hold a few words with (non-breaking) spaces: the last d fields are the numbers
+    (tmp_path / "nbsp.vec").write_text("2 2\nnew\u00a0york 0.5 1\nnew york 2 3.5\n", encoding="utf-8")
+    odd = read_vec(tmp_path / "nbsp.vec")
+    assert odd.words == ["new\u00a0york", "new york"] and odd.vecs.tolist() == [[0.5, 1.0], [2.0, 3.5]]
 
 
 @pytest.mark.parametrize("text, match", [
     ("2 3\na 1 2 3\n", "promises 2 vectors but the file has 1"),
     ("x y\na 1 2 3\n", "line 1: expected 'n d'"),
-    ("2 3\na 1 2 3\nb 1 2\n", "line 3: expected a word and 3 numbers"),
+    ("2 3\na 1 2 3\nb 1 2\n", "line 3: expected a word and 3 numbers, found 2"),
+    ("2 3\na 1 2 3\nb 1 2 3 4\n", "line 3: expected a word and 3 numbers, found 4"),
     ("2 3\na 1 2 3\nb 1 two 3\n", "line 3: a vector value is not a number"),
     ("2 3\na 1 2 3\nb 1 nan 3\n", "line 3: .*nan"),
 ])

@@ -49,9 +49,18 @@ through 0 * NaN); outputs at padded positions are meaningless and must be ignore
 Decoding: pass a `KVCache()` as `kv_cache` (causal only). Each call appends the new keys/values of
 every layer; positions continue from the cached length unless given. See `KVCache`.
 
-Speed knobs (bf16 autocast, torch.compile, fused AdamW) stay outside the model. The forward has no
-data-dependent Python branches and no `.item()`, so `torch.compile(model, fullgraph=True)` works;
-with fixed-length batches every step hits one compiled graph.
+Speed knobs stay outside the model; bench/train_throughput.py measures the fastest CPU path:
+bf16 autocast, torch.compile(fullgraph=True, dynamic=False) of forward + loss together, SDPA's math
+backend inside the compiled region (`with torch.nn.attention.sdpa_kernel(SDPBackend.MATH):` so that
+inductor fuses the softmax; the CPU flash kernel's backward took ~19% of a training step), fused
+AdamW. The forward has no data-dependent Python branches and no `.item()`, so fullgraph compiles work.
+Varying lengths: every new (B, T), and every pattern of which optional arguments are None, is a new
+graph. With dynamic=False each new length compiles cold (~20 s quiet, 40-80 s on a loaded machine)
+until torch._dynamo.config.recompile_limit (8 per compiled function) is reached, after which that
+function runs eager; with the default dynamic=None the second length recompiles once with a symbolic
+T and never again, but dynamic graphs ran only ~1.1x eager here (PERF.md). So: pad variable-length
+(pair) batches to a multiple of 32 (4 buckets at block_size 128), keep B fixed, compile with
+dynamic=False, and raise recompile_limit to cover buckets x argument patterns.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ class TrainModule(nn.Module):
         self.objectives = nn.ModuleDict(objectives)
         self.compiled: dict[str, nn.Module] = {}  # objective name -> its compiled forward (train.compile)
 
-    def compile(self) -> None:
+    def compile(self, backend: str | Callable = "inductor") -> None:
         """Compile each objective's forward, model and loss together (most of the gain is in the loss).
 
         Shapes are static per graph: each distinct padded length (a multiple of pad_multiple) gets its own
@@ -171,7 +172,8 @@ class TrainModule(nn.Module):
         # the objectives' `.item()` for their stats ends each graph: expected, so not worth a warning
         logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
         # plain attributes, not registered submodules: the weights are the objectives', counted once
-        object.__setattr__(self, "compiled", {k: torch.compile(v) for k, v in self.objectives.items()})
+        object.__setattr__(self, "compiled", {k: torch.compile(v, backend=backend)
+                                             for k, v in self.objectives.items()})
 
     def forward(self, name: str, batch: dict, eager: bool = False) -> tuple[torch.Tensor, dict]:
         # eager=True for validation: its other shapes and modes would each cost a recompile
@@ -181,7 +183,13 @@ class TrainModule(nn.Module):
             if torch.is_tensor(v):
                 for dim in range(v.dim()):
                     torch._dynamo.mark_static(v, dim)  # (B, T): one graph per shape, never a symbolic one
-        return self.compiled[name](self.model, batch)
+        try:
+            return self.compiled[name](self.model, batch)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler: train on, eagerly
+            print(f"xling pretrain: torch.compile failed ({str(e).splitlines()[0][:200]}); continuing without "
+                  f"it (set train.compile=false to skip the attempt)", file=sys.stderr)
+            object.__setattr__(self, "compiled", {})
+            return self.objectives[name](self.model, batch)
 
 
 class LangSubset:

@@ -122,9 +122,10 @@ def read_vec(path: str | Path, max_words: int = 0, what: str = "vector file") ->
             if not line:
                 continue
             parts = line.rsplit(None, d)
-            if len(parts) != d + 1:
+            if len(parts) != d + 1 or (" " in parts[0] and _is_number(parts[0].split()[-1])):
+                # (a word may hold spaces, but one ending in a number means more than d numbers)
                 raise XlingError(f"{what} {path} line {lineno}: expected a word and {d} numbers, found "
-                                 f"{len(parts)} fields; the header says d={d}")
+                                 f"{len(line.split()) - 1} numbers; the header says d={d}")
             try:
                 vec = np.array(parts[1:], dtype=np.float32)
             except ValueError:
@@ -145,6 +146,14 @@ def read_vec(path: str | Path, max_words: int = 0, what: str = "vector file") ->
                          f"is it truncated? download it again or fix the first line")
     vecs = np.stack(rows) if rows else np.zeros((0, d), np.float32)
     return Vectors(words, vecs)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _decode(raw: bytes, path: Path, lineno: int, what: str) -> str:
