@@ -8,7 +8,11 @@
 Trains a small decoder LM (vocab 8000, context 128, 4 layers, d 256, 4 heads, batch 16, dropout 0)
 on random tokens with next-token cross-entropy and AdamW, in these variants:
 
-    xling fast        the default model (Llama family: rope, RMSNorm, SwiGLU, no biases) on the
+    xling Trainer     xling.trainer.Trainer.step() with train.compile=true (what `make demo` runs): the
+                      CLM objective drawing batches from in-memory shards of random tokens, bf16
+                      autocast (precision "auto"), compiled objective, fused AdamW, gradient clipping,
+                      warmup + cosine lr, per-language stats: the whole step a user gets
+    xling fast        model + loss alone: the default model (Llama family: rope, RMSNorm, SwiGLU, no biases) on the
                       fastest CPU path measured: bf16 autocast + torch.compile(fullgraph=True,
                       dynamic=False) of forward + loss, SDPA on its math backend inside the compiled
                       region, fused AdamW (fullgraph proves the model has no graph breaks)
@@ -39,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -49,23 +54,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # xling from a 
 from _peak import bf16_matmul_peak  # noqa: E402
 
 from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
+from xling.objectives import build_objectives  # noqa: E402
 from xling.progress import format_table  # noqa: E402
+from xling.trainer import Trainer, TrainConfig  # noqa: E402
 
 VOCAB, CTX, LAYERS, D, HEADS, BATCH = 8000, 128, 4, 256, 4, 16
 
 
 class Variant(NamedTuple):
     model: torch.nn.Module
-    loss_fn: Callable
-    opt: torch.optim.Optimizer
+    loss_fn: Callable | None  # (x, y) -> loss; None: `trainer` draws its own batches
+    opt: torch.optim.Optimizer | None
     autocast: bool
     n_params: int  # the tied output matrix counted once
     flops_per_token: int  # 6 * (n_params - position embeddings) + 12 * n_layer * T * d_model
+    trainer: object = None  # an xling Trainer whose step() is timed instead
 
 
-def variant(model, loss_fn, opt, autocast: bool, n_params: int, pos_params: int) -> Variant:
+def variant(model, loss_fn, opt, autocast: bool, n_params: int, pos_params: int, trainer=None) -> Variant:
     flops = 6 * (n_params - pos_params) + 12 * LAYERS * CTX * D
-    return Variant(model, loss_fn, opt, autocast, n_params, flops)
+    return Variant(model, loss_fn, opt, autocast, n_params, flops, trainer)
+
+
+class RandomShards:
+    """The slice of xling.shards.Shards that the CLM objective reads: one language of random tokens."""
+
+    def __init__(self, n_segments: int = 4000, seg_len: int = 40):
+        rng = np.random.default_rng(0)
+        self.vocab_size, self.langs = VOCAB, ["en"]
+        self.specials = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "mask": 4}
+        self.lang_token_ids = {"en": 5}
+        self._tokens = rng.integers(6, VOCAB, n_segments * seg_len).astype(np.uint16)
+        self._offsets = np.arange(0, n_segments * seg_len + 1, seg_len, dtype=np.int64)
+
+    def num_segments(self, split: str, lang: str) -> int:
+        return len(self._offsets) - 1
+
+    def offsets(self, split: str, lang: str) -> np.ndarray:
+        return self._offsets
+
+    def tokens(self, split: str, lang: str) -> np.ndarray:
+        return self._tokens
+
+
+def trainer_variant() -> Variant:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=CTX, n_layer=LAYERS, d_model=D, n_head=HEADS, dropout=0.0)
+    model = Transformer(cfg)
+    shards = RandomShards()
+    tc = TrainConfig(objectives={"clm": 1.0}, batch_size=BATCH, seq_len=CTX, lr=3e-4, warmup_steps=10,
+                     max_steps=100_000, max_minutes=0, compile=True, precision="auto", eval_every=0,
+                     ckpt_every=0, log_every=1_000_000)
+    trainer = Trainer(model, build_objectives(tc.objectives, shards), shards, tc)
+    return variant(model, None, None, trainer.amp_dtype is not None, model.num_params(), 0, trainer)
 
 
 def xling_variant(family: str, autocast: bool, compiled: bool, fused: bool,
@@ -107,6 +148,8 @@ def hf_variant(autocast: bool) -> Variant:
 
 
 def train_step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
+    if v.trainer is not None:
+        return v.trainer.step()["loss"]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.autocast):
         loss = v.loss_fn(x, y)
     loss.backward()
@@ -130,9 +173,10 @@ def main() -> None:
     batches = [torch.randint(0, VOCAB, (BATCH, CTX + 1), generator=g) for _ in range(8)]
     batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
 
-    fast = "xling fast (default model and CPU path)"
+    fast = "xling Trainer, train.compile=true"
     variants = {
-        fast: xling_variant("llama", True, True, True, math_sdpa=True),
+        fast: trainer_variant(),
+        "xling fast (model + loss only)": xling_variant("llama", True, True, True, math_sdpa=True),
         "xling fast, flash SDPA kernel": xling_variant("llama", True, True, True),
         "xling gpt2 fast (GPT-2 family, same path)": xling_variant("gpt2", True, True, True, math_sdpa=True),
         "xling fp32 eager": xling_variant("llama", False, False, False),

@@ -329,7 +329,8 @@ def test_tensorboard_is_optional(tiny_run, tmp_path, capsys):
 
 def test_compiled_objectives_match_eager_and_a_failed_compile_falls_back(tiny_run, capsys):
     """The compile plumbing (one compiled forward per objective, static shapes) with dynamo's `eager`
-    backend, which runs the captured graphs op for op: losses equal the eager trainer's exactly. A backend
+    backend, which runs the captured graphs op for op: losses equal the eager trainer's up to float rounding
+(the compiled path runs attention on SDPA's math backend, the eager one on the CPU flash kernel). A backend
     that fails (e.g. no C++ compiler) costs a warning, not the run. (Inductor itself is too slow to compile
     for a unit test; see the module docstring for its measured speed-up.)"""
     sh = Shards(tiny_run / "shards")
@@ -338,7 +339,7 @@ def test_compiled_objectives_match_eager_and_a_failed_compile_falls_back(tiny_ru
     ref = [eager.step()["loss"] for _ in range(4)]
     traced = make_trainer(sh, **kw)
     traced.module.compile(backend="eager")
-    assert [traced.step()["loss"] for _ in range(4)] == ref
+    assert [traced.step()["loss"] for _ in range(4)] == pytest.approx(ref, rel=1e-5)
     assert set(traced.module.compiled) == {"clm", "tlm"}
 
     def broken(gm, inputs):
@@ -346,5 +347,5 @@ def test_compiled_objectives_match_eager_and_a_failed_compile_falls_back(tiny_ru
 
     failing = make_trainer(sh, **kw)
     failing.module.compile(backend=broken)
-    assert [failing.step()["loss"] for _ in range(2)] == ref[:2]
+    assert [failing.step()["loss"] for _ in range(2)] == pytest.approx(ref[:2], rel=1e-5)
     assert failing.module.compiled == {} and "torch.compile failed" in capsys.readouterr().err

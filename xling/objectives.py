@@ -316,8 +316,10 @@ class CLM(Objective):
                    *, lang: str | None = None) -> dict:
         _, lang, rows, lang_ids = self.stream(shards, split, rng, batch_size, seq_len + 1, lang)
         x = torch.from_numpy(rows)
-        return {"idx": x[:, :-1].contiguous(), "targets": x[:, 1:].contiguous(), "lang_ids": lang_ids[:, :-1],
-                "lang": lang, "n_tokens": batch_size * seq_len}
+        # every tensor contiguous: a view input (lang_ids[:, :-1]) made torch.compile trace SDPA's flash kernel
+        # even under sdpa_kernel(MATH), 1.16x slower on CPU (see TrainModule.forward)
+        return {"idx": x[:, :-1].contiguous(), "targets": x[:, 1:].contiguous(),
+                "lang_ids": lang_ids[:, :-1].contiguous(), "lang": lang, "n_tokens": batch_size * seq_len}
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         batch = _to_device(batch, model)
