@@ -19,8 +19,9 @@ from xling.config import load_config
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
 from xling.objectives import build_objectives
+from xling.pretrain import LangSubset, check_langs, pretrain, resolve_model_config
 from xling.shards import Shards
-from xling.trainer import LangSubset, TrainConfig, Trainer, check_langs, pretrain, resolve_model_config
+from xling.trainer import TrainConfig, Trainer
 
 LANGS = list(TINY)  # en, fr, ru (Cyrillic)
 

@@ -133,10 +133,118 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    """Score a hypothesis file against reference files (one segment per line): BLEU, chrF or ROUGE."""
+    import json
+
+    from xling import metrics
+    from xling.errors import XlingError
+    from xling.files import read_lines
+    from xling.progress import format_table
+
+    hyps = read_lines(args.hyp, "hypothesis file")
+    refs = [read_lines(r, "reference file") for r in args.ref]
+    for path, lines in zip(args.ref, refs, strict=True):
+        if len(lines) != len(hyps):
+            raise XlingError(f"hypothesis file {args.hyp} has {len(hyps)} lines but reference file {path} has "
+                             f"{len(lines)}; give one line per segment in both")
+    if args.metric == "rouge":
+        scores = metrics.rouge(hyps, refs, tokenizer=args.rouge_tokenizer, stem=args.stem)
+        if args.rouge_tokenizer == "default" and any(not ln.isascii() for ln in refs[0]):
+            print("xling score: note: the default ROUGE tokenizer (rouge-score's) drops non-ASCII letters; "
+                  "use --rouge-tokenizer unicode for such text", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"metric": "rouge", "segments": len(hyps), "tokenizer": args.rouge_tokenizer,
+                              "stem": args.stem, **scores}))
+        else:
+            rows = [[name, *(f"{scores[k + s]:.4f}" for s in ("_p", "_r", ""))]
+                    for name, k in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))]
+            print(format_table(["metric", "precision", "recall", "F1"], rows,
+                               title=f"ROUGE over {len(hyps)} segments (tokenizer {args.rouge_tokenizer}, "
+                                     f"stemming {'on' if args.stem else 'off'}, scale 0-1)"))
+        return 0
+    if args.metric == "bleu":
+        name, (score, sig) = "BLEU", metrics.bleu(hyps, refs, lang=args.lang, tokenize=args.tokenize)
+    else:
+        name, (score, sig) = "chrF2", metrics.chrf(hyps, refs, lang=args.lang)
+    if args.json:
+        print(json.dumps({"metric": args.metric, "score": score, "signature": sig, "segments": len(hyps)}))
+    else:
+        print(f"{name}|{sig} = {score:.2f}")
+    return 0
+
+
+def cmd_translate(args) -> int:
+    """Translate lines from --input (or stdin) to --output (or stdout) with a fine-tuned model."""
+    from xling.tasks.translate import translate_cli
+
+    extra = [f"translate.num_beams={args.beams}"] if args.beams is not None else []
+    return translate_cli(args.model, args.src, args.tgt, args.input, args.output, [*extra, *args.overrides])
+
+
+def cmd_translate_train(args) -> int:
+    from xling.tasks.translate import finetune_run
+
+    finetune_run(args.run, args.overrides, tsv=args.tsv, src=args.src, tgt=args.tgt)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from xling.tasks.retrieve import run_embed
+
+    r = run_embed(args.model, args.lang, args.input, args.out, ids_path=args.ids, layer=args.layer,
+                  pool_specials=args.pool_specials, batch_size=args.batch_size)
+    print(f"embed: {r['n']:,} vectors of dimension {r['dim']} (layer {r['layer']}, specials "
+          f"{'pooled' if r['pool_specials'] else 'not pooled'}) -> {r['vectors']}, {r['ids']}", file=sys.stderr)
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from xling.tasks.retrieve import run_retrieve
+
+    run_retrieve(args.model, args.queries, args.docs, src=args.src, tgt=args.tgt, k=args.k, fmt=args.format,
+                 out=args.out, layer=args.layer, pool_specials=args.pool_specials, backend=args.backend)
+    return 0
+
+
+def cmd_mine(args) -> int:
+    from xling.tasks.mine import run_mine
+
+    n = run_mine(args.model, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
+                 threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials)
+    print(f"mine: {n:,} pairs", file=sys.stderr)
+    return 0
+
+
+def _vector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_RUN, help=f"run directory with checkpoints (default {DEFAULT_RUN})")
+    p.add_argument("--layer", type=int, help="hidden state to mean-pool (0 = embeddings, -1 = last; default: the "
+                                             "layer the run's retrieval evaluation chose, else the last)")
+    p.add_argument("--pool-specials", action=argparse.BooleanOptionalAction, default=None,
+                   help="pool the language tag and </s> with the words (default: what measured best)")
+
+
 def cmd_config(args) -> int:
     from xling.config import to_toml
 
     print(to_toml(_resolve(args)), end="")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from xling.hf import export_hf
+
+    out = export_hf(args.run, args.out, lang=args.lang, overwrite=args.overwrite)
+    print(f"export: wrote {out} (load with transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from xling.hf import import_run
+
+    step_dir = import_run(args.hf_dir, args.run, corpus=args.corpus, overwrite=args.overwrite)
+    print(f"import: wrote {step_dir} and {Path(args.run) / 'tokenizer'}; try `xling generate --run {args.run} "
+          f"--lang LANG TEXT`" + ("" if args.corpus else " (pass --corpus DIR to also evaluate it)"))
     return 0
 
 
@@ -189,8 +297,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--langs", help="comma-separated language codes")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("score", help="score a hypothesis file against references: BLEU, chrF (sacrebleu) or ROUGE")
+    p.add_argument("--metric", required=True, choices=["bleu", "chrf", "rouge"], help="the metric")
+    p.add_argument("--hyp", required=True, help="system output, one detokenised segment per line (UTF-8)")
+    p.add_argument("--ref", required=True, nargs="+", help="reference file(s), line-aligned with --hyp")
+    p.add_argument("--lang", help="target language: picks the BLEU tokenizer (zh, ja, ko, th, ...; default 13a)")
+    p.add_argument("--tokenize", help="BLEU: force a sacrebleu tokenizer (13a, intl, char, zh, none, ...)")
+    p.add_argument("--rouge-tokenizer", default="default", choices=["default", "unicode"],
+                   help="ROUGE: rouge-score's ASCII tokenizer (default) or one that keeps every script")
+    p.add_argument("--stem", action="store_true", help="ROUGE: Porter-stem words longer than 3 letters (nltk)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("translate", help="translate lines (stdin or --input) with a fine-tuned model, beam search")
+    p.add_argument("--model", default=DEFAULT_RUN, help="<run>/translate, a run (uses its translate/ if any) or a "
+                                                         f"checkpoint directory (default {DEFAULT_RUN})")
+    p.add_argument("--src", required=True, help="source language, e.g. en")
+    p.add_argument("--tgt", required=True, help="target language, e.g. fr")
+    p.add_argument("--input", help="UTF-8 text file, one sentence per line (default: stdin)")
+    p.add_argument("--output", help="write translations here, atomically (default: stdout)")
+    p.add_argument("--beams", type=int, help="beam size (default translate.num_beams = 4; 1 = greedy)")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="decoding setting, e.g. -o translate.length_penalty=1.2 -o translate.max_new_tokens=80")
+    p.set_defaults(func=cmd_translate)
+
+    p = _stage_parser(sub, "translate-train", "fine-tune a run's pretrained model for translation -> <run>/translate")
+    p.add_argument("--tsv", help="parallel file `source<TAB>target` (default: the corpus's translation pairs)")
+    p.add_argument("--src", help="language of the TSV's first column")
+    p.add_argument("--tgt", help="language of the TSV's second column")
+    p.set_defaults(func=cmd_translate_train)
+
+    p = sub.add_parser("embed", help="sentence vectors of a text file -> PREFIX.npy + PREFIX.ids")
+    _vector_options(p)
+    p.add_argument("--lang", required=True, help="language of the text, e.g. en")
+    p.add_argument("--input", required=True, help="text file, one sentence a line")
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.npy (float32, unit rows) + PREFIX.ids")
+    p.add_argument("--ids", help="file with one id a line (default: line numbers from 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("retrieve", help="top-k documents of (another language) for each query, with cosine scores")
+    _vector_options(p)
+    p.add_argument("--queries", required=True, help="text file (one query a line) or PREFIX.npy from xling embed")
+    p.add_argument("--docs", required=True, help="text file (one document a line) or PREFIX.npy")
+    p.add_argument("--src", help="language of the queries (default: detected)")
+    p.add_argument("--tgt", help="language of the documents (default: detected)")
+    p.add_argument("-k", type=int, default=5, help="documents per query (default 5)")
+    p.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format (default tsv)")
+    p.add_argument("--backend", choices=["exact", "faiss", "auto"], default="exact",
+                   help="exact chunked search, or a FAISS flat index (faiss installed); auto: faiss for 200k+ docs")
+    p.add_argument("--out", help="output file (default stdout)")
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("mine", help="bitext mining with LASER's ratio margin: aligned pairs with scores (TSV)")
+    p.add_argument("src_file", help="source sentences (text, one a line) or PREFIX.npy")
+    p.add_argument("tgt_file", help="target sentences (text) or PREFIX.npy")
+    _vector_options(p)
+    p.add_argument("--src", help="source language (default: detected)")
+    p.add_argument("--tgt", help="target language (default: detected)")
+    p.add_argument("-k", type=int, default=4, help="margin neighbourhood size (default 4, as LASER)")
+    p.add_argument("--mode", choices=["forward", "backward", "intersection"], default="intersection",
+                   help="best target per source, best source per target, or pairs both agree on (default)")
+    p.add_argument("--threshold", type=float, default=1.0, help="keep pairs with margin >= this (default 1.0)")
+    p.add_argument("--out", help="output TSV (default stdout)")
+    p.set_defaults(func=cmd_mine)
+
     p = _stage_parser(sub, "config", "print the resolved config (defaults <- run <- --config <- overrides)")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("export", help="write a run's model and tokenizer as a Hugging Face transformers folder")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory, its checkpoints/ or one step directory "
+                                                     f"(default {DEFAULT_RUN})")
+    p.add_argument("--out", required=True, help="output folder (AutoModelForCausalLM/AutoTokenizer load it)")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf: transformers folder)")
+    p.add_argument("--lang", help="models with language embeddings (model.n_langs > 0): the one language to "
+                                  "fold in; the export then serves that language")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="make a run directory from a local Hugging Face GPT-2/Llama folder")
+    p.add_argument("hf_dir", help="folder with config.json, model.safetensors and tokenizer.json")
+    p.add_argument("--run", required=True, help="run directory to write (checkpoints/ and tokenizer/)")
+    p.add_argument("--corpus", help="a corpus directory (e.g. runs/demo/corpus) to copy in and shard with the "
+                                    "imported tokenizer, so `xling evaluate` works on the run")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory's content")
+    p.set_defaults(func=cmd_import)
     return parser
 
 

@@ -91,7 +91,10 @@ def read_lines(path: str | Path, what: str = "file") -> list[str]:
         ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    return text.splitlines()
+    # "\n" (and "\r\n") only: str.splitlines would also split at U+2028, form feeds, ..., shifting the lines
+    # of one file against a line-aligned partner (hypotheses vs references, source vs target)
+    lines = text.replace("\r\n", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -196,7 +196,7 @@ def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None
     import os
 
     from xling.checkpoint import list_checkpoints
-    from xling.trainer import pretrain
+    from xling.pretrain import pretrain
 
     rd = RunDir(run_dir)
     rd.check_is_ours(overwrite)

@@ -1,0 +1,136 @@
+"""The pretrain stage: build the model, objectives and trainer from a config and train on a run's shards.
+
+    xling pretrain --run runs/demo                        # CLI (xling/stages.py calls `pretrain`)
+    summary = pretrain(cfg, Path("runs/demo"), resume=True)
+
+The loop itself is `xling.trainer.Trainer`; this module checks that the config fits the shards (vocabulary,
+languages, context), chooses the language subset, handles resume/overwrite of earlier checkpoints and
+starts/stops torch.distributed when run under torchrun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xling import distributed as xdist
+from xling.checkpoint import list_checkpoints
+from xling.errors import XlingError
+from xling.trainer import Trainer
+
+
+class LangSubset:
+    """A Shards view that hides languages outside `langs` (no segments, no pairs); indices stay unchanged."""
+
+    def __init__(self, shards, langs: list[str]):
+        self._shards, self._keep = shards, set(langs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._shards, name)
+
+    def num_segments(self, split: str, lang: str) -> int:
+        return self._shards.num_segments(split, lang) if lang in self._keep else 0
+
+    def pairs(self, split: str, a: str, b: str):
+        if a not in self._keep or b not in self._keep:
+            raise XlingError(f"language pair {a}-{b} is outside train.langs")
+        return self._shards.pairs(split, a, b)
+
+    def pair_counts(self, split: str) -> dict[str, int]:
+        return {p: n for p, n in self._shards.pair_counts(split).items() if set(p.split("-", 1)) <= self._keep}
+
+
+def resolve_model_config(model_cfg, shards, seq_len: int):
+    """The model config for these shards: vocab_size 0 = the tokenizer's; checks vocab, languages, length."""
+    vocab = model_cfg.vocab_size or shards.vocab_size
+    if vocab < shards.vocab_size:
+        raise XlingError(f"model.vocab_size={vocab} is smaller than the tokenizer's {shards.vocab_size} ids; "
+                         f"set model.vocab_size=0 (take it from the tokenizer) or >= {shards.vocab_size}")
+    if 0 < model_cfg.n_langs < len(shards.langs):
+        raise XlingError(f"model.n_langs={model_cfg.n_langs} but the shards have {len(shards.langs)} languages "
+                         f"({', '.join(shards.langs)}); set model.n_langs={len(shards.langs)} or 0 (no language "
+                         f"embeddings)")
+    if seq_len > model_cfg.block_size:
+        raise XlingError(f"train.seq_len={seq_len} is longer than model.block_size={model_cfg.block_size}; "
+                         f"lower train.seq_len or raise model.block_size")
+    return dataclasses.replace(model_cfg, vocab_size=vocab) if vocab != model_cfg.vocab_size else model_cfg
+
+
+def check_langs(langs: list[str], shards) -> list[str]:
+    unknown = [lg for lg in langs if lg not in shards.langs]
+    if unknown:
+        raise XlingError(f"train.langs has {', '.join(unknown)}, which the shards do not have "
+                         f"({', '.join(shards.langs)}); remove it or rebuild the corpus with it")
+    return list(langs) or list(shards.langs)
+
+
+def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train the model of `cfg.model` on `<run_dir>/shards` with `cfg.train`; returns the summary.
+
+    Writes `<run_dir>/checkpoints/` and `<run_dir>/train/metrics.jsonl`. resume: continue from the latest
+    checkpoint (exactly, for the same config and process layout). overwrite: delete earlier checkpoints
+    and metrics first. Under torchrun every process calls this; rank 0 writes.
+    """
+    from xling.model import Transformer
+    from xling.objectives import build_objectives
+    from xling.shards import Shards
+
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    seed = tc.seed if tc.seed is not None else cfg.run.seed
+    started = not torch.distributed.is_initialized()
+    info = xdist.init_distributed(tc.device)
+    try:
+        tok_hash = None
+        tok_json = run_dir / "tokenizer" / "tokenizer.json"
+        if tok_json.is_file():
+            from xling.tokenizer import tokenizer_hash
+
+            tok_hash = tokenizer_hash(run_dir / "tokenizer")
+        shards = Shards(run_dir / "shards", expect_tokenizer_hash=tok_hash)
+        langs = check_langs(tc.langs, shards)
+        view = LangSubset(shards, langs) if set(langs) != set(shards.langs) else shards
+        model_cfg = resolve_model_config(cfg.model, shards, tc.seq_len)
+        ckpt_root = run_dir / "checkpoints"
+        if not resume and list_checkpoints(ckpt_root):
+            if not overwrite:
+                raise XlingError(f"{ckpt_root} already holds checkpoints; pass --resume to continue or "
+                                 f"--overwrite to start over")
+            if info.is_main:
+                shutil.rmtree(ckpt_root, ignore_errors=True)
+                shutil.rmtree(run_dir / "train", ignore_errors=True)
+        if resume and not list_checkpoints(ckpt_root):
+            raise XlingError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
+        xdist.barrier()
+        corpus = getattr(cfg, "corpus", None)
+        alpha = tc.alpha if tc.alpha is not None else getattr(corpus, "alpha", 0.3)
+        pair_alpha = tc.pair_alpha if tc.pair_alpha is not None else getattr(corpus, "pair_alpha", 0.3)
+        xdist.seed_everything(seed)
+        model = Transformer(model_cfg)
+        objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
+                                      mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
+                                      d_model=model_cfg.d_model, length_batching=tc.length_batching,
+                                      pad_multiple=tc.pad_multiple)
+        config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(tc),
+                  "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
+        trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,
+                          tokenizer_sha256=shards.tokenizer_sha256, config=config, langs=langs)
+        if info.is_main:
+            amp = "bf16 autocast" if trainer.amp_dtype else "fp32"
+            print(f"pretrain: {model.num_params():,} parameters, objectives "
+                  f"{', '.join(f'{n} {w:.2f}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
+                  f"{info.world_size} process(es) on {info.device}, {amp}"
+                  f"{', compiled' if tc.compile else ''}", file=sys.stderr)
+        if resume:
+            step = trainer.load(ckpt_root)
+            if info.is_main:
+                print(f"pretrain: resumed from step {step}", file=sys.stderr)
+        return trainer.train()
+    finally:
+        if started:
+            xdist.destroy()
