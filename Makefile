@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt | $(VENV)/bin/python
-	$(PIP) install $(CONSTRAINTS) -e .
+	$(PIP) install $(CONSTRAINTS) -e '.[demo]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints-cpu.txt | $(VENV)/bin/python

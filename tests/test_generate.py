@@ -22,6 +22,7 @@ from xling.generate import (
     IncrementalDecoder,
     apply_repetition_penalty,
     beam_search,
+    decode_continuation,
     encode_prompts,
     for_precision,
     generate,
@@ -231,9 +232,18 @@ def test_generate_text_equals_decoded_ids(tok):
     model = make(tok=tok)
     out = generate(model, tok, ["In the beginning", "Свет во"], lang="en", cfg=GREEDY)
     ids, index = encode_prompts(tok, ["In the beginning", "Свет во"], "en")
-    want = [tok.decode(x, skip_special_tokens=True)
-            for x in generate_ids(model, ids, GREEDY, lang_index=index)]
-    assert out == want and all(out)
+    new = generate_ids(model, ids, GREEDY, lang_index=index)
+    # prompt + output is the decoded whole: the continuation keeps its leading space ("beginning" + " was")
+    want = [tok.decode(p + x, skip_special_tokens=True) for p, x in zip(ids, new, strict=True)]
+    assert [p + o for p, o in zip(["In the beginning", "Свет во"], out, strict=True)] == want and all(out)
+
+
+def test_continuation_keeps_its_leading_space(tok):
+    prompt, new = tok.encode("In the").ids, tok.encode("In the beginning was").ids[len(tok.encode("In the").ids):]
+    assert tok.decode(new) == "beginning was"  # alone, the decoder strips the first "▁"
+    assert decode_continuation(tok, prompt, new) == " beginning was"
+    dec = IncrementalDecoder(tok, prompt=prompt)
+    assert "".join(dec.push(t) for t in new) + dec.flush() == " beginning was"
 
 
 def test_stop_strings_and_stop_tokens_cut_the_output(tok):
@@ -249,7 +259,8 @@ def test_stop_strings_and_stop_tokens_cut_the_output(tok):
     name = tok.id_to_token(ids[4])
     by_token = generate(model, tok, ["In the beginning"], "en",
                         GenerateConfig(**{**cfg.__dict__, "stop_tokens": [name]}))[0]
-    assert by_token == tok.decode(ids[:ids.index(ids[4])], skip_special_tokens=True)
+    prompt_ids = encode_prompts(tok, ["In the beginning"], "en")[0][0]
+    assert by_token == decode_continuation(tok, prompt_ids, ids[:ids.index(ids[4])])
     with pytest.raises(XlingError, match="stop token"):
         generate(model, tok, ["x"], "en", GenerateConfig(stop_tokens=["<nope>"]))
 
@@ -321,7 +332,8 @@ def test_precision_copy(tok):
     model.train()  # generation runs in eval mode and gives the mode back
     out = generate(model, tok, ["In the"], "en", cfg)
     ids, index = encode_prompts(tok, ["In the"], "en")
-    assert out == [tok.decode(generate_ids(bf, ids, cfg, lang_index=index, stop_ids=[EOS_ID])[0])]
+    assert out == [decode_continuation(tok, ids[0], generate_ids(bf, ids, cfg, lang_index=index,
+                                                                 stop_ids=[EOS_ID])[0])]
     assert model.training and next(model.parameters()).dtype == torch.float32
 
 

@@ -1,10 +1,29 @@
-"""Retrieval: chunked exact search equals brute force; sentence vectors do not depend on batch padding."""
+"""Retrieval: chunked exact search equals brute force; sentence vectors do not depend on batch padding or order;
+vector files; the embed/retrieve commands and their one-line errors."""
+
+import json
 
 import numpy as np
+import pytest
 import torch
 
+from xling.cli import main
+from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
-from xling.tasks.retrieve import encode, nearest, top1_accuracy
+from xling.tasks.retrieve import (
+    default_layer,
+    embed_texts,
+    encode,
+    faiss_search,
+    load_encoder,
+    nearest,
+    read_vectors,
+    search,
+    top1_accuracy,
+    write_vectors,
+)
+
+from .test_mine import build_tiny_run
 
 SPECIALS = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "mask": 4}
 
@@ -48,3 +67,184 @@ def test_encode_is_independent_of_batch_padding_and_order():
     # without specials in the pool, a vector differs (tag and </s> excluded) but stays normalised
     plain = encode(model, seqs, lang_index=1, tag=6, specials=SPECIALS, pool_specials=False)
     assert not np.allclose(plain, together)
+
+
+# ---------------------------------------------------------------------------- search, vector files, commands
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster for tiny tensors
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return build_tiny_run(tmp_path_factory.mktemp("retrieve") / "run")
+
+
+def test_chunked_search_equals_the_full_matrix_product_for_any_chunk():
+    rng = np.random.default_rng(3)
+    q, docs = _unit(rng, 97, 24), _unit(rng, 501, 24)
+    sim = q @ docs.T
+    ref = np.argsort(-sim, axis=1, kind="stable")[:, :7]
+    for chunk in (1, 5, 32, 97, 1000):
+        scores, idx = nearest(q, docs, k=7, chunk=chunk)
+        np.testing.assert_array_equal(idx, ref)
+        np.testing.assert_allclose(scores, np.take_along_axis(sim, ref, 1), rtol=1e-6)
+    for max_bytes in (4 * 501, 4 * 501 * 10, 1 << 30):  # 1, 10, all query rows per block
+        scores, idx = search(q, docs, k=7, max_bytes=max_bytes)
+        np.testing.assert_array_equal(idx, ref)
+    scores, idx = nearest(q, docs[:3], k=10)  # k is capped at the number of documents
+    assert idx.shape == (97, 3) and sorted(idx[0]) == [0, 1, 2]
+    with pytest.raises(XlingError, match="dimension 24 but document vectors 16"):
+        search(q, docs[:, :16])
+
+
+def test_faiss_flat_index_gives_the_same_neighbours():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    q, docs = _unit(rng, 60, 32), _unit(rng, 2000, 32)
+    exact_scores, exact_idx = search(q, docs, k=5)
+    scores, idx = faiss_search(q, docs, k=5)
+    np.testing.assert_array_equal(idx, exact_idx)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+
+
+def test_vector_files_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    v = _unit(rng, 4, 8)
+    write_vectors(tmp_path / "out" / "en", v, ["a", "b", "c", "d"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["en.ids", "en.npy"]  # no temporary files left
+    back, ids = read_vectors(tmp_path / "out" / "en.npy")
+    np.testing.assert_array_equal(back, v)
+    assert back.dtype == np.float32 and ids == ["a", "b", "c", "d"]
+    (tmp_path / "out" / "en.ids").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(XlingError, match="2 ids for 4 vectors"):
+        read_vectors(tmp_path / "out" / "en")
+
+
+def test_default_layer_comes_from_the_retrieval_evaluation(tmp_path):
+    assert default_layer(tmp_path) == -1
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "retrieval.json").write_text(json.dumps({"metrics": {"retrieval.layer": 1}}))
+    assert default_layer(tmp_path) == 1
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_embed_keeps_input_order_despite_length_sorting(tiny_run, tmp_path, capsys):
+    texts = ["In the beginning was the word, and the word was with God, and the word was God.", "Light.",
+             "He came to his own, and his own did not receive him.", "", "Grace and truth (7)."]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    code = main(["embed", "--model", str(tiny_run), "--lang", "en", "--input", str(tmp_path / "in.txt"),
+                 "--out", str(tmp_path / "v" / "en"), "--batch-size", "2", "--layer", "1", "--no-pool-specials"])
+    assert code == 0, capsys.readouterr().err
+    vecs, ids = read_vectors(tmp_path / "v" / "en")
+    assert ids == ["1", "2", "3", "4", "5"] and vecs.shape == (5, 32)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+    model, tok = load_encoder(tiny_run)
+    alone = np.concatenate([embed_texts(model, tok, [t], "en", layer=1, pool_specials=False) for t in texts])
+    np.testing.assert_allclose(vecs, alone, atol=1e-5)  # row i is line i, whatever the batch order was
+    other = embed_texts(model, tok, texts, "en", layer=2, pool_specials=False)
+    assert not np.allclose(vecs, other)  # --layer was applied
+
+
+def test_retrieve_command_tsv_and_jsonl(tiny_run, tmp_path, capsys):
+    from xling.corpus import Corpus
+
+    corpus = Corpus(tiny_run / "corpus")
+    en, fr = corpus.texts("test", "en")[:12], corpus.texts("test", "fr")[:12]
+    (tmp_path / "en.txt").write_text("\n".join(en) + "\n", encoding="utf-8")
+    (tmp_path / "en2.txt").write_text("\n".join(reversed(en)) + "\n", encoding="utf-8")
+    (tmp_path / "fr.txt").write_text("\n".join(fr) + "\n", encoding="utf-8")
+    base = ["retrieve", "--model", str(tiny_run), "--queries", str(tmp_path / "en.txt")]
+    code = main([*base, "--docs", str(tmp_path / "en2.txt"), "--src", "en", "--tgt", "en", "-k", "3"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = [r.split("\t") for r in out.splitlines()]
+    assert rows[0] == ["query_id", "rank", "doc_id", "score", "query", "doc"] and len(rows) == 1 + 12 * 3
+    top = [r for r in rows[1:] if r[1] == "1"]
+    for qid, _, did, score, query, doc in top:  # the same sentence, reversed file: line i <-> line 13 - i
+        assert int(did) == 13 - int(qid) and query == doc and float(score) == pytest.approx(1.0, abs=1e-5)
+    code = main([*base, "--docs", str(tmp_path / "fr.txt"), "--src", "en", "--tgt", "fr", "-k", "2",
+                 "--format", "jsonl", "--out", str(tmp_path / "hits.jsonl")])
+    assert code == 0
+    lines = [json.loads(x) for x in (tmp_path / "hits.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [x["query"] for x in lines] == en and all(len(x["hits"]) == 2 for x in lines)
+    assert all(h["doc"] == fr[int(h["doc_id"]) - 1] for x in lines for h in x["hits"])
+    assert all(x["hits"][0]["score"] >= x["hits"][1]["score"] for x in lines)
+    # vectors from `xling embed` give the same neighbours as text
+    for lang, name in (("en", "en"), ("fr", "fr")):
+        assert main(["embed", "--model", str(tiny_run), "--lang", lang, "--input", str(tmp_path / f"{name}.txt"),
+                     "--out", str(tmp_path / f"{name}")]) == 0
+    capsys.readouterr()
+    assert main(["retrieve", "--model", str(tiny_run), "--queries", str(tmp_path / "en.npy"),
+                 "--docs", str(tmp_path / "fr.npy"), "-k", "2", "--format", "jsonl"]) == 0
+    from_vectors = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [[h["doc_id"] for h in x["hits"]] for x in from_vectors] == [[h["doc_id"] for h in x["hits"]]
+                                                                         for x in lines]
+
+
+def test_retrieve_warns_when_both_files_are_one_language(tiny_run, tmp_path, capsys):
+    from xling.corpus import Corpus
+
+    en = Corpus(tiny_run / "corpus").texts("test", "en")[:10]
+    (tmp_path / "a.txt").write_text("\n".join(en) + "\n", encoding="utf-8")
+    code = main(["retrieve", "--model", str(tiny_run), "--queries", str(tmp_path / "a.txt"), "--docs",
+                 str(tmp_path / "a.txt"), "--src", "en", "--tgt", "fr", "-k", "1"])
+    err = capsys.readouterr().err
+    assert code == 0 and "both look like en" in err and "cross-lingual en->fr" in err
+
+
+def test_commands_reject_bad_input_with_one_line(tiny_run, tmp_path, capsys):
+    good = tmp_path / "good.txt"
+    good.write_text("In the beginning\nThe light\n", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    np.save(tmp_path / "a.npy", np.ones((2, 8), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((2, 6), np.float32))
+    run = ["--model", str(tiny_run)]
+    embed = ["embed", *run, "--out", str(tmp_path / "o")]
+    retrieve = ["retrieve", *run, "--src", "en", "--tgt", "fr"]
+    cases = [
+        ([*embed, "--lang", "en", "--input", str(tmp_path / "missing.txt")], "does not exist"),
+        ([*embed, "--lang", "en", "--input", str(tmp_path / "empty.txt")], "empty"),
+        ([*embed, "--lang", "xx", "--input", str(good)], "<xx>"),
+        ([*embed, "--lang", "en", "--input", str(good), "--layer", "9"], "out of range"),
+        (["embed", "--model", str(tmp_path / "norun"), "--lang", "en", "--input", str(good), "--out", "o"],
+         "does not exist"),
+        ([*retrieve, "--queries", str(good), "--docs", str(tmp_path / "missing.txt")], "does not exist"),
+        ([*retrieve, "--queries", str(tmp_path / "empty.txt"), "--docs", str(good)], "empty"),
+        (["retrieve", *run, "--src", "en", "--tgt", "zz", "--queries", str(good), "--docs", str(good)], "<zz>"),
+        (["retrieve", *run, "--queries", str(tmp_path / "a.npy"), "--docs", str(tmp_path / "b.npy")], "dimension"),
+        ([*retrieve, "--queries", str(good), "--docs", str(good), "-k", "0"], "-k"),
+    ]
+    for argv, needle in cases:
+        code = main(argv)
+        assert code == 2, argv
+        assert needle in _one_line(capsys.readouterr().err), argv
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_retrieve_backend_faiss_equals_exact_or_says_how_to_install(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    write_vectors(tmp_path / "q", _unit(rng, 20, 16), [f"q{i}" for i in range(20)])
+    write_vectors(tmp_path / "d", _unit(rng, 300, 16), [f"d{i}" for i in range(300)])
+    argv = ["retrieve", "--model", str(tmp_path), "--queries", str(tmp_path / "q.npy"), "--docs",
+            str(tmp_path / "d.npy"), "-k", "3"]
+    assert main(argv) == 0  # vectors only: no model is loaded
+    exact = capsys.readouterr().out
+    code = main([*argv, "--backend", "faiss"])
+    out, err = capsys.readouterr()
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        assert code == 2 and "faiss-cpu" in _one_line(err)
+        return
+    assert code == 0
+    assert [r.split("\t")[:3] for r in out.splitlines()] == [r.split("\t")[:3] for r in exact.splitlines()]

@@ -224,6 +224,51 @@ def _vector_options(p: argparse.ArgumentParser) -> None:
                    help="pool the language tag and </s> with the words (default: what measured best)")
 
 
+def cmd_vectors(args) -> int:
+    """Word vectors per language of a run: static (gensim) from its corpus, or read out of its model."""
+    from xling.tasks.vectors import run_model_vectors, train_corpus_vectors
+
+    cfg = _resolve(args).vectors
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
+    run = Path(args.run)
+    if args.from_model:
+        out = args.out or run / "align" / f"vectors-model-{args.from_model}"
+        paths = run_model_vectors(run, out, langs, mode=args.from_model, cfg=cfg)
+    else:
+        out = args.out or run / "align" / "vectors"
+        paths = train_corpus_vectors(run / "corpus", out, langs, cfg, force=args.force)
+    print(f"vectors: {len(paths)} .vec files in {out}")
+    return 0
+
+
+def cmd_align(args) -> int:
+    """Map one language's word vectors onto another's; P@k of lexicon induction when a dictionary is given."""
+    from xling.errors import XlingError
+    from xling.tasks.align import align_files, align_from_corpus
+
+    extra = [f"align.methods=[{', '.join(_quote(m.strip()) for m in args.method.split(','))}]"] if args.method else []
+    cfg = _resolve(args, extra)
+    if not args.src or not args.tgt:
+        raise XlingError("give the languages: --src en --tgt fr (in run mode --tgt may list several: fr,ru)")
+    if args.src_vec or args.tgt_vec:
+        if not (args.src_vec and args.tgt_vec):
+            raise XlingError("give both --src-vec and --tgt-vec (.vec files), or neither and --run RUN")
+        if args.run or args.vectors:
+            raise XlingError("--src-vec/--tgt-vec align two files; --run/--vectors align a run's languages: "
+                             "use one or the other")
+        out = Path(args.out or f"align/{args.src}-{args.tgt}")
+        align_files(args.src_vec, args.tgt_vec, out, src_lang=args.src, tgt_lang=args.tgt, dictionary=args.dict,
+                    cfg=cfg.align)
+    else:
+        run = Path(args.run or DEFAULT_RUN)
+        out = Path(args.out or run / "align")
+        tgts = [x.strip() for x in args.tgt.split(",") if x.strip()]
+        align_from_corpus(run / "corpus", out, args.src, tgts, vectors_cfg=cfg.vectors, cfg=cfg.align,
+                          dictionary=args.dict or "freedict", vectors_dir=args.vectors)
+    print(f"align: results in {out} (table.md, results.json, W-<method>.npy, p_at_1_by_band.png)")
+    return 0
+
+
 def cmd_config(args) -> int:
     from xling.config import to_toml
 
@@ -245,6 +290,15 @@ def cmd_import(args) -> int:
     step_dir = import_run(args.hf_dir, args.run, corpus=args.corpus, overwrite=args.overwrite)
     print(f"import: wrote {step_dir} and {Path(args.run) / 'tokenizer'}; try `xling generate --run {args.run} "
           f"--lang LANG TEXT`" + ("" if args.corpus else " (pass --corpus DIR to also evaluate it)"))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from xling.tasks.classify import classify_run
+
+    extra = [f"classify.{k}={v}" for k, v in (("mode", args.mode), ("source", args.source)) if v]
+    cfg = _resolve(args, extra).classify
+    classify_run(args.run, cfg, data_files=args.data, hf=args.hf, out=args.out)
     return 0
 
 
@@ -344,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", help="language of the documents (default: detected)")
     p.add_argument("-k", type=int, default=5, help="documents per query (default 5)")
     p.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format (default tsv)")
-    p.add_argument("--backend", choices=["exact", "faiss", "auto"], default="exact",
-                   help="exact chunked search, or a FAISS flat index (faiss installed); auto: faiss for 200k+ docs")
+    p.add_argument("--backend", choices=["exact", "faiss"], default="exact",
+                   help="exact chunked search (default), or a FAISS flat index (needs faiss; least memory)")
     p.add_argument("--out", help="output file (default stdout)")
     p.set_defaults(func=cmd_retrieve)
 
@@ -361,6 +415,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=1.0, help="keep pairs with margin >= this (default 1.0)")
     p.add_argument("--out", help="output TSV (default stdout)")
     p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("vectors", help="word vectors per language (.vec): static from a run's corpus, or its model's")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--langs", help="comma-separated languages (default: every corpus language)")
+    p.add_argument("--from-model", nargs="?", const="input", choices=["input", "contextual"],
+                   help="read vectors out of the run's model: input embeddings (default) or contextual states "
+                        "averaged over a word's occurrences")
+    p.add_argument("--out", help="output folder (default <run>/align/vectors, or <run>/align/vectors-model-MODE)")
+    p.add_argument("--config", help="TOML file with a [vectors] section")
+    p.add_argument("--force", action="store_true", help="retrain even when cached vectors are up to date")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. vectors.dim=100 vectors.epochs=5")
+    p.set_defaults(func=cmd_vectors)
+
+    p = sub.add_parser("align", help="align word vectors across languages (Procrustes, adversarial, CSLS) and "
+                                     "score lexicon induction")
+    p.add_argument("--src-vec", help="source-language .vec file (with --tgt-vec; instead of --run)")
+    p.add_argument("--tgt-vec", help="target-language .vec file")
+    p.add_argument("--run", help=f"align a run's languages, vectors trained on its corpus (default {DEFAULT_RUN} "
+                                 f"when no .vec files are given)")
+    p.add_argument("--vectors", help="run mode: folder of <lang>.vec to use instead (e.g. from xling vectors "
+                                     "--from-model)")
+    p.add_argument("--src", help="source language, e.g. en")
+    p.add_argument("--tgt", help="target language(s), e.g. fr (run mode: fr,ru,de)")
+    p.add_argument("--method", help="procrustes | procrustes-refine | adversarial | identical, comma-separated "
+                                    "(default: align.methods, all four)")
+    p.add_argument("--dict", help="bilingual dictionary: a MUSE file ('src tgt' per line; {src}/{tgt} filled in), "
+                                  "freedict, cldr or freedict+cldr (default: none for files, freedict for a run)")
+    p.add_argument("--out", help="output folder (default align/SRC-TGT, or <run>/align)")
+    p.add_argument("--config", help="TOML file with [align] and [vectors] sections")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. align.refine_iters=3")
+    p.set_defaults(func=cmd_align)
 
     p = _stage_parser(sub, "config", "print the resolved config (defaults <- run <- --config <- overrides)")
     p.set_defaults(func=cmd_config)
@@ -382,6 +467,21 @@ def build_parser() -> argparse.ArgumentParser:
                                     "imported tokenizer, so `xling evaluate` works on the run")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory's content")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("classify", help="fine-tune a classifier on source-language labels, test on every language "
+                                        "(transfer matrix, gap, baselines)")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--data", nargs="+", help="labelled TSV/JSONL files (text, label, lang; split by name or column); "
+                                             "default: the run's Bible genre task")
+    p.add_argument("--mode", choices=["zero-shot", "translate-train", "multilingual"], help="classify.mode")
+    p.add_argument("--source", help="source language(s), comma-separated (classify.source, default en)")
+    p.add_argument("--hf", help="a local Hugging Face encoder folder (mBERT, XLM-R) to fine-tune instead of "
+                                "the run's model")
+    p.add_argument("--out", help="output folder (default RUN/classify)")
+    p.add_argument("--config", help="TOML file with a [classify] section")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="setting, e.g. -o classify.finetune=full -o classify.epochs=5")
+    p.set_defaults(func=cmd_classify)
     return parser
 
 

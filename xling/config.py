@@ -37,6 +37,10 @@ SECTIONS: dict[str, str] = {
     "model": "xling.model:ModelConfig",
     "train": "xling.trainer:TrainConfig",
     "generate": "xling.generate:GenerateConfig",
+    "translate": "xling.tasks.translate:TranslateConfig",
+    "vectors": "xling.tasks.vectors:VectorsConfig",
+    "align": "xling.tasks.align:AlignConfig",
+    "classify": "xling.tasks.classify:ClassifyConfig",
 }
 
 

@@ -33,7 +33,8 @@ import numpy as np
 from xling.errors import XlingError
 from xling.files import atomic_write_json
 
-PLUGINS: list[str] = []  # modules that register more evaluations, e.g. "xling.tasks.classify"
+# modules that register more evaluations
+PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify"]
 
 
 @dataclass

@@ -405,7 +405,7 @@ def _run(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, lang_i
                         ended[r] = True
                         continue
                     rows[r].append(t)
-                    if _find_stop(tokenizer.decode(rows[r], skip_special_tokens=True), stops) >= 0:
+                    if _find_stop(decode_continuation(tokenizer, prompts[r], rows[r]), stops) >= 0:
                         ended[r] = True
                         done[r] = True
         if stops:
@@ -445,7 +445,21 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], lang: str | list[s
         out = generate_ids(model, ids, cfg, lang_index=index, stop_ids=stop_ids)
     else:
         out = _run(model, ids, cfg, index, stop_ids, tokenizer)
-    return [_cut(tokenizer.decode(o, skip_special_tokens=True), cfg.stop) for o in out]
+    return [_cut(decode_continuation(tokenizer, p, o), cfg.stop) for p, o in zip(ids, out, strict=True)]
+
+
+def decode_continuation(tokenizer, prompt: Sequence[int], new: Sequence[int], context: int = 4) -> str:
+    """The text that `new` ids add after `prompt`: decoded with the prompt's last `context` ids before it.
+
+    Decoding the new ids alone loses a leading space (the Metaspace decoder strips the first "▁" of a text),
+    so "In the beginning" + [▁was, ▁the] would print "In the beginningwas the".
+    """
+    ctx = list(prompt[-context:]) if context else []
+    head = tokenizer.decode(ctx, skip_special_tokens=True)
+    full = tokenizer.decode(ctx + list(new), skip_special_tokens=True)
+    if ctx and full.startswith(head):
+        return full[len(head):]
+    return tokenizer.decode(list(new), skip_special_tokens=True)  # (a byte run across the boundary)
 
 
 class IncrementalDecoder:
@@ -464,8 +478,9 @@ class IncrementalDecoder:
     (then `stopped` is True).
     """
 
-    def __init__(self, tokenizer, stops: Sequence[str] = ()):
+    def __init__(self, tokenizer, stops: Sequence[str] = (), prompt: Sequence[int] = ()):
         self.tokenizer, self.stops = tokenizer, list(stops)
+        self.prompt = list(prompt)  # decoded before the new ids, so their leading space survives
         ids = (tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256))
         self.byte_ids = {i for i in ids if i is not None}  # empty for byte-level BPE
         self.special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
@@ -500,7 +515,7 @@ class IncrementalDecoder:
         return piece
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return decode_continuation(self.tokenizer, self.prompt, ids)
 
     def _held_back(self, text: str) -> int:
         n = len(text) - len(text.rstrip("\ufffd"))
@@ -527,7 +542,7 @@ def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
     ids, index = encode_prompts(tokenizer, [prompt], lang)
     stop_ids = set(stop_token_ids(tokenizer, cfg.stop_tokens))
     model = for_precision(model, cfg.precision)
-    dec = IncrementalDecoder(tokenizer, cfg.stop)
+    dec = IncrementalDecoder(tokenizer, cfg.stop, ids[0])
     with _eval_mode(model):
         lm = _LM(model, ids, index)
         for tok in _tokens(lm, cfg, min(cfg.max_new_tokens, lm.max_steps), None, None):

@@ -21,9 +21,8 @@ Refinement: `refine_iters` times, build a dictionary of mutual CSLS nearest neig
 without any dictionary by MUSE's criterion (mean cosine of the 10k most confident CSLS pairs) and
 the best one is kept. P@k is measured on a test dictionary split off by source frequency rank.
 
-Retrieval is CSLS(x, y) = 2 cos(Wx, y) - r_T(Wx) - r_S(y), with r the mean cosine of the k = 10
-nearest neighbours in the other space; it is computed in row chunks with a top-k per chunk, so
-100k x 100k words need a few hundred MB, never the full similarity matrix.
+Retrieval (NN, CSLS: `xling.tasks.csls`) is chunked: 100k x 100k words fit in a few hundred MB.
+The demo report's evaluation is `xling.tasks.align_eval`.
 """
 
 from __future__ import annotations
@@ -38,15 +37,28 @@ import numpy as np
 
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from xling.langs import check_lang
 from xling.progress import format_table, progress
+from xling.tasks.csls import (  # retrieval lives there; re-exported here (tests, bench)
+    Space,
+    build_dictionary,
+    candidate_pairs,
+    csls_reference,
+    evaluate_bli,
+    frequency_bands,
+    mean_cosine,
+    mean_knn_sim,
+    topk_scores,
+)
 from xling.tasks.dictionaries import (
     coverage_line,
+    dictionary_pairs,
     filter_pairs,
     identical_pairs,
     load_dictionary,
     split_by_rank,
 )
-from xling.tasks.vectors import Vectors, VectorsConfig, read_vec, train_static_vectors, write_vec
+from xling.tasks.vectors import Vectors, VectorsConfig, corpus_vectors, read_vec, write_vec
 
 METHODS = ("procrustes", "procrustes-refine", "adversarial", "identical")
 SUPERVISED = ("procrustes", "procrustes-refine")
@@ -141,192 +153,6 @@ def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def orthogonalize(w, beta: float):
     """One step towards the orthogonal manifold: W <- (1 + beta) W - beta (W W^T) W (MUSE, Cisse et al.)."""
     return (1 + beta) * w - beta * (w @ w.T) @ w
-
-
-# ---------------------------------------------------------------------------- retrieval: NN and CSLS
-
-def _unit(x):
-    import torch
-
-    t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
-    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-8)
-
-
-def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, own_k: int = 0,
-                memory_mb: int = 256, chunk_rows: int = 0):
-    """Top-k over keys of scale * (q . key) - penalty[key] for every query row, chunk by chunk.
-
-    queries (n, d), keys (m, d) torch float32; penalty (m,) or None. Only a (chunk, m) block of
-    scores exists at a time: chunk = `chunk_rows`, or memory_mb / (8 m) rows when 0 (the block and
-    topk's workspace). With own_k > 0 the same pass also returns each query's mean plain similarity
-    to its own_k nearest keys (CSLS's r of the queries), saving a second pass over the keys.
-    Returns (values (n, k), indices (n, k), r (n,) or None).
-    """
-    import torch
-
-    n, m = queries.shape[0], keys.shape[0]
-    k = min(k, m)
-    rows = chunk_rows or max(1, (memory_mb << 20) // (8 * m))
-    vals = torch.empty(n, k)
-    idx = torch.empty(n, k, dtype=torch.long)
-    r = torch.empty(n) if own_k else None
-    kt = keys.T.contiguous()  # (d, m)
-    with torch.no_grad():
-        for s in range(0, n, rows):
-            scores = queries[s:s + rows] @ kt  # (c, m)
-            if own_k:
-                r[s:s + rows] = scores.topk(min(own_k, m), dim=1).values.mean(dim=1)
-            if scale != 1.0:
-                scores.mul_(scale)
-            if penalty is not None:
-                scores.sub_(penalty[None, :])
-            vals[s:s + rows], idx[s:s + rows] = scores.topk(k, dim=1)
-    return vals, idx, r
-
-
-def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256, chunk_rows: int = 0):
-    """(n,) mean cosine of each query's k nearest keys: CSLS's r (unit rows assumed)."""
-    return topk_scores(queries, keys, k, memory_mb=memory_mb, chunk_rows=chunk_rows)[0].mean(dim=1)
-
-
-class Space:
-    """Mapped source and target vectors (unit rows) with NN / CSLS retrieval both ways.
-
-    The hubness terms r_S (each mapped source word's mean cosine to its k nearest targets) and r_T
-    (each target's to its k nearest mapped source words) are computed on first use and cached.
-    """
-
-    def __init__(self, src_mapped, tgt, csls_k: int = 10, memory_mb: int = 256, chunk_rows: int = 0):
-        self.src = _unit(src_mapped)  # (n_s, d)
-        self.tgt = _unit(tgt)  # (n_t, d)
-        self.k = csls_k
-        self.chunk = {"memory_mb": memory_mb, "chunk_rows": chunk_rows}  # see topk_scores
-        self._r = {}
-
-    def r(self, side: str):
-        """r_S ("src") or r_T ("tgt") of every row (computed once)."""
-        if side not in self._r:
-            q, other = (self.src, self.tgt) if side == "src" else (self.tgt, self.src)
-            self._r[side] = mean_knn_sim(q, other, self.k, **self.chunk)
-        return self._r[side]
-
-    def s2t(self, ids, k: int = 10, method: str = "csls"):
-        """Top-k targets of the mapped source words `ids`: (scores (q, k), indices (q, k)) numpy."""
-        return self._search("src", ids, k, method)
-
-    def t2s(self, ids, k: int = 10, method: str = "csls"):
-        """Top-k mapped source words of the targets `ids`."""
-        return self._search("tgt", ids, k, method)
-
-    def _search(self, side: str, ids, k: int, method: str):
-        import torch
-
-        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        q, keys, other = (self.src, self.tgt, "tgt") if side == "src" else (self.tgt, self.src, "src")
-        if method == "nn":
-            v, i, _ = topk_scores(q[ids], keys, k, **self.chunk)
-        elif method == "csls":
-            # 2 cos(x, y) - r(y) ranks the keys; the query's own r comes from the same pass if not known
-            known = side in self._r
-            v, i, r_q = topk_scores(q[ids], keys, k, scale=2.0, penalty=self.r(other),
-                                    own_k=0 if known else self.k, **self.chunk)
-            v = v - (self._r[side][ids] if known else r_q)[:, None]
-            if not known and len(ids) == len(q) and bool((ids == torch.arange(len(q))).all()):
-                self._r[side] = r_q  # every row was a query: keep their r for searches the other way
-        else:
-            raise ValueError(f"retrieval method must be nn or csls, not {method!r}")
-        return v.numpy(), i.numpy()
-
-
-def csls_reference(src_mapped: np.ndarray, tgt: np.ndarray, k: int = 10) -> np.ndarray:
-    """The full CSLS matrix (n_s, n_t) by brute force in numpy: for tests and small inputs only."""
-    s = src_mapped / np.linalg.norm(src_mapped, axis=1, keepdims=True)
-    t = tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
-    cos = s @ t.T  # (n_s, n_t)
-    r_s = np.sort(cos, axis=1)[:, -k:].mean(axis=1)  # (n_s,) each source's k nearest targets
-    r_t = np.sort(cos, axis=0)[-k:, :].mean(axis=0)  # (n_t,) each target's k nearest sources
-    return 2 * cos - r_s[:, None] - r_t[None, :]
-
-
-# ---------------------------------------------------------------------------- dictionaries from a mapping
-
-def candidate_pairs(space: Space, direction: str = "s2t", method: str = "csls", max_rank: int = 15000,
-                    max_size: int = 0) -> np.ndarray:
-    """Best translation of each of the `max_rank` most frequent words, most confident first.
-
-    Confidence = score of the best minus the second-best candidate (MUSE). Pairs whose translation
-    is beyond `max_rank` are dropped; at most `max_size` pairs kept (0 = all). Returns (m, 2)
-    (source row, target row) whatever the direction.
-    """
-    n = len(space.src) if direction == "s2t" else len(space.tgt)
-    n_q = min(max_rank, n) if max_rank > 0 else n
-    search = space.s2t if direction == "s2t" else space.t2s
-    scores, idx = search(np.arange(n_q), 2, method)
-    best = idx[:, 0]
-    conf = scores[:, 0] - scores[:, 1] if scores.shape[1] > 1 else scores[:, 0]
-    order = np.argsort(-conf, kind="stable")
-    pairs = np.stack([np.arange(n_q), best], axis=1)[order]  # (n_q, 2) query, answer
-    if max_rank > 0:
-        pairs = pairs[pairs[:, 1] < max_rank]
-    if max_size > 0:
-        pairs = pairs[:max_size]
-    return pairs if direction == "s2t" else pairs[:, ::-1].copy()
-
-
-def build_dictionary(space: Space, build: str = "S2T&T2S", method: str = "csls",
-                     max_rank: int = 15000) -> np.ndarray:
-    """A dictionary induced from the mapping: S2T, T2S, their union (S2T|T2S) or mutual neighbours
-    (S2T&T2S, refinement's default). (m, 2) source/target rows."""
-    s2t = candidate_pairs(space, "s2t", method, max_rank)
-    if build == "S2T":
-        return s2t
-    t2s = candidate_pairs(space, "t2s", method, max_rank)
-    if build == "T2S":
-        return t2s
-    t2s_set = {tuple(p) for p in t2s.tolist()}
-    if build == "S2T&T2S":
-        keep = [p for p in s2t.tolist() if tuple(p) in t2s_set]
-    elif build == "S2T|T2S":
-        s2t_set = {tuple(p) for p in s2t.tolist()}
-        keep = s2t.tolist() + [p for p in t2s.tolist() if tuple(p) not in s2t_set]
-    else:
-        raise ValueError(f"build must be S2T, T2S, S2T|T2S or S2T&T2S, not {build!r}")
-    return np.array(keep, dtype=np.int64).reshape(-1, 2)
-
-
-def mean_cosine(space: Space, max_rank: int = 10000, max_size: int = 10000) -> float:
-    """MUSE's unsupervised model-selection criterion: mean cosine of the `max_size` most confident
-    CSLS source->target pairs among the `max_rank` most frequent words."""
-    pairs = candidate_pairs(space, "s2t", "csls", max_rank, max_size)
-    if len(pairs) == 0:
-        return 0.0
-    s, t = space.src[pairs[:, 0]], space.tgt[pairs[:, 1]]
-    return float((s * t).sum(dim=1).mean())
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-def evaluate_bli(space: Space, pairs: np.ndarray, method: str = "csls",
-                 ks: tuple[int, ...] = (1, 5, 10)) -> tuple[dict[int, float], np.ndarray, np.ndarray]:
-    """Precision@k of bilingual lexicon induction on (source row, target row) gold pairs.
-
-    Each distinct source word is one query; it counts as correct at k if any of its gold
-    translations is among its top-k retrieved targets. Returns ({k: P@k}, query rows, correct@1).
-    """
-    if len(pairs) == 0:
-        raise XlingError("the test dictionary is empty; widen align.test_ranks or give a larger dictionary")
-    queries, inverse = np.unique(pairs[:, 0], return_inverse=True)
-    _, idx = space.s2t(queries, max(ks), method)  # (q, K)
-    gold = np.zeros(idx.shape, dtype=bool)
-    for row, tgt in zip(inverse.ravel(), pairs[:, 1], strict=True):
-        gold[row] |= idx[row] == tgt
-    hit_by = np.cumsum(gold, axis=1) > 0  # (q, K): a gold translation within the first k
-    return {k: float(hit_by[:, k - 1].mean()) for k in ks}, queries, hit_by[:, 0]
-
-
-def frequency_bands(n: int) -> list[tuple[int, int]]:
-    edges = [e for e in (0, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000) if e < n] + [n]
-    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 # ---------------------------------------------------------------------------- learning the mapping
@@ -510,6 +336,9 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
     if pairs:
         idx, stats = filter_pairs(pairs, src.index, tgt.index)
         log(coverage_line(stats, src_lang, tgt_lang))
+        if len(idx) == 0:
+            raise XlingError(f"no pair of the {src_lang}-{tgt_lang} dictionary ({stats['pairs']:,} pairs) has both "
+                             f"words in the vocabularies; check the languages and the word forms (lowercase)")
         train, test = split_by_rank(idx, tuple(cfg.train_ranks), tuple(cfg.test_ranks))
         results["dictionary"] = dict(stats, train_pairs=len(train), test_pairs=len(test),
                                      train_words=len(np.unique(train[:, 0])),
@@ -668,49 +497,78 @@ def _jsonable(obj):
 def align_files(src_vec: str | Path, tgt_vec: str | Path, out_dir: str | Path, *, src_lang: str,
                 tgt_lang: str, dictionary: str | None = None, cfg: AlignConfig | None = None,
                 log: Callable[[str], None] = print) -> dict:
-    """`xling align`: align two `.vec` files; `dictionary` = a MUSE file, "freedict", "cldr",
-    "freedict+cldr" or None (unsupervised methods only)."""
+    """`xling align --src-vec A --tgt-vec B`: align two `.vec` files; `dictionary` = a MUSE file,
+    "freedict", "cldr", "freedict+cldr" or None (unsupervised methods only)."""
+    check_lang(src_lang, "--src")
+    check_lang(tgt_lang, "--tgt")
     cfg = cfg or AlignConfig()
     src = read_vec(src_vec, max_words=cfg.max_vocab)
     tgt = read_vec(tgt_vec, max_words=cfg.max_vocab)
+    if src.dim != tgt.dim:  # before a dictionary is loaded (FreeDict en-de takes seconds)
+        raise XlingError(f"{src_vec} has {src.dim}-dimensional vectors but {tgt_vec} {tgt.dim}-dimensional; "
+                         f"an orthogonal map needs equal dimensions")
+    for vecs, path in ((src, src_vec), (tgt, tgt_vec)):
+        if len(vecs) < 2:
+            raise XlingError(f"{path} holds {len(vecs)} word vector(s); alignment needs a vocabulary")
     pairs = load_dictionary(dictionary, src_lang, tgt_lang) if dictionary else None
     return run_align(src, tgt, out_dir, src_lang=src_lang, tgt_lang=tgt_lang, pairs=pairs, cfg=cfg, log=log)
 
 
-def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str, tgt_langs: list[str], *,
-                      vectors_cfg: VectorsConfig | None = None, cfg: AlignConfig | None = None,
-                      dictionary: str = "freedict", log: Callable[[str], None] = print) -> dict[str, float]:
-    """The demo: static vectors per language from the corpus's train split (`<out_dir>/vectors/`),
-    then `run_align` for src -> each target into `<out_dir>/<src>-<tgt>/`. `dictionary` is a
-    `load_dictionary` spec ("freedict", "dicts/{src}-{tgt}.txt", ...); where it has nothing for a
-    pair, CLDR names are tried, then none (unsupervised methods only, no P@k).
-    Returns the merged `align.*` metrics (also written to `<out_dir>/metrics.json`)."""
+def align_pairs(corpus_dir: str | Path, out_dir: str | Path, src_lang: str, tgt_langs: list[str], *,
+                vectors_cfg: VectorsConfig | None = None, cfg: AlignConfig | None = None,
+                dictionary: str = "freedict", vectors_dir: str | Path | None = None,
+                log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Align `src_lang` to each of `tgt_langs` of a corpus: {pair: run_align's results}.
+
+    Vectors are `<vectors_dir>/<lang>.vec` when given (e.g. from `xling vectors --from-model`), else
+    static vectors trained on the corpus's train split, cached in `<out_dir>/vectors/`. Dictionaries
+    as `dictionary_pairs` (cached in `<out_dir>/dicts/`); each pair's outputs go to `<out_dir>/<pair>/`.
+    """
     from xling.corpus import Corpus
 
     corpus = Corpus(corpus_dir)
     out_dir = Path(out_dir)
-    vecs = {}
-    for lang in [src_lang] + list(tgt_langs):
+    langs = list(dict.fromkeys([src_lang, *tgt_langs]))
+    for lang in langs:  # every language checked before any training starts
+        check_lang(lang)
         if lang not in corpus.langs:
-            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} "
-                             f"({', '.join(corpus.langs)})")
+            raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} ({', '.join(corpus.langs)})")
+        if lang == src_lang and lang in tgt_langs:
+            raise XlingError(f"source and target language are both {lang!r}; align two different languages")
+    vecs = {}
+    for lang in langs:
         t0 = time.perf_counter()
-        vecs[lang] = train_static_vectors(corpus.texts("train", lang), vectors_cfg)
-        log(f"vectors {lang}: {len(vecs[lang]):,} words, {time.perf_counter() - t0:.1f} s")
-        write_vec(out_dir / "vectors" / f"{lang}.vec", vecs[lang])
-    metrics: dict[str, float] = {}
+        if vectors_dir is not None:
+            vecs[lang] = read_vec(Path(vectors_dir) / f"{lang}.vec")
+            how = f"read from {vectors_dir}"
+        else:
+            vecs[lang], cached = corpus_vectors(corpus, lang, out_dir / "vectors", vectors_cfg)
+            how = "cached" if cached else f"trained in {time.perf_counter() - t0:.1f} s"
+        log(f"vectors {lang}: {len(vecs[lang]):,} words x {vecs[lang].dim} ({how})")
+    results = {}
     for tgt in tgt_langs:
-        pairs = None
-        for spec in dict.fromkeys([dictionary, "cldr"]):
-            try:
-                pairs = load_dictionary(spec, src_lang, tgt)
-                break
-            except XlingError as e:
-                log(f"dictionary {spec} for {src_lang}-{tgt}: {e}")
-        res = run_align(vecs[src_lang], vecs[tgt], out_dir / f"{src_lang}-{tgt}", src_lang=src_lang,
-                        tgt_lang=tgt, pairs=pairs, cfg=cfg, log=log)
+        pairs = dictionary_pairs(dictionary, src_lang, tgt, out_dir / "dicts", log)
+        if pairs and len(filter_pairs(pairs, vecs[src_lang].index, vecs[tgt].index)[0]) == 0:
+            log(f"dictionary for {src_lang}-{tgt}: no pair in the vocabularies; unsupervised methods only")
+            pairs = None
+        results[f"{src_lang}-{tgt}"] = run_align(vecs[src_lang], vecs[tgt], out_dir / f"{src_lang}-{tgt}",
+                                                 src_lang=src_lang, tgt_lang=tgt, pairs=pairs, cfg=cfg, log=log)
+    return results
+
+
+def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str, tgt_langs: list[str], *,
+                      vectors_cfg: VectorsConfig | None = None, cfg: AlignConfig | None = None,
+                      dictionary: str = "freedict", vectors_dir: str | Path | None = None,
+                      log: Callable[[str], None] = print) -> dict[str, float]:
+    """`xling align --run RUN`: `align_pairs`, then the merged `align.*` metrics of every pair
+    (also written to `<out_dir>/metrics.json`). Where `dictionary` has nothing for a pair, CLDR
+    names are tried, then none (unsupervised methods only, no P@k)."""
+    results = align_pairs(corpus_dir, out_dir, src_lang, tgt_langs, vectors_cfg=vectors_cfg, cfg=cfg,
+                          dictionary=dictionary, vectors_dir=vectors_dir, log=log)
+    metrics: dict[str, float] = {}
+    for res in results.values():
         metrics.update(res["metrics"])
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
 
@@ -724,3 +582,11 @@ def load_mapping(path: str | Path) -> np.ndarray:
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise XlingError(f"mapping {path} has shape {w.shape}; expected a square (d, d) matrix")
     return w
+
+
+__all__ = ["AlignConfig", "METHODS", "SUPERVISED", "normalize_embeddings", "procrustes", "orthogonalize",
+           "refine", "adversarial", "learn_mapping", "run_align", "align_metrics", "results_table",
+           "plot_bands", "align_files", "dictionary_pairs", "align_pairs", "align_from_corpus", "load_mapping",
+           # re-exported from xling.tasks.csls
+           "Space", "topk_scores", "mean_knn_sim", "csls_reference", "candidate_pairs", "build_dictionary",
+           "mean_cosine", "evaluate_bli", "frequency_bands"]

@@ -21,6 +21,7 @@ import gc
 import gzip
 import re
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,34 @@ def load_dictionary(spec: str, src: str, tgt: str) -> list[tuple[str, str]]:
         else:
             pairs.update(read_dictionary(part.replace("{src}", src).replace("{tgt}", tgt)))
     return sorted(pairs)
+
+
+BUILT_IN_DICTS = ("freedict", "cldr")
+
+
+def dictionary_pairs(spec: str, src: str, tgt: str, cache_dir: str | Path | None = None,
+                     log: Callable[[str], None] = print) -> list[tuple[str, str]] | None:
+    """Pairs from `spec` (see `load_dictionary`), else from CLDR names, else None (with a log line).
+
+    Built-in sources (FreeDict, CLDR) are cached as MUSE files in `cache_dir`: parsing FreeDict's
+    eng-deu takes ~10 s, reading the cached pairs a few ms."""
+    for s in dict.fromkeys([spec, "cldr"]):
+        built_in = all(part.strip() in BUILT_IN_DICTS for part in s.split("+"))
+        cached = Path(cache_dir) / f"{src}-{tgt}.{s.replace('+', '_')}.txt" if cache_dir and built_in else None
+        if cached is not None and cached.is_file():
+            return read_dictionary(cached)
+        try:
+            pairs = load_dictionary(s, src, tgt)
+        except XlingError as e:
+            log(f"dictionary {s} for {src}-{tgt}: {e}")
+            continue
+        if not pairs:
+            log(f"dictionary {s} for {src}-{tgt}: no single-word pair")
+            continue
+        if cached is not None:
+            write_dictionary(cached, pairs)
+        return pairs
+    return None
 
 
 def identical_pairs(src_words: list[str], tgt_words: list[str], max_rank: int = 0) -> np.ndarray:

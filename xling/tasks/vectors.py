@@ -5,8 +5,9 @@
     vecs = read_vec("wiki.en.vec", max_words=200_000)     # fastText / MUSE files work as they are
     vecs = model_word_vectors(model, tokenizer, words, mode="contextual", texts=texts)
 
-CLI: `xling vectors --run runs/demo` trains one `.vec` file per corpus language
-(`train_corpus_vectors`). Rows are always in frequency order (most frequent word
+CLI: `xling vectors --run runs/demo` trains one `.vec` file per corpus language into
+`runs/demo/align/vectors/` (`train_corpus_vectors`, cached); `--from-model` reads them out of the
+run's model instead (`run_model_vectors`). Rows are always in frequency order (most frequent word
 first): alignment uses the row index as the word's frequency rank.
 
 Static vectors come from gensim (skip-gram, CBOW or fastText; the optional extra
@@ -16,8 +17,11 @@ vectors every run.
 
 from __future__ import annotations
 
+import json
+import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,21 +229,96 @@ def train_static_vectors(texts: list[str], cfg: VectorsConfig | None = None) -> 
     return Vectors(list(wv.index_to_key), np.asarray(wv.vectors, dtype=np.float32))
 
 
+def corpus_vectors(corpus, lang: str, out_dir: str | Path, cfg: VectorsConfig | None = None, *,
+                   split: str = "train", force: bool = False) -> tuple[Vectors, bool]:
+    """Static vectors of one corpus language, cached as `<out_dir>/<lang>.vec` + `<lang>.json`.
+
+    The `.json` stamp records the VectorsConfig and the sha256 of the corpus text; a cached file is
+    reused only when both match (and not `force`). `corpus` is an `xling.corpus.Corpus`.
+    Returns (vectors, whether they came from the cache).
+    """
+    from dataclasses import asdict
+
+    from xling.files import atomic_write_json, sha256_text
+
+    cfg = cfg or VectorsConfig()
+    if lang not in corpus.langs:
+        raise XlingError(f"language {lang!r} is not in the corpus {corpus.path} ({', '.join(corpus.langs)})")
+    texts = corpus.texts(split, lang)
+    stamp = {"vectors": asdict(cfg), "split": split, "text_sha256": sha256_text("\n".join(texts))}
+    vec_path, stamp_path = Path(out_dir) / f"{lang}.vec", Path(out_dir) / f"{lang}.json"
+    if not force and vec_path.is_file() and stamp_path.is_file():
+        try:
+            same = json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            same = False
+        if same:
+            return read_vec(vec_path), True
+    vecs = train_static_vectors(texts, cfg)
+    write_vec(vec_path, vecs)
+    atomic_write_json(stamp_path, stamp)  # written after the vectors: a stamp always has its file
+    return vecs, False
+
+
 def train_corpus_vectors(corpus_dir: str | Path, out_dir: str | Path, langs: list[str] | None = None,
-                         cfg: VectorsConfig | None = None, split: str = "train") -> dict[str, Path]:
-    """`xling vectors`: train static vectors for each corpus language -> `<out_dir>/<lang>.vec`."""
+                         cfg: VectorsConfig | None = None, split: str = "train", force: bool = False,
+                         log: Callable[[str], None] = print) -> dict[str, Path]:
+    """`xling vectors`: static vectors for each corpus language -> `<out_dir>/<lang>.vec` (cached:
+    a language whose text and config did not change is not trained again)."""
     from xling.corpus import Corpus
 
     corpus = Corpus(corpus_dir)
     langs = langs or list(corpus.langs)
-    out: dict[str, Path] = {}
-    for lang in langs:
+    for lang in langs:  # every language checked before any training starts
         if lang not in corpus.langs:
             raise XlingError(f"language {lang!r} is not in the corpus {corpus_dir} "
                              f"({', '.join(corpus.langs)})")
-        vecs = train_static_vectors(corpus.texts(split, lang), cfg)
+    out: dict[str, Path] = {}
+    for lang in langs:
+        t0 = time.perf_counter()
+        vecs, cached = corpus_vectors(corpus, lang, out_dir, cfg, split=split, force=force)
+        out[lang] = Path(out_dir) / f"{lang}.vec"
+        how = "up to date" if cached else f"trained in {time.perf_counter() - t0:.1f} s"
+        log(f"vectors {lang}: {len(vecs):,} words x {vecs.dim} ({how}) -> {out[lang]}")
+    return out
+
+
+def run_model_vectors(run_dir: str | Path, out_dir: str | Path, langs: list[str] | None = None, *,
+                      mode: str = "input", cfg: VectorsConfig | None = None, split: str = "train",
+                      log: Callable[[str], None] = print) -> dict[str, Path]:
+    """`xling vectors --from-model`: word vectors out of a run's trained model, one `.vec` per language.
+
+    The words are the corpus words seen at least `cfg.min_count` times (lowercased when `cfg.lower`;
+    at most `cfg.max_words`), in frequency order; `mode` as in `model_word_vectors` (contextual mode
+    reads the words in the split's text, the language tag first, language ids when the model has them).
+    """
+    from xling.corpus import Corpus
+    from xling.generate import load_for_generation
+    from xling.tokenizer import lang_ids
+
+    if mode not in MODEL_MODES:
+        raise XlingError(f"model vector mode must be one of {', '.join(MODEL_MODES)}, not {mode!r}")
+    cfg = cfg or VectorsConfig()
+    corpus = Corpus(Path(run_dir) / "corpus")
+    langs = langs or list(corpus.langs)
+    for lang in langs:
+        if lang not in corpus.langs:
+            raise XlingError(f"language {lang!r} is not in the corpus of {run_dir} ({', '.join(corpus.langs)})")
+    model, tok = load_for_generation(run_dir)
+    tags = lang_ids(tok, list(corpus.langs))
+    out: dict[str, Path] = {}
+    for lang in langs:
+        t0 = time.perf_counter()
+        texts = corpus.texts(split, lang)
+        counts = word_counts(texts, cfg.lower)
+        words = [w for w, c in counts.most_common(cfg.max_words or None) if c >= cfg.min_count]
+        index = list(corpus.langs).index(lang) if getattr(model.cfg, "n_langs", 0) else None
+        vecs = model_word_vectors(model, tok, words, mode=mode, texts=texts, lang_token_id=tags[lang],
+                                  lang_index=index, lower=cfg.lower)
         out[lang] = Path(out_dir) / f"{lang}.vec"
         write_vec(out[lang], vecs)
+        log(f"model vectors {lang} ({mode}): {len(vecs):,} words x {vecs.dim}, "
+            f"{time.perf_counter() - t0:.1f} s -> {out[lang]}")
     return out
 
 
@@ -354,4 +433,5 @@ def cosine_neighbours(vectors: Vectors, word: str, k: int = 10) -> list[tuple[st
 
 
 __all__ = ["VectorsConfig", "Vectors", "read_vec", "write_vec", "tokenize_words", "word_counts",
-           "train_static_vectors", "train_corpus_vectors", "model_word_vectors", "cosine_neighbours"]
+           "train_static_vectors", "corpus_vectors", "train_corpus_vectors", "run_model_vectors",
+           "model_word_vectors", "cosine_neighbours"]

@@ -1,0 +1,244 @@
+"""Bitext mining with LASER's ratio margin: find the translation pairs hidden in two piles of sentences.
+
+    found = mine(src_vecs, tgt_vecs, k=4, mode="intersection", threshold=1.0)   # Mined(src, tgt, score)
+    result = mine_eval(src_vecs, tgt_vecs, gold)       # precision / recall / F1 against known pairs
+    result = mine_eval_run("runs/demo", "en", "fr")     # the same on the run's held-out test verses
+
+CLI: `xling mine en.txt fr.txt --model runs/demo --src en --tgt fr [--mode intersection] [--threshold 1.0]`
+writes TSV lines `score  src_id  tgt_id  src  tgt` (ids = line numbers), best first. Inputs may also be
+PREFIX.npy vectors from `xling embed`.
+
+Score (Artetxe & Schwenk 2019, "Margin-based parallel corpus mining"; LASER's mine_bitexts, BUCC):
+
+    margin(x, y) = cos(x, y) / ( sum_{z in NN_k(x)} cos(x, z) / 2k  +  sum_{z in NN_k(y)} cos(y, z) / 2k )
+
+NN_k(x) = the k nearest target sentences of source x by cosine, NN_k(y) = the k nearest source sentences of
+target y; k = 4. Dividing by the neighbourhood's mean cosine discounts "hubs" that are close to everything.
+Modes: forward = each source sentence with its best target by margin; backward = each target with its best
+source; intersection = the pairs both directions agree on (mutual best). A pair is kept when its margin is
+>= threshold. The best candidate is the argmax over *all* sentences of the other side (computed in chunks,
+bounded memory), where LASER rescored only the k cosine neighbours: the two agree unless the margin-best
+sentence is not among the k cosine-nearest, and ours is then the true argmax of the score.
+
+Evaluation (`mine_eval`, the demo's `mining.f1.<src>-<tgt>`): the held-out test verses of two languages, the
+target side shuffled with a fixed seed; the truth is the shared verse key. Precision = correct / mined,
+recall = correct / gold pairs, F1 their harmonic mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xling.errors import XlingError
+from xling.evaluate import EvalContext, evaluation
+from xling.tasks.retrieve import MAX_BYTES, as_matrix, nearest
+
+MODES = ("forward", "backward", "intersection")
+K = 4  # neighbourhood size of the margin (LASER, BUCC)
+THRESHOLD = 1.0  # default margin: a pair's cosine must reach its neighbourhoods' mean (raise it for noisy piles)
+EPS = 1e-6  # floor of the margin's denominator (a neighbourhood mean cosine <= 0 would flip the sign)
+
+
+@dataclass
+class Mined:
+    src: np.ndarray  # (P,) int64 row of each mined pair in the source vectors
+    tgt: np.ndarray  # (P,) int64 row in the target vectors
+    score: np.ndarray  # (P,) float32 margin, sorted best first
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def knn_mean(x: np.ndarray, y: np.ndarray, k: int = K) -> np.ndarray:
+    """(N,) mean cosine of each row of x with its k nearest rows of y (k capped at len(y))."""
+    scores, _ = nearest(x, y, k)
+    return scores.mean(1)
+
+
+def margin_matrix(x: np.ndarray, y: np.ndarray, k: int = K) -> np.ndarray:
+    """The full (N, M) ratio-margin matrix (for small inputs and tests; `mine` never builds it)."""
+    x, y = as_matrix(x, "source vectors"), as_matrix(y, "target vectors")
+    rx, ry = knn_mean(x, y, k), knn_mean(y, x, k)
+    return (x @ y.T) / np.maximum((rx[:, None] + ry[None, :]) / 2, EPS)
+
+
+def best_by_margin(x: np.ndarray, y: np.ndarray, rx: np.ndarray, ry: np.ndarray, *,
+                   max_bytes: int = MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of x: (index of the row of y with the highest margin (N,), that margin (N,)).
+
+    rx, ry: the neighbourhood mean cosines (`knn_mean`) of x and of y. Chunked over x: the (c, M) block of
+    scores is the only large array.
+    """
+    n, m = len(x), len(y)
+    chunk = max(1, min(n, max_bytes // (4 * max(m, 1))))
+    best = np.empty(n, dtype=np.int64)
+    score = np.empty(n, dtype=np.float32)
+    half_ry = ry[None, :] / 2
+    for s in range(0, n, chunk):
+        sim = x[s:s + chunk] @ y.T  # (c, M) cosines
+        sim /= np.maximum(rx[s:s + chunk, None] / 2 + half_ry, EPS)  # -> margins, in place
+        j = sim.argmax(1)
+        best[s:s + chunk] = j
+        score[s:s + chunk] = sim[np.arange(len(j)), j]
+    return best, score
+
+
+def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersection",
+         threshold: float = THRESHOLD) -> Mined:
+    """Mine translation pairs between L2-normalised source (N, D) and target (M, D) vectors."""
+    if mode not in MODES:
+        raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")
+    if k < 1:
+        raise XlingError(f"k must be >= 1, not {k}")
+    x, y = as_matrix(src, "source vectors"), as_matrix(tgt, "target vectors")
+    if x.shape[1] != y.shape[1]:
+        raise XlingError(f"source vectors have dimension {x.shape[1]} but target vectors {y.shape[1]}; "
+                         f"embed both with the same model (and layer)")
+    if not len(x) or not len(y):
+        empty = np.empty(0, np.int64)
+        return Mined(empty, empty, np.empty(0, np.float32))
+    rx, ry = knn_mean(x, y, k), knn_mean(y, x, k)
+    if mode in ("forward", "intersection"):
+        fwd, fwd_score = best_by_margin(x, y, rx, ry)  # source i -> target fwd[i]
+    if mode in ("backward", "intersection"):
+        bwd, bwd_score = best_by_margin(y, x, ry, rx)  # target j -> source bwd[j]
+    if mode == "forward":
+        i, j, s = np.arange(len(x)), fwd, fwd_score
+    elif mode == "backward":
+        i, j, s = bwd, np.arange(len(y)), bwd_score
+    else:
+        i = np.flatnonzero(bwd[fwd] == np.arange(len(x)))  # mutual best: i -> j and j -> i
+        j, s = fwd[i], fwd_score[i]
+    keep = s >= threshold
+    i, j, s = i[keep], j[keep], s[keep]
+    order = np.lexsort((j, i, -s))  # best first; ties by source then target row
+    return Mined(i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float32))
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def gold_pairs(src_keys: list[str], tgt_keys: list[str]) -> np.ndarray:
+    """(G, 2) rows (i, j) with src_keys[i] == tgt_keys[j]: the true translation pairs."""
+    where = {key: j for j, key in enumerate(tgt_keys)}
+    rows = [(i, where[key]) for i, key in enumerate(src_keys) if key in where]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def mine_eval(src: np.ndarray, tgt: np.ndarray, gold: np.ndarray, *, k: int = K, mode: str = "intersection",
+              threshold: float = THRESHOLD, seed: int = 0) -> dict:
+    """Precision / recall / F1 of mining src against a shuffled tgt, gold = (G, 2) true (src row, tgt row).
+
+    The target rows are permuted with `seed` before mining and mapped back after, so the answer cannot
+    come from the order of the rows.
+    """
+    perm = np.random.default_rng(seed).permutation(len(tgt))  # shuffled row r = original row perm[r]
+    found = mine(src, np.asarray(tgt)[perm], k=k, mode=mode, threshold=threshold)
+    mined = set(zip(found.src.tolist(), perm[found.tgt].tolist(), strict=True))
+    truth = set(map(tuple, np.asarray(gold).tolist()))
+    correct = len(mined & truth)
+    p = correct / len(mined) if mined else 0.0
+    r = correct / len(truth) if truth else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f1, "mined": len(mined), "gold": len(truth), "correct": correct,
+            "mode": mode, "threshold": threshold, "k": k}
+
+
+def _split_segments(shards, split: str, lang: str, cap: int) -> list[np.ndarray]:
+    n = min(shards.num_segments(split, lang), cap)
+    return [np.asarray(shards.segment(split, lang, i), np.int64) for i in range(n)]
+
+
+def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", layer: int | None = None,
+                  pool_specials: bool | None = None, max_segments: int = 1000, **kw) -> dict:
+    """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
+    from xling.shards import Shards
+    from xling.tasks.retrieve import POOL_SPECIALS, encode, load_encoder, resolve_layer
+
+    model, _ = load_encoder(run)
+    shards = Shards(Path(run) / "shards")
+    for lg in (src, tgt):
+        if lg not in shards.langs:
+            raise XlingError(f"language {lg!r} is not in {run}; choose from {', '.join(shards.langs)}")
+    layer = resolve_layer(run, model, layer)
+    pool = POOL_SPECIALS if pool_specials is None else pool_specials
+    vecs, keys = {}, {}
+    for lg in (src, tgt):
+        seqs = _split_segments(shards, split, lg, max_segments)
+        vecs[lg] = encode(model, seqs, lang_index=shards.langs.index(lg), tag=shards.lang_token_ids[lg],
+                          specials=shards.specials, layer=layer, pool_specials=pool, desc=f"encode {lg}")
+        keys[lg] = shards.keys(split, lg)[: len(seqs)]
+    out = mine_eval(vecs[src], vecs[tgt], gold_pairs(keys[src], keys[tgt]), **kw)
+    return {**out, "layer": layer, "pool_specials": pool, "split": split}
+
+
+@evaluation("mining", order=45)
+def eval_mining(ctx: EvalContext) -> dict:
+    """Mining F1 of the pivot language against every other on the test split (vectors cached by retrieval)."""
+    from xling.evaluate import _split_vectors
+    from xling.tasks.retrieve import POOL_SPECIALS, default_layer, encode
+
+    pivot = "en" if "en" in ctx.langs else ctx.langs[0]
+    others = [lg for lg in ctx.langs if lg != pivot]
+    if not others:
+        return {"metrics": {}, "sections": []}
+    n_states = ctx.model.cfg.n_layer + 1
+    layer = ctx.cache.get("retrieval_layer", default_layer(ctx.run_dir)) % n_states
+
+    def vectors(lg: str) -> np.ndarray:
+        if POOL_SPECIALS:  # what the retrieval evaluation encoded (all layers): reuse it
+            return _split_vectors(ctx, "test", lg)[layer]
+        key = ("vectors-nospecials", "test", lg, layer)
+        if key not in ctx.cache:
+            ctx.cache[key] = encode(ctx.model, ctx.segments("test", lg), lang_index=ctx.langs.index(lg),
+                                    tag=ctx.shards.lang_token_ids[lg], specials=ctx.shards.specials,
+                                    layer=layer, pool_specials=False, desc=f"encode test {lg}")
+        return ctx.cache[key]
+
+    src = vectors(pivot)
+    src_keys = ctx.shards.keys("test", pivot)[: len(src)]
+    metrics, rows = {}, []
+    for lg in others:
+        tgt = vectors(lg)
+        res = mine_eval(src, tgt, gold_pairs(src_keys, ctx.shards.keys("test", lg)[: len(tgt)]))
+        metrics[f"mining.f1.{pivot}-{lg}"] = res["f1"]
+        rows.append([f"{pivot}-{lg}", res["precision"], res["recall"], res["f1"], res["mined"], res["gold"]])
+    f1s = [r[3] for r in rows]
+    metrics["mining.f1_mean"] = float(np.mean(f1s))
+    return {"metrics": metrics, "sections": [{"title": "Bitext mining", "blocks": [
+        {"kind": "text", "text": f"LASER ratio margin (k = {K}), {MODES[2]} of forward and backward best matches, "
+                                 f"margin >= {THRESHOLD}: the test verses of {pivot} against each language's test "
+                                 f"verses in shuffled order; a mined pair is correct when both verses share their "
+                                 f"key (mean F1 {metrics['mining.f1_mean']:.3f}; sentence vectors of layer {layer}, "
+                                 f"specials {'pooled' if POOL_SPECIALS else 'not pooled'}). "
+                                 f"{ctx.provenance('test', len(src))}."},
+        {"kind": "table", "header": ["pair", "precision", "recall", "F1", "mined", "gold pairs"], "rows": rows},
+        {"kind": "bar", "name": "mining_f1", "labels": [r[0] for r in rows], "values": f1s, "ylabel": "F1",
+         "title": "Bitext mining F1, test split"},
+    ]}]}
+
+
+# ---------------------------------------------------------------------------- command
+
+def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, *, src: str | None = None,
+             tgt: str | None = None, k: int = K, mode: str = "intersection", threshold: float = THRESHOLD,
+             out: str | Path | None = None, layer: int | None = None, pool_specials: bool | None = None) -> int:
+    """`xling mine`: aligned pairs `score  src_id  tgt_id  src  tgt` (TSV with a header), best first."""
+    from xling.tasks.retrieve import InputFile, emit, resolve_languages, side_vectors, tsv_cell
+
+    if mode not in MODES:
+        raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")
+    if k < 1:
+        raise XlingError(f"-k must be >= 1, not {k}")
+    sides = [InputFile(src_file, "source"), InputFile(tgt_file, "target")]
+    langs = resolve_languages(model_dir, sides, [src, tgt], ["--src", "--tgt"])
+    sv, tv = side_vectors(model_dir, sides, langs, layer=layer, pool_specials=pool_specials)
+    found = mine(sv, tv, k=k, mode=mode, threshold=threshold)
+    s, t = sides
+    lines = ["score\tsrc_id\ttgt_id\tsrc\ttgt"]
+    lines += [f"{sc:.6f}\t{s.ids[i]}\t{t.ids[j]}\t{tsv_cell(s.text(i))}\t{tsv_cell(t.text(j))}"
+              for i, j, sc in zip(found.src.tolist(), found.tgt.tolist(), found.score.tolist(), strict=True)]
+    emit(lines, out)
+    return len(found)
