@@ -124,12 +124,34 @@ def eval_pretrain(ctx: EvalContext) -> dict:
     metrics = {"pretrain.tokens": tokens, "pretrain.tokens_per_second": tps, "pretrain.minutes": minutes,
                "pretrain.steps": int(last["step"])}
     xlabel = "minutes"
-    return {"metrics": metrics, "sections": [{"title": "Pretraining", "blocks": [
+    blocks = [
         {"kind": "text", "text": f"{metrics['pretrain.steps']:,} steps, {tokens:,} tokens in {minutes:.2f} min "
                                  f"({tps:,.0f} tokens/s); objectives: {', '.join(series) or '-'}."},
         {"kind": "lines", "name": "train_loss", "series": series, "xlabel": xlabel, "ylabel": "training loss",
          "title": "Training loss per objective"},
-    ]}]}
+    ]
+    # learning curves from the periodic validations (train.eval_every) on the valid split
+    valid = [r for r in rows if r.get("kind") == "valid" and "elapsed_s" in r]
+    curves = {"retrieval": {}, "bpc": {}}
+    for r in valid:
+        for k, v in r.items():
+            parts = k.split("/")
+            if len(parts) == 3 and parts[1] in curves and v is not None and math.isfinite(v):
+                curves[parts[1]].setdefault(parts[2], []).append([r["elapsed_s"] / 60, v])
+    if any(len(pts) > 1 for pts in curves["retrieval"].values()):
+        blocks.append({"kind": "lines", "name": "valid_retrieval", "series": curves["retrieval"], "xlabel": xlabel,
+                       "ylabel": "top-1 accuracy (valid)", "title": "Retrieval top-1 during training "
+                       "(valid verse pairs, en <-> each language, both directions averaged)"})
+    if any(len(pts) > 1 for pts in curves["bpc"].values()):
+        first, last = valid[0], valid[-1]
+        falls = [lg for lg in curves["bpc"] if last.get(f"valid/bpc/{lg}", 1e9) < first.get(f"valid/bpc/{lg}", 0)]
+        metrics["pretrain.bpc_fell_languages"] = len(falls)
+        blocks.append({"kind": "lines", "name": "valid_bpc", "series": curves["bpc"], "xlabel": xlabel,
+                       "ylabel": "bits per character (valid)", "title": "Bits per character during training"})
+        blocks.append({"kind": "text", "text": f"Valid bits per character fell for {len(falls)} of "
+                                               f"{len(curves['bpc'])} languages between the first validation "
+                                               f"(step {first['step']}) and the last (step {last['step']})."})
+    return {"metrics": metrics, "sections": [{"title": "Pretraining", "blocks": blocks}]}
 
 
 @evaluation("bpc", order=30)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None,
              unit: str = "it", **kwargs) -> tqdm:
-    disable = os.environ.get("XLING_PROGRESS", "1") == "0"
+    disable = kwargs.pop("disable", None) or os.environ.get("XLING_PROGRESS", "1") == "0"
     return tqdm(iterable, desc=desc, total=total, unit=unit, unit_scale=True, dynamic_ncols=True,
                 disable=disable, file=sys.stderr, **kwargs)
 

@@ -91,6 +91,7 @@ class TrainConfig:
     eval_every: int = 500  # steps between validations (0 = only at the end)
     eval_batches: int = 2  # validation batches per objective and language (or language pair)
     eval_max_tokens: int = 20_000  # tokens per language scored for bits per character (0 = whole valid split)
+    eval_retrieval: int = 200  # valid verse pairs per language scored for top-1 retrieval vs en (0 = off)
     log_every: int = 10  # steps between metrics.jsonl lines (and progress-bar updates of the loss)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept on disk (0 = all)
@@ -416,9 +417,9 @@ class Trainer:
                         losses.extend(vals)
                 if losses:
                     out[f"valid/loss/{name}"] = float(np.mean(losses))
+            if fsdp:
+                self.wrapped.unshard()  # clm_eval and encode call the model directly, not the sharded root
             if "clm" in self.names:
-                if fsdp:
-                    self.wrapped.unshard()  # clm_eval calls the model directly, not the sharded root
                 for lang in self.langs:
                     if shards.num_segments("valid", lang) == 0:
                         continue
@@ -426,11 +427,41 @@ class Trainer:
                         nats, chars = clm_eval(self.model, shards, "valid", lang, cfg.seq_len,
                                                cfg.eval_max_tokens, cfg.batch_size)
                     out[f"valid/bpc/{lang}"] = bits_per_char(nats, chars)
-                if fsdp:
-                    self.wrapped.reshard()
+            if cfg.eval_retrieval:
+                out.update(self._valid_retrieval())
+            if fsdp:
+                self.wrapped.reshard()
         finally:
             self.module.train()
         self.last_valid = out
+        return out
+
+    def _valid_retrieval(self) -> dict[str, float]:
+        """Top-1 retrieval of the translation among `eval_retrieval` valid verse pairs, pivot (en) <-> each
+        language, both directions averaged: the learning curve of the cross-lingual space (the demo's report)."""
+        from xling.tasks.retrieve import encode, top1_accuracy
+
+        shards, n = self.shards, self.cfg.eval_retrieval
+        pivot = "en" if "en" in self.langs else self.langs[0]
+        out: dict[str, float] = {}
+        for lang in self.langs:
+            if lang == pivot:
+                continue
+            try:
+                pairs = np.asarray(shards.pairs("valid", pivot, lang))[:n]  # (M, 2): pivot row, lang row
+            except XlingError:  # no translations of this pair
+                continue
+            if len(pairs) < 2:
+                continue
+            vecs = []
+            for col, lg in ((0, pivot), (1, lang)):
+                seqs = [np.asarray(shards.segment("valid", lg, int(i)), dtype=np.int64) for i in pairs[:, col]]
+                with self.autocast():
+                    vecs.append(encode(self.model, seqs, lang_index=shards.langs.index(lg),
+                                       tag=int(shards.lang_token_ids[lg]), specials=shards.specials, bar=False))
+            out[f"valid/retrieval/{pivot}-{lang}"] = (top1_accuracy(*vecs) + top1_accuracy(*vecs[::-1])) / 2
+        if out:
+            out["valid/retrieval"] = float(np.mean(list(out.values())))
         return out
 
     # ------------------------------------------------------------------ logging
@@ -608,10 +639,14 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         t0 = time.perf_counter()
         out = self.evaluate()
-        self._write({"kind": "valid", "step": self.step_no, "tokens": self.tokens, **out})
+        self._write({"kind": "valid", "step": self.step_no, "tokens": self.tokens,
+                     "elapsed_s": round(self.elapsed + time.perf_counter() - t0, 3), **out})
         if self.info.is_main and out.get("valid/bpc/" + self.langs[0]) is not None:
             bpc = " ".join(f"{k[len('valid/bpc/'):]} {v:.3f}" for k, v in out.items() if "/bpc/" in k)
             print(f"xling pretrain: step {self.step_no}: valid bits/char {bpc}", file=sys.stderr)
+        if self.info.is_main and "valid/retrieval" in out:
+            print(f"xling pretrain: step {self.step_no}: valid retrieval top-1 (mean over languages, "
+                  f"{self.cfg.eval_retrieval} pairs each) {out['valid/retrieval']:.3f}", file=sys.stderr)
         self._carry += time.perf_counter() - t0
         return out
 

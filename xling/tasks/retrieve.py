@@ -57,7 +57,7 @@ FORMATS = ("tsv", "jsonl")
 @torch.no_grad()
 def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | None, tag: int | None,
            specials: dict[str, int], layer: int = -1, pool_specials: bool = True, batch_size: int = 64,
-           max_len: int | None = None, all_layers: bool = False, desc: str = "") -> np.ndarray:
+           max_len: int | None = None, all_layers: bool = False, desc: str = "", bar: bool = True) -> np.ndarray:
     """Sentence vectors (N, D) float32, L2-normalised; with all_layers=True, (L+1, N, D) for every layer.
 
     seqs: token ids of each sentence, without specials. tag=None encodes without the language tag (and
@@ -71,7 +71,8 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
     dev = next(model.parameters()).device
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out = None
-    bar = progress(total=len(seqs), desc=desc or "encode", unit="sent", leave=False)
+    show = bar
+    bar = progress(total=len(seqs), desc=desc or "encode", unit="sent", leave=False, disable=not show or None)
     try:
         for k in range(0, len(order), batch_size):
             rows = [seqs[i] for i in order[k:k + batch_size]]
