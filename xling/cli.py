@@ -185,7 +185,7 @@ def cmd_translate(args) -> int:
 def cmd_translate_train(args) -> int:
     from xling.tasks.translate import finetune_run
 
-    finetune_run(args.run, args.overrides, tsv=args.tsv, src=args.src, tgt=args.tgt)
+    finetune_run(args.run, args.overrides, tsv=args.tsv, src=args.src, tgt=args.tgt, config=args.config)
     return 0
 
 
