@@ -496,7 +496,9 @@ def _rnn_outputs(ctx: EvalContext, cfg: TranslateConfig, key: str, minutes: floa
     from xling.tasks import rnn_mt
 
     path, info = ctx.run_dir / "translate" / "rnn", ctx.run_dir / "translate" / "rnn.json"
-    want = {"key": key, "minutes": round(minutes, 4), "config": asdict(rnn_mt.RNNConfig())}
+    # bf16 where the CPU has it natively, as the Transformer's fine-tune: equal wall-clock, equal footing
+    rnn_cfg = rnn_mt.RNNConfig(precision="auto")
+    want = {"key": key, "minutes": round(minutes, 4), "config": asdict(rnn_cfg)}
     saved = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
     model = None
     if saved.get("want") == want:
@@ -505,7 +507,7 @@ def _rnn_outputs(ctx: EvalContext, cfg: TranslateConfig, key: str, minutes: floa
         except XlingError:
             model = None
     if model is None:
-        model, summary = rnn_mt.train_rnn(ctx.shards, cfg.pairs(), rnn_mt.RNNConfig(), minutes=minutes,
+        model, summary = rnn_mt.train_rnn(ctx.shards, cfg.pairs(), rnn_cfg, minutes=minutes,
                                           seed=cfg.seed)
         rnn_mt.save_rnn(model, path)
         atomic_write_json(info, {"want": want, "summary": summary})
@@ -555,7 +557,7 @@ def eval_translation(ctx: EvalContext) -> dict:
         hyps[d] = [" ".join(ctx.tokenizer.decode(o, skip_special_tokens=True).split()) for o in out]
     rnn_hyps, rnn_summary = {}, {}
     if cfg.rnn_baseline:
-        with torch.autocast("cpu", enabled=False):  # the RNN trains in fp32 (evaluate() wraps us in bf16 autocast)
+        with torch.autocast("cpu", enabled=False):  # the RNN sets its own precision (evaluate() wraps us in bf16)
             rnn_hyps, rnn_summary = _rnn_outputs(ctx, cfg, key, summary["minutes"], tests)
     metrics, rows, examples, sigs = {}, [], [], {}
     for d, (_, srcs, refs) in tests.items():
