@@ -155,7 +155,7 @@ def rouge(hyps: Sequence[str], refs, tokenizer: str = "default", stem: bool = Fa
 
 # ------------------------------------------------------------------------------------- classification
 def _check_labels(pred: Sequence, gold: Sequence, what: str) -> None:
-    if not gold or len(pred) != len(gold):
+    if len(gold) == 0 or len(pred) != len(gold):  # (len: numpy arrays have no truth value)
         raise XlingError(f"{what}: {len(pred)} predictions and {len(gold)} gold labels; "
                          f"give the same non-zero number of each")
 
@@ -163,7 +163,7 @@ def _check_labels(pred: Sequence, gold: Sequence, what: str) -> None:
 def accuracy(pred: Sequence[Hashable], gold: Sequence[Hashable]) -> float:
     """Fraction of positions where the prediction equals the gold label."""
     _check_labels(pred, gold, "accuracy")
-    return sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
+    return float(sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold))
 
 
 def per_class_f1(pred: Sequence[Hashable], gold: Sequence[Hashable],
