@@ -238,6 +238,21 @@ def test_generate_text_equals_decoded_ids(tok):
     assert [p + o for p, o in zip(["In the beginning", "Свет во"], out, strict=True)] == want and all(out)
 
 
+def test_min_new_tokens_holds_back_the_stop_tokens(tok):
+    model = make(tok=tok)
+    ids, index = encode_prompts(tok, ["In the beginning"], "en")
+    first = generate_ids(model, ids, GREEDY, lang_index=index)[0][0]  # make greedy's first choice a stop token
+    cfg = GenerateConfig(max_new_tokens=8, min_new_tokens=4, temperature=0.0, stop_tokens=[], precision="fp32")
+    assert generate_ids(model, ids, GREEDY, lang_index=index, stop_ids=[first])[0] == []
+    out = generate_ids(model, ids, cfg, lang_index=index, stop_ids=[first])[0]
+    assert len(out) >= 4 and first not in out[:4]
+    streamed = "".join(stream(model, tok, "In the beginning", "en",
+                              GenerateConfig(**{**cfg.__dict__, "stop_tokens": [tok.id_to_token(first)]})))
+    assert streamed == decode_continuation(tok, ids[0], out)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        GenerateConfig(max_new_tokens=3, min_new_tokens=4)
+
+
 def test_continuation_keeps_its_leading_space(tok):
     prompt, new = tok.encode("In the").ids, tok.encode("In the beginning was").ids[len(tok.encode("In the").ids):]
     assert tok.decode(new) == "beginning was"  # alone, the decoder strips the first "▁"

@@ -113,7 +113,7 @@ def cmd_demo(args) -> int:
     import time
 
     from xling.config import load_config
-    from xling.report import write_report
+    from xling.report import summary, write_report
     from xling.stages import RunDir, run_evaluate, run_pretrain, run_stage
 
     t0 = time.perf_counter()
@@ -129,6 +129,7 @@ def cmd_demo(args) -> int:
     run_pretrain(cfg, args.run, overwrite=args.overwrite)
     run_evaluate(args.run)
     out = write_report(args.run)
+    print("\n" + summary(args.run) + "\n")
     print(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min; report: {out / 'report.html'}")
     return 0
 

@@ -293,7 +293,8 @@ def eval_generation(ctx: EvalContext) -> dict:
 
     ident = CharNgramLangID({lg: ctx.corpus.texts("train", lg)[:3000] for lg in ctx.langs})
     rows, metrics, correct = [], {}, 0
-    cfg = GenerateConfig(max_new_tokens=40, temperature=0.8, top_k=40, seed=0)
+    # min_new_tokens: a young model's likeliest next token is often </s> (one per verse in the packed streams)
+    cfg = GenerateConfig(max_new_tokens=40, min_new_tokens=12, temperature=0.8, top_k=40, seed=0)
     for lg in ctx.langs:
         words = ctx.corpus.texts("test", lg)[0].split()
         prompt = " ".join(words[:4])

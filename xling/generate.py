@@ -56,6 +56,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 100  # tokens to generate at most (also capped by the model's block_size)
+    min_new_tokens: int = 0  # stop tokens are not chosen before this many new tokens (sampling/greedy)
     temperature: float = 0.8  # softmax temperature; 0 = greedy (argmax, no sampling)
     top_k: int = 0  # sample only among the k most likely tokens; 0 = off
     top_p: float = 0.95  # nucleus: the smallest set of most likely tokens with mass >= top_p; 1 = off
@@ -71,6 +72,8 @@ class GenerateConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], not {self.min_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), not {self.temperature}")
         if self.top_k < 0:
@@ -360,6 +363,8 @@ def _tokens(lm: _LM, cfg: GenerateConfig, n_steps: int, stop: Tensor | None, don
             logits = lm.step(tok)
         if penalty:
             logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+        if t < cfg.min_new_tokens and stop is not None:
+            logits = logits.index_fill(1, stop, float("-inf"))  # (B, V): no end before min_new_tokens
         tok = _choose(logits, cfg, gen)  # (B,)
         if done is not None:
             tok = tok.masked_fill(done, PAD_ID)  # finished rows feed padding (their output is ignored)
@@ -545,7 +550,8 @@ def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
     dec = IncrementalDecoder(tokenizer, cfg.stop, ids[0])
     with _eval_mode(model):
         lm = _LM(model, ids, index)
-        for tok in _tokens(lm, cfg, min(cfg.max_new_tokens, lm.max_steps), None, None):
+        stop_t = torch.tensor(sorted(stop_ids), dtype=torch.long, device=lm.logits.device) if stop_ids else None
+        for tok in _tokens(lm, cfg, min(cfg.max_new_tokens, lm.max_steps), stop_t, None):
             t = int(tok[0])
             if t in stop_ids:
                 break

@@ -180,3 +180,37 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
         (out / "report.html").write_text(page, encoding="utf-8")
         atomic_write_json(out / "metrics.json", metrics)
     return run_dir / "report"
+
+
+HEADLINES = [  # (label, metrics.json key or key prefix to average, format)
+    ("pretraining tokens", "pretrain.tokens", "{:,.0f}"),
+    ("tokens/s", "pretrain.tokens_per_second", "{:,.0f}"),
+    ("bits per character (mean)", "bpc.", "{:.3f}"),
+    ("retrieval top-1 en<->X (mean)", "retrieval.top1_mean", "{:.3f}"),
+    ("mining F1 (mean)", "mining.f1_mean", "{:.3f}"),
+    ("language id accuracy (mean)", "langid.accuracy.", "{:.3f}"),
+    ("generation in the prompt's language", "generation.language_match", "{:.2f}"),
+    ("BLEU Transformer (mean)", "mt.bleu.", "{:.2f}"),
+    ("BLEU RNN baseline (mean)", "mt.rnn_bleu.", "{:.2f}"),
+    ("zero-shot transfer gap (mean)", "transfer.gap_mean", "{:.3f}"),
+    ("lexicon induction P@1 en-fr", "align.p_at_1.en-fr", "{:.3f}"),
+]
+
+
+def summary(run_dir: str | Path) -> str:
+    """The demo's closing terminal summary: wall-clock seconds per stage and evaluation, headline metrics."""
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    rows = [[name, f"{info.get('seconds', 0):.1f}"] for name, info in manifest.get("stages", {}).items()]
+    for path in sorted((run_dir / "eval").glob("*.json"), key=lambda p: json.loads(p.read_text())["order"]):
+        rows.append([f"evaluate: {path.stem}", f"{json.loads(path.read_text()).get('seconds', 0):.1f}"])
+    out = format_table(["stage", "seconds"], rows, title="Where the time went")
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
+    lines = []
+    for label, key, fmt in HEADLINES:
+        vals = [v for k, v in metrics.items() if (k == key or (key.endswith(".") and k.startswith(key)
+                                                                and k.count(".") == key.count(".")))
+                and isinstance(v, int | float)]
+        if vals:
+            lines.append([label, fmt.format(sum(vals) / len(vals))])
+    return out + "\n\n" + format_table(["metric", "value"], lines, title="Headline numbers (test split)")
