@@ -140,8 +140,8 @@ def eval_pretrain(ctx: EvalContext) -> dict:
                 curves[parts[1]].setdefault(parts[2], []).append([r["elapsed_s"] / 60, v])
     if any(len(pts) > 1 for pts in curves["retrieval"].values()):
         blocks.append({"kind": "lines", "name": "valid_retrieval", "series": curves["retrieval"], "xlabel": xlabel,
-                       "ylabel": "top-1 accuracy (valid)", "title": "Retrieval top-1 during training "
-                       "(valid verse pairs, en <-> each language, both directions averaged)"})
+                       "ylabel": "top-1 accuracy (valid, both directions)",
+                       "title": "Retrieval top-1 during training (valid pairs, en <-> X)"})
     if any(len(pts) > 1 for pts in curves["bpc"].values()):
         first, last = valid[0], valid[-1]
         falls = [lg for lg in curves["bpc"] if last.get(f"valid/bpc/{lg}", 1e9) < first.get(f"valid/bpc/{lg}", 0)]
