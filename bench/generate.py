@@ -45,50 +45,12 @@ from xling.progress import format_table  # noqa: E402
 
 
 def to_hf(model: Transformer):
-    """The same weights in transformers' GPT2LMHeadModel (family "gpt2") or LlamaForCausalLM ("llama").
+    """The same weights in transformers' LlamaForCausalLM / GPT2LMHeadModel: what `xling export` writes."""
+    from xling.hf import to_hf as export
 
-    tests/test_model.py proves both maps by logits parity. GPT-2's Conv1D weights are (in, out), our
-    Linear's (out, in); Llama splits our fused c_attn into q/k/v and c_fc into gate/up (gate first).
-    """
-    c = model.cfg
-    if c.pos == "learned":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        hf = GPT2LMHeadModel(GPT2Config(
-            vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model, n_layer=c.n_layer,
-            n_head=c.n_head, n_inner=c.ff_dim, activation_function="gelu_new", layer_norm_epsilon=c.norm_eps,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-            tie_word_embeddings=True))
-        sd = {"lm_head.weight": model.wte.weight}
-        for k, v in model.state_dict().items():
-            transposed = k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-            sd["transformer." + k.replace("blocks.", "h.")] = v.t().contiguous() if transposed else v
-        hf.load_state_dict(sd, strict=False)  # GPT-2's causal-mask buffers are not weights
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        hf = LlamaForCausalLM(LlamaConfig(
-            vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ff_dim,
-            num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_head,
-            max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, hidden_act="silu",
-            attention_bias=False, mlp_bias=False, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-            pad_token_id=0))
-        sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.ln_f.weight,
-              "lm_head.weight": model.wte.weight}
-        for i, b in enumerate(model.blocks):
-            p = f"model.layers.{i}."
-            q, k, v = b.attn.c_attn.weight.split(c.d_model, 0)
-            gate, up = b.mlp.c_fc.weight.chunk(2, 0)
-            sd.update({p + "input_layernorm.weight": b.ln_1.weight,
-                       p + "post_attention_layernorm.weight": b.ln_2.weight,
-                       p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.c_proj.weight,
-                       p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                       p + "mlp.down_proj.weight": b.mlp.c_proj.weight})
-        hf.load_state_dict(sd, strict=True)
+    hf = export(model)
     hf.config._attn_implementation = "sdpa"
-    return hf.eval()
+    return hf
 
 
 def hf_generate(hf, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:

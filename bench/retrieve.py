@@ -17,49 +17,22 @@ whose k neighbours equal the peer's, in order. The last line is machine-readable
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_memory.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _memory import PeakRSS  # noqa: E402
+
 from xling.progress import format_table  # noqa: E402
 from xling.tasks.retrieve import nearest  # noqa: E402
 
 K = 5
-
-
-class PeakRSS:
-    """Largest resident-set growth (MiB) of this process while the block runs."""
-
-    def __enter__(self):
-        gc.collect()
-        self.base = self.peak = self._rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self._rss())
-        self.mb = (self.peak - self.base) / 2**20
-
-    def _poll(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.002)
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def ours(q: np.ndarray, d: np.ndarray) -> np.ndarray:

@@ -29,13 +29,7 @@ from xling.tasks.classify import (
     training_sets,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster for tiny tensors
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 class BagEncoder(nn.Module):

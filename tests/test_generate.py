@@ -41,14 +41,7 @@ LANGS = list(TINY)  # en, fr, ru: tags <en>=5, <fr>=6, <ru>=7
 GREEDY = GenerateConfig(max_new_tokens=12, temperature=0.0, precision="fp32", stop_tokens=[])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine every small parallel op
-    waits for it (this file: ~9 s of CPU with one thread, ~40 s with two under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 def make(seed: int = 0, n_langs: int = 3, tok=None, **kw) -> Transformer:
@@ -524,51 +517,11 @@ def test_generate_with_beams_returns_the_best_hypothesis(tok):
 
 # ---------------------------------------------------------------------------- parity with Hugging Face
 
-def to_hf(model: Transformer):
-    """The same weights in transformers' GPT2LMHeadModel or LlamaForCausalLM (the export families)."""
-    c = model.cfg
-    if c.pos == "learned":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        hf = GPT2LMHeadModel(GPT2Config(
-            vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.d_model, n_layer=c.n_layer,
-            n_head=c.n_head, activation_function="gelu_new", layer_norm_epsilon=c.norm_eps, resid_pdrop=0.0,
-            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-            pad_token_id=0))
-        sd = {"lm_head.weight": model.wte.weight}
-        for k, v in model.state_dict().items():  # Conv1D weights are (in, out)
-            sd["transformer." + k.replace("blocks.", "h.")] = \
-                v.T if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v
-        hf.load_state_dict(sd, strict=False)
-        return hf.eval()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ff_dim,
-        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_head,
-        max_position_embeddings=c.block_size,
-        rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        hidden_act="silu", attention_bias=False, mlp_bias=False, tie_word_embeddings=True, bos_token_id=1,
-        eos_token_id=2, pad_token_id=0))
-    sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.ln_f.weight,
-          "lm_head.weight": model.wte.weight}
-    for i, b in enumerate(model.blocks):  # fused c_attn = q, k, v; c_fc = gate, up
-        p = f"model.layers.{i}."
-        q, k, v = b.attn.c_attn.weight.split(c.d_model, 0)
-        gate, up = b.mlp.c_fc.weight.chunk(2, 0)
-        sd.update({p + "input_layernorm.weight": b.ln_1.weight,
-                   p + "post_attention_layernorm.weight": b.ln_2.weight,
-                   p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                   p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.c_proj.weight,
-                   p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                   p + "mlp.down_proj.weight": b.mlp.c_proj.weight})
-    hf.load_state_dict(sd, strict=True)
-    return hf.eval()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_tokens_equal_hugging_face_generate(family):
     pytest.importorskip("transformers")
+    from xling.hf import to_hf  # the export's weight map (its logit parity: tests/test_hf.py)
+
     model = make(n_langs=0, **FAMILIES[family])
     hf = to_hf(model)
     ps = prompts(3, lo=2, hi=9)

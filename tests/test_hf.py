@@ -27,15 +27,14 @@ GREEDY = GenerateConfig(max_new_tokens=30, temperature=0.0, precision="fp32")
 PROMPTS = {"en": "In the beginning", "fr": "La lumière", "ru": "В начале"}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
+
+
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from xling.tasks.mine import (
 
 from .conftest import tiny_segments
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster for tiny tensors
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

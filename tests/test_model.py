@@ -24,14 +24,7 @@ GPT2_LIKE, LLAMA_LIKE = EXPORT_FAMILIES["gpt2"], EXPORT_FAMILIES["llama"]
 FAMILIES = {"gpt2": GPT2_LIKE, "llama": LLAMA_LIKE, "rope+layernorm+gelu": dict(GPT2_LIKE, pos="rope")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: a second thread costs more than it gives, and on a loaded machine every parallel
-    # region can wait milliseconds for a descheduled partner (measured 2.2 s vs 0.024 s for one test)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 def make(seed: int = 0, **kw) -> Transformer:

@@ -71,12 +71,7 @@ def test_encode_is_independent_of_batch_padding_and_order():
 
 # ---------------------------------------------------------------------------- search, vector files, commands
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster for tiny tensors
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -60,13 +60,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and two threads crawl on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dropout: float = 0.0, info=None,

@@ -35,12 +35,7 @@ EN, FR, RU = 5, 6, 7
 DECODE = dict(precision="fp32", max_minutes=0, max_steps=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 @pytest.fixture(scope="module")

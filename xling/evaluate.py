@@ -32,6 +32,7 @@ import numpy as np
 
 from xling.errors import XlingError
 from xling.files import atomic_write_json
+from xling.langs import pivot_lang
 
 # modules that register more evaluations
 PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify"]
@@ -203,7 +204,7 @@ def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str) -> tuple[np
 def eval_retrieval(ctx: EvalContext) -> dict:
     from xling.tasks.retrieve import top1_accuracy
 
-    pivot = "en" if "en" in ctx.langs else ctx.langs[0]
+    pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
     if not others:
         return {"metrics": {}, "sections": []}

@@ -68,3 +68,9 @@ def check_langs(codes: list[str], where: str = "") -> list[str]:
 def lang_name(code: str) -> str:
     m = _CODE.match(code)
     return NAMES.get(m["base"], code) if m else code
+
+
+def pivot_lang(langs: list[str]) -> str:
+    """The language every other is compared with (parity, retrieval, mining): English when present, else the
+    first."""
+    return "en" if "en" in langs else langs[0]

@@ -202,8 +202,9 @@ def summary(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     rows = [[name, f"{info.get('seconds', 0):.1f}"] for name, info in manifest.get("stages", {}).items()]
-    for path in sorted((run_dir / "eval").glob("*.json"), key=lambda p: json.loads(p.read_text())["order"]):
-        rows.append([f"evaluate: {path.stem}", f"{json.loads(path.read_text()).get('seconds', 0):.1f}"])
+    evals = [json.loads(p.read_text(encoding="utf-8")) for p in (run_dir / "eval").glob("*.json")]
+    for ev in sorted(evals, key=lambda e: e["order"]):
+        rows.append([f"evaluate: {ev['name']}", f"{ev.get('seconds', 0):.1f}"])
     out = format_table(["stage", "seconds"], rows, title="Where the time went")
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
     lines = []

@@ -60,6 +60,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from xling.corpus import Corpus, count_words, sampling_probs
 from xling.errors import XlingError
 from xling.files import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from xling.langs import pivot_lang
 from xling.progress import format_table, progress
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
@@ -385,7 +386,7 @@ def tokenizer_report(tok: Tokenizer, corpus: Corpus, split: str = "test") -> dic
     parity = median over aligned segments of tokens(segment in lang) / tokens(same-key pivot segment).
     The pivot is English, or the first corpus language when English is absent.
     """
-    pivot = "en" if "en" in corpus.langs else corpus.langs[0]
+    pivot = pivot_lang(corpus.langs)
     byte_ids = _byte_ids(tok)
     normalizer = tok.normalizer
     lengths: dict[str, dict[str, int]] = {}

@@ -62,6 +62,7 @@ from xling import distributed as xdist
 from xling.checkpoint import load_training, save_training
 from xling.errors import XlingError
 from xling.files import atomic_write_text
+from xling.langs import pivot_lang
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
@@ -163,6 +164,7 @@ class TrainModule(nn.Module):
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
         self.compiled: dict[str, nn.Module] = {}  # objective name -> its compiled forward (train.compile)
+        self.math_sdpa = False  # compiled on CPU: SDPA's math backend inside the graphs (see forward)
 
     def compile(self, backend: str | Callable = "inductor") -> None:
         """Compile each objective's forward, model and loss together (most of the gain is in the loss).
@@ -172,6 +174,7 @@ class TrainModule(nn.Module):
         symbolic on their first change, so they cost one recompile, not one per value.
         """
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self.math_sdpa = next(self.model.parameters()).device.type == "cpu"
         # the objectives' `.item()` for their stats ends each graph: expected, so not worth a warning
         logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
         # plain attributes, not registered submodules: the weights are the objectives', counted once
@@ -188,9 +191,8 @@ class TrainModule(nn.Module):
                     torch._dynamo.mark_static(v, dim)  # (B, T): one graph per shape, never a symbolic one
         # CPU: SDPA's math backend inside the compiled graph, so inductor fuses the softmax; the CPU flash
         # kernel's backward took ~19% of a step (bench/train_throughput.py: 1.16x faster without it)
-        cpu = next(self.model.parameters()).device.type == "cpu"
         try:
-            with sdpa_kernel(SDPBackend.MATH) if cpu else contextlib.nullcontext():
+            with sdpa_kernel(SDPBackend.MATH) if self.math_sdpa else contextlib.nullcontext():
                 return self.compiled[name](self.model, batch)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler: train on, eagerly
             print(f"xling pretrain: torch.compile failed ({str(e).splitlines()[0][:200]}); continuing without "
@@ -442,7 +444,7 @@ class Trainer:
         from xling.tasks.retrieve import encode, top1_accuracy
 
         shards, n = self.shards, self.cfg.eval_retrieval
-        pivot = "en" if "en" in self.langs else self.langs[0]
+        pivot = pivot_lang(self.langs)
         out: dict[str, float] = {}
         for lang in self.langs:
             if lang == pivot:

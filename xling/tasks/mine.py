@@ -34,6 +34,7 @@ import numpy as np
 
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation
+from xling.langs import pivot_lang
 from xling.tasks.retrieve import MAX_BYTES, as_matrix, nearest
 
 MODES = ("forward", "backward", "intersection")
@@ -180,7 +181,7 @@ def eval_mining(ctx: EvalContext) -> dict:
     from xling.evaluate import _split_vectors
     from xling.tasks.retrieve import POOL_SPECIALS, default_layer, encode
 
-    pivot = "en" if "en" in ctx.langs else ctx.langs[0]
+    pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
     if not others:
         return {"metrics": {}, "sections": []}
