@@ -19,7 +19,8 @@ TINY_MODEL = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.bl
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A tiny aligned corpus (3 languages, one Cyrillic) trained with CLM + contrastive for 40 steps."""
+    """A tiny aligned corpus (3 languages, one Cyrillic) trained with CLM + contrastive for 40 steps, from the
+    demo's cross-language LSI embeddings."""
     tmp = tmp_path_factory.mktemp("pipeline")
     lines = {lg: [f"{v} {i}" for i in range(40) for v in verses] for lg, verses in TINY.items()}
     for lg in TINY:  # jsonl with ids, so the three languages align
@@ -32,7 +33,7 @@ def trained_run(tmp_path_factory):
                  "--langs", "en,fr,ru", *common, "corpus.valid_fraction=0.15", "corpus.test_fraction=0.15"]) == 0
     assert main(["tokenizer", *common, "tokenizer.vocab_size=400"]) == 0
     assert main(["shard", *common]) == 0
-    assert main(["pretrain", *common, *TINY_MODEL, "train.max_steps=40",
+    assert main(["pretrain", *common, *TINY_MODEL, "train.max_steps=40", "train.embed_init=lsi",
                  'train.objectives={clm = 1.0, contrastive = 1.0}']) == 0
     assert main(["evaluate", str(rd)]) == 0
     assert main(["report", str(rd)]) == 0
@@ -48,6 +49,8 @@ def test_metrics_have_every_documented_key(trained_run):
             assert key in m, key
         assert 0 < m[f"bpc.{lg}"] < 12  # bits per character of a barely trained model: finite, below 8+ bits/byte
         assert 0 <= m[f"langid.accuracy.{lg}"] <= 1
+    assert m["generation.language_match"] == pytest.approx(
+        sum(m[f"generation.language_match.{lg}"] for lg in langs) / len(langs))
     assert m["tokenizer.parity.en"] == 1.0
     for lg in ("fr", "ru"):
         assert 0 <= m[f"retrieval.top1.en-{lg}"] <= 1 and 0 <= m[f"retrieval.top1.{lg}-en"] <= 1

@@ -215,6 +215,9 @@ class Objective(nn.Module):
 
     name = "objective"
     uses_pairs = False
+    # batches padded to the longest row (a multiple of pad_multiple), so their length varies: compiled
+    # with a symbolic sequence length (one graph for every length) rather than one graph per length
+    variable_length = False
 
     def __init__(self, alpha: float = 0.3):
         super().__init__()
@@ -384,6 +387,7 @@ class TLM(_MaskedLM):
 
     name = "tlm"
     uses_pairs = True
+    variable_length = True
 
     def __init__(self, alpha: float = 0.3, prob: float = 0.15, smoothing: float = 0.0,
                  counts: np.ndarray | None = None, length_batching: bool = True, pad_multiple: int = 16):
@@ -415,6 +419,8 @@ class TLM(_MaskedLM):
 
 class _Binary(Objective):
     """A yes/no question about `<s> a </s> b </s>`: Linear head on the first position's hidden state."""
+
+    variable_length = True
 
     def __init__(self, d_model: int, alpha: float = 0.3, length_batching: bool = True,
                  pad_multiple: int = 16):
@@ -523,6 +529,7 @@ class Contrastive(Objective):
 
     name = "contrastive"
     uses_pairs = True
+    variable_length = True
 
     def __init__(self, alpha: float = 0.3, tau: float = 0.05, margin: float = 0.0,
                  length_batching: bool = True, pad_multiple: int = 16):

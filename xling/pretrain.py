@@ -21,6 +21,7 @@ import torch
 from xling import distributed as xdist
 from xling.checkpoint import list_checkpoints
 from xling.errors import XlingError
+from xling.langs import pivot_lang
 from xling.trainer import Trainer
 
 
@@ -112,6 +113,14 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         pair_alpha = tc.pair_alpha if tc.pair_alpha is not None else getattr(corpus, "pair_alpha", 0.3)
         xdist.seed_everything(seed)
         model = Transformer(model_cfg)
+        if tc.embed_init == "lsi" and not resume:
+            from xling.embed_init import init_embeddings
+
+            stats = init_embeddings(model, view, langs, pivot=pivot_lang(langs), seed=seed)
+            if info.is_main:
+                print(f"pretrain: token embeddings from cross-language LSI of the aligned training text "
+                      f"({stats['tokens_covered']:,} tokens, {stats['concepts']:,} translation groups, "
+                      f"{len(stats['languages'])} languages, {stats['seconds']:.0f} s)", file=sys.stderr)
         objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
                                       d_model=model_cfg.d_model, length_batching=tc.length_batching,

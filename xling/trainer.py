@@ -65,6 +65,7 @@ from xling.files import atomic_write_text
 from xling.langs import pivot_lang
 
 PRECISIONS = ("auto", "fp32", "bf16")
+EMBED_INITS = ("normal", "lsi")
 _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
 
 
@@ -102,6 +103,9 @@ class TrainConfig:
     pair_alpha: float | None = None  # language-pair sampling exponent; None = corpus.pair_alpha
     mlm_prob: float = 0.15  # mlm/tlm: share of positions chosen for prediction
     mlm_smoothing: float = 0.0  # mlm/tlm: XLM sample_alpha, rare tokens chosen more often (0 = off)
+    # token embeddings at the start: normal = N(0, 0.02); lsi = cross-language LSI of the aligned training
+    # text (xling/embed_init.py: translations start nearby; retrieval rises from the first steps)
+    embed_init: str = "normal"
     tau: float = 0.05  # contrastive temperature
     margin: float = 0.0  # contrastive additive margin (LaBSE)
     length_batching: bool = True  # pair objectives: batch similar lengths (less padding)
@@ -113,6 +117,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.embed_init not in EMBED_INITS:
+            raise ValueError(f"embed_init must be one of {', '.join(EMBED_INITS)}, not {self.embed_init!r}")
         if self.dist not in xdist.DIST_MODES:
             raise ValueError(f"dist must be one of {', '.join(xdist.DIST_MODES)}, not {self.dist!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -169,8 +175,12 @@ class TrainModule(nn.Module):
     def compile(self, backend: str | Callable = "inductor") -> None:
         """Compile each objective's forward, model and loss together (most of the gain is in the loss).
 
-        Shapes are static per graph: each distinct padded length (a multiple of pad_multiple) gets its own
-        graph, which runs at full speed. Python ints in the batch (token counts) start static and turn
+        Shapes are static, except the sequence length of objectives whose batches are padded to their
+        longest row (contrastive, TLM, NSP): one graph with a symbolic length serves every length. On a cold
+        cache each graph costs 30-100 s of CPU compilation; one per length (32/64/96/128) ate ~3.5 of the
+        demo's 10 minutes. Measured on the demo model (contrastive, 256 rows, bf16, a loaded machine): static
+        68-100 s per new length, symbolic 148 s once and then no compile for new lengths, with step times
+        equal within noise. Python ints in the batch (token counts) start static and turn
         symbolic on their first change, so they cost one recompile, not one per value.
         """
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -185,10 +195,14 @@ class TrainModule(nn.Module):
         # eager=True for validation: its other shapes and modes would each cost a recompile
         if eager or name not in self.compiled:
             return self.objectives[name](self.model, batch)
+        variable = self.objectives[name].variable_length
         for v in batch.values():
             if torch.is_tensor(v):
                 for dim in range(v.dim()):
-                    torch._dynamo.mark_static(v, dim)  # (B, T): one graph per shape, never a symbolic one
+                    if dim == 1 and variable:
+                        torch._dynamo.maybe_mark_dynamic(v, 1)  # (B, T): T symbolic, one graph for all
+                    else:
+                        torch._dynamo.mark_static(v, dim)
         # CPU: SDPA's math backend inside the compiled graph, so inductor fuses the softmax; the CPU flash
         # kernel's backward took ~19% of a step (bench/train_throughput.py: 1.16x faster without it)
         try:
@@ -440,12 +454,14 @@ class Trainer:
 
     def _valid_retrieval(self) -> dict[str, float]:
         """Top-1 retrieval of the translation among `eval_retrieval` valid verse pairs, pivot (en) <-> each
-        language, both directions averaged: the learning curve of the cross-lingual space (the demo's report)."""
+        language, both directions averaged: the learning curve of the cross-lingual space (the demo's report).
+        Every layer is pooled and the best on average is reported (`valid/retrieval_layer`), as the
+        evaluation chooses its layer on the valid split."""
         from xling.tasks.retrieve import encode, top1_accuracy
 
         shards, n = self.shards, self.cfg.eval_retrieval
         pivot = pivot_lang(self.langs)
-        out: dict[str, float] = {}
+        acc: dict[str, np.ndarray] = {}  # lang -> (L+1,) accuracy per layer
         for lang in self.langs:
             if lang == pivot:
                 continue
@@ -459,11 +475,15 @@ class Trainer:
             for col, lg in ((0, pivot), (1, lang)):
                 seqs = [np.asarray(shards.segment("valid", lg, int(i)), dtype=np.int64) for i in pairs[:, col]]
                 with self.autocast():
-                    vecs.append(encode(self.model, seqs, lang_index=shards.langs.index(lg),
+                    vecs.append(encode(self.model, seqs, lang_index=shards.langs.index(lg), all_layers=True,
                                        tag=int(shards.lang_token_ids[lg]), specials=shards.specials, bar=False))
-            out[f"valid/retrieval/{pivot}-{lang}"] = (top1_accuracy(*vecs) + top1_accuracy(*vecs[::-1])) / 2
-        if out:
-            out["valid/retrieval"] = float(np.mean(list(out.values())))
+            acc[lang] = np.array([(top1_accuracy(a, b) + top1_accuracy(b, a)) / 2 for a, b in zip(*vecs, strict=True)])
+        if not acc:
+            return {}
+        best = int(np.argmax(np.mean(list(acc.values()), axis=0)))
+        out = {f"valid/retrieval/{pivot}-{lang}": float(a[best]) for lang, a in acc.items()}
+        out["valid/retrieval"] = float(np.mean(list(out.values())))
+        out["valid/retrieval_layer"] = best
         return out
 
     # ------------------------------------------------------------------ logging
