@@ -116,10 +116,12 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         if tc.embed_init == "lsi" and not resume:
             from xling.embed_init import init_embeddings
 
+            if info.is_main:
+                print("pretrain: token embeddings from cross-language LSI of the aligned training text "
+                      "(a truncated SVD, ~15 s for the demo corpus) ...", file=sys.stderr)
             stats = init_embeddings(model, view, langs, pivot=pivot_lang(langs), seed=seed)
             if info.is_main:
-                print(f"pretrain: token embeddings from cross-language LSI of the aligned training text "
-                      f"({stats['tokens_covered']:,} tokens, {stats['concepts']:,} translation groups, "
+                print(f"pretrain: LSI embeddings done ({stats['tokens_covered']:,} tokens, {stats['concepts']:,} translation groups, "
                       f"{len(stats['languages'])} languages, {stats['seconds']:.0f} s)", file=sys.stderr)
         objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
