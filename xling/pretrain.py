@@ -121,8 +121,9 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
                       "(a truncated SVD, ~15 s for the demo corpus) ...", file=sys.stderr)
             stats = init_embeddings(model, view, langs, pivot=pivot_lang(langs), seed=seed)
             if info.is_main:
-                print(f"pretrain: LSI embeddings done ({stats['tokens_covered']:,} tokens, {stats['concepts']:,} translation groups, "
-                      f"{len(stats['languages'])} languages, {stats['seconds']:.0f} s)", file=sys.stderr)
+                print(f"pretrain: LSI embeddings done ({stats['tokens_covered']:,} tokens, "
+                      f"{stats['concepts']:,} translation groups, {len(stats['languages'])} languages, "
+                      f"{stats['seconds']:.0f} s)", file=sys.stderr)
         objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
                                       d_model=model_cfg.d_model, length_batching=tc.length_batching,
