@@ -35,7 +35,8 @@ from xling.files import atomic_write_json
 from xling.langs import pivot_lang
 
 # modules that register more evaluations
-PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify"]
+PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify",
+                      "xling.tasks.peer"]
 
 
 @dataclass

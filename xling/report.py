@@ -187,6 +187,7 @@ HEADLINES = [  # (label, metrics.json key or key prefix to average, format)
     ("tokens/s", "pretrain.tokens_per_second", "{:,.0f}"),
     ("bits per character (mean)", "bpc.", "{:.3f}"),
     ("retrieval top-1 en<->X (mean)", "retrieval.top1_mean", "{:.3f}"),
+    ("retrieval top-1, peer USE v3 (its languages)", "peer.retrieval.top1_mean", "{:.3f}"),
     ("mining F1 (mean)", "mining.f1_mean", "{:.3f}"),
     ("language id accuracy (mean)", "langid.accuracy.", "{:.3f}"),
     ("generation in the prompt's language", "generation.language_match", "{:.2f}"),
