@@ -14,8 +14,9 @@ so only their agreement is reported. One more row times ours on batch-8 prompts 
 (left padding, per-row positions); HF is not timed there.
 
 Last line: tokens/s and ratios (ours / HF) per batch size; ratio_fp32 and ratio_bf16 compare equal
-precision, ratio_default = ours at xling's default precision ("auto": bf16 on a CPU with native bf16
-dot products) / HF fp32, ratio_best = our faster precision / HF fp32. The unprefixed ratio_fp32 and
+precision, ratio_default = ours at xling's default precision for that batch ("auto": fp32 for one row,
+bf16 from two rows on where the CPU has native bf16 dot products; see xling.generate.AUTO_BF16_MIN_ROWS)
+/ HF fp32, ratio_best = our faster precision / HF fp32. The unprefixed ratio_default, ratio_fp32 and
 ratio_best at the end are batch 1's. Progress lines go to stderr.
 
 On a shared machine, `--threads 1 --clock cpu` (process CPU time) gives steadier ratios: with two
@@ -118,12 +119,13 @@ def main() -> None:
         rows.append([f"xling, {prec}, left-padded ({len(mixed[0])}..{len(mixed[-1])})", 8,
                      round(8 * args.new_tokens / statistics.median(t_mixed)), "", ""])
 
-    default = "bf16" if resolve_precision("auto") == torch.bfloat16 else "fp32"
+    # xling's default precision ("auto") for each batch size: what generate() and `xling generate` use
+    default = {b: "bf16" if resolve_precision("auto", "cpu", b) == torch.bfloat16 else "fp32" for b in prompts}
     print(format_table(["variant", "batch", "tokens/s", "x HF same precision", "greedy = HF"], rows,
                        title=f"Greedy decoding, {args.family} family, {args.new_tokens} new tokens, "
                              f"{args.threads} threads, "
                              f"{args.clock} clock, medians of {args.rounds} rounds "
-                             f"(xling's default precision here: {default})"))
+                             f"(xling's default precision here: batch 1 {default[1]}, batch 8 {default[8]})"))
     parts = [f"family={args.family}", f"threads={args.threads}", f"clock={args.clock}"]
     for b in (1, 8):
         for who in ("hf", "ours"):
@@ -131,10 +133,12 @@ def main() -> None:
         best = max(("fp32", "bf16"), key=lambda p, b=b: tps["ours", p, b])
         parts += [f"b{b}_ratio_fp32={tps['ours', 'fp32', b] / tps['hf', 'fp32', b]:.2f}",
                   f"b{b}_ratio_bf16={tps['ours', 'bf16', b] / tps['hf', 'bf16', b]:.2f}",
-                  f"b{b}_ratio_default={tps['ours', default, b] / tps['hf', 'fp32', b]:.2f}",
+                  f"b{b}_ratio_default={tps['ours', default[b], b] / tps['hf', 'fp32', b]:.2f}",
                   f"b{b}_ratio_best={tps['ours', best, b] / tps['hf', 'fp32', b]:.2f}", f"b{b}_best={best}"]
     best = max(("fp32", "bf16"), key=lambda p: tps["ours", p, 1])
-    parts += [f"ratio_fp32={tps['ours', 'fp32', 1] / tps['hf', 'fp32', 1]:.2f}",
+    parts += [f"default_b1={default[1]}", f"default_b8={default[8]}",
+              f"ratio_default={tps['ours', default[1], 1] / tps['hf', 'fp32', 1]:.2f}",
+              f"ratio_fp32={tps['ours', 'fp32', 1] / tps['hf', 'fp32', 1]:.2f}",
               f"ratio_best={tps['ours', best, 1] / tps['hf', 'fp32', 1]:.2f}"]
     print(" ".join(parts))
 

@@ -28,8 +28,12 @@ sum of log-probs / length ** length_penalty (Hugging Face's convention; length c
 
 Speed (bench/generate.py, PERF.md): decoding a small model is memory- and overhead-bound, so the step
 loop does as few tensor ops as it can (no logits processors for greedy, stop checks only when there is
-something to stop at) and `precision="bf16"` casts a copy of the weights to bfloat16 ("auto" picks
-bf16 where the hardware has native bf16 dot products).
+something to stop at), each token after the prompt runs `xling.decode._decode` (the model's maths without module
+calls, over a preallocated fp32 KV cache written in place; see `xling.decode._LM`), and `precision="bf16"` casts a
+copy of the weights to bfloat16. "auto" (the default) picks fp32 for a single row on the CPU and bf16
+from two rows on where the hardware has native bf16 dot products (AUTO_BF16_MIN_ROWS, measured).
+Not used: torch.compile of the step (PERF.md measured a compiled static-cache step slower than eager,
+385 vs 528 tok/s, and with a cache that grows each step every length would be a new graph).
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from xling.decode import _LM
 from xling.errors import XlingError
-from xling.model import KVCache
 from xling.tokenizer import PAD_ID, SPECIAL_TOKENS, load_tokenizer, tokenizer_hash
 from xling.tokenizer import lang_ids as tag_ids
 
@@ -67,7 +71,7 @@ class GenerateConfig:
     num_beams: int = 1  # > 1: beam search (deterministic; temperature/top-k/top-p/penalty ignored)
     length_penalty: float = 1.0  # beam score = logprob / length ** length_penalty (> 0 favours longer)
     early_stopping: bool = True  # beam: stop when num_beams hypotheses ended; false: when none can improve
-    precision: str = "auto"  # fp32 | bf16 (bf16 copy of the weights, faster) | auto (bf16 where native)
+    precision: str = "auto"  # fp32 | bf16 (a bf16 copy of the weights) | auto (the faster: AUTO_BF16_MIN_ROWS)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -147,20 +151,36 @@ def _native_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """"fp32" -> float32, "bf16" -> bfloat16, "auto" -> bfloat16 where the device computes it natively."""
+# "auto" on a CPU with native bf16: bf16 weights from this many rows (prompts x beams) up, fp32 below.
+# Measured (bench/generate.py and a crossover run, 1 thread, CPU clock, d 256, V 8000): batch 1 fp32 374
+# vs bf16 303 tok/s (oneDNN's bf16 matrix-vector kernels lose to MKL's fp32 on one row); batch 2 591 vs
+# 724, batch 4 1014 vs 1310, batch 8 1429 vs 1634 (from two rows on, halving the bytes read wins).
+AUTO_BF16_MIN_ROWS = 2
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu", rows: int | None = None
+                      ) -> torch.dtype:
+    """"fp32" -> float32, "bf16" -> bfloat16, "auto" -> the faster of the two for decoding `rows` rows
+    at once (None = many): bfloat16 where the device computes it natively, except fp32 for a single
+    row on the CPU (see AUTO_BF16_MIN_ROWS)."""
     if precision == "auto":
-        return torch.bfloat16 if _native_bf16(torch.device(device)) else torch.float32
+        device = torch.device(device)
+        if not _native_bf16(device):
+            return torch.float32
+        if device.type == "cpu" and rows is not None and rows < AUTO_BF16_MIN_ROWS:
+            return torch.float32
+        return torch.bfloat16
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
-def for_precision(model: nn.Module, precision: str) -> nn.Module:
+def for_precision(model: nn.Module, precision: str, rows: int | None = None) -> nn.Module:
     """The model itself if its weights already have the precision's dtype, else an eval-mode copy cast to it.
 
+    rows: how many sequences will be decoded at once (prompts x beams), which "auto" takes into account.
     Convert once with this and pass the result when calling `generate` many times.
     """
     param = next(model.parameters())
-    dtype = resolve_precision(precision, param.device)
+    dtype = resolve_precision(precision, param.device, rows)
     if param.dtype == dtype:
         return model
     return copy.deepcopy(model).to(dtype).eval()
@@ -251,97 +271,6 @@ def stop_token_ids(tokenizer, names: Sequence[str]) -> list[int]:
     return out
 
 
-# ---------------------------------------------------------------------------- the KV-cache state
-
-class _LM:
-    """A batch of left-padded prompts in a KV cache, giving next-token logits one step at a time.
-
-    After construction `.logits` (B, V) float is the distribution after each prompt; `step(tokens)`
-    appends one token per row and returns the next logits. `max_steps` tokens fit in the cache.
-    The model runs under inference_mode (measured ~6% less CPU per token than no_grad); its outputs
-    are only read, never changed in place, outside it.
-    """
-
-    @torch.inference_mode()
-    def __init__(self, model: nn.Module, prompts: list[list[int]], lang_index: list[int] | None):
-        self.model = model
-        cfg = model.cfg
-        dev = next(model.parameters()).device
-        lens = [len(p) for p in prompts]
-        B, T0 = len(prompts), max(lens)
-        if min(lens) == 0:
-            raise ValueError("every prompt needs at least one token")
-        if T0 > cfg.block_size:
-            raise XlingError(f"a prompt of {T0} tokens is longer than the model's block_size "
-                             f"({cfg.block_size}); shorten the prompt")
-        self.max_steps = cfg.block_size - T0 + 1  # the last token chosen is never fed back
-        idx = torch.full((B, T0), PAD_ID, dtype=torch.long)
-        for r, p in enumerate(prompts):
-            idx[r, T0 - len(p):] = torch.tensor(p, dtype=torch.long)  # left padding: every row ends at T0-1
-        self.idx = idx = idx.to(dev)  # (B, T0)
-        padded = min(lens) < T0
-        real = pad_mask = positions = None
-        self.next_pos = None
-        if padded:
-            starts = torch.tensor([T0 - n for n in lens])[:, None]  # (B, 1) first real column
-            real = pad_mask = (torch.arange(T0)[None, :] >= starts).to(dev)  # (B, T0) True = real
-            positions = (pad_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T0) real tokens counted from 0
-            self.next_pos = torch.tensor(lens, device=dev)[:, None]  # (B, 1)
-        self.real = real  # (B, T0) bool or None
-        self.lang = None  # (B, 1) language index per row, when the model has language embeddings
-        if lang_index is not None and cfg.n_langs > 0:
-            bad = [i for i in lang_index if not 0 <= i < cfg.n_langs]
-            if bad:
-                raise XlingError(f"language index {bad[0]} is outside the model's {cfg.n_langs} languages; "
-                                 f"use the tokenizer the model was trained with")
-            self.lang = torch.tensor(lang_index, device=dev)[:, None]
-        self.cache = KVCache()
-        lang_ids = None if self.lang is None else self.lang.expand(B, T0)
-        h = model(idx, positions=positions, lang_ids=lang_ids, pad_mask=pad_mask, kv_cache=self.cache)
-        last = h[:, -1]  # (B, D)
-        self.logits = model.lm_head(last).float()  # (B, V)
-        # The output layer is the largest matrix (V x D). On the CPU in fp32, multiplying by a contiguous
-        # (D, V) copy instead of F.linear's (V, D)^T measured 1.4-3x faster with MKL at batch 1-8 (V=8000,
-        # D=256), ~20% of a batch-1 decoding step; bf16 (oneDNN) gained nothing. Used only if it gives
-        # lm_head's logits (a tied, bias-free output layer).
-        self.head_t = None
-        w = model.wte.weight
-        if w.device.type == "cpu" and w.dtype == torch.float32:
-            self.head_t = w.t().contiguous()  # (D, V)
-            alt = last @ self.head_t
-            if not torch.allclose(alt, self.logits, rtol=1e-3, atol=1e-3 * float(self.logits.abs().max())):
-                self.head_t = None
-
-    @torch.inference_mode()
-    def step(self, tokens: Tensor) -> Tensor:
-        """(B,) tokens appended to each row -> (B, V) float logits of the next token."""
-        h = self.model(tokens[:, None], positions=self.next_pos, lang_ids=self.lang, kv_cache=self.cache)
-        if self.next_pos is not None:
-            self.next_pos = self.next_pos + 1
-        last = h[:, -1]  # (B, D)
-        return (last @ self.head_t if self.head_t is not None else self.model.lm_head(last)).float()  # (B, V)
-
-    @torch.inference_mode()
-    def reorder(self, rows: Tensor) -> None:
-        """Row i continues row rows[i] (beam search): gather every cached tensor along the batch."""
-        c = self.cache
-        c.k = [k.index_select(0, rows) for k in c.k]
-        c.v = [v.index_select(0, rows) for v in c.v]
-        if c.key_mask is not None:
-            c.key_mask = c.key_mask.index_select(0, rows)
-        if self.next_pos is not None:
-            self.next_pos = self.next_pos.index_select(0, rows)
-        if self.lang is not None:
-            self.lang = self.lang.index_select(0, rows)
-
-    def seen(self) -> Tensor:
-        """(B, V) bool: which tokens each prompt contains (padding excluded), for the repetition penalty."""
-        B, V = self.idx.shape[0], self.logits.shape[-1]
-        real = self.real if self.real is not None else torch.ones_like(self.idx, dtype=torch.bool)
-        counts = torch.zeros(B, V, dtype=torch.long, device=self.idx.device)
-        return counts.scatter_add_(1, self.idx, real.long()) > 0  # padding adds 0
-
-
 def _tokens(lm: _LM, cfg: GenerateConfig, n_steps: int, stop: Tensor | None, done: Tensor | None
             ) -> Iterator[Tensor]:
     """Yield the (B,) chosen tokens step by step. `done` (B,) bool is shared with the caller, who may
@@ -394,7 +323,7 @@ def _run(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, lang_i
     """Sampling/greedy decoding; generated ids per row, without the stop token (or what follows a stop
     string, which only a tokenizer can see)."""
     with _eval_mode(model):
-        lm = _LM(model, prompts, lang_index)
+        lm = _LM(model, prompts, lang_index, cfg.max_new_tokens)
         B, dev = len(prompts), lm.logits.device
         stops = cfg.stop if tokenizer is not None else []
         stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev) if stop_ids else None
@@ -445,7 +374,7 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], lang: str | list[s
     cfg = cfg or GenerateConfig()
     ids, index = encode_prompts(tokenizer, prompts, lang)
     stop_ids = stop_token_ids(tokenizer, cfg.stop_tokens)
-    model = for_precision(model, cfg.precision)
+    model = for_precision(model, cfg.precision, len(ids) * cfg.num_beams)
     if cfg.num_beams > 1:
         out = generate_ids(model, ids, cfg, lang_index=index, stop_ids=stop_ids)
     else:
@@ -546,10 +475,10 @@ def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
         return
     ids, index = encode_prompts(tokenizer, [prompt], lang)
     stop_ids = set(stop_token_ids(tokenizer, cfg.stop_tokens))
-    model = for_precision(model, cfg.precision)
+    model = for_precision(model, cfg.precision, 1)
     dec = IncrementalDecoder(tokenizer, cfg.stop, ids[0])
     with _eval_mode(model):
-        lm = _LM(model, ids, index)
+        lm = _LM(model, ids, index, cfg.max_new_tokens)
         stop_t = torch.tensor(sorted(stop_ids), dtype=torch.long, device=lm.logits.device) if stop_ids else None
         for tok in _tokens(lm, cfg, min(cfg.max_new_tokens, lm.max_steps), stop_t, None):
             t = int(tok[0])
@@ -689,7 +618,7 @@ def lm_beam_search(model: nn.Module, prompts: list[list[int]], cfg: GenerateConf
     rows = [p for p in prompts for _ in range(K)]
     index = None if lang_index is None else [i for i in lang_index for _ in range(K)]
     with _eval_mode(model):
-        lm = _LM(model, rows, index)
+        lm = _LM(model, rows, index, cfg.max_new_tokens)
 
         def step(tokens: Tensor | None, parents: Tensor | None) -> Tensor:
             if tokens is None:
