@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,6 +104,23 @@ def test_csls_equals_brute_force_and_chunking_changes_nothing():
         np.testing.assert_allclose(scores, np.take_along_axis(ref, order, axis=1), atol=1e-5)
     scores, idx = Space(src, tgt, csls_k=k, chunk_rows=4).t2s(np.arange(40), 2, "csls")
     np.testing.assert_array_equal(idx, np.argsort(-ref.T, axis=1, kind="stable")[:, :2])
+
+
+def test_bf16_candidates_rescored_in_fp32_equal_the_exact_search():
+    # clustered vectors: many near-ties among the top candidates, where bf16 rounding could reorder them
+    src, tgt = clustered(300, 64, 20, seed=1, noise=0.3), clustered(2000, 64, 20, seed=2, noise=0.3)
+    ref = csls_reference(src, tgt, 10)  # (300, 2000) numpy float64
+    fast, exact = Space(src, tgt, csls_k=10, chunk_rows=64), Space(src, tgt, csls_k=10, bf16=False)
+    np.testing.assert_allclose(fast.r("tgt").numpy(), exact.r("tgt").numpy(), atol=1e-6)
+    for how in ("nn", "csls"):
+        (vf, i_f), (ve, ie) = fast.s2t(np.arange(300), 10, how), exact.s2t(np.arange(300), 10, how)
+        np.testing.assert_array_equal(i_f, ie)
+        np.testing.assert_allclose(vf, ve, atol=1e-5)  # fp32-exact values, not bf16's ~1e-2
+    order = np.argsort(-ref, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(fast.s2t(np.arange(300), 10, "csls")[1], order)
+    np.testing.assert_array_equal(fast.t2s(np.arange(2000), 1, "csls")[1][:, 0], ref.argmax(axis=0))
+    with pytest.raises(ValueError, match="csls_vocab 1000 must be 0"):
+        AlignConfig(csls_vocab=1000, refine_max_rank=15000)
 
 
 def test_csls_reduces_hubness():
@@ -236,7 +254,8 @@ def _dictd(tmp_path, name: str, entries: list[str]) -> None:
     (tmp_path / f"{name}.dict.dz").write_bytes(gzip.compress(data))
 
 
-def test_freedict_parser_on_a_hand_made_dictionary(tmp_path):
+def test_freedict_parser_on_a_hand_made_dictionary(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLING_CACHE", str(tmp_path / "cache"))
     _dictd(tmp_path, "freedict-eng-ara", [
         "00-database-info\nThis is a test dictionary.\n",
         "book /bʊk/ <n>\n1. كِتَابٌ, سِفْر\n2. a written work\n",
@@ -250,6 +269,16 @@ def test_freedict_parser_on_a_hand_made_dictionary(tmp_path):
     pairs = freedict_pairs("en", "ar", root=tmp_path)  # both files, vowel marks stripped, single words
     assert pairs == sorted([("book", "كتاب"), ("book", "سفر"), ("light", "نور"), ("light", "ضوء"),
                             ("house", "بيت"), ("home", "بيت")])
+    # the parsed pairs are cached per user, keyed by the files' size and mtime: the second call reads the
+    # cache (edited here to prove it), an updated dictionary file gets a new key and is parsed again
+    cached = list((tmp_path / "cache" / "freedict").glob("en-ar.*.txt"))
+    assert len(cached) == 1 and read_dictionary(cached[0]) == pairs
+    cached[0].write_text("book كتاب\n", encoding="utf-8")
+    assert freedict_pairs("en", "ar", root=tmp_path) == [("book", "كتاب")]
+    assert freedict_pairs("en", "ar", root=tmp_path, cache=False) == pairs
+    os.utime(tmp_path / "freedict-ara-eng.index", ns=(0, 10**9))
+    assert freedict_pairs("en", "ar", root=tmp_path) == pairs
+    assert len(list((tmp_path / "cache" / "freedict").glob("en-ar.*.txt"))) == 2
     with pytest.raises(XlingError, match="apt-get install dict-freedict-eng-fra"):
         freedict_pairs("en", "fr", root=tmp_path)
     (tmp_path / "freedict-eng-ara.index").write_text("book\tA\n", encoding="utf-8")
@@ -282,6 +311,7 @@ def test_vec_round_trip(tmp_path):
     ("2 3\na 1 2 3\nb 1 2 3 4\n", "line 3: expected a word and 3 numbers, found 4"),
     ("2 3\na 1 2 3\nb 1 two 3\n", "line 3: a vector value is not a number"),
     ("2 3\na 1 2 3\nb 1 nan 3\n", "line 3: .*nan"),
+    ("3 2\nthe 1 2\nof 3 4\nthe 5 6\n", "bad.vec line 4: the word 'the' is listed again \\(first on line 2\\)"),
 ])
 def test_bad_vec_files(tmp_path, text, match):
     path = tmp_path / "bad.vec"
@@ -325,6 +355,15 @@ def test_run_align_writes_outputs_and_metrics(tmp_path):
     with pytest.raises(XlingError, match="no alignment method could run"):
         run_align(src, tgt, tmp_path / "none", src_lang="en", tgt_lang="fr",
                   cfg=tiny_cfg(methods=["identical"]), log=lambda s: None)
+    # vectors that did not come from a file (a model, user code) are checked too: NaN, unequal dimensions
+    bad = Vectors(src.words, np.where(np.arange(n)[:, None] == 7, np.nan, x))
+    with pytest.raises(XlingError, match="the en vector of 's7' \\(row 8\\) has inf or nan"):
+        run_align(bad, tgt, tmp_path / "nan", src_lang="en", tgt_lang="fr", pairs=pairs, cfg=cfg,
+                  log=lambda s: None)
+    with pytest.raises(XlingError, match="dimension 8 but target vectors 9"):
+        run_align(src, Vectors(tgt.words, np.ones((n, 9))), tmp_path / "dim", src_lang="en", tgt_lang="fr",
+                  pairs=pairs, cfg=cfg, log=lambda s: None)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "dim").exists()
 
 
 # ---------------------------------------------------------------------------- vectors from text and models

@@ -34,6 +34,8 @@ def rotated(tmp_path):
     write_vec(tmp_path / "en.vec", Vectors([f"s{i}" for i in range(n)], x))
     write_vec(tmp_path / "fr.vec", Vectors([f"t{i}" for i in range(n)], x @ r.T + 0.01 * rng.normal(size=x.shape)))
     write_vec(tmp_path / "de.vec", Vectors([f"u{i}" for i in range(n)], rng.normal(size=(n, d + 1))))
+    (tmp_path / "dup.vec").write_text("3 8\n" + "".join(f"{w} {' '.join(['0.5'] * d)}\n" for w in "aba"),
+                                      encoding="utf-8")
     (tmp_path / "en-fr.txt").write_text("".join(f"s{i} t{i}\n" for i in range(n)), encoding="utf-8")
     (tmp_path / "none.txt").write_text("house maison\nlight lumière\n", encoding="utf-8")
     return tmp_path, r
@@ -74,6 +76,8 @@ def test_align_two_vec_files(rotated, capsys):
     (["--src-vec", "{d}/en.vec", "--tgt-vec", "{d}/fr.vec", "--src", "en", "--tgt", "fr", "--method",
       "procrustes"], "no alignment method could run"),
     (["--src-vec", "{d}/en.vec", "--tgt-vec", "{d}/fr.vec", "--tgt", "fr"], "give the languages"),
+    (["--src-vec", "{d}/en.vec", "--tgt-vec", "{d}/dup.vec", "--src", "en", "--tgt", "fr"],
+     "dup.vec line 4: the word 'a' is listed again \\(first on line 2\\)"),
 ])
 def test_align_bad_input_is_one_line_exit_2(rotated, capsys, argv, msg):
     d, _ = rotated

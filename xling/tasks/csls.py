@@ -27,41 +27,77 @@ def _unit(x):
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
+# candidates kept from the bf16 pass beyond the k asked for, then rescored exactly in fp32
+BF16_MARGIN = 16
+
+
 def topk_scores(queries, keys, k: int, *, scale: float = 1.0, penalty=None, own_k: int = 0,
-                memory_mb: int = 256, chunk_rows: int = 0):
+                memory_mb: int = 256, chunk_rows: int = 0, bf16: bool = True):
     """Top-k over keys of scale * (q . key) - penalty[key] for every query row, chunk by chunk.
 
     queries (n, d), keys (m, d) torch float32; penalty (m,) or None. Only a (chunk, m) block of
     scores exists at a time: chunk = `chunk_rows`, or memory_mb / (8 m) rows when 0 (the block and
     topk's workspace). With own_k > 0 the same pass also returns each query's mean plain similarity
     to its own_k nearest keys (CSLS's r of the queries), saving a second pass over the keys.
+    With `bf16` the (chunk, m) block is computed in bfloat16 (about 3x faster on CPUs with bf16
+    dot products), its top k + BF16_MARGIN candidates are rescored exactly in float32 and the
+    best k of those returned: the values are fp32-exact, and a neighbour is missed only if more
+    than BF16_MARGIN keys outrank it by bf16 rounding (~0.004 on a cosine).
     Returns (values (n, k), indices (n, k), r (n,) or None).
     """
     import torch
 
     n, m = queries.shape[0], keys.shape[0]
     k = min(k, m)
+    bf16 = bf16 and m > 4 * (max(k, own_k) + BF16_MARGIN)  # small vocabularies: exact is as cheap
     rows = chunk_rows or max(1, (memory_mb << 20) // (8 * m))
     vals = torch.empty(n, k)
     idx = torch.empty(n, k, dtype=torch.long)
     r = torch.empty(n) if own_k else None
     kt = keys.T.contiguous()  # (d, m)
+    if bf16:
+        kt = kt.bfloat16()
+        pen16 = None if penalty is None else penalty.bfloat16()
     with torch.no_grad():
         for s in range(0, n, rows):
-            scores = queries[s:s + rows] @ kt  # (c, m)
+            q = queries[s:s + rows]  # (c, d)
+            if not bf16:
+                scores = q @ kt  # (c, m)
+                if own_k:
+                    r[s:s + rows] = scores.topk(min(own_k, m), dim=1).values.mean(dim=1)
+                if scale != 1.0:
+                    scores.mul_(scale)
+                if penalty is not None:
+                    scores.sub_(penalty[None, :])
+                vals[s:s + rows], idx[s:s + rows] = scores.topk(k, dim=1)
+                continue
+            approx = q.bfloat16() @ kt  # (c, m) bf16
             if own_k:
-                r[s:s + rows] = scores.topk(min(own_k, m), dim=1).values.mean(dim=1)
+                cand = approx.topk(own_k + BF16_MARGIN, dim=1).indices  # (c, own_k + margin)
+                r[s:s + rows] = _exact(q, keys, cand).topk(own_k, dim=1).values.mean(dim=1)
             if scale != 1.0:
-                scores.mul_(scale)
+                approx.mul_(scale)
+            if pen16 is not None:
+                approx.sub_(pen16[None, :])
+            cand = approx.topk(k + BF16_MARGIN, dim=1).indices  # (c, k + margin)
+            exact = scale * _exact(q, keys, cand)
             if penalty is not None:
-                scores.sub_(penalty[None, :])
-            vals[s:s + rows], idx[s:s + rows] = scores.topk(k, dim=1)
+                exact -= penalty[cand]
+            v, j = exact.topk(k, dim=1)
+            vals[s:s + rows], idx[s:s + rows] = v, cand.gather(1, j)
     return vals, idx, r
 
 
-def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256, chunk_rows: int = 0):
+def _exact(q, keys, cand):
+    """(c, j) fp32 dot products of each query row with its candidate keys cand (c, j)."""
+    import torch
+
+    return torch.einsum("cd,cjd->cj", q, keys[cand])
+
+
+def mean_knn_sim(queries, keys, k: int, memory_mb: int = 256, chunk_rows: int = 0, bf16: bool = True):
     """(n,) mean cosine of each query's k nearest keys: CSLS's r (unit rows assumed)."""
-    return topk_scores(queries, keys, k, memory_mb=memory_mb, chunk_rows=chunk_rows)[0].mean(dim=1)
+    return topk_scores(queries, keys, k, memory_mb=memory_mb, chunk_rows=chunk_rows, bf16=bf16)[0].mean(dim=1)
 
 
 class Space:
@@ -71,11 +107,12 @@ class Space:
     (each target's to its k nearest mapped source words) are computed on first use and cached.
     """
 
-    def __init__(self, src_mapped, tgt, csls_k: int = 10, memory_mb: int = 256, chunk_rows: int = 0):
+    def __init__(self, src_mapped, tgt, csls_k: int = 10, memory_mb: int = 256, chunk_rows: int = 0,
+                 bf16: bool = True):
         self.src = _unit(src_mapped)  # (n_s, d)
         self.tgt = _unit(tgt)  # (n_t, d)
         self.k = csls_k
-        self.chunk = {"memory_mb": memory_mb, "chunk_rows": chunk_rows}  # see topk_scores
+        self.chunk = {"memory_mb": memory_mb, "chunk_rows": chunk_rows, "bf16": bf16}  # see topk_scores
         self._r = {}
 
     def r(self, side: str):

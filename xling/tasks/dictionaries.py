@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable
@@ -47,6 +48,7 @@ _MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8
 _BRACKETS = re.compile(r"<[^>]*>|\[[^\]]*\]|\([^)]*\)|\{[^}]*\}")
 _LABEL = re.compile(r"^[A-Za-z]+:(\s|$)")  # "see:", "Note:", "Synonyms:" lines of FreeDict entries
 _NUMBER = re.compile(r"^\d+\.\s*")
+PARSER_VERSION = 1  # part of the FreeDict cache key: raise it when parsing or normalisation changes
 _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 
 
@@ -148,20 +150,32 @@ def parse_freedict(index_path: str | Path, dict_path: str | Path,
     return entries
 
 
-def freedict_pairs(src: str, tgt: str, root: str | Path = FREEDICT_DIR) -> list[tuple[str, str]]:
-    """Single-word (src, tgt) pairs from the installed FreeDict dictionaries, both directions merged."""
+def freedict_pairs(src: str, tgt: str, root: str | Path = FREEDICT_DIR,
+                   cache: bool = True) -> list[tuple[str, str]]:
+    """Single-word (src, tgt) pairs from the installed FreeDict dictionaries, both directions merged.
+
+    With `cache`, the pairs are kept as a MUSE file in `<xling cache>/freedict/` (`$XLING_CACHE` or
+    ~/.cache/xling), keyed by the dictionary files' names, sizes and modification times: parsing
+    eng-deu takes ~10 s, reading its cached pairs ~0.3 s; an updated package gets a new key.
+    """
     root = Path(root)
     a, b = ISO3.get(src, src), ISO3.get(tgt, tgt)
-    pairs: set[tuple[str, str]] = set()
     found = []
     for x, y, flip in ((a, b, False), (b, a, True)):
         index = root / f"freedict-{x}-{y}.index"
         data = root / f"freedict-{x}-{y}.dict.dz"
         if not data.exists():
             data = root / f"freedict-{x}-{y}.dict"
-        if not index.exists() or not data.exists():
-            continue
-        found.append(index.name)
+        if index.exists() and data.exists():
+            found.append((index, data, flip))
+    if not found:
+        raise XlingError(f"no FreeDict dictionary for {src}-{tgt} in {root}; install one, e.g. "
+                         f"apt-get install dict-freedict-{a}-{b} (or dict-freedict-{b}-{a})")
+    cached = _freedict_cache_path(src, tgt, found) if cache else None
+    if cached is not None and cached.is_file():
+        return read_dictionary(cached)
+    pairs: set[tuple[str, str]] = set()
+    for index, data, flip in found:
         for head, translations in parse_freedict(index, data, single_words=True):
             h = single_word(head)
             if h is None:
@@ -170,10 +184,21 @@ def freedict_pairs(src: str, tgt: str, root: str | Path = FREEDICT_DIR) -> list[
                 w = single_word(t)
                 if w is not None:
                     pairs.add((w, h) if flip else (h, w))
-    if not found:
-        raise XlingError(f"no FreeDict dictionary for {src}-{tgt} in {root}; install one, e.g. "
-                         f"apt-get install dict-freedict-{a}-{b} (or dict-freedict-{b}-{a})")
-    return sorted(pairs)
+    out = sorted(pairs)
+    if cached is not None:
+        try:
+            write_dictionary(cached, out)
+        except OSError:  # a read-only home: parse again next time
+            pass
+    return out
+
+
+def _freedict_cache_path(src: str, tgt: str, found: list[tuple[Path, Path, bool]]) -> Path:
+    from xling.files import cache_dir
+
+    stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for i, d, _ in found for p in (i, d))
+    key = hashlib.sha256(f"{PARSER_VERSION}|{stamp}".encode()).hexdigest()[:16]
+    return cache_dir() / "freedict" / f"{src}-{tgt}.{key}.txt"
 
 
 # ---------------------------------------------------------------------------- CLDR names (Babel)
