@@ -178,3 +178,14 @@ def test_bad_input(shards, tmp_path):
     assert len(out) == 2 and all(len(o) <= 3 for o in out)
     with pytest.raises(XlingError, match="not a saved RNN"):
         load_rnn(tmp_path / "nothing")
+
+
+def test_training_inside_a_callers_autocast_learns_as_outside(shards):
+    """bf16 training nested in a caller's autocast (`xling evaluate`) recasts the weights every step: the same
+    losses as without the outer context (a cached step-0 cast would leave the loss near its start)."""
+    cfg = RNNConfig(**TINY, precision="bf16")
+    _, outside = train_rnn(shards, [("en", "fr")], cfg, max_steps=30, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, inside = train_rnn(shards, [("en", "fr")], cfg, max_steps=30, seed=0)
+    assert outside["loss"] < 1.0
+    assert inside["loss"] == pytest.approx(outside["loss"], rel=1e-4)

@@ -285,3 +285,28 @@ def test_evaluation_scores_both_systems_and_reuses_its_cache(tiny_run, monkeypat
     monkeypatch.setattr(mt, "finetune", boom)
     monkeypatch.setattr(rnn_mt, "train_rnn", boom)
     assert mt.eval_translation(ctx)["metrics"] == m
+
+
+def test_finetune_inside_a_callers_autocast_learns_as_outside(tok):
+    """`xling evaluate` wraps evaluations in bf16 autocast: the fine-tune must not reuse step-0 weight casts.
+
+    With autocast's weight-cast cache on, a nested autocast keeps the bf16 copies of the first step until the
+    outer context exits, and the loss barely moves; with fresh casts the two runs are the same computation.
+    """
+    tags = {lg: tok.token_to_id(f"<{lg}>") for lg in LANGS}
+    ids = {lg: [np.array(tok.encode(t, add_special_tokens=False).ids) for t in TINY[lg]] for lg in LANGS}
+    data = [Example(ids["en"][i], ids["fr"][i], tags["en"], tags["fr"]) for i in range(6)]
+    cfg = TranslateConfig(lr=3e-3, min_lr=3e-3, warmup_steps=1, batch_size=6, max_steps=30, max_minutes=0,
+                          precision="bf16", weight_decay=0.0)
+
+    def run(outer: bool) -> dict:
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=3, d_model=64))
+        if not outer:
+            return finetune(model, data, cfg)[1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return finetune(model, data, cfg)[1]
+
+    inside, outside = run(True), run(False)
+    assert outside["loss_last"] < 0.5 * outside["loss_first"]
+    assert inside["loss_last"] == pytest.approx(outside["loss_last"], rel=1e-4)

@@ -153,6 +153,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if _cpu_has_native_bf16() else None
 
 
+def training_autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast for one training step that may run inside a caller's autocast (`xling evaluate` wraps every
+    evaluation, fine-tunes included, in bf16).
+
+    Autocast caches the low-precision copy of each fp32 weight until the *outermost* autocast exits. Inside a
+    caller's autocast that is after the whole loop: every forward would reuse the copies cast at the first
+    step while the optimizer updates the fp32 weights, so only uncast parameters (norms, embedding lookups)
+    would learn. cache_enabled=False casts the current weights at every use.
+    """
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False)
+
+
 def _cpu_has_native_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

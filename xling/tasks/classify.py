@@ -487,6 +487,8 @@ def _mean_std(xs: list[float]) -> dict:
 def run_transfer(encoder: nn.Module, data: TaskData, cfg: ClassifyConfig, *, mode: str | None = None,
                  sources: list[str] | None = None) -> dict:
     """Train per row (zero-shot: per source; translate-train; multilingual) and seed; test on every language."""
+    from xling.trainer import training_autocast
+
     mode, sources = mode or cfg.mode, sources or cfg.sources
     if mode not in MODES:
         raise XlingError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -525,8 +527,10 @@ def run_transfer(encoder: nn.Module, data: TaskData, cfg: ClassifyConfig, *, mod
         for seed in cfg.seeds:
             torch.manual_seed(seed)
             clf = Classifier(encoder, n_classes, cfg.pooling, cfg.dropout)
-            # a head on frozen features trains in fp32; a full fine-tune keeps the caller's autocast
-            with torch.autocast("cpu", enabled=full and torch.is_autocast_enabled("cpu")):
+            # a head on frozen features trains in fp32; a full fine-tune keeps the caller's autocast dtype, with
+            # fresh weight casts every step (trainer.training_autocast says why)
+            with training_autocast("cpu", torch.get_autocast_dtype("cpu") if full and
+                                   torch.is_autocast_enabled("cpu") else None):
                 try:
                     fits.append(fit(clf, train_in, valid_in, cfg, seed, bar))
                     for lg, ex in tests.items():

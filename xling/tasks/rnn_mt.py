@@ -223,7 +223,7 @@ def train_rnn(shards, directions: Sequence[tuple[str, str]], cfg: RNNConfig | No
     params, pairs).
     """
     from xling.progress import progress
-    from xling.trainer import autocast_dtype
+    from xling.trainer import autocast_dtype, training_autocast
 
     cfg = cfg or RNNConfig()
     directions = _check_directions(shards, directions)
@@ -247,7 +247,7 @@ def train_rnn(shards, directions: Sequence[tuple[str, str]], cfg: RNNConfig | No
     with bar:
         while not (steps and (elapsed >= budget or (max_steps is not None and steps >= max_steps))):
             for idx in data.epoch(rng, cfg.batch_size):
-                with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                with training_autocast("cpu", amp):
                     loss, n_tok = _loss(model, data.batch(idx))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

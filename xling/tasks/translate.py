@@ -200,7 +200,7 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
     cfg.max_minutes and/or cfg.max_steps (whichever ends first). With `out_dir` the weights are saved
     there as an xling checkpoint (`xling translate --model out_dir` loads it).
     """
-    from xling.trainer import autocast_dtype
+    from xling.trainer import autocast_dtype, training_autocast
 
     if not cfg.max_minutes and not cfg.max_steps:
         raise XlingError("set a fine-tune budget: translate.max_minutes or translate.max_steps")
@@ -242,7 +242,7 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
                                                     max_len=model.cfg.block_size).items()}
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step, f)
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with training_autocast(dev.type, amp):
             loss = mt_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
