@@ -30,6 +30,7 @@ from xling.generate import (
     generate_ids,
     lm_beam_search,
     load_for_generation,
+    no_repeat_ngram,
     stream,
     top_k_filter,
     top_p_filter,
@@ -603,3 +604,36 @@ def test_greedy_tokens_equal_hugging_face_generate(family):
     cfg = GenerateConfig(max_new_tokens=n, temperature=0.0, stop_tokens=[])
     assert generate_ids(model, ps, cfg) == want
     assert generate_ids(model, ps[:1], cfg) == want[:1]
+
+
+def _cycling_step(V: int = 6, rows: int = 1):
+    """A decoder whose favourite next token is (last + 1) % 3 (a loop 0 1 2 0 1 2 ...), then the others by id;
+    </s> = 5 is the least likely."""
+    def step(tokens, parents):
+        last = torch.zeros(rows, dtype=torch.long) if tokens is None else tokens
+        logits = -torch.arange(V, dtype=torch.float).repeat(len(last), 1) / 10  # (N, V): lower ids preferred
+        logits[torch.arange(len(last)), (last + 1) % 3] = 5.0
+        return logits.log_softmax(-1)
+    return step
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_no_repeat_ngram_bans_exactly_the_repeats(n):
+    plain = beam_search(_cycling_step(), 1, num_beams=1, max_new_tokens=12, eos_ids=[5])[0][0].tokens
+    assert plain == [1, 2, 0] * 4  # the loop
+    got = beam_search(no_repeat_ngram(_cycling_step(), n), 1, num_beams=1, max_new_tokens=12, eos_ids=[5])[0][0].tokens
+    grams = [tuple(got[i:i + n]) for i in range(len(got) - n + 1)]
+    assert len(grams) == len(set(grams))  # no n-gram twice
+    # greedy reference: the favourite token unless it completes a seen n-gram, then the best allowed one
+    ref, step = [], _cycling_step()
+    logp = step(None, None)[0]
+    for _ in range(12):
+        seen = {tuple(ref[i:i + n]) for i in range(len(ref) - n + 1)}
+        order = logp.argsort(descending=True).tolist()
+        tok = next(t for t in order if len(ref) < n - 1 or (*ref[len(ref) - n + 1:], t) not in seen)
+        ref.append(tok)
+        if tok == 5:
+            break
+        logp = step(torch.tensor([tok]), torch.tensor([0]))[0]
+    assert got == (ref[:-1] if ref[-1] == 5 else ref)
+    assert no_repeat_ngram(_cycling_step(), 0)(None, None).shape == (1, 6)  # n = 0: the step unchanged

@@ -263,6 +263,35 @@ def test_kv_cache_decoding_equals_full_pass(family):
         model(idx, causal=False, kv_cache=KVCache())
 
 
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prefix_lm_reads_the_prefix_bidirectionally_and_the_rest_causally(family):
+    model = make(**FAMILIES[family])
+    idx = ids(2, 10)
+    assert torch.allclose(model(idx, prefix_len=torch.tensor([0, 0])), model(idx), atol=1e-6)
+    assert torch.allclose(model(idx, prefix_len=torch.tensor([10, 10])), model(idx, causal=False), atol=1e-5)
+    out = model(idx, prefix_len=torch.tensor([4, 6]))  # (2, 10, D)
+    for r, p in enumerate((4, 6)):
+        # the prefix is a bidirectional pass over itself; a later position changes nothing before it
+        assert torch.allclose(out[r, :p], model(idx[r:r + 1, :p], causal=False)[0], atol=1e-5)
+        later = idx[r:r + 1].clone()
+        later[0, 8] = (later[0, 8] + 1) % model.cfg.vocab_size
+        again = model(later, prefix_len=torch.tensor([p]))[0]
+        assert torch.allclose(again[:8], out[r, :8], atol=1e-6) and not torch.allclose(again[8:], out[r, 8:])
+    # decoding after a prefix-LM prompt (left-padded, cached) equals the full prefix-LM pass
+    cache, pad = KVCache(), torch.tensor([[False, True, True, True, True], [True] * 5])
+    prompt = idx[:, :5].clone()
+    prompt[0, 0] = 0
+    first = model(prompt, positions=torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]), pad_mask=pad,
+                  kv_cache=cache, prefix_len=torch.tensor([1 + 3, 3]))  # row 0: 3 prefix tokens after 1 pad
+    step = model(idx[:, 5:6], positions=torch.tensor([[4], [5]]), kv_cache=cache)
+    row0 = model(idx[:1, 1:6], prefix_len=torch.tensor([3]))
+    row1 = model(idx[1:, :6], prefix_len=torch.tensor([3]))
+    assert torch.allclose(first[0, 1:], row0[0, :4], atol=1e-5) and torch.allclose(step[0], row0[0, 4:], atol=1e-5)
+    assert torch.allclose(first[1], row1[0, :5], atol=1e-5) and torch.allclose(step[1], row1[0, 5:], atol=1e-5)
+    with pytest.raises(ValueError, match="causal"):
+        model(idx, causal=False, prefix_len=torch.tensor([2, 2]))
+
 # ------------------------------------------------------------------ weights, sizes, config
 
 def test_weight_tying():

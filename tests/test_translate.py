@@ -32,7 +32,7 @@ from xling.tokenizer import EOS_ID, TokenizerConfig, build_tokenizer
 
 LANGS = list(TINY)  # en, fr, ru: tags <en>=5, <fr>=6, <ru>=7
 EN, FR, RU = 5, 6, 7
-DECODE = dict(precision="fp32", max_minutes=0, max_steps=1)
+DECODE = dict(precision="fp32", max_minutes=0, max_steps=1, no_repeat_ngram=0)  # exact search
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
@@ -95,13 +95,14 @@ def test_loss_is_the_mean_over_target_tokens_only():
     assert torch.allclose(mt_loss(model, b2), ref2, atol=1e-6)
 
 
-def greedy_reference(model, src, s, t, n_new):
+def greedy_reference(model, src, s, t, n_new, prefix_lm=False):
     """Greedy by full recomputation (no cache, no padding), per-segment language ids."""
     seq = [s, *src, EOS_ID, t]
     lang = [s - 5] * (len(src) + 2) + [t - 5]
+    prefix = torch.tensor([len(src) + 2]) if prefix_lm else None  # <src> x </s>
     out = []
     for _ in range(n_new):
-        h = model(torch.tensor([seq]), lang_ids=torch.tensor([lang]))
+        h = model(torch.tensor([seq]), lang_ids=torch.tensor([lang]), prefix_len=prefix)
         w = int(model.lm_head(h[0, -1]).argmax())
         if w == EOS_ID:
             break
@@ -111,16 +112,16 @@ def greedy_reference(model, src, s, t, n_new):
     return out
 
 
-@pytest.mark.parametrize("n_langs", [3, 0])
-def test_beam_1_equals_greedy_and_batches_equal_each_alone(n_langs):
+@pytest.mark.parametrize("n_langs,prefix_lm", [(3, False), (0, False), (3, True)])
+def test_beam_1_equals_greedy_and_batches_equal_each_alone(n_langs, prefix_lm):
     model = make(seed=1, n_langs=n_langs)
     rng = np.random.default_rng(0)
     sources = [rng.integers(10, 300, size=n).tolist() for n in (3, 9, 1, 6)]
-    cfg = TranslateConfig(num_beams=1, max_new_tokens=10, **DECODE)
+    cfg = TranslateConfig(num_beams=1, max_new_tokens=10, prefix_lm=prefix_lm, **DECODE)
     got = translate_ids(model, sources, RU, FR, cfg)
-    assert got == [greedy_reference(model, s, RU, FR, 10) for s in sources]
+    assert got == [greedy_reference(model, s, RU, FR, 10, prefix_lm) for s in sources]
     assert any(len(g) > 0 for g in got)
-    cfg4 = TranslateConfig(num_beams=4, max_new_tokens=10, decode_batch=3, **DECODE)
+    cfg4 = TranslateConfig(num_beams=4, max_new_tokens=10, decode_batch=3, prefix_lm=prefix_lm, **DECODE)
     batched = translate_ids(model, sources, RU, FR, cfg4)
     assert batched == [translate_ids(model, [s], RU, FR, cfg4)[0] for s in sources]
 
@@ -134,14 +135,15 @@ def test_finetune_overfits_a_tiny_parallel_set(tok):
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=3, d_model=64,
                                            block_size=128))
     cfg = TranslateConfig(lr=3e-3, min_lr=3e-4, warmup_steps=10, batch_size=12, max_steps=150, max_minutes=0,
-                          precision="fp32", weight_decay=0.0)
+                          precision="fp32", weight_decay=0.0, no_repeat_ngram=0)  # tiny subwords repeat 3-grams
     model, summary = finetune(model, data, cfg)
     assert summary["steps"] == 150 and summary["examples"] == 12
     assert summary["loss_last"] < 0.2 and summary["loss_first"] > 4.0
     assert not model.training
     assert translate(model, tok, TINY["en"], "en", "fr", cfg) == TINY["fr"]
     assert translate(model, tok, TINY["ru"], "ru", "en", cfg) == TINY["en"]
-    assert translate(model, tok, TINY["ru"], "ru", "en", TranslateConfig(num_beams=1)) == TINY["en"]  # greedy too
+    greedy = TranslateConfig(num_beams=1, no_repeat_ngram=0)
+    assert translate(model, tok, TINY["ru"], "ru", "en", greedy) == TINY["en"]  # greedy too
 
 
 def test_empty_lines_give_empty_lines_in_order(tok):

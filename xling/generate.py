@@ -507,6 +507,38 @@ class Hypothesis:
 StepFn = Callable[[Tensor | None, Tensor | None], Tensor]
 
 
+def no_repeat_ngram(step: StepFn, n: int) -> StepFn:
+    """Wrap a beam-search step so that no row repeats an n-gram of its own output (fairseq's and Hugging
+    Face's `no_repeat_ngram_size`): a token that would complete an n-gram the row already produced gets
+    log-probability -inf. Works for any decoder's step; n = 0 returns `step` unchanged."""
+    if n <= 0:
+        return step
+    hist: list[list[int]] = []
+
+    def wrapped(tokens: Tensor | None, parents: Tensor | None) -> Tensor:
+        nonlocal hist
+        logp = step(tokens, parents)  # (N, V)
+        if tokens is None:
+            hist = [[] for _ in range(logp.shape[0])]
+            return logp
+        hist = [hist[p] + [t] for p, t in zip(parents.tolist(), tokens.tolist(), strict=True)]
+        banned_rows, banned_tokens = [], []
+        for r, h in enumerate(hist):
+            if len(h) < n:
+                continue
+            tail = tuple(h[len(h) - n + 1:])  # the last n - 1 tokens
+            for i in range(len(h) - n + 1):
+                if tuple(h[i:i + n - 1]) == tail:
+                    banned_rows.append(r)
+                    banned_tokens.append(h[i + n - 1])
+        if banned_rows:
+            logp = logp.clone()
+            logp[banned_rows, banned_tokens] = -math.inf
+        return logp
+
+    return wrapped
+
+
 def _keep_best(hyps: list[Hypothesis], h: Hypothesis, k: int) -> None:
     hyps.append(h)
     hyps.sort(key=lambda x: -x.score)

@@ -299,7 +299,7 @@ class Transformer(nn.Module):
 
     def forward(self, idx: Tensor, *, causal: bool = True, positions: Tensor | None = None,
                 lang_ids: Tensor | None = None, pad_mask: Tensor | None = None,
-                kv_cache: KVCache | None = None) -> Tensor:
+                kv_cache: KVCache | None = None, prefix_len: Tensor | None = None) -> Tensor:
         """(B, T) token ids -> (B, T, D) hidden states after the final norm.
 
         causal:    True: position t sees 0..t (generation); False: sees every real position.
@@ -310,8 +310,11 @@ class Transformer(nn.Module):
                    ignored when n_langs == 0, so objectives can always pass it.
         pad_mask:  (B, T) bool, True = real token; padding keys are never attended to.
         kv_cache:  a KVCache to append this call's keys/values to (causal decoding only).
+        prefix_len: (B,) long, causal only: the first prefix_len[b] positions of row b (counted in the
+                   row, cached keys included) are seen by every query: a prefix LM, e.g. a translation's
+                   source read bidirectionally and its target causally (UniLM, T5's prefix LM).
         """
-        return self._run(idx, causal, positions, lang_ids, pad_mask, kv_cache, None)
+        return self._run(idx, causal, positions, lang_ids, pad_mask, kv_cache, None, prefix_len)
 
     def hidden_states(self, idx: Tensor, *, causal: bool = True, positions: Tensor | None = None,
                       lang_ids: Tensor | None = None, pad_mask: Tensor | None = None) -> list[Tensor]:
@@ -325,7 +328,8 @@ class Transformer(nn.Module):
         return out
 
     def _run(self, idx: Tensor, causal: bool, positions: Tensor | None, lang_ids: Tensor | None,
-             pad_mask: Tensor | None, kv_cache: KVCache | None, collect: list[Tensor] | None) -> Tensor:
+             pad_mask: Tensor | None, kv_cache: KVCache | None, collect: list[Tensor] | None,
+             prefix_len: Tensor | None = None) -> Tensor:
         cfg = self.cfg
         B, T = idx.shape  # batch, new tokens
         past = 0 if kv_cache is None else len(kv_cache)
@@ -350,7 +354,7 @@ class Transformer(nn.Module):
             x = x + self.lang_emb(lang_ids)  # (B, T, D)
         x = self.drop(x)  # (B, T, D)
 
-        mask, is_causal = self._attn_mask(B, T, past, causal, pad_mask, kv_cache, idx.device)
+        mask, is_causal = self._attn_mask(B, T, past, causal, pad_mask, kv_cache, idx.device, prefix_len)
         if collect is not None:
             collect.append(x)
         for i, block in enumerate(self.blocks):
@@ -364,13 +368,17 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _attn_mask(B: int, T: int, past: int, causal: bool, pad_mask: Tensor | None,
-                   kv_cache: KVCache | None, device: torch.device) -> tuple[Tensor | None, bool]:
+                   kv_cache: KVCache | None, device: torch.device,
+                   prefix_len: Tensor | None = None) -> tuple[Tensor | None, bool]:
         """The SDPA mask (True = may attend) for T queries over past + T keys, or the is_causal flag.
 
         Without padding the fast paths need no mask: is_causal for a plain causal pass, nothing for
         a bidirectional one or for a single decoded token (it sees every cached key). With a cache,
-        this call's pad_mask is appended to the cache's key mask.
+        this call's pad_mask is appended to the cache's key mask. prefix_len (B,) opens the first
+        prefix_len[b] keys of row b to every query (causal only).
         """
+        if prefix_len is not None and not causal:
+            raise ValueError("prefix_len is for causal passes (a bidirectional pass already sees everything)")
         key_mask = pad_mask  # (B, T) or None
         if kv_cache is not None:
             if kv_cache.key_mask is not None or pad_mask is not None:
@@ -379,7 +387,7 @@ class Transformer(nn.Module):
                 new = pad_mask if pad_mask is not None else \
                     torch.ones(B, T, dtype=torch.bool, device=device)  # (B, T)
                 key_mask = kv_cache.key_mask = torch.cat([old, new], dim=1)  # (B, past + T)
-        if key_mask is None:
+        if key_mask is None and (prefix_len is None or T == 1):
             if not causal or T == 1:
                 return None, False
             if past == 0:
@@ -388,6 +396,8 @@ class Transformer(nn.Module):
         k_pos = torch.arange(past + T, device=device)[None, :]  # (1, past + T)
         allowed = k_pos <= q_pos if causal else \
             torch.ones(T, past + T, dtype=torch.bool, device=device)  # (T, past + T)
+        if prefix_len is not None:
+            allowed = allowed | (k_pos < prefix_len.to(device)[:, None, None])  # (B, T, past + T)
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, :]  # (B, T, past + T)
         allowed = allowed | (k_pos == q_pos)  # a padded query attends to itself: no empty softmax row

@@ -326,7 +326,8 @@ def _encoder_inputs(model: RNNTranslator, src_ids_list, src_lang_tag: int | str 
 def translate_ids(model: RNNTranslator, src_ids_list: Sequence[Sequence[int]], tgt_lang_tag: int | str,
                   num_beams: int = 4, max_new_tokens: int | None = None, *,
                   src_lang_tag: int | str | None = None, length_penalty: float = 1.0,
-                  early_stopping: bool | str = True, batch_size: int = 32) -> list[list[int]]:
+                  early_stopping: bool | str = True, batch_size: int = 32,
+                  no_repeat_ngram: int = 0) -> list[list[int]]:
     """Translate token-id rows into the language of `tgt_lang_tag` (an id or a code): the best hypothesis
     of each row, without specials.
 
@@ -334,8 +335,10 @@ def translate_ids(model: RNNTranslator, src_ids_list: Sequence[Sequence[int]], t
     encoder inputs `<src_tag> ids </s>`. max_new_tokens defaults to 2 * the longest source + 10.
     early_stopping as in `beam_search` (True, as the Transformer's translate: an entry stops once
     num_beams hypotheses ended, which can drop a late-ending best one; False searches until none can win).
+    no_repeat_ngram: no output repeats one of its own n-grams of this size (0 = off), as the Transformer's.
     """
     from xling.generate import beam_search
+    from xling.generate import no_repeat_ngram as no_repeat
 
     if num_beams < 1:
         raise XlingError(f"num_beams must be >= 1, not {num_beams}")
@@ -347,7 +350,8 @@ def translate_ids(model: RNNTranslator, src_ids_list: Sequence[Sequence[int]], t
     for k in range(0, len(order), batch_size):
         chunk = [rows[i] for i in order[k:k + batch_size]]
         limit = max_new_tokens if max_new_tokens is not None else 2 * len(chunk[-1]) + 10
-        hyps = beam_search(_beam_step(model, chunk, tgt, num_beams), len(chunk), num_beams=num_beams,
+        step = no_repeat(_beam_step(model, chunk, tgt, num_beams), no_repeat_ngram)
+        hyps = beam_search(step, len(chunk), num_beams=num_beams,
                            max_new_tokens=limit, eos_ids=[EOS], length_penalty=length_penalty,
                            early_stopping=early_stopping)
         for i, h in zip(order[k:k + batch_size], hyps, strict=True):
