@@ -4,16 +4,18 @@
     .venv/bin/python bench/align.py --task mapping --words 50000  # the issue's speed targets only
     .venv/bin/python bench/align.py --task retrieval --sizes 10000 --rounds 3
 
-mapping: 50k words x 300 dimensions per language, synthetic: clustered vectors (a distribution with
-no rotational symmetry, so the adversarial method has something to match), rows in a frequency-like
-order (rarer = noisier), the target = a random orthogonal rotation of the source plus noise. Timed:
-supervised Procrustes on the ranks 0-5000 dictionary + 5 refinement iterations (mutual CSLS
+mapping: 50k words x 300 dimensions per language, synthetic (`xling.tasks.adversarial.synthetic_pair`):
+an anisotropic power-law spectrum, Zipf-sized clusters and a frequency order (rarer = noisier), the
+target = a random rotation of the source plus noise. A rotated isotropic Gaussian cloud would be
+no test at all: it looks the same in every rotation, so no unsupervised method can recover it.
+Timed: supervised Procrustes on the ranks 0-5000 dictionary + 5 refinement iterations (mutual CSLS
 neighbours) with AlignConfig's defaults, and the adversarial run (+ refinement) with a CPU-sized
-schedule (--adv-epochs/--adv-epoch-size/--adv-hidden; 0 = AlignConfig's = MUSE's); P@1 (CSLS) on
-the held-out ranks 5000-6500. The peer is MUSE's refinement written plainly in torch (CSLS hubness
-terms over the whole vocabulary, 128-row batches, fp32), the same dictionary size and iterations.
-Targets (issue 7): Procrustes + 5 refinements < 60 s, adversarial < 10 min on the 2-core CPU.
-CPU seconds (all threads) are printed beside wall seconds: on a shared machine they vary less.
+schedule (--adv-epochs/--adv-epoch-size/--adv-hidden/--adv-batch/--adv-lr; 0 = AlignConfig's =
+MUSE's); P@1 (CSLS) on the held-out ranks 5000-6500. The peer is MUSE's refinement written plainly
+in torch (CSLS hubness terms over the whole vocabulary, 128-row batches, fp32), the same dictionary
+size and iterations. Targets (issue 7): Procrustes + 5 refinements < 60 s, adversarial < 10 min on
+the 2-core CPU. CPU seconds (all threads) and the load average are printed beside wall seconds: on
+a shared machine they vary less.
 
 retrieval: translate `queries` mapped source words into a target vocabulary of n words with CSLS
 (k = 10 neighbours, top-10 candidates), hubness terms included, from unit vectors. Ours computes the
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _memory import PeakRSS  # noqa: E402
 
 from xling.progress import format_table  # noqa: E402
+from xling.tasks.adversarial import synthetic_pair  # noqa: E402
 from xling.tasks.align import (  # noqa: E402
     AlignConfig,
     Space,
@@ -81,21 +84,6 @@ def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def synthetic_pair(n: int, d: int, seed: int = 0, clusters: int = 200, noise: float = 0.05):
-    """Source (n, d) and target = source rotated + noise (rising with the row's rank), and the rotation."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, d), dtype=np.float32)
-    weights = 1.0 / np.arange(1, clusters + 1)  # a few big clusters, many small ones
-    x = centres[rng.choice(clusters, size=n, p=weights / weights.sum())]
-    x += 0.5 * rng.standard_normal((n, d), dtype=np.float32)
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    rot = (q * np.sign(np.diag(r))).astype(np.float32)
-    scale = noise * (0.5 + np.arange(n, dtype=np.float32) / n)[:, None]  # rare words are noisier
-    y = x @ rot.T + scale * np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(d) * \
-        rng.standard_normal((n, d), dtype=np.float32)
-    return x, y, rot
-
-
 def muse_refine(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int, max_rank: int, k: int = K) -> np.ndarray:
     """The peer: MUSE's refinement loop written plainly (r over the whole vocabulary, 128-row batches)."""
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
@@ -126,7 +114,8 @@ def mapping_bench(args, rows: list, kv: dict) -> None:
     cfg = AlignConfig(write_vectors=False)
     adv_cfg = AlignConfig(write_vectors=False, **{f"adv_{k}": v for k, v in
                                                   (("epochs", args.adv_epochs), ("epoch_size", args.adv_epoch_size),
-                                                   ("hidden", args.adv_hidden)) if v})
+                                                   ("hidden", args.adv_hidden), ("batch", args.adv_batch),
+                                                   ("lr", args.adv_lr)) if v})
     train = np.stack([np.arange(0, 5000)] * 2, axis=1)
     test = np.stack([np.arange(5000, 6500)] * 2, axis=1)
     words = [f"w{i}" for i in range(n)]
@@ -151,11 +140,12 @@ def mapping_bench(args, rows: list, kv: dict) -> None:
             sec, cpu = time.perf_counter() - t0, time.process_time() - c0
         p = p1(w)
         err = float(np.abs(w - rot).max())
-        rows.append([name, n, d, round(sec, 1), round(cpu, 1), round(mem.mb), round(p, 4), f"{err:.2e}"])
+        load = round(os.getloadavg()[0], 1)
+        rows.append([name, n, d, round(sec, 1), round(cpu, 1), load, round(mem.mb), round(p, 4), f"{err:.2e}"])
         kv[f"{key}_s"] = round(sec, 1)
         kv[f"{key}_cpu_s"] = round(cpu, 1)
         kv[f"{key}_p_at_1"] = round(p, 4)
-    print(format_table(["mapping", "words", "dim", "seconds", "CPU s (all threads)", "peak MB",
+    print(format_table(["mapping", "words", "dim", "seconds", "CPU s (all threads)", "load (1 min)", "peak MB",
                         "P@1 CSLS (ranks 5k-6.5k)", "max |W - R|"], rows,
                        title=f"Learning the map (synthetic rotation), torch threads {torch.get_num_threads()}"))
 
@@ -173,6 +163,8 @@ def main() -> None:
     ap.add_argument("--adv-epoch-size", type=int, default=100000,
                     help="mapping: words per adversarial epoch (0 = AlignConfig's)")
     ap.add_argument("--adv-hidden", type=int, default=512, help="mapping: discriminator width (0 = AlignConfig's)")
+    ap.add_argument("--adv-batch", type=int, default=128, help="mapping: words per side a batch (0 = AlignConfig's)")
+    ap.add_argument("--adv-lr", type=float, default=0.5, help="mapping: SGD lr (0 = AlignConfig's)")
     ap.add_argument("--verbose", action="store_true", help="mapping: print the methods' progress lines")
     ap.add_argument("--sizes", default="10000,100000", help="retrieval: vocabulary sizes (both languages)")
     ap.add_argument("--dim", type=int, default=300)

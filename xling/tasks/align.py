@@ -1,7 +1,7 @@
 """Cross-lingual word-embedding alignment (MUSE, vecmap): map source vectors into the target space.
 
     W = procrustes(X[train[:, 0]], Y[train[:, 1]])          # supervised, from a seed dictionary
-    W, log = adversarial(X, Y, cfg)                          # unsupervised (MUSE), then refine(...)
+    W, log = adversarial(X, Y, cfg)        # unsupervised (MUSE; xling.tasks.adversarial), then refine(...)
     space = Space(X @ W.T, Y)                                 # mapped source, target; unit vectors
     scores, idx = space.s2t(query_ids, k=10, method="csls")  # translations, chunked: bounded memory
     result = run_align(src_vecs, tgt_vecs, "runs/demo/align/en-fr", pairs=..., cfg=AlignConfig())
@@ -40,7 +40,8 @@ import numpy as np
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from xling.langs import check_lang
-from xling.progress import format_table, progress
+from xling.progress import format_table
+from xling.tasks.adversarial import adversarial, orthogonalize, synthetic_pair
 from xling.tasks.csls import (  # retrieval lives there; re-exported here (tests, bench)
     Space,
     build_dictionary,
@@ -159,11 +160,6 @@ def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return u @ vt  # (d, d) float64
 
 
-def orthogonalize(w, beta: float):
-    """One step towards the orthogonal manifold: W <- (1 + beta) W - beta (W W^T) W (MUSE, Cisse et al.)."""
-    return (1 + beta) * w - beta * (w @ w.T) @ w
-
-
 # ---------------------------------------------------------------------------- learning the mapping
 
 def refine(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: AlignConfig,
@@ -202,99 +198,6 @@ def criterion(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: AlignConfig) -> 
     if cfg.csls_vocab:
         x, y = x[:cfg.csls_vocab], y[:cfg.csls_vocab]
     return mean_cosine(_space(x, y, w, cfg), cfg.select_max_rank, cfg.select_pairs)
-
-
-def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
-                log: Callable[[str], None] = print) -> tuple[np.ndarray, list[dict]]:
-    """MUSE's adversarial training of an orthogonal map W (x -> W x), without any dictionary.
-
-    A discriminator D (d -> h -> h -> 1, LeakyReLU 0.2, input dropout, label smoothing) learns to
-    tell mapped source words from target words, both drawn from the `adv_most_frequent` most
-    frequent; W, initialised to the identity, learns to fool it (`adv_dis_steps` D steps per W
-    step, SGD), and after each W step is pulled back towards orthogonality. After each epoch the
-    criterion is measured; the best epoch's W is returned. Seeded and deterministic on CPU.
-    """
-    import torch
-
-    n_s, n_t = min(cfg.adv_most_frequent, len(x)), min(cfg.adv_most_frequent, len(y))
-    xs = torch.from_numpy(np.ascontiguousarray(x[:n_s], dtype=np.float32))  # (n_s, d)
-    ys = torch.from_numpy(np.ascontiguousarray(y[:n_t], dtype=np.float32))  # (n_t, d)
-    threads = torch.get_num_threads()
-    if cfg.adv_threads:
-        torch.set_num_threads(cfg.adv_threads)
-    try:
-        return _adversarial(xs, ys, x, y, cfg, log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _adversarial(xs, ys, x, y, cfg: AlignConfig, log) -> tuple[np.ndarray, list[dict]]:
-    import torch
-    from torch import nn
-
-    (n_s, d), n_t = xs.shape, len(ys)
-    bs, smooth = cfg.adv_batch, cfg.adv_smooth
-    # mapped source words are labelled 1 - smooth, target words smooth (MUSE)
-    labels = torch.cat([torch.full((bs,), 1 - smooth), torch.full((bs,), smooth)])  # (2 bs,)
-    history: list[dict] = []
-    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        mapping = nn.Linear(d, d, bias=False)
-        with torch.no_grad():
-            mapping.weight.copy_(torch.eye(d))
-        h = cfg.adv_hidden
-        disc = nn.Sequential(nn.Dropout(cfg.adv_dropout), nn.Linear(d, h), nn.LeakyReLU(0.2),
-                             nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
-        opt_d = torch.optim.SGD(disc.parameters(), lr=cfg.adv_lr)
-        opt_m = torch.optim.SGD(mapping.parameters(), lr=cfg.adv_lr)
-        bce = nn.BCEWithLogitsLoss()  # = sigmoid output + BCE, computed stably
-
-        def batch(grad: bool):
-            src = xs[torch.randint(n_s, (bs,), generator=gen)]
-            tgt = ys[torch.randint(n_t, (bs,), generator=gen)]
-            with torch.set_grad_enabled(grad):
-                return torch.cat([mapping(src), tgt])  # (2 bs, d)
-
-        best_w, best = mapping.weight.detach().double().numpy().copy(), -np.inf
-        steps = max(1, cfg.adv_epoch_size // bs)
-        worse_before = False
-        for epoch in range(cfg.adv_epochs):
-            t0, d_loss = time.perf_counter(), 0.0
-            for _ in progress(range(steps), desc=f"adversarial epoch {epoch}", unit="step"):
-                disc.train()
-                for _ in range(cfg.adv_dis_steps):
-                    loss = bce(disc(batch(grad=False)).squeeze(1), labels)
-                    opt_d.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt_d.step()
-                d_loss += float(loss.detach())
-                disc.eval()  # no dropout while the mapping learns to fool the discriminator
-                loss = bce(disc(batch(grad=True)).squeeze(1), 1 - labels)
-                opt_m.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_m.step()
-                with torch.no_grad():
-                    mapping.weight.copy_(orthogonalize(mapping.weight, cfg.adv_beta))
-            w = mapping.weight.detach().double().numpy().copy()
-            crit = criterion(x, y, w, cfg)
-            lr = opt_m.param_groups[0]["lr"]
-            history.append({"epoch": epoch, "criterion": crit, "dis_loss": d_loss / steps, "lr": lr,
-                            "seconds": time.perf_counter() - t0})
-            log(f"adversarial epoch {epoch}: criterion {crit:.4f}, discriminator loss {d_loss / steps:.4f}, "
-                f"lr {lr:.4g}")
-            new_lr = max(cfg.adv_min_lr, lr * cfg.adv_lr_decay)
-            if crit < best:  # MUSE shrinks the lr from the second time the criterion falls below its best
-                if worse_before:
-                    new_lr *= cfg.adv_lr_shrink
-                worse_before = True
-            if crit > best:
-                best_w, best = w, crit
-            for g in opt_m.param_groups:
-                g["lr"] = new_lr
-            if new_lr < cfg.adv_min_lr:
-                break
-    return best_w, history
 
 
 def learn_mapping(method: str, x: np.ndarray, y: np.ndarray, src_words: list[str], tgt_words: list[str],
@@ -412,6 +315,11 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
     if cfg.write_vectors:
         write_vec(out_dir / "vectors" / f"{tgt_lang}.vec", Vectors(tgt.words, y))
     results["bands"] = band_rows
+    results["selected"] = selected_methods(results)
+    for kind, pick in results["selected"].items():  # which start won is reported, never hidden
+        crits = ", ".join(f"{m} {results['methods'][m]['criterion']:.4f}" for m in KINDS[kind]
+                          if m in results["methods"])
+        log(f"{pair} {kind}: the criterion picks {pick} ({crits})")
     results["metrics"] = align_metrics(results)
     table = results_table(results)
     results["table"] = table
@@ -433,6 +341,21 @@ def _by_band(space: Space, pairs: np.ndarray, n_src: int) -> list[dict]:
     return rows
 
 
+KINDS = {"supervised": SUPERVISED, "unsupervised": ("adversarial", "identical")}
+
+
+def selected_methods(results: dict) -> dict[str, str]:
+    """{"supervised": m, "unsupervised": m}: per kind, the learned method with the best unsupervised
+    criterion (no dictionary needed), e.g. adversarial vs identical-strings start."""
+    methods = results["methods"]
+    out = {}
+    for kind, names in KINDS.items():
+        scored = [m for m in names if m in methods]
+        if scored:
+            out[kind] = max(scored, key=lambda m: methods[m]["criterion"])
+    return out
+
+
 def align_metrics(results: dict) -> dict[str, float]:
     """Flat metrics: align.p_at_1.<pair>.<method>.<nn|csls>, plus the headline numbers
     align.p_at_1.<pair>.supervised (best supervised method by the criterion, CSLS) and
@@ -443,10 +366,8 @@ def align_metrics(results: dict) -> dict[str, float]:
         for how in ("nn", "csls"):
             if how in e:
                 out[f"align.p_at_1.{pair}.{m}.{how}"] = e[how]["p@1"]
-    for kind, names in (("supervised", SUPERVISED), ("unsupervised", ("adversarial", "identical"))):
-        scored = [m for m in names if m in methods and "csls" in methods[m]]
-        if scored:
-            pick = max(scored, key=lambda m: methods[m]["criterion"])
+    for kind, pick in selected_methods(results).items():
+        if "csls" in methods[pick]:
             out[f"align.p_at_1.{pair}.{kind}"] = methods[pick]["csls"]["p@1"]
     return out
 
@@ -611,6 +532,8 @@ def load_mapping(path: str | Path) -> np.ndarray:
 __all__ = ["AlignConfig", "METHODS", "SUPERVISED", "normalize_embeddings", "procrustes", "orthogonalize",
            "refine", "criterion", "adversarial", "learn_mapping", "run_align", "align_metrics", "results_table",
            "plot_bands", "align_files", "dictionary_pairs", "align_pairs", "align_from_corpus", "load_mapping",
+           "selected_methods", "KINDS",
+           "synthetic_pair",  # re-exported from xling.tasks.adversarial (as adversarial, orthogonalize)
            # re-exported from xling.tasks.csls
            "Space", "topk_scores", "mean_knn_sim", "csls_reference", "candidate_pairs", "build_dictionary",
            "mean_cosine", "evaluate_bli", "frequency_bands"]
