@@ -172,7 +172,7 @@ def test_adversarial_recovers_a_rotation_deterministically():
     x = clustered(n, 8, 32, seed=0)
     r = rotation(8, 102)
     y = (x @ r.T + 0.01 * np.random.default_rng(1).normal(size=x.shape)).astype(np.float32)
-    cfg = tiny_cfg(adv_hidden=64, adv_epochs=5, adv_epoch_size=3200, adv_lr=1.0, adv_lr_decay=1.0,
+    cfg = tiny_cfg(adv_hidden=64, adv_batch=32, adv_epochs=5, adv_epoch_size=3200, adv_lr=1.0, adv_lr_decay=1.0,
                    adv_lr_shrink=1.0, seed=1)
     w, history = adversarial(x, y, cfg, log=lambda s: None)
     gold = np.stack([np.arange(n), np.arange(n)], axis=1)
@@ -180,7 +180,7 @@ def test_adversarial_recovers_a_rotation_deterministically():
     assert np.abs(w @ w.T - np.eye(8)).max() < 0.15  # kept near-orthogonal (lr 1 pulls it off a little)
     assert max(h["criterion"] for h in history) > 0.99
     # same seed, same mapping (a shorter run)
-    short = tiny_cfg(adv_hidden=64, adv_epochs=1, adv_epoch_size=640, seed=5)
+    short = tiny_cfg(adv_hidden=64, adv_batch=32, adv_epochs=1, adv_epoch_size=640, seed=5)
     w1, _ = adversarial(x, y, short, log=lambda s: None)
     w2, _ = adversarial(x, y, short, log=lambda s: None)
     np.testing.assert_array_equal(w1, w2)
