@@ -10,6 +10,8 @@ import torch
 
 from xling.tasks.adversarial import adversarial, orthogonalize, random_rotation, synthetic_pair
 from xling.tasks.align import (
+    Space,
+    evaluate_bli,
     AlignConfig,
     align_metrics,
     normalize_embeddings,
@@ -94,3 +96,37 @@ def test_model_selection_picks_the_start_with_the_better_criterion_and_says_so()
     assert selected_methods(results)["unsupervised"] == "adversarial"
     del results["methods"]["identical"]  # e.g. no identical strings across scripts
     assert selected_methods(results)["unsupervised"] == "adversarial"
+
+
+def test_restarts_keep_the_run_with_the_best_refined_criterion(monkeypatch):
+    """`adversarial_restarts` runs every seed, refines each map and keeps the best by the unsupervised
+    criterion after refinement. The adversarial game is replaced by maps chosen per seed (two wrong, one
+    near the rotation); refinement and the criterion are real."""
+    from xling.tasks import align
+
+    x, y, rot = synthetic_pair(2000, 16, seed=3, clusters=20)
+    x, y = normalize_embeddings(x, "renorm"), normalize_embeddings(y, "renorm")
+    rng = np.random.default_rng(0)
+    near = rot + 0.04 * rng.normal(size=rot.shape)  # the right map, perturbed: refinement recovers it
+    maps = {0: random_rotation(16, rng), 1: near, 2: random_rotation(16, rng)}  # 0, 2: maps to nowhere
+    seeds = []
+
+    def fake_adversarial(x_, y_, cfg, log):
+        seeds.append(cfg.seed)
+        return maps[cfg.seed], [{"epoch": 0, "criterion": 0.0}]
+
+    monkeypatch.setattr(align, "adversarial", fake_adversarial)
+    gold = np.stack([np.arange(500), np.arange(500)], axis=1)
+
+    w, info = align.adversarial_restarts(x, y, small_cfg(adv_restarts=3), log=lambda s: None)
+    assert seeds == [0, 1, 2] and [r["seed"] for r in info["runs"]] == [0, 1, 2]
+    crit = [r["refined_criterion"] for r in info["runs"]]
+    assert crit[1] == max(crit) > 0.99 and max(crit[0], crit[2]) < 0.95
+    np.testing.assert_array_equal(info["raw_w"], near)  # the kept run's own start and history
+    assert max(h["criterion"] for h in info["history"]) == crit[1]
+    assert evaluate_bli(Space(x @ w.T, y), gold, "csls", ks=(1,))[0][1] > 0.95
+
+    seeds.clear()  # one run: it is returned whatever it is
+    w, info = align.adversarial_restarts(x, y, small_cfg(adv_restarts=1), log=lambda s: None)
+    assert seeds == [0] and len(info["runs"]) == 1
+    assert evaluate_bli(Space(x @ w.T, y), gold, "csls", ks=(1,))[0][1] < 0.1

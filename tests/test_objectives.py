@@ -16,6 +16,7 @@ from xling.objectives import (
     CLM,
     IGNORE,
     MLM,
+    MT,
     NSP,
     OBJECTIVES,
     TLM,
@@ -414,6 +415,53 @@ def test_language_and_pair_sampling_follow_q():
             assert got.count(name) / draws == pytest.approx(qi, abs=4 * math.sqrt(qi * (1 - qi) / draws))
 
 
+def test_mt_exact_layout():
+    """`<x_lang> x </s> <y_lang> y </s>`: inputs drop the final </s>, loss only where y and </s> are predicted."""
+    I = IGNORE
+    expected = {  # input ids: (targets, language ids) for both directions of both pairs
+        (5, 10, 11, 12, 2, 6, 30, 31): ([I] * 5 + [30, 31, 2], [0] * 5 + [1] * 3),
+        (6, 30, 31, 2, 5, 10, 11, 12): ([I] * 4 + [10, 11, 12, 2], [1] * 4 + [0] * 4),
+        (5, 20, 21, 2, 6, 40, 41, 42, 43): ([I] * 4 + [40, 41, 42, 43, 2], [0] * 4 + [1] * 5),
+        (6, 40, 41, 42, 43, 2, 5, 20, 21): ([I] * 6 + [20, 21, 2], [1] * 6 + [0] * 3),
+    }
+    mt, rng, seen = MT(length_batching=False, pad_multiple=1), np.random.default_rng(0), set()
+    for _ in range(100):
+        b = mt.make_batch(tlm_shards(), "train", rng, 2, 32, pair="en-fr")
+        assert "pad_mask" not in b and "positions" not in b  # right padding, causal: positions 0..T-1
+        for r in range(2):
+            n = int((b["idx"][r] != PAD).sum())
+            key = tuple(b["idx"][r, :n].tolist())
+            targets, lids = expected[key]
+            seen.add(key)
+            assert b["targets"][r, :n].tolist() == targets
+            assert b["lang_ids"][r, :n].tolist() == lids
+            assert (b["targets"][r, n:] == IGNORE).all()
+        assert b["n_tokens"] == int((b["idx"] != PAD).sum())
+    assert seen == set(expected)
+
+
+def test_mt_is_the_translation_fine_tune_format():
+    """Row for row, an `mt` batch is what tasks/translate.make_batch builds for the same pair, so its loss
+    is translate.mt_loss: pretraining on it trains exactly what the fine-tune and the decoder use."""
+    from xling.tasks.translate import Example, make_batch, mt_loss
+
+    shards, _ = random_shards(21)
+    batch = MT(pad_multiple=1).make_batch(shards, "train", np.random.default_rng(3), 6, 64)
+    rows = []
+    for r in range(6):
+        ids = [t for t in batch["idx"][r].tolist() if t != PAD]
+        cut = ids.index(EOS)
+        rows.append(Example(np.array(ids[1:cut]), np.array(ids[cut + 2:]), ids[0], ids[cut + 1]))
+    ref = make_batch(rows, pad_multiple=1)
+    real = batch["idx"] != PAD
+    for k in ("idx", "targets"):
+        assert torch.equal(ref[k], batch[k]), k
+    assert torch.equal(ref["lang_ids"][real], batch["lang_ids"][real])  # padding's ids are never used
+    model = tiny_model().eval()
+    loss, _ = MT()(model, batch)
+    assert loss.item() == pytest.approx(mt_loss(model, ref).item(), rel=1e-5)
+
+
 def batches_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
@@ -451,7 +499,7 @@ def test_build_objectives_checks():
     assert isinstance(objs["tlm"], TLM)
     assert objs["contrastive"].tau == 0.1 and objs["contrastive"].margin == 0.2
     assert objs["nsp"].head.in_features == 32
-    with pytest.raises(XlingError, match="unknown objective.*'mln'.*clm, mlm, tlm, nsp, xnsp, contrastive"):
+    with pytest.raises(XlingError, match="unknown objective.*'mln'.*clm, mlm, tlm, mt, nsp, xnsp, contrastive"):
         build_objectives({"mln": 1.0}, shards)
     mono, _ = random_shards(13, pair_n={})
     assert set(build_objectives({"clm": 1, "mlm": 1, "nsp": 1}, mono, d_model=32)) == {"clm", "mlm", "nsp"}
@@ -526,7 +574,7 @@ def test_forward_losses_with_the_real_model():
         assert stats["n_tokens"] == batch["n_tokens"] > 0
         loss.backward()
         assert model.wte.weight.grad.abs().sum() > 0
-        if name in ("clm", "mlm", "tlm"):  # at init the LM is close to uniform over the vocabulary
+        if name in ("clm", "mlm", "tlm", "mt"):  # at init the LM is close to uniform over the vocabulary
             assert loss.item() == pytest.approx(math.log(V), abs=0.15)
         if name in ("mlm", "tlm"):
             assert stats["n_masked"] == int((batch["targets"] != IGNORE).sum()) > 0

@@ -9,6 +9,8 @@ Objectives (each an `nn.Module`; NSP owns its binary head):
     clm          packed monolingual stream `<lang> s1 </s> s2 </s> ...`, causal, next-token loss
     mlm          the same stream, bidirectional, BERT/XLM 80/10/10 masking of 15% of positions
     tlm          translation pair `</s> x </s> </s> y </s>`, positions restart at y (XLM), masked both sides
+    mt           translation pair `<x_lang> x </s> <y_lang> y </s>`, causal, loss on y only (the format
+                 `xling translate` fine-tunes and decodes: pretraining on it is translation from step 0)
     nsp          `<s> a </s> b </s>`: is b the next segment of a (50%) or a random one (BERT)
     xnsp         the same with b in another language: is b the translation of a (XLM's variant)
     contrastive  symmetric InfoNCE over in-batch translation pairs (LaBSE / sentence-transformers MNRL)
@@ -272,6 +274,21 @@ class Objective(nn.Module):
         return rows
 
 
+    def translation_items(self, d: _Data, split: str, rng: np.random.Generator, batch_size: int,
+                          pair: str | None) -> tuple[str, str, list[tuple[str, np.ndarray, str, np.ndarray]]]:
+        """(a, b, [(x_lang, x, y_lang, y), ...]): a batch of one pair's translations, each direction half
+        the time, length-batched when `self.length_batching` (TLM, MT)."""
+        a, b = self.pick_pair(d, split, rng, pair)
+        rows = self.pair_rows(d, split, a, b, rng, batch_size, lambda r: d.seg_lengths(split, a, r[:, 0])
+                              + d.seg_lengths(split, b, r[:, 1]), self.length_batching)
+        swap = rng.random(batch_size) < 0.5  # both directions
+        items = []
+        for (ia, ib), sw in zip(rows, swap, strict=True):
+            (lx, ix), (ly, iy) = ((b, ib), (a, ia)) if sw else ((a, ia), (b, ib))
+            items.append((lx, d.seg(split, lx, ix), ly, d.seg(split, ly, iy)))
+        return a, b, items
+
+
 def _pad_batch(seqs: list[np.ndarray], extras: dict[str, list[np.ndarray]], pad_id: int, multiple: int,
                cap: int) -> dict[str, torch.Tensor]:
     """Right-pad sequences (and per-token extras, padded with 0) to the longest, rounded up to `multiple`."""
@@ -398,14 +415,9 @@ class TLM(_MaskedLM):
     def make_batch(self, shards, split: str, rng: np.random.Generator, batch_size: int, seq_len: int,
                    *, pair: str | None = None) -> dict:
         d = self.data(shards)
-        a, b = self.pick_pair(d, split, rng, pair)
-        rows = self.pair_rows(d, split, a, b, rng, batch_size, lambda r: d.seg_lengths(split, a, r[:, 0])
-                              + d.seg_lengths(split, b, r[:, 1]), self.length_batching)
-        swap = rng.random(batch_size) < 0.5  # both directions
+        a, b, items = self.translation_items(d, split, rng, batch_size, pair)
         seqs, pos, lids = [], [], []
-        for (ia, ib), sw in zip(rows, swap, strict=True):
-            (lx, ix), (ly, iy) = ((b, ib), (a, ia)) if sw else ((a, ia), (b, ib))
-            x, y = d.seg(split, lx, ix), d.seg(split, ly, iy)
+        for lx, x, ly, y in items:
             nx, ny = _fit_pair(len(x), len(y), seq_len - 4)
             e = [d.eos]
             seqs.append(np.concatenate([e, x[:nx], e, e, y[:ny], e]))
@@ -415,6 +427,51 @@ class TLM(_MaskedLM):
         idx, targets = self.mask(d, out["idx"].numpy(), ~out["pad_mask"].numpy(), rng)
         out.update(idx=idx, targets=targets, pair=f"{a}-{b}", n_tokens=int(out["pad_mask"].sum()))
         return out
+
+
+class MT(Objective):
+    """Causal translation LM: `<x_lang> x </s> <y_lang> y </s>`, next-token loss on `y </s>` only.
+
+    Exactly the prompt format of tasks/translate.py, over every language pair of the corpus (pairs drawn
+    with pair_alpha, each direction half the time), so a pretrained model conditions on a source before
+    any fine-tune. Inputs are right-padded and causal: padding is never attended by a real position.
+    """
+
+    name = "mt"
+    uses_pairs = True
+    variable_length = True
+
+    def __init__(self, alpha: float = 0.3, length_batching: bool = True, pad_multiple: int = 16):
+        super().__init__(alpha)
+        self.length_batching = length_batching
+        self.pad_multiple = pad_multiple
+
+    def make_batch(self, shards, split: str, rng: np.random.Generator, batch_size: int, seq_len: int,
+                   *, pair: str | None = None) -> dict:
+        d = self.data(shards)
+        a, b, items = self.translation_items(d, split, rng, batch_size, pair)
+        seqs, tgts, lids = [], [], []
+        for lx, x, ly, y in items:
+            nx, ny = _fit_pair(len(x), len(y), seq_len - 3)
+            full = np.concatenate([[d.tag(lx)], x[:nx], [d.eos, d.tag(ly)], y[:ny], [d.eos]])
+            target = full[1:].copy()  # position j predicts full[j + 1]; only y and the final </s> count
+            target[:nx + 2] = IGNORE
+            seqs.append(full[:-1])
+            tgts.append(target)
+            lids.append(np.repeat([d.lang_index(lx), d.lang_index(ly)], [nx + 2, ny + 1]))
+        out = _pad_batch(seqs, {"targets": tgts, "lang_ids": lids}, d.pad, self.pad_multiple, seq_len)
+        targets = out["targets"]
+        targets[~out["pad_mask"]] = IGNORE
+        del out["pad_mask"]  # right padding under a causal mask: no real position sees it (a faster kernel)
+        out.update(pair=f"{a}-{b}", n_tokens=int(sum(len(s) for s in seqs)))
+        return out
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        batch = _to_device(batch, model)
+        hidden = _run(model, batch, causal=True)  # (B, T, D)
+        logits = _unwrap(model).lm_head(hidden)  # (B, T, V); static shapes for the compiled graph
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE)
+        return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"]}
 
 
 class _Binary(Objective):
@@ -622,8 +679,8 @@ def bits_per_char(nats: float, chars: int) -> float:
 
 # ---------------------------------------------------------------------------- building
 
-OBJECTIVES: dict[str, type[Objective]] = {"clm": CLM, "mlm": MLM, "tlm": TLM, "nsp": NSP, "xnsp": XNSP,
-                                          "contrastive": Contrastive}
+OBJECTIVES: dict[str, type[Objective]] = {"clm": CLM, "mlm": MLM, "tlm": TLM, "mt": MT, "nsp": NSP,
+                                          "xnsp": XNSP, "contrastive": Contrastive}
 
 
 def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, pair_alpha: float = 0.3,
@@ -659,6 +716,8 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
             out[name] = MLM(alpha, mlm_prob, mlm_smoothing, counts)
         elif name == "tlm":
             out[name] = TLM(pair_alpha, mlm_prob, mlm_smoothing, counts, length_batching, pad_multiple)
+        elif name == "mt":
+            out[name] = MT(pair_alpha, length_batching, pad_multiple)
         elif name in ("nsp", "xnsp"):
             if not d_model:
                 raise ValueError(f"build_objectives: objective {name} needs d_model for its head")
