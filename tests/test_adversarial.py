@@ -10,10 +10,10 @@ import torch
 
 from xling.tasks.adversarial import adversarial, orthogonalize, random_rotation, synthetic_pair
 from xling.tasks.align import (
-    Space,
-    evaluate_bli,
     AlignConfig,
+    Space,
     align_metrics,
+    evaluate_bli,
     normalize_embeddings,
     selected_methods,
 )

@@ -566,7 +566,8 @@ def load_mapping(path: str | Path) -> np.ndarray:
 
 
 __all__ = ["AlignConfig", "METHODS", "SUPERVISED", "normalize_embeddings", "procrustes", "orthogonalize",
-           "refine", "criterion", "adversarial", "adversarial_restarts", "learn_mapping", "run_align", "align_metrics", "results_table",
+           "refine", "criterion", "adversarial", "adversarial_restarts",
+           "learn_mapping", "run_align", "align_metrics", "results_table",
            "plot_bands", "align_files", "dictionary_pairs", "align_pairs", "align_from_corpus", "load_mapping",
            "selected_methods", "KINDS",
            "synthetic_pair",  # re-exported from xling.tasks.adversarial (as adversarial, orthogonalize)
