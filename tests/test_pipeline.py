@@ -88,6 +88,30 @@ def test_demo_stages_skip_when_up_to_date(trained_run, capsys):
     assert manifest["stages"]["pretrain"]["summary"]["steps"] == 44
 
 
+def test_an_interrupted_retrain_resumes(trained_run, tmp_path, monkeypatch):
+    """`--overwrite` with a new config, killed after its checkpoints but before the manifest is updated: the
+    next call resumes those checkpoints instead of judging them by the old run's record."""
+    import shutil
+
+    from xling.stages import RunDir
+
+    rd = tmp_path / "run"
+    shutil.copytree(trained_run, rd)
+    new = [*TINY_MODEL, 'train.objectives={clm = 1.0}']
+
+    def killed(*_args, **_kw):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(RunDir, "record", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["pretrain", "--run", str(rd), *new, "train.max_steps=4", "--overwrite"])
+    monkeypatch.undo()
+    assert "pretrain" not in json.loads((rd / "manifest.json").read_text())["stages"]
+    assert main(["pretrain", "--run", str(rd), *new, "train.max_steps=6"]) == 0
+    summary = json.loads((rd / "manifest.json").read_text())["stages"]["pretrain"]["summary"]
+    assert summary["steps"] == 6
+
+
 def test_generate_command_equals_the_python_api(trained_run, capsys):
     from xling.generate import GenerateConfig, generate, load_for_generation
 

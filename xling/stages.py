@@ -157,6 +157,13 @@ class RunDir:
         atomic_write_json(self.manifest_path, m)
         atomic_write_text(self.path / "config.toml", to_toml(cfg))
 
+    def forget(self, name: str) -> None:
+        """Drop stage `name`'s record: its outputs are being rebuilt, so an interrupted rebuild must not be
+        judged against the old config (it resumes against its own checkpoints)."""
+        m = self.manifest()
+        if m.get("stages", {}).pop(name, None) is not None:
+            atomic_write_json(self.manifest_path, m)
+
 
 def _diff(old: dict, new: dict) -> str:
     changes = []
@@ -211,6 +218,8 @@ def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None
                          f"or choose another --run")
     if resume is None:
         resume = has_ckpt and not overwrite
+    if (overwrite or not has_ckpt) and int(os.environ.get("RANK", "0")) == 0:
+        rd.forget("pretrain")  # training anew: the old record no longer describes the checkpoints
     t0 = time.perf_counter()
     summary = pretrain(cfg, rd.path, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
