@@ -14,7 +14,7 @@ TINY_MODEL = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.bl
               "train.eval_every=0", "train.precision=fp32", "train.lr=3e-3",
               # the translation evaluation's fine-tunes, kept to a few steps (saved to the run's config.toml)
               "translate.max_minutes=0", "translate.max_steps=20", "translate.test_sentences=8",
-              "translate.max_new_tokens=12", "translate.precision=fp32"]
+              "translate.max_new_tokens=12", "translate.precision=fp32", "translate.compile=false"]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from xling.tasks.translate import (
     Example,
     TranslateConfig,
     finetune,
+    loss_fn,
     make_batch,
     max_source_tokens,
     mt_loss,
@@ -95,6 +96,49 @@ def test_loss_is_the_mean_over_target_tokens_only():
     assert torch.allclose(mt_loss(model, b2), ref2, atol=1e-6)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_label_smoothing_is_its_definition_and_the_static_loss_equals_the_masked_one(eps):
+    """loss = (1 - eps) * NLL(gold) + eps * mean over the vocabulary of -log p, averaged over target tokens;
+    the compile-friendly form (output layer everywhere, loss masked) gives the same value."""
+    model = make()
+    exs = [ex([20, 21, 22], [30, 31]), ex([40, 41], [50, 51, 52], RU, EN)]
+    b = make_batch(exs)
+    logp = model.lm_head(model(b["idx"], lang_ids=b["lang_ids"])).log_softmax(-1)  # (B, T, V)
+    keep = b["targets"] != IGNORE
+    gold = logp[keep].gather(1, b["targets"][keep][:, None])[:, 0]  # (N,)
+    ref = ((1 - eps) * -gold + eps * -logp[keep].mean(-1)).mean()
+    masked = mt_loss(model, b, label_smoothing=eps)
+    static = mt_loss(model, b, label_smoothing=eps, static=True)
+    assert torch.allclose(masked, ref, atol=1e-5) and torch.allclose(static, ref, atol=1e-5)
+
+
+def test_compiled_loss_equals_the_eager_one_and_a_failed_compile_falls_back():
+    """The compile plumbing with dynamo's `eager` backend (inductor takes too long for a unit test): the same
+    loss for two padded lengths (one graph, the length symbolic); a backend that fails costs one warning and the
+    fine-tune goes on eagerly. Short time budgets never compile."""
+    model = make()
+    cfg = TranslateConfig(max_minutes=0, max_steps=10, label_smoothing=0.1)
+    eager = loss_fn(TranslateConfig(max_minutes=0, max_steps=10, label_smoothing=0.1, compile=False), "cpu")
+    traced = loss_fn(cfg, torch.device("cpu"), backend="eager")
+    for batch in (make_batch([ex([20, 21, 22], [30, 31])]), make_batch([ex(list(range(20, 40)), [30, 31])])):
+        assert torch.allclose(traced(model, batch), eager(model, batch), atol=1e-5)
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    failing = loss_fn(cfg, torch.device("cpu"), backend=broken)
+    batch = make_batch([ex([20, 21, 22], [30, 31])])
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        first = failing(model, batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        assert torch.allclose(failing(model, batch), first) and torch.allclose(first, eager(model, batch), atol=1e-6)
+    short = loss_fn(TranslateConfig(max_minutes=1.5), torch.device("cpu"), backend=broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short(model, batch)  # eager: a 90-second budget is not worth a compile
+
+
 def greedy_reference(model, src, s, t, n_new, prefix_lm=False):
     """Greedy by full recomputation (no cache, no padding), per-segment language ids."""
     seq = [s, *src, EOS_ID, t]
@@ -135,7 +179,8 @@ def test_finetune_overfits_a_tiny_parallel_set(tok):
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=3, d_model=64,
                                            block_size=128))
     cfg = TranslateConfig(lr=3e-3, min_lr=3e-4, warmup_steps=10, batch_size=12, max_steps=150, max_minutes=0,
-                          precision="fp32", weight_decay=0.0, no_repeat_ngram=0)  # tiny subwords repeat 3-grams
+                          precision="fp32", weight_decay=0.0, label_smoothing=0.0, compile=False,
+                          no_repeat_ngram=0)  # tiny subwords repeat 3-grams
     model, summary = finetune(model, data, cfg)
     assert summary["steps"] == 150 and summary["examples"] == 12
     assert summary["loss_last"] < 0.2 and summary["loss_first"] > 4.0
@@ -197,6 +242,7 @@ def test_tsv_examples_both_directions_and_bad_line(tok, tmp_path):
 # ---------------------------------------------------------------------------- a tiny run, CLI and evaluation
 
 FT = ["translate.max_minutes=0", "translate.max_steps=30", "translate.batch_size=16", "translate.precision=fp32",
+      "translate.compile=false", "translate.label_smoothing=0",
       "translate.test_sentences=8", "translate.max_new_tokens=12", "translate.lr=3e-3"]
 
 
@@ -299,7 +345,7 @@ def test_finetune_inside_a_callers_autocast_learns_as_outside(tok):
     ids = {lg: [np.array(tok.encode(t, add_special_tokens=False).ids) for t in TINY[lg]] for lg in LANGS}
     data = [Example(ids["en"][i], ids["fr"][i], tags["en"], tags["fr"]) for i in range(6)]
     cfg = TranslateConfig(lr=3e-3, min_lr=3e-3, warmup_steps=1, batch_size=6, max_steps=30, max_minutes=0,
-                          precision="bf16", weight_decay=0.0)
+                          precision="bf16", weight_decay=0.0, compile=False)
 
     def run(outer: bool) -> dict:
         torch.manual_seed(0)

@@ -28,13 +28,16 @@ warning so the prompt leaves room for the output; an empty line gives an empty l
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation
@@ -71,6 +75,11 @@ class TranslateConfig:
     # read `<src> x </s>` bidirectionally (a prefix LM, as an encoder would), the target causally. Measured on
     # the demo model, 300 steps at lr 2e-3, en<->fr valid loss: 4.68 prefix vs 4.67 causal, so off by default
     prefix_lm: bool = False
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (Vaswani et al. 2017: 0.1)
+    # torch.compile the loss (model + output layer + cross-entropy; one graph, the length symbolic): more steps
+    # in a wall-clock budget once its 30-70 s of cold compilation are paid, so time budgets under 2 minutes
+    # (max_minutes < 2) always run eagerly
+    compile: bool = True
     max_minutes: float = 1.0  # fine-tune budget in wall-clock minutes (0 = unset)
     max_steps: int = 0  # fine-tune budget in optimizer steps (0 = unset); the first budget reached ends it
     precision: str = "auto"  # auto (bf16 autocast/weights where native) | fp32 | bf16
@@ -101,7 +110,7 @@ class TranslateConfig:
             if not ok:
                 raise ValueError(f"{name} must be {need}, not {getattr(self, name)!r}")
         for name in ("max_minutes", "max_steps", "warmup_steps", "max_new_tokens", "test_sentences",
-                     "weight_decay", "min_lr"):
+                     "weight_decay", "min_lr", "label_smoothing"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
 
@@ -185,13 +194,23 @@ def make_batch(examples: list[Example], pad_multiple: int = 16, max_len: int | N
     return {"idx": idx, "targets": targets, "lang_ids": lang, "prefix_len": prefix}
 
 
-def mt_loss(model: nn.Module, batch: dict[str, Tensor], prefix_lm: bool = False) -> Tensor:
-    """Mean cross-entropy over target positions; the output layer runs only where there is a target."""
+def mt_loss(model: nn.Module, batch: dict[str, Tensor], prefix_lm: bool = False, label_smoothing: float = 0.0,
+            static: bool = False) -> Tensor:
+    """Mean cross-entropy over target positions.
+
+    Eager (static=False) the output layer runs only where there is a target. static=True runs it at every
+    position and masks the loss instead: the shapes then depend only on (B, T), what a compiled graph needs.
+    """
     hidden = model(batch["idx"], lang_ids=batch["lang_ids"],  # (B, T, D); right padding: never seen by real rows
                    prefix_len=batch["prefix_len"] if prefix_lm else None)
-    keep = batch["targets"] != IGNORE  # (B, T)
+    targets = batch["targets"]  # (B, T)
+    if static:
+        logits = model.lm_head(hidden).float()  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                               label_smoothing=label_smoothing)
+    keep = targets != IGNORE  # (B, T)
     logits = model.lm_head(hidden[keep]).float()  # (N, V)
-    return F.cross_entropy(logits, batch["targets"][keep])
+    return F.cross_entropy(logits, targets[keep], label_smoothing=label_smoothing)
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -202,6 +221,42 @@ def _lr(cfg: TranslateConfig, step: int, frac: float) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable = "inductor"
+            ) -> Callable[[nn.Module, dict], Tensor]:
+    """(model, batch) -> the fine-tune's loss: eager, or compiled when cfg.compile (falls back to eager with a
+    warning if compiling fails, e.g. without a C++ compiler).
+
+    Measured on the demo model (2 cores, under load, en<->fr batches of 32): 1.40 s a step compiled vs 1.75 s
+    eager, after a 73 s cold compile.
+    """
+    eager = functools.partial(mt_loss, prefix_lm=cfg.prefix_lm, label_smoothing=cfg.label_smoothing)
+    if not cfg.compile or 0 < cfg.max_minutes < 2:
+        return eager
+    compiled = torch.compile(functools.partial(mt_loss, prefix_lm=cfg.prefix_lm,
+                                               label_smoothing=cfg.label_smoothing, static=True), backend=backend)
+    failed = []
+
+    def run(model: nn.Module, batch: dict) -> Tensor:
+        if failed:
+            return eager(model, batch)
+        for v in batch.values():  # (B, T) tensors: T symbolic, so one graph serves every padded length
+            for dim in range(v.dim()):
+                if dim == 1:
+                    torch._dynamo.maybe_mark_dynamic(v, 1)
+                else:
+                    torch._dynamo.mark_static(v, dim)
+        try:  # CPU: SDPA's math backend inside the graph, which inductor fuses (as the pretraining trainer)
+            with sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext():
+                return compiled(model, batch)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            warnings.warn(f"translate: torch.compile failed ({str(e).splitlines()[0][:200]}); fine-tuning "
+                          f"eagerly (set translate.compile=false to skip the attempt)", stacklevel=2)
+            failed.append(True)
+            return eager(model, batch)
+
+    return run
 
 
 def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Path | None = None,
@@ -236,6 +291,7 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     model.train()
     B, N = cfg.batch_size, len(examples)
+    step_loss = loss_fn(cfg, dev)
     losses, step, tokens, t0 = [], 0, 0, time.perf_counter()
     bar = progress(total=cfg.max_steps or None, desc=desc, unit="step")
 
@@ -255,7 +311,7 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step, f)
         with training_autocast(dev.type, amp):
-            loss = mt_loss(model, batch, cfg.prefix_lm)
+            loss = step_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
