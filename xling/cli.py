@@ -120,7 +120,7 @@ def cmd_demo(args) -> int:
     config = args.config or str(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
     if not Path(config).exists():
         config = None  # installed without the repo's configs/: built-in defaults are the demo
-    overrides = [f"train.max_minutes={args.minutes}"]
+    overrides = [f"train.max_minutes={args.minutes}"] if args.minutes is not None else []
     if args.langs:
         overrides.append(f"corpus.langs={args.langs}")
     cfg = load_config(config, [*overrides, *args.overrides], base=RunDir(args.run).saved_config())
@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = _stage_parser(sub, "demo", "run every stage on the embedded default corpus and config")
-    p.add_argument("--minutes", type=float, default=10.0, help="training budget in wall-clock minutes")
+    p.add_argument("--minutes", type=float, help="training budget in wall-clock minutes (default: the config's "
+                   "train.max_minutes, 10 in configs/demo.toml)")
     p.add_argument("--langs", help="comma-separated language codes")
     p.set_defaults(func=cmd_demo)
 
