@@ -189,3 +189,24 @@ def test_training_inside_a_callers_autocast_learns_as_outside(shards):
         _, inside = train_rnn(shards, [("en", "fr")], cfg, max_steps=30, seed=0)
     assert outside["loss"] < 1.0
     assert inside["loss"] == pytest.approx(outside["loss"], rel=1e-4)
+
+
+def test_label_smoothing_is_its_definition(shards):
+    """Training loss with label smoothing eps = (1 - eps) * NLL(gold) + eps * mean over the vocabulary of -log p,
+    averaged over real target tokens (padding excluded); eps = 0 is the plain cross-entropy."""
+    from xling.tasks.rnn_mt import _loss, _Pairs
+
+    torch.manual_seed(0)
+    model = RNNTranslator(RNNConfig(**TINY), VOCAB, TAGS).eval()
+    batch = _Pairs(shards, "train", [("en", "fr")], 64).batch(np.arange(5))
+    src, src_len, tgt_in, tgt_out = batch
+    with torch.no_grad():
+        logp = model(src, src_len, tgt_in).log_softmax(-1)  # (B, T, V)
+        real = tgt_out != 0
+        gold = logp[real].gather(1, tgt_out[real][:, None])[:, 0]
+        for eps in (0.0, 0.1):
+            ref = ((1 - eps) * -gold + eps * -logp[real].mean(-1)).mean()
+            loss, n_tok = _loss(model, batch, eps)
+            assert n_tok == int(real.sum()) and torch.allclose(loss, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        RNNConfig(label_smoothing=1.0)
