@@ -174,6 +174,21 @@ def _cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+def compiled_call(batch: dict, variable_length: bool, math_sdpa: bool) -> contextlib.AbstractContextManager:
+    """Prepare a call of a compiled (model + loss) graph on `batch`: its tensors' shapes are marked static, except
+    dim 1 (B, T) when `variable_length` (T symbolic: one graph serves every padded length); the returned context
+    runs attention on SDPA's math backend when `math_sdpa` (on a CPU, so inductor fuses the softmax: the CPU flash
+    kernel's backward took ~19% of a step, bench/train_throughput.py: 1.16x faster without it)."""
+    for v in batch.values():
+        if torch.is_tensor(v):
+            for dim in range(v.dim()):
+                if dim == 1 and variable_length:
+                    torch._dynamo.maybe_mark_dynamic(v, 1)
+                else:
+                    torch._dynamo.mark_static(v, dim)
+    return sdpa_kernel(SDPBackend.MATH) if math_sdpa else contextlib.nullcontext()
+
+
 class TrainModule(nn.Module):
     """The model and the objectives (with their heads) as one module: DDP/FSDP see every trained weight."""
 
@@ -207,18 +222,8 @@ class TrainModule(nn.Module):
         # eager=True for validation: its other shapes and modes would each cost a recompile
         if eager or name not in self.compiled:
             return self.objectives[name](self.model, batch)
-        variable = self.objectives[name].variable_length
-        for v in batch.values():
-            if torch.is_tensor(v):
-                for dim in range(v.dim()):
-                    if dim == 1 and variable:
-                        torch._dynamo.maybe_mark_dynamic(v, 1)  # (B, T): T symbolic, one graph for all
-                    else:
-                        torch._dynamo.mark_static(v, dim)
-        # CPU: SDPA's math backend inside the compiled graph, so inductor fuses the softmax; the CPU flash
-        # kernel's backward took ~19% of a step (bench/train_throughput.py: 1.16x faster without it)
         try:
-            with sdpa_kernel(SDPBackend.MATH) if self.math_sdpa else contextlib.nullcontext():
+            with compiled_call(batch, self.objectives[name].variable_length, math_sdpa=self.math_sdpa):
                 return self.compiled[name](self.model, batch)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler: train on, eagerly
             print(f"xling pretrain: torch.compile failed ({str(e).splitlines()[0][:200]}); continuing without "

@@ -28,7 +28,6 @@ warning so the prompt leaves room for the output; an empty line gives an empty l
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -45,7 +44,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation
@@ -237,26 +235,23 @@ def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable 
     eager = functools.partial(mt_loss, prefix_lm=cfg.prefix_lm, label_smoothing=cfg.label_smoothing)
     if not cfg.compile or 0 < cfg.max_minutes < 2:
         return eager
+    from xling.trainer import compiled_call
+
     compiled = torch.compile(functools.partial(mt_loss, prefix_lm=cfg.prefix_lm,
                                                label_smoothing=cfg.label_smoothing, static=True), backend=backend)
-    failed = []
+    failed = False
 
     def run(model: nn.Module, batch: dict) -> Tensor:
+        nonlocal failed
         if failed:
             return eager(model, batch)
-        for v in batch.values():  # (B, T) tensors: T symbolic, so one graph serves every padded length
-            for dim in range(v.dim()):
-                if dim == 1:
-                    torch._dynamo.maybe_mark_dynamic(v, 1)
-                else:
-                    torch._dynamo.mark_static(v, dim)
-        try:  # CPU: SDPA's math backend inside the graph, which inductor fuses (as the pretraining trainer)
-            with sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext():
+        try:
+            with compiled_call(batch, variable_length=True, math_sdpa=torch.device(device).type == "cpu"):
                 return compiled(model, batch)
         except torch._dynamo.exc.BackendCompilerFailed as e:
             warnings.warn(f"translate: torch.compile failed ({str(e).splitlines()[0][:200]}); fine-tuning "
                           f"eagerly (set translate.compile=false to skip the attempt)", stacklevel=2)
-            failed.append(True)
+            failed = True
             return eager(model, batch)
 
     return run
@@ -592,8 +587,7 @@ def _rnn_outputs(ctx: EvalContext, cfg: TranslateConfig, key: str, minutes: floa
 
     path, info = ctx.run_dir / "translate" / "rnn", ctx.run_dir / "translate" / "rnn.json"
     # bf16 where the CPU has it natively, as the Transformer's fine-tune: equal wall-clock, equal footing. Each
-    # system keeps its better label smoothing, measured at 10 minutes on en<->fr/ru (test en->fr / fr->en BLEU):
-    # the Transformer 0.1 (9.0 / 12.1; 7.9 / 11.2 without), the RNN none (5.2 / 7.3; 4.3 / 6.8 with 0.1)
+    # system keeps its measured better label smoothing (TranslateConfig: 0.1, RNNConfig: none)
     rnn_cfg = rnn_mt.RNNConfig(precision="auto")
     want = {"key": key, "minutes": round(minutes, 4), "config": asdict(rnn_cfg)}
     saved = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
