@@ -201,3 +201,22 @@ def test_demo_evaluation_static_and_model_vectors(tiny_run, monkeypatch):
             plot(b, tiny_run / "bands.png")
             assert (tiny_run / "bands.png").read_bytes()[:4] == b"\x89PNG"
     assert (tiny_run / "run" / "align" / "demo" / "vectors" / "en.json").exists()  # cached for the next run
+
+
+def test_demo_evaluation_skips_a_pair_no_method_can_align(tiny_run):
+    """A dictionary with no train-rank words and only supervised methods: en-ru cannot be aligned. The demo
+    evaluation says so in the report and still scores en-fr (it once ended the whole demo)."""
+    from xling.corpus import Corpus
+    from xling.tasks.align import AlignConfig
+    from xling.tasks.align_eval import evaluate_alignment
+    from xling.tasks.vectors import VectorsConfig
+
+    (tiny_run / "en-ru.txt").write_text("light свет\ngrace благодать\n", encoding="utf-8")
+    cfg = AlignConfig(methods=["procrustes"], train_ranks=[0, 3], test_ranks=[3, 100], refine_iters=1,
+                      refine_max_rank=0, select_max_rank=0, select_pairs=0, write_vectors=False)
+    res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr", "ru"),
+                             dictionary=str(tiny_run / "{src}-{tgt}.txt"),
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+    assert "align.p_at_1.en-fr.procrustes.csls" in res["metrics"]
+    assert not any("en-ru" in k for k in res["metrics"])
+    assert "en-ru: skipped (no alignment method could run for en-ru" in res["sections"][0]["blocks"][0]["text"]
