@@ -89,9 +89,11 @@ def evaluate_alignment(run_dir: str | Path, corpus, model=None, tokenizer=None, 
         tgts.append(t)
     if not tgts:
         return {"metrics": {}, "sections": [_section(notes or ["no target language in the corpus"], [], {})]}
+    # one pair at a time: a pair that no method can align (a dictionary without train-rank words, another
+    # script and so no identical strings) is a note in the report, not the end of the demo
     results = {}
-    for t in tgts:  # one pair that no method can align (a dictionary without train words, another script and
-        try:        # so no identical strings) is a note in the report, not the end of the demo
+    for t in tgts:
+        try:
             results.update(align_pairs(corpus.path, out_dir, pivot, [t], vectors_cfg=vectors_cfg, cfg=cfg,
                                        dictionary=dictionary, log=log))
         except XlingError as e:
