@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -390,16 +391,26 @@ def test_untied_output_layer_is_refused(exported, tmp_path):
 
 # ---------------------------------------------------------------------------- encoders for transfer
 
+def _toy_pieces() -> tuple[list[str], list[str]]:
+    """The words and characters of TINY, sorted: a fixed vocabulary for the toy encoders. (Training one with
+    `tokenizers` is not reproducible: ties in its counts break in hash order, so the vocabulary changed from run
+    to run, and with it what the fine-tuning test below learned.)"""
+    texts = [t for v in TINY.values() for t in v]
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)})
+    return words, sorted({c for t in texts for c in t if not c.isspace()})
+
+
 def _bert_folder(path):
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    wp = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-    wp.train_from_iterator([t for v in TINY.values() for t in v] * 2, vocab_size=200,
-                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    words, chars = _toy_pieces()
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *(c for c in chars if c not in words),
+              *(f"##{c}" for c in chars)]
+    wp = BertWordPieceTokenizer({p: i for i, p in enumerate(pieces)}, lowercase=False, strip_accents=False)
     tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=False)
     tok.save_pretrained(path)
-    BertModel(BertConfig(vocab_size=wp.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    BertModel(BertConfig(vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
     return path
 
@@ -408,9 +419,10 @@ def _xlmr_folder(path):
     from tokenizers import SentencePieceUnigramTokenizer
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
-    sp = SentencePieceUnigramTokenizer()
-    sp.train_from_iterator([t for v in TINY.values() for t in v] * 2, vocab_size=200, unk_token="<unk>",
-                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    words, chars = _toy_pieces()  # whole words score above single characters, so a known word stays whole
+    sp = SentencePieceUnigramTokenizer([(p, 0.0) for p in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+                                       + [(f"\u2581{w}", -2.0) for w in words] + [("\u2581", -4.0)]
+                                       + [(c, -6.0) for c in chars])
     tok = XLMRobertaTokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>",
                                   sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
                                   mask_token="<mask>")
@@ -465,14 +477,14 @@ def test_hf_encoder_fine_tunes_with_the_classify_recipe(finetune, tmp_path):
     torch.manual_seed(0)
     enc = HFEncoder(_bert_folder(tmp_path))
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    fillers = ["beginning", "darkness", "truth", "grace", "testimony", "seen"]
 
-    def examples(n, shift):  # class = which word ("light" / "word") the text holds; fillers vary
-        texts = [f"the {'light' if i % 2 == 0 else 'word'} {fillers[(i + shift) % 6]}" for i in range(n)]
-        return Examples("en", texts, np.array([i % 2 for i in range(n)]), [f"k{i}" for i in range(n)])
+    def examples(fillers):  # class = which word ("light" / "word") the text holds; each filler comes with both,
+        texts = [f"the {c} {f}" for f in fillers for c in ("light", "word")]  # so only that word tells the class
+        return Examples("en", texts, np.array([i % 2 for i in range(len(texts))]), [f"k{i}" for i in range(len(texts))])
 
-    data = TaskData("toy", ["light", "word"], {"train": {"en": examples(12, 0)}, "valid": {"en": examples(6, 1)},
-                                              "test": {"en": examples(6, 2)}})
+    data = TaskData("toy", ["light", "word"], {  # valid and test fillers are words the training never saw
+        "train": {"en": examples(["beginning", "darkness", "truth", "Grace", "testimony", "seen"])},
+        "valid": {"en": examples(["came", "own", "God"])}, "test": {"en": examples(["time", "through", "shines"])}})
     cfg = ClassifyConfig(finetune=finetune, epochs=15, patience=0, batch_size=4, seeds=[0], lr=0.05, dropout=0.0,
                          encoder_lr=1e-3)
     res = run_transfer(enc, data, cfg, mode="zero-shot", sources=["en"])
