@@ -28,6 +28,7 @@ from xling.objectives import (
     info_nce,
     mask_tokens,
     mean_pool,
+    resolve_pairs,
     smoothing_weights,
     token_counts,
 )
@@ -413,6 +414,31 @@ def test_language_and_pair_sampling_follow_q():
         q = sampling_probs(counts, obj.alpha)
         for name, qi in q.items():
             assert got.count(name) / draws == pytest.approx(qi, abs=4 * math.sqrt(qi * (1 - qi) / draws))
+
+
+def test_train_pairs_restrict_the_pairs_drawn():
+    """train.pairs: the pair objectives draw only those pairs, with q ∝ p^alpha renormalised over them;
+    "ru-en" names en-ru and "en-*" every pair of en (a pivot)."""
+    shards, _ = random_shards(10, n={"en": 90, "fr": 30, "ru": 10}, pair_n={"en-fr": 30, "en-ru": 8, "fr-ru": 2})
+    assert resolve_pairs(["ru-en", "en-fr", "en-ru"], shards) == ["en-ru", "en-fr"]
+    assert resolve_pairs(["en-*"], shards) == ["en-fr", "en-ru"] and resolve_pairs(["ru-*"], shards) == ["en-ru",
+                                                                                                        "fr-ru"]
+    objs = build_objectives({"clm": 1, "mt": 1, "contrastive": 1}, shards, pair_alpha=0.5, pairs=["en-*"])
+    assert objs["clm"].pairs is None and objs["mt"].pairs == objs["contrastive"].pairs == ["en-fr", "en-ru"]
+    rng, draws = np.random.default_rng(0), 2000
+    got = [objs["mt"].make_batch(shards, "train", rng, 2, 16)["pair"] for _ in range(draws)]
+    q = sampling_probs({"en-fr": 30, "en-ru": 8}, 0.5)
+    assert set(got) == set(q)  # fr-ru never
+    for name, qi in q.items():
+        assert got.count(name) / draws == pytest.approx(qi, abs=4 * math.sqrt(qi * (1 - qi) / draws))
+    assert objs["mt"].make_batch(shards, "valid", rng, 2, 16, pair="fr-ru")["pair"] == "fr-ru"  # asked: given
+    for bad, msg in ((["en-de"], r"'en-de' is not two of the shards' languages \(en, fr, ru\)"),
+                     (["de-*"], "'de-\\*' is not two"), (["en-en"], "'en-en' is not two")):
+        with pytest.raises(XlingError, match=msg):
+            build_objectives({"mt": 1}, shards, pairs=bad)
+    no_fr_ru, _ = random_shards(10, pair_n={"en-fr": 30, "en-ru": 8})
+    with pytest.raises(XlingError, match="train.pairs: fr-ru has no training translation pairs"):
+        build_objectives({"contrastive": 1}, no_fr_ru, pairs=["fr-*"])
 
 
 def test_mt_exact_layout():

@@ -203,6 +203,35 @@ class _Data:
         return {f"{a}-{b}": len(self.pairs(split, a, b)) for a, b in combinations(self.shards.langs, 2)}
 
 
+def split_pair(pair: str, langs) -> tuple[str, str] | None:
+    """"en-fr" -> ("en", "fr"); a code may hold a hyphen (pt-BR), so cut where both halves are languages."""
+    cuts = [(pair[:i], pair[i + 1:]) for i, c in enumerate(pair) if c == "-"]
+    return next(((a, b) for a, b in cuts if a in langs and b in langs and a != b), None)
+
+
+def resolve_pairs(wanted: list[str], shards) -> list[str]:
+    """train.pairs -> the shards' pair names ("a-b" in shard language order). "fr-en" names "en-fr", and
+    "en-*" every pair of en (a pivot). One XlingError for an unknown language or a pair without train data."""
+    langs, counts = shards.langs, _Data(shards).pair_counts("train")
+    out: list[str] = []
+    for pair in wanted:
+        if pair.endswith("-*") and pair[:-2] in langs:
+            found = [f"{a}-{b}" for a, b in combinations(langs, 2) if pair[:-2] in (a, b)]
+        else:
+            ab = split_pair(pair, langs)
+            if ab is None:
+                raise XlingError(f"train.pairs: {pair!r} is not two of the shards' languages "
+                                 f"({', '.join(langs)}) joined by '-', nor 'xx-*'; e.g. pairs = [\"en-*\"]")
+            found = [f"{ab[0]}-{ab[1]}" if f"{ab[0]}-{ab[1]}" in counts else f"{ab[1]}-{ab[0]}"]
+        for name in found:
+            if not counts.get(name):
+                raise XlingError(f"train.pairs: {name} has no training translation pairs; drop it from "
+                                 f"train.pairs or use an aligned corpus")
+            if name not in out:
+                out.append(name)
+    return out
+
+
 def _draw(counts: dict[str, int], alpha: float, rng: np.random.Generator, what: str, split: str) -> str:
     """One name with probability q ∝ p^alpha (p ∝ counts), drawn from the caller's rng."""
     probs = sampling_probs(counts, alpha)
@@ -224,6 +253,7 @@ class Objective(nn.Module):
     def __init__(self, alpha: float = 0.3):
         super().__init__()
         self.alpha = alpha  # language (or pair) sampling exponent
+        self.pairs: list[str] | None = None  # pair objectives: the pairs drawn from (None = every pair)
         self._data: _Data | None = None
 
     def data(self, shards) -> _Data:
@@ -242,10 +272,11 @@ class Objective(nn.Module):
 
     def pick_pair(self, d: _Data, split: str, rng: np.random.Generator, pair: str | None) -> tuple[str, str]:
         if pair is None:
-            pair = _draw(d.pair_counts(split), self.alpha, rng, "translation pairs", split)
-        langs = d.shards.langs  # a code may hold a hyphen (pt-BR): cut where both halves are languages
-        cuts = [(pair[:i], pair[i + 1:]) for i, c in enumerate(pair) if c == "-"]
-        a, b = next(((x, y) for x, y in cuts if x in langs and y in langs), (pair, ""))
+            counts = d.pair_counts(split)
+            if self.pairs is not None:  # train.pairs: only these
+                counts = {k: counts.get(k, 0) for k in self.pairs}
+            pair = _draw(counts, self.alpha, rng, "translation pairs", split)
+        a, b = split_pair(pair, d.shards.langs) or (pair, "")
         if b == "" or not len(d.pairs(split, a, b)):
             raise XlingError(f"objective {self.name}: no {split} translation pairs for {pair}")
         return a, b
@@ -686,8 +717,9 @@ OBJECTIVES: dict[str, type[Objective]] = {"clm": CLM, "mlm": MLM, "tlm": TLM, "m
 def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, pair_alpha: float = 0.3,
                      mlm_prob: float = 0.15, mlm_smoothing: float = 0.0, tau: float = 0.05,
                      margin: float = 0.0, d_model: int | None = None, length_batching: bool = True,
-                     pad_multiple: int = 16) -> dict[str, Objective]:
-    """Objectives with a positive weight, by name (weight 0 switches one off). Checks the shards fit them."""
+                     pad_multiple: int = 16, pairs: list[str] | None = None) -> dict[str, Objective]:
+    """Objectives with a positive weight, by name (weight 0 switches one off). Checks the shards fit them.
+    pairs: the language pairs the pair objectives draw from (`resolve_pairs`); None or [] = every pair."""
     unknown = [k for k in weights if k not in OBJECTIVES]
     if unknown:
         raise XlingError(f"unknown objective(s) {', '.join(map(repr, unknown))} in train.objectives; "
@@ -725,4 +757,9 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
             out[name] = cls(d_model, alpha if name == "nsp" else pair_alpha, length_batching, pad_multiple)
         else:
             out[name] = Contrastive(pair_alpha, tau, margin, length_batching, pad_multiple)
+    if pairs and needs_pairs:
+        chosen = resolve_pairs(pairs, shards)
+        for obj in out.values():
+            if obj.uses_pairs:
+                obj.pairs = chosen
     return out

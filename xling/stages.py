@@ -98,6 +98,8 @@ def _stage_config(cfg: Config, name: str) -> dict:
     if name == "pretrain":
         for k in BUDGET_KEYS:
             d["train"].pop(k, None)
+        if not d["train"].get("pairs"):  # added later; empty = every pair, as before: runs stay up to date
+            d["train"].pop("pairs", None)
     return d
 
 

@@ -101,6 +101,9 @@ class TrainConfig:
     langs: list[str] = field(default_factory=list)  # languages to train on; empty = every shard language
     alpha: float | None = None  # language sampling exponent; None = corpus.alpha
     pair_alpha: float | None = None  # language-pair sampling exponent; None = corpus.pair_alpha
+    # language pairs the pair objectives (tlm, mt, xnsp, contrastive) draw from: ["en-fr", "de-fr"], or
+    # ["en-*"] for every pair of en (pivot pairs: 7 of the 28 of 8 languages); empty = every pair
+    pairs: list[str] = field(default_factory=list)
     mlm_prob: float = 0.15  # mlm/tlm: share of positions chosen for prediction
     mlm_smoothing: float = 0.0  # mlm/tlm: XLM sample_alpha, rare tokens chosen more often (0 = off)
     # token embeddings at the start: normal = N(0, 0.02); lsi = cross-language LSI of the aligned training
