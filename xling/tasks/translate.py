@@ -69,7 +69,9 @@ class TranslateConfig:
     schedule: str = "cosine"  # cosine (linear warmup, then cosine to min_lr) | constant (warmup, then lr)
     warmup_steps: int = 30  # linear warmup steps
     weight_decay: float = 0.01  # AdamW decay of matrices and embeddings
-    batch_size: int = 32  # pairs per step
+    # pairs per step. 10-minute en<->fr fine-tunes of the 2,800-step translation model, en->fr / fr->en BLEU:
+    # 16 at lr 7e-4 11.4 / 15.6 (2,886 steps), 32 at 1e-3 12.8 / 15.6 (1,473), 64 at 1.4e-3 11.4 / 12.9 (680)
+    batch_size: int = 32
     max_len: int = 128  # tokens of `<src> x </s> <tgt> y` at most (capped by the model's block_size)
     # read `<src> x </s>` bidirectionally (a prefix LM, as an encoder would), the target causally. Measured on
     # the demo model, 300 steps at lr 2e-3, en<->fr valid loss: 4.68 prefix vs 4.67 causal, so off by default
