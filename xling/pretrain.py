@@ -78,7 +78,7 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
     and metrics first. Under torchrun every process calls this; rank 0 writes.
     """
     from xling.model import Transformer
-    from xling.objectives import build_objectives
+    from xling.objectives import build_objectives, resolve_pairs
     from xling.shards import Shards
 
     run_dir = Path(run_dir)
@@ -97,6 +97,8 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         langs = check_langs(tc.langs, shards)
         view = LangSubset(shards, langs) if set(langs) != set(shards.langs) else shards
         model_cfg = resolve_model_config(cfg.model, shards, tc.seq_len)
+        if tc.pairs:  # a bad pair is an error before --overwrite deletes anything
+            resolve_pairs(tc.pairs, view)
         ckpt_root = run_dir / "checkpoints"
         if not resume and list_checkpoints(ckpt_root):
             if not overwrite:
