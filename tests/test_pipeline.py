@@ -112,6 +112,19 @@ def test_an_interrupted_retrain_resumes(trained_run, tmp_path, monkeypatch):
     assert summary["steps"] == 6
 
 
+def test_a_bad_train_pairs_entry_leaves_the_run_as_it_was(trained_run, tmp_path, capsys):
+    """`--overwrite` with a pair the shards lack: one error line, exit 2, the checkpoints untouched."""
+    import shutil
+
+    rd = tmp_path / "run"
+    shutil.copytree(trained_run, rd)
+    before = sorted(p.name for p in (rd / "checkpoints").iterdir())
+    assert main(["pretrain", "--run", str(rd), *TINY_MODEL, 'train.pairs=["en-xx"]', "--overwrite"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "train.pairs: 'en-xx' is not two of the shards' languages" in err[0]
+    assert sorted(p.name for p in (rd / "checkpoints").iterdir()) == before
+
+
 def test_generate_command_equals_the_python_api(trained_run, capsys):
     from xling.generate import GenerateConfig, generate, load_for_generation
 
