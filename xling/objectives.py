@@ -222,7 +222,8 @@ def resolve_pairs(wanted: list[str], shards) -> list[str]:
             if ab is None:
                 raise XlingError(f"train.pairs: {pair!r} is not two of the shards' languages "
                                  f"({', '.join(langs)}) joined by '-', nor 'xx-*'; e.g. pairs = [\"en-*\"]")
-            found = [f"{ab[0]}-{ab[1]}" if f"{ab[0]}-{ab[1]}" in counts else f"{ab[1]}-{ab[0]}"]
+            a, b = ab
+            found = [f"{a}-{b}" if f"{a}-{b}" in counts else f"{b}-{a}"]  # counts: shard language order
         for name in found:
             if not counts.get(name):
                 raise XlingError(f"train.pairs: {name} has no training translation pairs; drop it from "
