@@ -466,6 +466,28 @@ def test_mt_exact_layout():
     assert seen == set(expected)
 
 
+def test_target_span_gathers_each_rows_targets_in_order():
+    """Row by row, the gathered ids are the row's non-IGNORE targets in order, then IGNORE; their positions
+    are where they sit. Runs of every place: mid-row, up to the last column, none at all, the whole row."""
+    from xling.objectives import target_span
+
+    rng = np.random.default_rng(0)
+    T = 12
+    runs = [(3, 4), (7, 5), (0, 0), (0, 12), (11, 1)] + [tuple(rng.integers(0, 6, 2)) for _ in range(20)]
+    targets = torch.full((len(runs), T), IGNORE)
+    for r, (start, n) in enumerate(runs):
+        targets[r, start:start + n] = torch.from_numpy(rng.integers(0, 50, n))
+    span = target_span(targets, multiple=8)
+    pos, ids = span["target_pos"], span["target_ids"]
+    assert pos.shape == ids.shape == (len(runs), 12)  # the longest run (12) rounded up to 8 is 16, capped at T
+    assert ((0 <= pos) & (pos < T)).all()
+    for r in range(len(runs)):
+        want = targets[r][targets[r] != IGNORE]
+        assert torch.equal(ids[r, :len(want)], want) and (ids[r, len(want):] == IGNORE).all()
+        assert torch.equal(targets[r, pos[r, :len(want)]], want)
+    assert target_span(targets[:3], multiple=8)["target_pos"].shape == (3, 8)  # longest 5 -> 8
+
+
 def test_mt_is_the_translation_fine_tune_format():
     """Row for row, an `mt` batch is what tasks/translate.make_batch builds for the same pair, so its loss
     is translate.mt_loss: pretraining on it trains exactly what the fine-tune and the decoder use."""

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xling.errors import XlingError
@@ -51,10 +50,10 @@ from xling.files import atomic_write_json, atomic_write_text, read_lines
 from xling.generate import beam_search, for_precision, no_repeat_ngram
 from xling.metrics import bleu, chrf
 from xling.model import KVCache
+from xling.objectives import IGNORE, span_loss, target_span
 from xling.progress import format_table, progress
 from xling.tokenizer import EOS_ID, PAD_ID, SPECIAL_TOKENS
 
-IGNORE = -100  # target of a position without loss
 N_SPECIAL = len(SPECIAL_TOKENS)  # language index = tag id - N_SPECIAL (tags follow the fixed specials)
 
 
@@ -196,26 +195,16 @@ def make_batch(examples: list[Example], pad_multiple: int = 16, max_len: int | N
         targets[r, S + 2:n] = torch.from_numpy(x[S + 3:])  # position S + 2 is <tgt>: it predicts y[0]
         lang[r, :S + 2] = e.src_tag - N_SPECIAL  # <src> x </s>
         lang[r, S + 2:] = e.tgt_tag - N_SPECIAL  # <tgt> y (and the padding after it, never a target)
-    return {"idx": idx, "targets": targets, "lang_ids": lang, "prefix_len": prefix}
+    return {"idx": idx, "targets": targets, "lang_ids": lang, "prefix_len": prefix, **target_span(targets)}
 
 
-def mt_loss(model: nn.Module, batch: dict[str, Tensor], prefix_lm: bool = False, label_smoothing: float = 0.0,
-            static: bool = False) -> Tensor:
-    """Mean cross-entropy over target positions.
-
-    Eager (static=False) the output layer runs only where there is a target. static=True runs it at every
-    position and masks the loss instead: the shapes then depend only on (B, T), what a compiled graph needs.
-    """
+def mt_loss(model: nn.Module, batch: dict[str, Tensor], prefix_lm: bool = False, label_smoothing: float = 0.0
+            ) -> Tensor:
+    """Mean cross-entropy over target positions; the output layer runs only on each row's target span (the
+    shapes depend only on the batch's, so the same code serves eager and compiled)."""
     hidden = model(batch["idx"], lang_ids=batch["lang_ids"],  # (B, T, D); right padding: never seen by real rows
                    prefix_len=batch["prefix_len"] if prefix_lm else None)
-    targets = batch["targets"]  # (B, T)
-    if static:
-        logits = model.lm_head(hidden).float()  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                               label_smoothing=label_smoothing)
-    keep = targets != IGNORE  # (B, T)
-    logits = model.lm_head(hidden[keep]).float()  # (N, V)
-    return F.cross_entropy(logits, targets[keep], label_smoothing=label_smoothing)
+    return span_loss(model.lm_head, hidden, batch, label_smoothing)
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -241,8 +230,7 @@ def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable 
         return eager
     from xling.trainer import compiled_call
 
-    compiled = torch.compile(functools.partial(mt_loss, prefix_lm=cfg.prefix_lm,
-                                               label_smoothing=cfg.label_smoothing, static=True), backend=backend)
+    compiled = torch.compile(eager, backend=backend)
     failed = False
 
     def run(model: nn.Module, batch: dict) -> Tensor:
@@ -259,6 +247,9 @@ def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable 
             return eager(model, batch)
 
     return run
+
+
+POOL = 16  # length batching: a batch is a window of POOL x batch_size examples sorted by length
 
 
 def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Path | None = None,
@@ -290,7 +281,10 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    try:  # fused: one kernel for all weights, 3 ms a step vs 16 ms (foreach) on the translation model's 5.3M
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), fused=dev.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError, ValueError):  # not available for these tensors
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     model.train()
     B, N = cfg.batch_size, len(examples)
     step_loss = loss_fn(cfg, dev)
@@ -304,11 +298,12 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
         return max(parts)
 
     while (f := frac()) < 1.0:
-        # length batching: draw 4x a batch (distinct examples), sort by length, take one window
-        pool = rng.permutation(N)[:4 * B] if N <= 4 * B else rng.integers(0, N, size=4 * B)
+        # length batching: draw 16x a batch (distinct examples), sort by length, take one window. Padded to a
+        # multiple of 8, en<->fr batches of 32 are 91% real tokens (80% with 4x and multiples of 16)
+        pool = rng.permutation(N)[:POOL * B] if N <= POOL * B else rng.integers(0, N, size=POOL * B)
         pool = pool[np.argsort(lengths[pool], kind="stable")]
         start = int(rng.integers(0, len(pool) - min(B, len(pool)) + 1))
-        batch = {k: v.to(dev) for k, v in make_batch([examples[i] for i in pool[start:start + B]],
+        batch = {k: v.to(dev) for k, v in make_batch([examples[i] for i in pool[start:start + B]], pad_multiple=8,
                                                     max_len=model.cfg.block_size).items()}
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step, f)
