@@ -64,14 +64,15 @@ class TranslateConfig:
     # 1,850 steps), 200 test verses, en->fr / fr->en BLEU: 5e-4 8.2 / 12.2, 1e-3 9.1 / 14.3, 2e-3 9.0 / 12.1.
     # (At 300 steps 2e-3 had the lowest valid loss: 4.67 vs 4.87 at 1e-3; longer fine-tunes want less.)
     # On en<->fr alone (twice the steps per direction): 1e-3 12.8 / 15.6, 1.5e-3 13.7 / 15.9, which
-    # configs/translation.toml uses.
+    # configs/translation.toml uses (1,500 steps; with target spans, 1,889 steps: 15.2 / 19.1).
     lr: float = 1e-3
     min_lr: float = 1e-4  # where the cosine ends (schedule = "cosine")
     schedule: str = "cosine"  # cosine (linear warmup, then cosine to min_lr) | constant (warmup, then lr)
     warmup_steps: int = 30  # linear warmup steps
     weight_decay: float = 0.01  # AdamW decay of matrices and embeddings
-    # pairs per step. 10-minute en<->fr fine-tunes of the 2,800-step translation model, en->fr / fr->en BLEU:
-    # 16 at lr 7e-4 11.4 / 15.6 (2,886 steps), 32 at 1e-3 12.8 / 15.6 (1,473), 64 at 1.4e-3 11.4 / 12.9 (680)
+    # pairs per step. 10-minute en<->fr fine-tunes of the 2,800-step translation model (before target spans),
+    # en->fr / fr->en BLEU: 16 at lr 7e-4 11.4 / 15.6 (2,886 steps), 32 at 1e-3 12.8 / 15.6 (1,473), 64 at
+    # 1.4e-3 11.4 / 12.9 (680)
     batch_size: int = 32
     max_len: int = 128  # tokens of `<src> x </s> <tgt> y` at most (capped by the model's block_size)
     # read `<src> x </s>` bidirectionally (a prefix LM, as an encoder would), the target causally. Measured on
@@ -222,8 +223,8 @@ def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable 
     """(model, batch) -> the fine-tune's loss: eager, or compiled when cfg.compile (falls back to eager with a
     warning if compiling fails, e.g. without a C++ compiler).
 
-    Measured on the demo model (2 cores, under load, en<->fr batches of 32): 1.40 s a step compiled vs 1.75 s
-    eager, after a 73 s cold compile.
+    Measured on the demo model (2 cores, under load, en<->fr batches of 32, before target spans): 1.40 s a step
+    compiled vs 1.75 s eager, after a 73 s cold compile. bench/translate_finetune.py times the step now.
     """
     eager = functools.partial(mt_loss, prefix_lm=cfg.prefix_lm, label_smoothing=cfg.label_smoothing)
     if not cfg.compile or 0 < cfg.max_minutes < 2:
