@@ -101,19 +101,25 @@ def main() -> None:
     amp = autocast_dtype("auto", torch.device("cpu"))
     data = batches(examples(4000, rng), args.warmup + args.rounds, args.batch, rng)
 
-    def ours(loss):
-        model = copy.deepcopy(base).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), fused=True)
-
+    def trainer(model, opt, forward):
+        """One optimizer step on a batch: forward(model, batch) -> loss, backward, clip, step."""
         def step(batch):
-            with training_autocast("cpu", amp):
-                out = loss(model, batch)
+            out = forward(model, batch)
             opt.zero_grad(set_to_none=True)
             out.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             return out.item()
         return step
+
+    def ours(loss):
+        model = copy.deepcopy(base).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), fused=True)
+
+        def forward(model, batch):
+            with training_autocast("cpu", amp):
+                return loss(model, batch)
+        return trainer(model, opt, forward)
 
     def compiled(fn):
         graph = torch.compile(fn)
@@ -127,16 +133,11 @@ def main() -> None:
         model = copy.deepcopy(hf_base).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
 
-        def step(batch):
+        def forward(model, batch):
             idx, mask, labels = hf_labels(batch)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                out = model(input_ids=idx, attention_mask=mask, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            out.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            return out.item()
-        return step
+                return model(input_ids=idx, attention_mask=mask, labels=labels).loss
+        return trainer(model, opt, forward)
 
     variants = {"xling fine-tune": ours(loss_fn(cfg, torch.device("cpu"))),
                 "xling, output layer everywhere": ours(compiled(functools.partial(everywhere_loss,
