@@ -177,6 +177,19 @@ def _cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+def adamw(params: list[nn.Parameter], device: torch.device, weight_decay: float, **kwargs) -> torch.optim.AdamW:
+    """AdamW decaying matrices and embeddings (dim >= 2) but not biases and norm weights; fused (one kernel for
+    all weights: 3 ms a step vs 16 ms foreach on a 5.3M-weight model, CPU) where torch has it for `device`."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if torch.device(device).type in ("cpu", "cuda"):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # fused not available for these tensors
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
+
+
 def compiled_call(batch: dict, variable_length: bool, math_sdpa: bool) -> contextlib.AbstractContextManager:
     """Prepare a call of a compiled (model + loss) graph on `batch`: its tensors' shapes are marked static, except
     dim 1 (B, T) when `variable_length` (T symbolic: one graph serves every padded length); the returned context
@@ -289,17 +302,8 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings
-        no_decay = [p for p in params if p.dim() < 2]  # biases, norm weights
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-        if self.info.device.type in ("cpu", "cuda"):
-            try:
-                return torch.optim.AdamW(groups, fused=True, **kwargs)
-            except (RuntimeError, TypeError, ValueError):  # fused not available for these tensors
-                pass
-        return torch.optim.AdamW(groups, **kwargs)
+        return adamw([p for p in self.module.parameters() if p.requires_grad], self.info.device,
+                     weight_decay=cfg.weight_decay, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
     def autocast(self):
         if self.amp_dtype is None:
