@@ -165,21 +165,33 @@ def test_precision_at_k_on_a_hand_made_case():
 
 # ---------------------------------------------------------------------------- unsupervised methods
 
-def test_adversarial_recovers_a_rotation_deterministically():
-    # small d, few words, a small discriminator and lr 1 so it converges in seconds; with these settings
-    # six different rotations all reached P@1 > 0.99 within 10 epochs, this one at epoch 3
+@pytest.mark.parametrize("rot_seed", [102, 7])
+def test_adversarial_with_restarts_recovers_a_rotation(rot_seed):
+    # One adversarial run is a GAN: measured over 5 rotations x 3 seeds, a single run at these settings lands in
+    # a wrong basin (P@1 ~0.00) 7 times of 15, on AMD Zen and under ATEN_CPU_CAPABILITY=avx2 alike, and which
+    # runs fail changes with the CPU's rounding. The method's claim is the whole unsupervised pipeline: restarts,
+    # refinement, and the best refined criterion kept (MUSE's model selection); that recovered all 30 of 30
+    # (5 rotations x 3 seeds x both float paths), so this test asserts it, on two rotations.
     n = 600
     x = clustered(n, 8, 32, seed=0)
-    r = rotation(8, 102)
+    r = rotation(8, rot_seed)
     y = (x @ r.T + 0.01 * np.random.default_rng(1).normal(size=x.shape)).astype(np.float32)
     cfg = tiny_cfg(adv_hidden=64, adv_batch=32, adv_epochs=5, adv_epoch_size=3200, adv_lr=1.0, adv_lr_decay=1.0,
-                   adv_lr_shrink=1.0, seed=1)
-    w, history = adversarial(x, y, cfg, log=lambda s: None)
+                   adv_lr_shrink=1.0, adv_restarts=3, seed=1)
+    w, info = learn_mapping("adversarial", x, y, None, None, None, cfg, log=lambda s: None)
     gold = np.stack([np.arange(n), np.arange(n)], axis=1)
     assert evaluate_bli(Space(x @ w.T, y), gold, "csls", ks=(1,))[0][1] > 0.95
-    assert np.abs(w @ w.T - np.eye(8)).max() < 0.15  # kept near-orthogonal (lr 1 pulls it off a little)
-    assert max(h["criterion"] for h in history) > 0.99
-    # same seed, same mapping (a shorter run)
+    np.testing.assert_allclose(w, r, atol=0.05)  # refinement ends on the rotation itself
+    raw = info["raw_w"]  # the kept run's adversarial map: lr 1 pulls it off a little, orthogonalisation holds it
+    assert np.abs(raw @ raw.T - np.eye(8)).max() < 0.15
+    assert len(info["runs"]) == 3
+    kept = max(run["refined_criterion"] for run in info["runs"])
+    assert kept > 0.99 and kept >= max(run["criterion"] for run in info["runs"])
+
+
+def test_adversarial_is_deterministic_for_a_seed():
+    x = clustered(600, 8, 32, seed=0)
+    y = (x @ rotation(8, 102).T).astype(np.float32)
     short = tiny_cfg(adv_hidden=64, adv_batch=32, adv_epochs=1, adv_epoch_size=640, seed=5)
     w1, _ = adversarial(x, y, short, log=lambda s: None)
     w2, _ = adversarial(x, y, short, log=lambda s: None)

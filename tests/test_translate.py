@@ -170,24 +170,29 @@ def test_beam_1_equals_greedy_and_batches_equal_each_alone(n_langs, prefix_lm):
     assert batched == [translate_ids(model, [s], RU, FR, cfg4)[0] for s in sources]
 
 
-def test_finetune_overfits_a_tiny_parallel_set(tok):
-    """12 examples (en->fr, ru->en): after fine-tuning, beam search reproduces the training targets."""
+@pytest.mark.parametrize("seed", [0, 1])
+def test_finetune_overfits_a_tiny_parallel_set(tok, seed):
+    """12 examples (en->fr, ru->en): after fine-tuning, beam search reproduces the training targets.
+
+    300 steps reach a loss of ~0.003 (150 left 4 of 6 seeds above 0.2). The exact outputs need
+    early_stopping=False: with True, four junk beams that ended early stopped the search before the right one
+    ended (seeds 0 and 2). Checked over seeds 0-7 under the default and ATEN_CPU_CAPABILITY=avx2: 16 of 16."""
     tags = {lg: tok.token_to_id(f"<{lg}>") for lg in LANGS}
     ids = {lg: [np.array(tok.encode(t, add_special_tokens=False).ids) for t in TINY[lg]] for lg in LANGS}
     data = [Example(ids[a][i], ids[b][i], tags[a], tags[b]) for a, b in [("en", "fr"), ("ru", "en")] for i in range(6)]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=3, d_model=64,
                                            block_size=128))
-    cfg = TranslateConfig(lr=3e-3, min_lr=3e-4, warmup_steps=10, batch_size=12, max_steps=150, max_minutes=0,
+    cfg = TranslateConfig(lr=3e-3, min_lr=3e-4, warmup_steps=10, batch_size=12, max_steps=300, max_minutes=0,
                           precision="fp32", weight_decay=0.0, label_smoothing=0.0, compile=False,
-                          no_repeat_ngram=0)  # tiny subwords repeat 3-grams
+                          no_repeat_ngram=0, early_stopping=False)  # tiny subwords repeat 3-grams
     model, summary = finetune(model, data, cfg)
-    assert summary["steps"] == 150 and summary["examples"] == 12
-    assert summary["loss_last"] < 0.2 and summary["loss_first"] > 4.0
+    assert summary["steps"] == 300 and summary["examples"] == 12
+    assert summary["loss_last"] < 0.05 and summary["loss_first"] > 4.0
     assert not model.training
     assert translate(model, tok, TINY["en"], "en", "fr", cfg) == TINY["fr"]
     assert translate(model, tok, TINY["ru"], "ru", "en", cfg) == TINY["en"]
-    greedy = TranslateConfig(num_beams=1, no_repeat_ngram=0)
+    greedy = TranslateConfig(num_beams=1, no_repeat_ngram=0, precision="fp32")
     assert translate(model, tok, TINY["ru"], "ru", "en", greedy) == TINY["en"]  # greedy too
 
 
