@@ -454,8 +454,8 @@ def translate(model: nn.Module, tokenizer, lines: list[str], src: str, tgt: str,
 
 # ---------------------------------------------------------------------------- models on disk
 
-DECODE_ONLY = ("num_beams", "length_penalty", "early_stopping", "no_repeat_ngram", "max_new_tokens", "decode_batch", "test_sentences",
-               "rnn_baseline")
+DECODE_ONLY = ("num_beams", "length_penalty", "early_stopping", "no_repeat_ngram", "max_new_tokens", "decode_batch",
+               "test_sentences", "rnn_baseline")
 
 
 def finetune_key(cfg: TranslateConfig, pretrain_step: int, tokenizer_sha256: str, model_cfg) -> str:
