@@ -96,9 +96,10 @@ def greedy_without_cache(model: Transformer, prompt: list[int], n: int, lang: in
 
 # ---------------------------------------------------------------------------- decoding
 
+@pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_kv_cache_greedy_equals_full_recompute(family):
-    model = make(**FAMILIES[family])
+def test_kv_cache_greedy_equals_full_recompute(family, tie):
+    model = make(tie_embeddings=tie, **FAMILIES[family])  # untied: the decoding step reads lm_out, not wte
     for i, p in enumerate(prompts(3)):
         got = generate_ids(model, [p], GREEDY, lang_index=[i])[0]
         assert got == greedy_without_cache(model, p, GREEDY.max_new_tokens, i)

@@ -44,11 +44,11 @@ def tok():
     return build_tokenizer(texts, TokenizerConfig(kind="bpe", vocab_size=300), LANGS)
 
 
-def train_tiny(tok, family: str, n_langs: int = 0, steps: int = 150) -> Transformer:
+def train_tiny(tok, family: str, n_langs: int = 0, steps: int = 150, tie: bool = True) -> Transformer:
     """A tiny model trained briefly on `<lang> verse </s>` (so greedy output is real words, not noise)."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=n_langs,
-                                           **FAMILIES[family]))
+                                           tie_embeddings=tie, **FAMILIES[family]))
     seqs = [[5 + i] + tok.encode(t).ids + [EOS_ID] for i, lg in enumerate(LANGS) for t in TINY[lg]]
     T = max(map(len, seqs))
     idx = torch.tensor([s + [0] * (T - len(s)) for s in seqs])  # (18, T) right-padded
@@ -373,7 +373,33 @@ def test_export_refuses_a_mix_no_hf_model_has(tok, tmp_path, capsys):
     assert "pos=rope" in err and "model.norm=rmsnorm" in err and not (tmp_path / "hf").exists()
 
 
-def test_untied_output_layer_is_refused(exported, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_untied_output_layer_exports_and_imports_exactly(tok, tmp_path, family):
+    """model.tie_embeddings=false: HF gets its own lm_head (tie_word_embeddings=false), logits equal ours, and
+    the import gives back the same weights, the output layer included."""
+    from transformers import AutoModelForCausalLM
+
+    from xling.hf import export_hf, import_hf
+
+    model = train_tiny(tok, family, n_langs=len(LANGS), steps=60, tie=False)
+    folder = export_hf(write_run(tmp_path / "run", model, tok), tmp_path / "hf", lang="fr")
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert hf.lm_head.weight.data_ptr() != hf.get_input_embeddings().weight.data_ptr()
+    assert torch.equal(hf.lm_head.weight, model.lm_out.weight)
+    idx, real = batch(tok)
+    fr = torch.full_like(idx, LANGS.index("fr"))
+    with torch.no_grad():  # the French export: every position carries the French language vector, folded in exactly
+        theirs = hf(input_ids=idx, attention_mask=real.long()).logits  # (3, T, V)
+        ours = model.lm_head(model(idx, pad_mask=real, lang_ids=fr))
+    assert (theirs[real] - ours[real]).abs().max() < 1e-4
+    back, _ = import_hf(folder)
+    assert not back.cfg.tie_embeddings and torch.equal(back.lm_out.weight, model.lm_out.weight)
+    with torch.no_grad():
+        again = back.lm_head(back(idx, pad_mask=real))
+    assert (again[real] - theirs[real]).abs().max() < 1e-4
+
+
+def test_an_lm_head_that_differs_from_tied_embeddings_is_refused(exported, tmp_path):
     import shutil
 
     from safetensors.torch import load_file, save_file

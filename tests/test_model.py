@@ -303,6 +303,22 @@ def test_weight_tying():
     assert model.wte.weight.grad is not None and model.wte.weight.grad.abs().sum() > 0
 
 
+def test_untied_output_layer():
+    model = make(tie_embeddings=False)
+    h = model(ids(2, 5))
+    assert torch.equal(model.lm_head(h), h @ model.lm_out.weight.T)
+    assert model.num_params() == make().num_params() + V * 32  # one more (V, D) matrix
+    model.lm_head(h[:, -1]).sum().backward()  # the output layer's gradient reaches wte only through the input
+    assert model.lm_out.weight.grad.abs().sum() > 0
+    x = ids(2, 5)
+    model.zero_grad()
+    model.lm_head(model(x)).sum().backward()
+    touched = x.unique()
+    others = torch.ones(V, dtype=torch.bool)
+    others[touched] = False
+    assert model.wte.weight.grad[others].abs().sum() == 0  # rows of tokens not in the input get no gradient
+
+
 def expected_params(cfg: ModelConfig) -> int:
     d, F_, L, b = cfg.d_model, cfg.ff_dim, cfg.n_layer, int(cfg.bias)
     norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)

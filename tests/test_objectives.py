@@ -226,21 +226,26 @@ def test_mlm_smoothing_uses_train_counts():
 # ---------------------------------------------------------------------------- batch layouts
 
 
-def test_clm_batch_is_a_packed_stream_from_a_random_segment():
+@pytest.mark.parametrize("mixed", [True, False])
+def test_clm_batch_is_a_packed_stream_from_a_random_segment(mixed):
     shards, lookup = random_shards(4)
     clm = CLM()
+    clm.mixed_langs = mixed
     segs = {lg: [shards.segment("train", lg, i).tolist() for i in range(shards.num_segments("train", lg))]
             for lg in LANGS}
-    starts = set()
+    tag_lang = {TAGS[lg]: lg for lg in LANGS}
+    starts, batch_langs = set(), []
     for seed in range(10):
         b = clm.make_batch(shards, "train", np.random.default_rng(seed), 8, 48)
-        lang = b["lang"]
         x, y = b["idx"], b["targets"]
         assert x.shape == y.shape == (8, 48) and b["n_tokens"] == 8 * 48
-        assert (x[:, 0] == TAGS[lang]).all()  # starts with the language tag
         assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
-        assert (b["lang_ids"] == LANGS.index(lang)).all()
-        for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
+        row_langs = [tag_lang[int(t)] for t in x[:, 0]]  # every row starts with a language tag
+        batch_langs.append(set(row_langs))
+        assert b["lang"] == (row_langs[0] if len(set(row_langs)) == 1 else None)
+        for r, lang in enumerate(row_langs):
+            assert (b["lang_ids"][r] == LANGS.index(lang)).all()  # the row's own language id at every position
+        for lang, row_x, row_y in zip(row_langs, x.tolist(), y.tolist(), strict=True):
             full = row_x + row_y[-1:]  # the 49 tokens of the packed sequence
             start = next(i for i, s in enumerate(segs[lang]) if full[1:1 + len(s)] == s)
             starts.add((lang, start))
@@ -251,6 +256,27 @@ def test_clm_batch_is_a_packed_stream_from_a_random_segment():
                 i = (i + 1) % len(segs[lang])
             assert full == ref[:len(full)]
     assert len(starts) > 40  # random start segments
+    if mixed:  # rows of one batch come from several languages
+        assert sum(len(s) > 1 for s in batch_langs) >= 8
+    else:  # one language per batch (XLM)
+        assert all(len(s) == 1 for s in batch_langs)
+
+
+def test_mixed_batches_draw_each_rows_language_by_alpha_sampling():
+    shards, _ = random_shards(4)
+    counts = {lg: shards.num_segments("train", lg) for lg in LANGS}
+    clm = CLM(alpha=0.5)
+    rng = np.random.default_rng(0)
+    n = 0
+    seen = dict.fromkeys(LANGS, 0)
+    tag_lang = {TAGS[lg]: lg for lg in LANGS}
+    for _ in range(200):
+        for t in clm.make_batch(shards, "train", rng, 16, 8)["idx"][:, 0].tolist():
+            seen[tag_lang[t]] += 1
+            n += 1
+    q = sampling_probs(counts, 0.5)
+    for lg in LANGS:  # within 4 standard deviations of the binomial count
+        assert abs(seen[lg] - n * q[lg]) < 4 * np.sqrt(n * q[lg] * (1 - q[lg])) + 1
 
 
 def tlm_shards():
@@ -410,6 +436,7 @@ def test_language_and_pair_sampling_follow_q():
         (Contrastive(alpha=0.5, length_batching=False), "pair", {"en-fr": 30, "en-ru": 8, "fr-ru": 2}),
         (CLM(alpha=0.3), "lang", {"en": 90, "fr": 30, "ru": 10}),
     ):
+        obj.mixed_langs = False  # one language per batch: the batch's "lang" is the draw (mixed rows: see above)
         got = [obj.make_batch(shards, "train", rng, 2, 8)[key] for _ in range(draws)]
         q = sampling_probs(counts, obj.alpha)
         for name, qi in q.items():
@@ -708,8 +735,9 @@ def test_objectives_on_real_shards(tmp_path, fake_source):
         batch = obj.make_batch(shards, "train", rng, 4, 48)
         loss, stats = obj(model, batch)
         assert torch.isfinite(loss), name
-        if name == "clm":
-            assert batch["idx"][0, 0] == shards.lang_token_ids[batch["lang"]]
+        if name == "clm":  # every row starts with its language's tag, and its language ids say the same language
+            tags = {int(shards.lang_token_ids[lg]): i for i, lg in enumerate(shards.langs)}
+            assert [tags[int(t)] for t in batch["idx"][:, 0]] == batch["lang_ids"][:, 0].tolist()
     nats, chars = clm_eval(model, shards, "valid", "ru", 48, 0)
     bpc = nats / math.log(2) / chars
     assert chars == int(np.asarray(shards.chars("valid", "ru")).sum()) > 0

@@ -48,7 +48,8 @@ class _Weights:
                         lin(b.mlp.c_proj)) for b in model.blocks]
         self.ln_f = norm(model.ln_f)
         self.wte = w  # (V, D)
-        self.head = w.t().contiguous() if self.transposed else None  # (D, V)
+        self.out = model.output_weight  # (V, D): wte itself when tied
+        self.head = self.out.t().contiguous() if self.transposed else None  # (D, V)
         self.wpe = model.wpe.weight if model.wpe is not None else None
         self.lang_emb = model.lang_emb.weight if model.lang_emb is not None else None
         self.rope = None
@@ -238,4 +239,4 @@ def _decode(lm: _LM, tokens: Tensor, pos: int | Tensor, L: int) -> Tensor:
             h = F.gelu(h, approximate="tanh")
         x = x + w.linear(h, proj_w)  # (B, D)
     x = w.norm(x, w.ln_f)  # (B, D)
-    return (x @ w.head if w.head is not None else F.linear(x, w.wte)).float()  # (B, V)
+    return (x @ w.head if w.head is not None else F.linear(x, w.out)).float()  # (B, V)

@@ -22,9 +22,9 @@ permutation is needed. Any other mix of pos/norm/mlp/bias is refused with the op
 Language embeddings (model.n_langs > 0) exist in neither model. In generation every position of a
 sequence gets the same language vector e = lang_emb[L], so for ONE language the maths folds exactly:
 - gpt2: e is added to every row of the position table (wpe' = wpe + e): logits are unchanged;
-- llama: e is added to every token embedding (wte' = wte + e); the output layer is tied, so each logit
+- llama: e is added to every token embedding (wte' = wte + e); when the output layer is tied, each logit
   gains the same per-position constant h . e, which changes neither the softmax, nor the probabilities,
-  nor any decoding choice.
+  nor any decoding choice (untied, the output layer does not change at all).
 So `export_hf(..., lang="fr")` exports the model that serves French (prompts start with `<fr>`), and an
 export without `lang` of such a model is refused with one line saying so. Without language embeddings
 (the default config) one export serves every language: the language tag as first token carries it.
@@ -95,7 +95,8 @@ def hf_config(cfg: ModelConfig):
             vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model, n_layer=cfg.n_layer,
             n_head=cfg.n_head, n_inner=cfg.ff_dim, activation_function="gelu_new",
             layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout, tie_word_embeddings=True, architectures=["GPT2LMHeadModel"], **special)
+            attn_pdrop=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings, architectures=["GPT2LMHeadModel"],
+            **special)
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -103,12 +104,12 @@ def hf_config(cfg: ModelConfig):
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, hidden_act="silu",
-        attention_bias=False, mlp_bias=False, attention_dropout=cfg.dropout, tie_word_embeddings=True,
+        attention_bias=False, mlp_bias=False, attention_dropout=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings,
         architectures=["LlamaForCausalLM"], **special)
 
 
 def hf_state_dict(model: Transformer, lang_index: int | None = None) -> dict[str, Tensor]:
-    """Our weights under the HF model's names (tied output layer not repeated), contiguous CPU copies.
+    """Our weights under the HF model's names (a tied output layer not repeated), contiguous CPU copies.
 
     lang_index: fold that language's embedding in (see the module docstring); required when n_langs > 0.
     """
@@ -119,7 +120,8 @@ def hf_state_dict(model: Transformer, lang_index: int | None = None) -> dict[str
             raise ValueError(f"a model with language embeddings needs lang_index in 0..{cfg.n_langs - 1}")
         fold = model.lang_emb.weight[lang_index].detach()  # (D,)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if k != "lang_emb.weight"}
-    out: dict[str, Tensor] = {}
+    head = sd.pop("lm_out.weight", None)  # (V, D) an untied output layer: HF's lm_head
+    out: dict[str, Tensor] = {} if head is None else {"lm_head.weight": head}
     if family_of(cfg) == "gpt2":
         for k, v in sd.items():
             out["transformer." + re.sub(r"^blocks\.", "h.", k)] = v.T if k.endswith(CONV1D) else v
@@ -127,7 +129,7 @@ def hf_state_dict(model: Transformer, lang_index: int | None = None) -> dict[str
             out["transformer.wpe.weight"] = out["transformer.wpe.weight"] + fold  # (block, D): exact
     else:
         D = cfg.d_model
-        out = {"model.embed_tokens.weight": sd["wte.weight"], "model.norm.weight": sd["ln_f.weight"]}
+        out.update({"model.embed_tokens.weight": sd["wte.weight"], "model.norm.weight": sd["ln_f.weight"]})
         for i in range(cfg.n_layer):
             b, p = f"blocks.{i}.", f"model.layers.{i}."
             q, k, v = sd[b + "attn.c_attn.weight"].split(D, 0)  # (D, D) each
@@ -149,9 +151,10 @@ def to_hf(model: Transformer, lang_index: int | None = None):
 
     hf = AutoModelForCausalLM.from_config(hf_config(model.cfg))
     missing, unexpected = hf.load_state_dict(hf_state_dict(model, lang_index), strict=False)
-    if unexpected or [m for m in missing if m != "lm_head.weight"]:
+    if unexpected or [m for m in missing if m != "lm_head.weight" or not model.cfg.tie_embeddings]:
         raise RuntimeError(f"weight map is out of date: missing {missing}, unexpected {unexpected}")
-    hf.tie_weights()
+    if model.cfg.tie_embeddings:
+        hf.tie_weights()
     return hf.eval()
 
 
@@ -182,8 +185,8 @@ def model_config_from_hf(conf: dict, where: str) -> ModelConfig:
                  f"activation_function={conf.get('activation_function')!r}")
             need(_get(conf, "scale_attn_weights", True) and not conf.get("scale_attn_by_inverse_layer_idx"),
                  "non-standard attention scaling")
-            need(_get(conf, "tie_word_embeddings", True), "an untied output layer (tie_word_embeddings=false)")
             return ModelConfig(
+                tie_embeddings=bool(_get(conf, "tie_word_embeddings", True)),
                 vocab_size=int(conf["vocab_size"]), block_size=int(conf["n_positions"]), n_layer=int(conf["n_layer"]),
                 d_model=d, n_head=int(conf["n_head"]), d_ff=0 if n_inner in (None, 4 * d) else int(n_inner),
                 norm_eps=float(_get(conf, "layer_norm_epsilon", 1e-5)),
@@ -200,6 +203,7 @@ def model_config_from_hf(conf: dict, where: str) -> ModelConfig:
         inter = int(conf["intermediate_size"])
         auto = ModelConfig(d_model=d, n_head=heads).ff_dim  # d_ff = 0 means this size
         return ModelConfig(
+            tie_embeddings=bool(_get(conf, "tie_word_embeddings", True)),
             vocab_size=int(conf["vocab_size"]), block_size=int(conf["max_position_embeddings"]),
             n_layer=int(conf["num_hidden_layers"]), d_model=d, n_head=heads, d_ff=0 if inter == auto else inter,
             norm_eps=float(_get(conf, "rms_norm_eps", 1e-6)), rope_theta=theta,
@@ -236,9 +240,14 @@ def state_dict_from_hf(sd: dict[str, Tensor], cfg: ModelConfig, where: str) -> d
         raise XlingError(f"{where}: the weights lack {e.args[0]}; the file is incomplete or from another "
                          f"architecture") from None
     head = sd.get("lm_head.weight")
-    if head is not None and not torch.equal(head, emb):
-        raise XlingError(f"{where}: the output layer (lm_head) differs from the token embedding; xling's "
-                         f"Transformer ties them, so this model cannot be imported")
+    if not cfg.tie_embeddings:
+        if head is None:
+            raise XlingError(f"{where}: config.json says tie_word_embeddings=false but the weights lack lm_head.weight; "
+                             f"the file is incomplete")
+        out["lm_out.weight"] = head
+    elif head is not None and not torch.equal(head, emb):
+        raise XlingError(f"{where}: the output layer (lm_head) differs from the token embedding although config.json "
+                         f"ties them (tie_word_embeddings=true); set it to false or re-export the model")
     return out
 
 

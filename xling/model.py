@@ -15,7 +15,7 @@ type. Everything is here in one file, and the file imports nothing of xling:
 The maths, per block (pre-norm):  x = x + attn(norm_1(x));  x = x + mlp(norm_2(x)).
 Input:  x = wte[idx] (+ wpe[positions] if pos="learned") (+ lang_emb[lang_ids] if n_langs > 0);
 with pos="rope", q and k are rotated by their positions inside attention instead.
-Output: norm_f(x); logits = norm_f(x) @ wte^T.
+Output: norm_f(x); logits = norm_f(x) @ wte^T (tied, the default), or @ lm_out^T with tie_embeddings=False.
 
 Two export families (a later `hf.py` maps the weights; tests/test_model.py proves both by parity):
 - the default, FAMILIES["llama"] (pos="rope", norm="rmsnorm", mlp="swiglu", bias=False), is exactly
@@ -101,6 +101,10 @@ class ModelConfig:
     norm_eps: float = 1e-5  # epsilon of every norm (GPT-2 1e-5; Llama usually 1e-6 or 1e-5)
     rope_theta: float = 10000.0  # rope base frequency (pos = "rope" only)
     dropout: float = 0.0  # dropout on embeddings, attention weights and residual branches
+    # the output layer is the token embedding (GPT-2; Llama's tie_word_embeddings). false: an output matrix of its
+    # own (`lm_out`), so what next-token prediction needs of it does not pull on the input embeddings that
+    # contrastive alignment and the LSI start shape (measured in configs/demo.toml)
+    tie_embeddings: bool = True
 
     def __post_init__(self):
         if self.d_model % self.n_head:
@@ -255,7 +259,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # also the output layer (tied)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # also the output layer when tied
+        self.lm_out = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.wpe = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.pos == "learned" else None
         self.lang_emb = nn.Embedding(cfg.n_langs, cfg.d_model) if cfg.n_langs > 0 else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -293,9 +298,14 @@ class Transformer(nn.Module):
             n -= sum(e.weight.numel() for e in (self.wte, self.wpe, self.lang_emb) if e is not None)
         return n
 
+    @property
+    def output_weight(self) -> Tensor:
+        """(V, D) the output matrix: the token embedding when tied, else lm_out's."""
+        return self.wte.weight if self.lm_out is None else self.lm_out.weight
+
     def lm_head(self, hidden: Tensor) -> Tensor:
-        """(..., D) -> (..., V) logits with the token embedding as the output matrix (weight tying)."""
-        return F.linear(hidden, self.wte.weight)  # (..., V)
+        """(..., D) -> (..., V) logits: the output matrix (the token embedding when tied) times the hidden state."""
+        return F.linear(hidden, self.output_weight)  # (..., V)
 
     def forward(self, idx: Tensor, *, causal: bool = True, positions: Tensor | None = None,
                 lang_ids: Tensor | None = None, pad_mask: Tensor | None = None,

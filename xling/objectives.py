@@ -255,6 +255,7 @@ class Objective(nn.Module):
         super().__init__()
         self.alpha = alpha  # language (or pair) sampling exponent
         self.pairs: list[str] | None = None  # pair objectives: the pairs drawn from (None = every pair)
+        self.mixed_langs = True  # monolingual streams: each row's language drawn on its own (see stream)
         self._data: _Data | None = None
 
     def data(self, shards) -> _Data:
@@ -271,6 +272,14 @@ class Objective(nn.Module):
         counts = {k: (n if n >= min_segments else 0) for k, n in d.lang_counts(split).items()}
         return _draw(counts, self.alpha, rng, "segments", split)
 
+    def pick_langs(self, d: _Data, split: str, rng: np.random.Generator, n: int) -> list[str]:
+        """n languages drawn independently with q ∝ p^alpha (`_draw`'s rule, n draws in one call)."""
+        probs = sampling_probs(d.lang_counts(split), self.alpha)
+        names = [k for k, q in probs.items() if q > 0]
+        if not names:
+            raise XlingError(f"the {split} split has no segments to sample from; rebuild the shards with more data")
+        return [names[i] for i in rng.choice(len(names), size=n, p=np.array([probs[k] for k in names]))]
+
     def pick_pair(self, d: _Data, split: str, rng: np.random.Generator, pair: str | None) -> tuple[str, str]:
         if pair is None:
             counts = d.pair_counts(split)
@@ -284,14 +293,24 @@ class Objective(nn.Module):
 
     def stream(self, shards, split: str, rng: np.random.Generator, batch_size: int, length: int,
                lang: str | None):
-        """(data, lang, rows (B, length) packed streams from random start segments, lang_ids (B, length))."""
+        """(data, lang, rows (B, length) packed streams from random start segments, lang_ids (B, length)).
+
+        With `lang` every row is that language. Without, each row's language is drawn on its own (alpha
+        sampling) when `self.mixed_langs`, so every step trains the output layer on every language (lang is
+        then None unless all rows drew the same); else one language for the whole batch (XLM's batches)."""
         d = self.data(shards)
-        lang = self.pick_lang(d, split, rng, lang)
-        tok, off = d.arrays(split, lang)
-        starts = rng.integers(0, len(off) - 1, size=batch_size)  # random start segment per row
-        rows = np.stack([pack_stream(tok, off, int(s), length, d.tag(lang), d.eos) for s in starts])
-        lang_ids = torch.full(rows.shape, d.lang_index(lang), dtype=torch.long)
-        return d, lang, rows, lang_ids
+        if lang is not None or not self.mixed_langs:
+            langs = [self.pick_lang(d, split, rng, lang)] * batch_size
+        else:
+            langs = self.pick_langs(d, split, rng, batch_size)
+        rows, ids = [], []
+        for lg in langs:
+            tok, off = d.arrays(split, lg)
+            start = int(rng.integers(0, len(off) - 1))  # a random start segment per row
+            rows.append(pack_stream(tok, off, start, length, d.tag(lg), d.eos))
+            ids.append(d.lang_index(lg))
+        lang_ids = torch.tensor(ids, dtype=torch.long)[:, None].expand(batch_size, length).contiguous()
+        return d, (langs[0] if len(set(langs)) == 1 else None), np.stack(rows), lang_ids
 
     def pair_rows(self, d: _Data, split: str, a: str, b: str, rng: np.random.Generator, batch_size: int,
                   length_of: Callable[[np.ndarray], np.ndarray], length_batching: bool) -> np.ndarray:
@@ -406,8 +425,12 @@ class CLM(Objective):
         batch = _to_device(batch, model)
         hidden = _run(model, batch, causal=True)  # (B, T, D)
         logits = _unwrap(model).lm_head(hidden)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
-        return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"]}
+        per_token = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none")
+        row_loss = per_token.view(batch["targets"].shape).mean(1)  # (B,): rows are equally long
+        loss = row_loss.mean()
+        # rows of a mixed batch have languages of their own: the trainer logs their losses per language
+        return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"], "row_loss": row_loss.detach(),
+                      "row_lang": batch["lang_ids"][:, 0]}
 
 
 class _MaskedLM(Objective):
@@ -746,9 +769,11 @@ OBJECTIVES: dict[str, type[Objective]] = {"clm": CLM, "mlm": MLM, "tlm": TLM, "m
 def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, pair_alpha: float = 0.3,
                      mlm_prob: float = 0.15, mlm_smoothing: float = 0.0, tau: float = 0.05,
                      margin: float = 0.0, d_model: int | None = None, length_batching: bool = True,
-                     pad_multiple: int = 16, pairs: list[str] | None = None) -> dict[str, Objective]:
+                     pad_multiple: int = 16, pairs: list[str] | None = None,
+                     mixed_langs: bool = True) -> dict[str, Objective]:
     """Objectives with a positive weight, by name (weight 0 switches one off). Checks the shards fit them.
-    pairs: the language pairs the pair objectives draw from (`resolve_pairs`); None or [] = every pair."""
+    pairs: the language pairs the pair objectives draw from (`resolve_pairs`); None or [] = every pair.
+    mixed_langs: monolingual batches (clm, mlm) draw each row's language on its own (`Objective.stream`)."""
     unknown = [k for k in weights if k not in OBJECTIVES]
     if unknown:
         raise XlingError(f"unknown objective(s) {', '.join(map(repr, unknown))} in train.objectives; "
@@ -786,6 +811,8 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
             out[name] = cls(d_model, alpha if name == "nsp" else pair_alpha, length_batching, pad_multiple)
         else:
             out[name] = Contrastive(pair_alpha, tau, margin, length_batching, pad_multiple)
+    for obj in out.values():
+        obj.mixed_langs = mixed_langs
     if pairs and needs_pairs:
         chosen = resolve_pairs(pairs, shards)
         for obj in out.values():

@@ -129,7 +129,7 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
                                       d_model=model_cfg.d_model, length_batching=tc.length_batching,
-                                      pad_multiple=tc.pad_multiple, pairs=tc.pairs)
+                                      pad_multiple=tc.pad_multiple, pairs=tc.pairs, mixed_langs=tc.mixed_langs)
         config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(tc),
                   "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
         trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,
