@@ -242,8 +242,8 @@ def state_dict_from_hf(sd: dict[str, Tensor], cfg: ModelConfig, where: str) -> d
     head = sd.get("lm_head.weight")
     if not cfg.tie_embeddings:
         if head is None:
-            raise XlingError(f"{where}: config.json says tie_word_embeddings=false but the weights lack lm_head.weight; "
-                             f"the file is incomplete")
+            raise XlingError(f"{where}: config.json says tie_word_embeddings=false but the weights lack "
+                             f"lm_head.weight; the file is incomplete")
         out["lm_out.weight"] = head
     elif head is not None and not torch.equal(head, emb):
         raise XlingError(f"{where}: the output layer (lm_head) differs from the token embedding although config.json "
