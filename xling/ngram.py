@@ -1,7 +1,7 @@
 """Count-based language models over token ids: the baselines printed beside every bits-per-character number.
 
     uni = fit_unigram(shards, "fr")                        # add-1/2 unigram over the whole vocabulary
-    kn = fit_kneser_ney(shards, "fr", order=4)             # interpolated modified Kneser-Ney, 4-grams
+    kn = fit_kneser_ney(shards, "fr")                      # interpolated modified Kneser-Ney, 5-grams
     nats, chars = kn.eval_nll(shards, "test", "fr", max_tokens=20_000)   # the text `clm_eval` scores
     baseline_bpc(shards, "test", "fr", max_tokens=20_000)  # {"unigram": 3.1, "ngram": 2.2}
 
@@ -46,6 +46,8 @@ Counting is numpy only: the stream of all segments (each `<lang>`*(n-1) segment 
 an id for the k-gram ending at every position: id_k[p] = rank of (id_{k-1}[p-1] * V + token[p]) among the
 distinct such keys (np.unique). Keys stay below (#distinct (k-1)-grams) * V < 2^63 at any order, so no
 hashing and no collision; lookups at evaluation are np.searchsorted over the sorted keys of each order.
+Both baselines for the 8 languages of the demo run (~1.1M train tokens each, order 5, 20,000 test tokens):
+5.5 s of CPU (10 s wall on a shared 2-core machine), ~250 MB peak.
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ class KneserNey(_TokenModel):
     context id ((k-1)-gram; the one empty context at k = 1) total[k] = S_k(h) and gamma[k] = gamma_k(h).
     """
 
+    order: int = 2  # (redefined: set by the constructor here, fixed at 1 for the unigram)
     keys: list = field(default_factory=list, repr=False)
     counts: list = field(default_factory=list, repr=False)
     discounts: list = field(default_factory=list)
@@ -223,9 +226,7 @@ class KneserNey(_TokenModel):
             disc.append(d)
             total.append(s)
             gamma.append(np.divide(removed, s, out=np.zeros_like(s), where=s > 0))
-        model = cls(V, tag, eos, keys=keys, counts=counts, discounts=disc, total=total, gamma=gamma)
-        model.order = n
-        return model
+        return cls(V, tag, eos, order=n, keys=keys, counts=counts, discounts=disc, total=total, gamma=gamma)
 
     def prob(self, windows: np.ndarray) -> np.ndarray:
         n, V = self.order, self.vocab_size
