@@ -10,7 +10,7 @@ to `PLUGINS`; the module registers its entries when imported. Built in:
 
     tokenizer   fertility and parity per language (from the tokenizer stage's report)
     pretrain    tokens, tokens/s, minutes and the loss curve per objective (from train/metrics.jsonl)
-    bpc         bits per character per language on the test split
+    bpc         bits per character per language on the test split, beside n-gram and unigram baselines
     retrieval   top-1 translation retrieval en->X and X->en on the test split, layer chosen on valid
     langid      nearest language centroid over sentence vectors encoded WITHOUT the language tag
     generation  one continuation per language from a prompt in that language, its language identified
@@ -158,21 +158,41 @@ def eval_pretrain(ctx: EvalContext) -> dict:
 
 @evaluation("bpc", order=30)
 def eval_bpc(ctx: EvalContext) -> dict:
+    from xling.ngram import DEFAULT_ORDER, baseline_bpc
     from xling.objectives import bits_per_char, clm_eval
 
-    bpc = {}
+    # the model and two count-based baselines on the same segments and characters (`shards.scored_prefix`)
+    bpc, ngram, unigram = {}, {}, {}
     for lg in ctx.langs:
         nats, chars = clm_eval(ctx.model, ctx.shards, "test", lg, seq_len=ctx.model.cfg.block_size,
                                max_tokens=ctx.bpc_tokens)
         bpc[lg] = bits_per_char(nats, chars)
+        base = baseline_bpc(ctx.shards, "test", lg, max_tokens=ctx.bpc_tokens, order=DEFAULT_ORDER)
+        ngram[lg], unigram[lg] = base["ngram"], base["unigram"]
     metrics = {f"bpc.{lg}": v for lg, v in bpc.items()}
+    metrics |= {f"bpc_baseline.unigram.{lg}": v for lg, v in unigram.items()}
+    metrics |= {f"bpc_baseline.ngram.{lg}": v for lg, v in ngram.items()}
+    metrics["bpc.ratio_unigram_max"] = max(bpc[lg] / unigram[lg] for lg in bpc)  # the worst language's
+    metrics["bpc.below_ngram"] = sum(bpc[lg] < ngram[lg] for lg in bpc)
+    ng = f"{DEFAULT_ORDER}-gram KN"
+    rows = [[lg, bpc[lg], ngram[lg], unigram[lg], bpc[lg] / unigram[lg], bpc[lg] / ngram[lg]] for lg in bpc]
     return {"metrics": metrics, "sections": [{"title": "Bits per character (causal LM)", "blocks": [
         {"kind": "text", "text": "Next-token loss over held-out test chapters, converted to bits per character "
                                  "(comparable across languages and tokenizers; each verse scored as "
                                  f"`<lang> verse </s>`; the first {ctx.bpc_tokens:,} test tokens per language; "
                                  f"bf16 autocast where native). {ctx.provenance('test')}."},
-        {"kind": "table", "header": ["lang", "bits/char"], "rows": [[lg, v] for lg, v in bpc.items()]},
-        _bar("bpc", bpc, bpc.values(), "bits per character", title="Bits per character, test split"),
+        {"kind": "text", "text": "Baselines beside it, per language: count-based models over the same token ids, "
+                                 "trained on the same language's train split (same tokenizer, the text the "
+                                 "model learned from) and scored on exactly the same test verses and "
+                                 f"characters: an interpolated modified Kneser-Ney {DEFAULT_ORDER}-gram "
+                                 "(order chosen on the valid split) and an add-1/2 unigram over the whole "
+                                 "vocabulary. A ratio below 1 means the model is better; "
+                                 f"{metrics['bpc.below_ngram']} of {len(bpc)} languages are below the n-gram."},
+        {"kind": "table", "header": ["lang", "model", f"n-gram (order {DEFAULT_ORDER}, KN)", "unigram",
+                                     "model / unigram", "model / n-gram"], "rows": rows},
+        {"kind": "bars", "name": "bpc", "labels": list(bpc), "ylabel": "bits per character",
+         "series": {"model": list(bpc.values()), ng: list(ngram.values()), "unigram": list(unigram.values())},
+         "title": "Bits per character, test split: model and count-based baselines"},
     ]}]}
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from xling.corpus import sampling_probs
 from xling.errors import XlingError
+from xling.shards import scored_prefix
 
 IGNORE = -100  # target of a position without loss (torch cross_entropy's ignore_index)
 
@@ -714,24 +715,23 @@ def clm_eval(model: nn.Module, shards, split: str, lang: str, seq_len: int, max_
     Each segment is scored alone as `<lang> segment </s>`: the tag is context only (never predicted),
     the `</s>` is predicted and its NLL is included, the character count is the segment text's (without
     any end-of-line). Segments are taken in shard order until `max_tokens` targets have been scored
-    (max_tokens <= 0: all); one longer than seq_len targets is scored in consecutive windows of seq_len
-    (later windows without the earlier context). Batches hold windows of similar length, right-padded
-    to a multiple of `pad_multiple` (at most seq_len). Bits per character = nats / ln 2 / chars
-    (`bits_per_char`). The model is put in eval mode for the call and restored afterwards.
+    (max_tokens <= 0: all; `shards.scored_prefix`, the rule the n-gram baselines share); one longer than
+    seq_len targets is scored in consecutive windows of seq_len (later windows without the earlier context).
+    Batches hold windows of similar length, right-padded to a multiple of `pad_multiple` (at most seq_len).
+    Bits per character = nats / ln 2 / chars (`bits_per_char`). The model is put in eval mode for the call
+    and restored afterwards.
     """
     d = _Data(shards)
     tok, off = d.arrays(split, lang)
     n_seg = len(off) - 1
     if n_seg == 0:
         raise XlingError(f"no {split} segments for language {lang!r}; rebuild the shards with that split")
-    windows, n_used, n_targets = [], 0, 0
-    for i in range(n_seg):
-        if 0 < max_tokens <= n_targets:
-            break
+    n_used, chars = scored_prefix(shards, split, lang, max_tokens)  # the segments every bpc number scores
+    windows = []
+    for i in range(n_used):
         full = np.concatenate([[d.tag(lang)], np.asarray(tok[off[i]:off[i + 1]], np.int64), [d.eos]])
         for s in range(0, len(full) - 1, seq_len):  # windows of inputs full[s:s+T], targets full[s+1:s+T+1]
             windows.append(full[s:s + seq_len + 1])
-        n_used, n_targets = i + 1, n_targets + len(full) - 1
     order = np.argsort([len(w) for w in windows], kind="stable")  # similar lengths share a batch
     was_training = model.training
     model.eval()
@@ -752,7 +752,6 @@ def clm_eval(model: nn.Module, shards, split: str, lang: str, seq_len: int, max_
             total += F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum").item()
     finally:
         model.train(was_training)
-    chars = int(np.asarray(shards.chars(split, lang))[:n_used].sum())
     return total, chars
 
 

@@ -11,6 +11,8 @@ section generically, so a new evaluation needs no change here:
         {"kind": "text", "text": "valid split, checkpoint step 1200"},
         {"kind": "table", "header": ["lang", "bpc"], "rows": [["en", 1.91], ...]},
         {"kind": "bar", "name": "bpc", "labels": ["en", ...], "values": [1.91, ...], "ylabel": "bits/char"},
+        {"kind": "bars", "name": "bpc", "labels": ["en", ...], "series": {"model": [1.91, ...],
+         "unigram": [2.65, ...]}, "ylabel": "bits/char"},       # grouped: one bar per series in each label
         {"kind": "heatmap", "name": "retrieval", "rows": [...], "cols": [...], "values": [[...]]},
         {"kind": "lines", "name": "loss", "series": {"clm": [[x, y], ...]}, "xlabel": "step", "ylabel": "loss"}]}
 
@@ -30,7 +32,7 @@ from xling.errors import XlingError
 from xling.files import atomic_dir, atomic_write_json
 from xling.progress import format_table
 
-PLOT_KINDS = ("bar", "heatmap", "lines")
+PLOT_KINDS = ("bar", "bars", "heatmap", "lines")
 
 
 def load_sections(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -89,6 +91,17 @@ def plot(block: dict, path: Path) -> None:
                 ax.legend(loc="best", fontsize=8)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_ylabel(block.get("ylabel", ""))
+    elif kind == "bars":
+        labels, series = block["labels"], block["series"]
+        width = 0.8 / max(len(series), 1)  # the series of one label share 80% of its slot
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(labels) * len(series) + 1.5), 3.4))
+        for i, (name, values) in enumerate(series.items()):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
+            bars = ax.bar(xs, values, width, label=name)
+            ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel(block.get("ylabel", ""))
+        ax.legend(loc="best", fontsize=8)
     elif kind == "lines":
         fig, ax = plt.subplots(figsize=(6.0, 3.4))
         for name, pts in block["series"].items():
@@ -186,6 +199,8 @@ HEADLINES = [  # (label, metrics.json key or key prefix to average, format)
     ("pretraining tokens", "pretrain.tokens", "{:,.0f}"),
     ("tokens/s", "pretrain.tokens_per_second", "{:,.0f}"),
     ("bits per character (mean)", "bpc.", "{:.3f}"),
+    ("bits per character, model / unigram (worst language)", "bpc.ratio_unigram_max", "{:.3f}"),
+    ("languages where the model is below the n-gram", "bpc.below_ngram", "{:.0f}"),
     ("retrieval top-1 en<->X (mean)", "retrieval.top1_mean", "{:.3f}"),
     ("retrieval top-1, peer USE v3 (its languages)", "peer.retrieval.top1_mean", "{:.3f}"),
     ("mining F1 (mean)", "mining.f1_mean", "{:.3f}"),
@@ -209,9 +224,10 @@ def summary(run_dir: str | Path) -> str:
     out = format_table(["stage", "seconds"], rows, title="Where the time went")
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
     lines = []
+    named = {key for _, key, _ in HEADLINES}  # a key with a headline of its own is not averaged into a prefix
     for label, key, fmt in HEADLINES:
         vals = [v for k, v in metrics.items() if (k == key or (key.endswith(".") and k.startswith(key)
-                                                                and k.count(".") == key.count(".")))
+                                                                and k.count(".") == key.count(".") and k not in named))
                 and isinstance(v, int | float)]
         if vals:
             lines.append([label, fmt.format(sum(vals) / len(vals))])

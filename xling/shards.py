@@ -249,6 +249,19 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
 
 # ---------------------------------------------------------------------------- reading
 
+def scored_prefix(shards, split: str, lang: str, max_tokens: int) -> tuple[int, int]:
+    """(segments, characters) that an evaluation of one language scores: the rule every bits-per-character
+    number follows (the model's `objectives.clm_eval` and the count-based baselines of `xling.ngram`).
+
+    Segments are taken in shard order until at least `max_tokens` targets have been scored (max_tokens <= 0:
+    all); each segment costs its tokens plus one (`<lang> segment </s>` predicts the segment and `</s>`, the
+    tag is context only). Characters are those of the segments used.
+    """
+    targets = np.cumsum(np.diff(np.asarray(shards.offsets(split, lang), dtype=np.int64)) + 1)  # (N,) running
+    n = len(targets) if max_tokens <= 0 else min(int(np.searchsorted(targets, max_tokens)) + 1, len(targets))
+    return n, int(np.asarray(shards.chars(split, lang))[:n].sum())
+
+
 class Shards:
     """Read-only view of a shards directory; arrays are memory-mapped, nothing is loaded whole.
 
