@@ -64,14 +64,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dropout: float = 0.0, info=None,
-                 **overrides) -> Trainer:
+                 tie: bool = True, **overrides) -> Trainer:
     """A tiny model (d=32, 2 layers, language embeddings) and its trainer, fp32 unless asked otherwise."""
     kw = dict(batch_size=4, seq_len=32, max_steps=20, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0,
               log_every=1, ckpt_every=0, precision="fp32", eval_max_tokens=200)
     cfg = TrainConfig(**{**kw, **overrides})
     torch.manual_seed(init_seed)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=shards.vocab_size, n_langs=len(shards.langs),
-                                           dropout=dropout))
+                                           dropout=dropout, tie_embeddings=tie))
     objectives = build_objectives(cfg.objectives, shards, d_model=32)
     return Trainer(model, objectives, shards, cfg, run_dir=run_dir, seed=seed, info=info)
 
@@ -81,6 +81,25 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- learning
+
+def test_lr_scales_of_the_embeddings_and_the_output_layer(tiny_run):
+    """Each step sets every group's lr to the schedule's times its scale; an Adam step moves a weight by ~lr, so
+    the first step's largest change of each matrix is in the ratio of the scales."""
+    sh = Shards(tiny_run / "shards")
+    tr = make_trainer(sh, tie=False, embed_lr_scale=0.25, head_lr_scale=4.0, warmup_steps=0, weight_decay=0.0)
+    model = tr.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tr.step()
+    lrs = {id(p): g["lr"] for g in tr.optimizer.param_groups for p in g["params"]}
+    assert lrs[id(model.wte.weight)] == pytest.approx(0.25 * 3e-3)
+    assert lrs[id(model.lm_out.weight)] == pytest.approx(4.0 * 3e-3)
+    assert lrs[id(model.blocks[0].attn.c_attn.weight)] == pytest.approx(3e-3)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    # Adam's first step moves every weight with a gradient by lr (the update is g / |g|)
+    assert moved["wte.weight"] == pytest.approx(0.25 * 3e-3, rel=0.01)
+    assert moved["lm_out.weight"] == pytest.approx(4.0 * 3e-3, rel=0.01)
+    assert moved["blocks.0.mlp.c_fc.weight"] == pytest.approx(3e-3, rel=0.01)
+
 
 def test_clm_loss_falls_and_bpc_improves(tiny_run):
     sh = Shards(tiny_run / "shards")
