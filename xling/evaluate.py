@@ -423,9 +423,12 @@ def eval_generation(ctx: EvalContext) -> dict:
                                  "bigrams / all bigrams over the language's continuations; *repetition* = share of a "
                                  "continuation's word 3-grams that repeat an earlier one; *trigram vote* = the "
                                  "corpus-trained character-trigram classifier (it passes salads: a few right "
-                                 "trigrams win the vote)." + (f" Lexical validity lies at {mean:.2f} on average "
-                                                              "between the unigram sample (0) and human text (1)."
-                                                              if mean is not None else "")},
+                                 "trigrams win the vote). Each column catches what the others pass: a salad of "
+                                 "scripts fails *script*, invented words fail *lexical*, words of another language "
+                                 "fail *langid*, and a loop of valid function words (lexical as high as prose) "
+                                 "fails *repetition*." + (f" Lexical validity lies at {mean:.2f} on average between "
+                                                          "the unigram sample (0) and human text (1)."
+                                                          if mean is not None else "")},
         {"kind": "table", "header": ["lang", "prompts", "langid m/u/h", "script m/u/h", "lexical m/u/h", "distinct-2",
                                      "repetition", "trigram vote", "first prompt → its continuation"], "rows": rows},
     ]
