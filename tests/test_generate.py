@@ -8,9 +8,11 @@ filter results (top-k, top-p, CTRL penalty), brute-force enumeration (beam searc
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ from xling.generate import (
     GenerateConfig,
     Hypothesis,
     IncrementalDecoder,
+    LangVocab,
     apply_repetition_penalty,
     beam_search,
     decode_continuation,
@@ -436,6 +439,59 @@ def test_load_for_generation_from_a_run_directory(tok, tmp_path):
     (other / "tokenizer.json").write_text(tok.to_str().replace("<en>", "<xx>"), encoding="utf-8")
     with pytest.raises(XlingError, match="sha256"):
         load_for_generation(tmp_path, tokenizer_dir=other)
+
+
+def tiny_lang_vocab(tok) -> tuple[LangVocab, dict[str, set[int]]]:
+    """Each TINY language's "training text" tokens: what `LangVocab.from_shards` counts, here from the strings."""
+    seen = {lg: {i for t in TINY[lg] for i in tok.encode(t, add_special_tokens=False).ids} for lg in LANGS}
+    V = tok.get_vocab_size()
+    return LangVocab({lg: [i in ids for i in range(V)] for lg, ids in seen.items()}), seen
+
+
+def test_lang_vocab_never_produces_a_token_outside_the_languages_training_text(tok):
+    model = make(tok=tok)
+    vocab, seen = tiny_lang_vocab(tok)
+    eos = tok.token_to_id("</s>")
+    # a hot, unfiltered sampler over a random model: without the mask it wanders over the whole vocabulary
+    hot = GenerateConfig(max_new_tokens=20, temperature=2.0, top_p=1.0, precision="fp32", seed=0)
+    on = dataclasses.replace(hot, lang_vocab=True)
+    langs, texts = LANGS * 6, ["In the", "Au commencement", "Свет во"] * 6  # en fr ru, six times
+    ids, index = encode_prompts(tok, texts, langs)
+    stop = [eos]
+    free = generate_ids(model, ids, hot, lang_index=index, stop_ids=stop)
+    assert any(t not in seen[lg] for lg, out in zip(langs, free, strict=True) for t in out)  # the test can fail
+    for cfg in (on, dataclasses.replace(on, temperature=0.0), dataclasses.replace(on, num_beams=3)):
+        for seed in range(3):
+            cfg = dataclasses.replace(cfg, seed=seed)
+            allowed = vocab.mask(langs, model.cfg.vocab_size, always=stop)
+            out = generate_ids(model, ids, cfg, lang_index=index, stop_ids=stop, allowed=allowed)
+            assert all(t in seen[lg] for lg, o in zip(langs, out, strict=True) for t in o), cfg
+            assert sum(map(len, out)) > 0
+    # the text API: generate() and stream() take the vocabulary; off or without one, nothing is restricted
+    assert generate(model, tok, texts[:3], LANGS, on, vocab=vocab) == [
+        decode_continuation(tok, p, o) for p, o in zip(ids[:3], generate_ids(
+            model, ids[:3], on, lang_index=index[:3], stop_ids=stop,
+            allowed=vocab.mask(LANGS, model.cfg.vocab_size, stop)), strict=True)]
+    assert generate(model, tok, texts[:3], LANGS, hot, vocab=vocab) == generate(model, tok, texts[:3], LANGS, hot)
+    assert "".join(stream(model, tok, "Свет во", "ru", on, vocab=vocab)) == generate(
+        model, tok, ["Свет во"], "ru", on, vocab=vocab)[0]
+    with pytest.raises(XlingError, match="no training text for de"):
+        vocab.mask(["de"], model.cfg.vocab_size)
+
+
+def test_lang_vocab_from_shards_counts_the_train_split():
+    class FakeShards:
+        langs, vocab_size = ["en", "ru"], 8
+
+        def tokens(self, split, lang):
+            assert split == "train"
+            return np.array({"en": [5, 6, 6], "ru": [7]}[lang], dtype=np.uint16)
+
+    vocab = LangVocab.from_shards(FakeShards(), ["ru", "de"])  # de is not in the shards: left out
+    assert list(vocab.allowed) == ["ru"] and vocab.allowed["ru"].tolist() == [False] * 7 + [True]
+    mask = LangVocab.from_shards(FakeShards()).mask(["en", "ru"], 10, always=[2])
+    assert mask.tolist() == [[False, False, True, False, False, True, True, False, False, False],
+                             [False, False, True, False, False, False, False, True, False, False]]
 
 
 def test_config_validation():

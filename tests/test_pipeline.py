@@ -51,6 +51,16 @@ def test_metrics_have_every_documented_key(trained_run):
         assert 0 <= m[f"langid.accuracy.{lg}"] <= 1
     assert m["generation.language_match"] == pytest.approx(
         sum(m[f"generation.language_match.{lg}"] for lg in langs) / len(langs))
+    for name in ("langid", "langid_unigram", "langid_human", "script_purity", "script_purity_unigram",
+                 "script_purity_human", "lexical", "lexical_unigram", "lexical_human", "distinct2", "repetition"):
+        for lg in langs:
+            assert 0 <= m[f"generation.{name}.{lg}"] <= 1, (name, lg)
+    for name in ("langid", "script_purity", "lexical", "lexical_unigram", "lexical_human"):
+        assert m[f"generation.{name}_mean"] == pytest.approx(sum(m[f"generation.{name}.{lg}"] for lg in langs) / 3)
+    assert m["generation.prompts"] >= 10
+    for lg in langs:  # the references bracket the scale: held-out verses are words, a unigram sample mostly not
+        assert m[f"generation.lexical_human.{lg}"] > 0.9 and m[f"generation.script_purity_human.{lg}"] == 1.0
+        assert m[f"generation.lexical_unigram.{lg}"] < m[f"generation.lexical_human.{lg}"] - 0.2
     assert m["tokenizer.parity.en"] == 1.0
     for lg in ("fr", "ru"):
         assert 0 <= m[f"retrieval.top1.en-{lg}"] <= 1 and 0 <= m[f"retrieval.top1.{lg}-en"] <= 1
@@ -137,3 +147,58 @@ def test_generate_command_equals_the_python_api(trained_run, capsys):
     assert out == "В начале" + expected[0] + "\n"
     assert main(argv[:3] + ["--lang", "xx", "hi"]) == 2
     assert "no tag <xx>" in capsys.readouterr().err
+
+
+def test_generation_metrics_without_wordfreq_are_na_with_the_install_command(trained_run, tmp_path, monkeypatch):
+    """A missing optional package: its column reads n/a with the reason, its keys are absent, the rest is written."""
+    import shutil
+    import sys
+
+    rd = tmp_path / "run"
+    shutil.copytree(trained_run, rd)
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # `import wordfreq` raises ImportError
+    assert main(["evaluate", str(rd), "--only", "generation"]) == 0
+    result = json.loads((rd / "eval" / "generation.json").read_text())
+    keys = result["metrics"]
+    assert not [k for k in keys if k.startswith("generation.lexical")]
+    assert {"generation.langid.ru", "generation.script_purity.ru", "generation.distinct2.ru"} <= set(keys)
+    blocks = result["sections"][0]["blocks"]
+    table = next(b for b in blocks if b["kind"] == "table")
+    col = table["header"].index("lexical m/u/h")
+    assert all(row[col] == "n/a / n/a / n/a" for row in table["rows"])
+    assert any("wordfreq is not installed (pip install wordfreq)" in b.get("text", "") for b in blocks)
+    assert main(["report", str(rd)]) == 0
+    assert "pip install wordfreq" in (rd / "report" / "report.md").read_text()
+
+
+def test_generate_command_with_the_language_vocabulary(trained_run, tmp_path, capsys):
+    """generate.lang_vocab: `xling generate` reads the run's train shards once and samples only tokens seen in the
+    language (the same text as the Python API given that vocabulary); without shards it says so and goes on."""
+    import dataclasses
+    import shutil
+
+    import numpy as np
+
+    from xling.generate import GenerateConfig, LangVocab, generate, load_for_generation
+    from xling.textmetrics import script_purity
+
+    vocab = LangVocab.from_run(trained_run)
+    model, tok = load_for_generation(trained_run)
+    pieces = {lg: [tok.id_to_token(int(i)) for i in np.flatnonzero(vocab.allowed[lg])] for lg in ("en", "ru")}
+    assert all(script_purity(p, "ru") in (1.0, None) for p in pieces["ru"] if not p.startswith("<0x")), pieces["ru"]
+    for lg in ("en", "ru"):  # each language has its own letter-bearing pieces (a 400-token vocabulary: dozens)
+        assert sum(script_purity(p, lg) == 1.0 for p in pieces[lg]) > 20
+    cfg = GenerateConfig(temperature=2, top_p=1, max_new_tokens=30, lang_vocab=True)
+    argv = ["generate", "--run", str(trained_run), "--lang", "ru", "Свет", "-o", "generate.lang_vocab=true",
+            "-o", "generate.temperature=2", "-o", "generate.top_p=1", "-o", "generate.max_new_tokens=30"]
+    for seed in range(3):
+        assert main([*argv, "-o", f"generate.seed={seed}"]) == 0
+        out = capsys.readouterr().out
+        want = generate(model, tok, ["Свет"], "ru", dataclasses.replace(cfg, seed=seed), vocab)[0]
+        assert out == "Свет" + want + "\n"
+        assert script_purity(out, "ru") == 1.0
+    bare = tmp_path / "bare"
+    shutil.copytree(trained_run, bare, ignore=shutil.ignore_patterns("shards"))
+    assert LangVocab.from_run(bare) is None
+    assert main([*argv[:2], str(bare), *argv[3:]]) == 0
+    assert "no shards/ beside" in capsys.readouterr().err

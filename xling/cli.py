@@ -79,12 +79,18 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     """Stream a continuation of each prompt to the terminal, token by token."""
-    from xling.generate import load_for_generation, stream
+    from xling.generate import LangVocab, load_for_generation, stream
 
     cfg = _resolve(args).generate
     model, tokenizer = load_for_generation(args.run)
+    vocab = None
+    if cfg.lang_vocab and args.lang:  # read once, for every prompt
+        vocab = LangVocab.from_run(args.run, [args.lang])
+        if vocab is None:
+            print(f"generate: no shards/ beside {args.run}, so the continuation is not restricted to the "
+                  f"language's training tokens (generate.lang_vocab)", file=sys.stderr)
     for prompt in args.prompts:
-        pieces = stream(model, tokenizer, prompt, lang=args.lang, cfg=cfg)
+        pieces = stream(model, tokenizer, prompt, lang=args.lang, cfg=cfg, vocab=vocab)
         first = next(pieces, "")  # bad input (an unknown language) fails here, before anything is printed
         print(prompt + first, end="", flush=True)
         for piece in pieces:

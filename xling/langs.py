@@ -74,3 +74,52 @@ def pivot_lang(langs: list[str]) -> str:
     """The language every other is compared with (parity, retrieval, mining): English when present, else the
     first."""
     return "en" if "en" in langs else langs[0]
+
+
+# The writing system(s) each language is normally written in, as Unicode Script names (the names the `regex`
+# package accepts in \p{Script=...}). Text in the language should hold letters of these scripts only, so a
+# generated continuation's letters outside them are a measurable fault (xling.textmetrics.script_purity).
+# Where a language is commonly written in two scripts both are listed (Serbian, Kurdish, Uzbek, Azerbaijani).
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        "af ca cs cy da de en eo es et eu fi fil fo fr fy ga gd gl ha hr ht hu id ig is it jv la lb lt lv mg ms mt "
+        "nb nl nn no oc pl pt qu ro rw sk sl sn so sq sv sw tk tl tr vi wo xh yo zu".split(), ("Latin",)),
+    **dict.fromkeys("be bg cv ky mk mn os ru tg tt uk ba ce".split(), ("Cyrillic",)),
+    **dict.fromkeys("ar fa ps sd ug ur".split(), ("Arabic",)),
+    **dict.fromkeys("hi mr ne sa".split(), ("Devanagari",)),
+    **dict.fromkeys("he yi".split(), ("Hebrew",)),
+    **dict.fromkeys("am ti".split(), ("Ethiopic",)),
+    "az": ("Latin", "Cyrillic"), "bs": ("Latin", "Cyrillic"), "sr": ("Cyrillic", "Latin"), "uz": ("Latin", "Cyrillic"),
+    "kk": ("Cyrillic", "Latin"), "ku": ("Latin", "Arabic"),
+    "as": ("Bengali",), "bn": ("Bengali",), "bo": ("Tibetan",), "dv": ("Thaana",), "el": ("Greek",),
+    "gu": ("Gujarati",), "hy": ("Armenian",), "ka": ("Georgian",), "km": ("Khmer",), "kn": ("Kannada",),
+    "lo": ("Lao",), "ml": ("Malayalam",), "my": ("Myanmar",), "or": ("Oriya",), "pa": ("Gurmukhi",),
+    "si": ("Sinhala",), "ta": ("Tamil",), "te": ("Telugu",), "th": ("Thai",),
+    "zh": ("Han",), "ja": ("Han", "Hiragana", "Katakana"), "ko": ("Hangul", "Han"),
+}
+
+# Languages written without spaces between words: counting "words" as runs of letters needs a segmenter there.
+UNSPACED = frozenset("bo ja km lo my th zh".split())
+
+
+def lang_scripts(code: str) -> tuple[str, ...] | None:
+    """The Unicode scripts `code` is written in (a script subtag such as `sr-Latn` or `zh_Hant` is read as the
+    language's base code; `sr-Latn` gives Latin), or None for a language missing from `SCRIPTS`."""
+    m = _CODE.match(code or "")
+    if m is None:
+        return None
+    sub = (m["sub"] or "").lower()
+    if sub in _SCRIPT_SUBTAGS:
+        return (_SCRIPT_SUBTAGS[sub],)
+    return SCRIPTS.get(m["base"])
+
+
+# ISO 15924 subtags that name a script outright (zh_Hant stays Han: Hans/Hant are both Han)
+_SCRIPT_SUBTAGS = {"latn": "Latin", "cyrl": "Cyrillic", "arab": "Arabic", "deva": "Devanagari", "grek": "Greek",
+                   "hans": "Han", "hant": "Han", "hebr": "Hebrew"}
+
+
+def base_code(code: str) -> str:
+    """The language part of a code: `pt-BR` -> `pt`, `zh_Hant` -> `zh` (a code of another shape unchanged)."""
+    m = _CODE.match(code or "")
+    return m["base"] if m else code
