@@ -99,7 +99,11 @@ def test_align_and_vectors_config_sections():
     with pytest.raises(XlingError, match="unknown alignment method"):
         load_config(None, ["align.methods=[foo]"])
     with pytest.raises(XlingError, match="overlap"):
-        load_config(None, ["align.test_ranks=[100, 6000]"])
+        load_config(None, ["align.train_ranks=[0, 5000]", "align.test_ranks=[100, 6000]"])
+    with pytest.raises(XlingError, match="give both train_ranks and test_ranks or neither"):
+        load_config(None, ["align.test_ranks=[0, 1000]"])  # the fitted train band could overlap it
+    cfg = load_config(None, ["align.train_ranks=[1000, 5000]", "align.test_ranks=[0, 1000]"])
+    assert cfg.align.train_ranks == [1000, 5000] and cfg.align.test_ranks == [0, 1000]  # explicit bands kept
 
 
 # ---------------------------------------------------------------------------- run mode and vectors
@@ -182,7 +186,8 @@ def test_demo_evaluation_static_and_model_vectors(tiny_run, monkeypatch):
                       refine_iters=1, refine_max_rank=0, select_max_rank=0, select_pairs=0, write_vectors=False)
     res = evaluate_alignment(tiny_run / "run", corpus, model, tok, targets=("fr", "ru", "de"),
                              dictionary=str(tiny_run / "{src}-{tgt}.txt"),
-                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, min_test_words=1,
+                             log=lambda s: None)
     m = res["metrics"]
     assert {"align.p_at_1.en-fr", "align.p_at_5.en-fr", "align.p_at_10.en-fr"} <= set(m)
     assert 0.0 <= m["align.p_at_1.en-fr"] <= m["align.p_at_5.en-fr"] <= m["align.p_at_10.en-fr"] <= 1.0
@@ -190,9 +195,9 @@ def test_demo_evaluation_static_and_model_vectors(tiny_run, monkeypatch):
     assert "align.p_at_1.en-fr.model.identity" in m and "align.p_at_1.en-fr.model.procrustes" in m
     assert not any("en-ru" in k or "en-de" in k for k in m)  # en-ru: no dictionary file; de: not in the corpus
     blocks = res["sections"][0]["blocks"]
-    # en-ru: no dictionary file; CLDR names (when Babel is installed) have no word of this tiny corpus
-    assert ("en-ru: skipped, no dictionary" in blocks[0]["text"]
-            or "en-ru: no P@k (no dictionary pair in the vocabularies)" in blocks[0]["text"])
+    # en-ru: no dictionary file, and no CLDR fallback (it leaves a handful of test words): skipped, said why
+    assert "en-ru: skipped: no dictionary for en-ru" in blocks[0]["text"]
+    assert list(res["skipped_parts"]) == ["en-ru"] and "skipped" not in res
     table = next(b for b in blocks if b["kind"] == "table")
     assert {(r[0], r[1], r[2]) for r in table["rows"]} >= {("en-fr", "static", "procrustes"),
                                                            ("en-fr", "model input", "identity")}
@@ -216,7 +221,10 @@ def test_demo_evaluation_skips_a_pair_no_method_can_align(tiny_run):
                       refine_max_rank=0, select_max_rank=0, select_pairs=0, write_vectors=False)
     res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr", "ru"),
                              dictionary=str(tiny_run / "{src}-{tgt}.txt"),
-                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, min_test_words=1,
+                             log=lambda s: None)
     assert "align.p_at_1.en-fr.procrustes.csls" in res["metrics"]
     assert not any("en-ru" in k for k in res["metrics"])
-    assert "en-ru: skipped (no alignment method could run for en-ru" in res["sections"][0]["blocks"][0]["text"]
+    text = res["sections"][0]["blocks"][0]["text"]
+    assert "en-ru: skipped: no alignment (no alignment method could run for en-ru" in text
+    assert res["skipped_parts"]["en-ru"].startswith("no alignment")
