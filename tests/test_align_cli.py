@@ -228,3 +228,37 @@ def test_demo_evaluation_skips_a_pair_no_method_can_align(tiny_run):
     text = res["sections"][0]["blocks"][0]["text"]
     assert "en-ru: skipped: no alignment (no alignment method could run for en-ru" in text
     assert res["skipped_parts"]["en-ru"].startswith("no alignment")
+
+
+def test_demo_evaluation_without_freedict_is_skipped_before_any_training(tiny_run, monkeypatch):
+    """A fresh machine has no FreeDict: no number (it once reported P@1 0.000 from 5-7 CLDR words), the package to
+    install instead, and no vectors trained for nothing."""
+    from xling.corpus import Corpus
+    from xling.tasks import dictionaries
+    from xling.tasks.align_eval import evaluate_alignment
+
+    real = dictionaries.freedict_pairs
+    monkeypatch.setattr(dictionaries, "freedict_pairs",
+                        lambda src, tgt, **kw: real(src, tgt, root=tiny_run / "no-dictd", **kw))
+    res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr", "ru"),
+                             log=lambda s: None)
+    assert res["metrics"] == {}
+    assert res["skipped"] == ("no dictionary for en-fr, en-ru; `apt-get install dict-freedict-eng-fra "
+                              "dict-freedict-eng-rus`")
+    assert "Skipped: no dictionary for en-fr, en-ru" in res["sections"][0]["blocks"][0]["text"]
+    assert not (tiny_run / "run" / "align" / "demo" / "vectors").exists()
+
+
+def test_demo_evaluation_skips_a_test_set_under_100_words(tiny_run):
+    from xling.corpus import Corpus
+    from xling.tasks.align import AlignConfig
+    from xling.tasks.align_eval import evaluate_alignment
+    from xling.tasks.vectors import VectorsConfig
+
+    cfg = AlignConfig(methods=["procrustes", "identical"], refine_iters=1, refine_max_rank=0, select_max_rank=0,
+                      select_pairs=0, write_vectors=False)  # bands fitted to the tiny vocabulary
+    res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr",),
+                             dictionary=str(tiny_run / "{src}-{tgt}.txt"),
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+    assert res["metrics"] == {}  # 4 dictionary pairs: a P@1 of them is no measurement
+    assert "test words in source ranks [0, " in res["skipped"] and "fewer than 100: not a measurement" in res["skipped"]

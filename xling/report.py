@@ -224,7 +224,7 @@ HEADLINES: tuple[Headline, ...] = (
     Headline("bits per character, worst language / its unigram", "bpc.ratio_unigram_max",
              ((1.0, "the unigram model itself"),), items="bpc.items"),
     Headline("retrieval top-1 en<->X (mean)", "retrieval.top1_mean",
-             (("peer.retrieval.top1_mean", PEER_ON_ITS_LANGS), ("retrieval.chance", "chance: 1 / candidates")),
+             (("peer.retrieval.top1_mean", PEER_ON_ITS_LANGS), ("retrieval.chance", "chance (1 in the candidates)")),
              items="retrieval.items"),
     # mining has no baseline of its own (xling/tasks/mine.py); chance (~1 / verses) would flatter any number,
     # so without the peer the row stays out
