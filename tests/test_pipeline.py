@@ -74,7 +74,7 @@ def test_report_files(trained_run):
     out = trained_run / "report"
     page = (out / "report.html").read_text()
     for title in ("Tokenizer fairness", "Pretraining", "Bits per character", "Cross-lingual retrieval",
-                  "Language identification", "Generation samples"):
+                  "Language identity left in sentence vectors", "Generation samples", "Headline numbers"):
         assert title in page
     pngs = {p.name.split("_", 1)[1] for p in out.glob("*.png")}
     assert {"parity.png", "train_loss.png", "bpc.png", "retrieval.png"} <= pngs  # (task plugins add theirs)
