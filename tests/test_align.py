@@ -11,14 +11,18 @@ import pytest
 
 from xling.errors import XlingError
 from xling.tasks.align import (
+    MUSE_TEST,
+    MUSE_TRAIN,
     AlignConfig,
     Space,
     adversarial,
+    copy_baseline,
     csls_reference,
     evaluate_bli,
     learn_mapping,
     normalize_embeddings,
     procrustes,
+    rank_bands,
     run_align,
 )
 from xling.tasks.dictionaries import (
@@ -230,6 +234,56 @@ def test_split_by_rank_never_overlaps():
         split_by_rank(pairs, (0, 60), (50, 80))
     with pytest.raises(ValueError, match="overlap"):
         AlignConfig(train_ranks=[0, 5000], test_ranks=[4000, 6500])
+
+
+def test_default_bands_fit_a_small_vocabulary():
+    """A Bible's 6,674 source words: test on the 1,000 most frequent, train on ranks 1,000-5,000 (MUSE's test band,
+    ranks 5,000-6,500, would be the rarest tail: CSLS P@1 0.03 against 0.47 on the same vectors)."""
+    cfg = AlignConfig()
+    assert cfg.train_ranks == [] and cfg.test_ranks == []  # fitted where the vocabulary is known
+    assert rank_bands(cfg, 6674) == ((1000, 5000), (0, 1000))
+    assert rank_bands(cfg, 5000) == ((1000, 5000), (0, 1000))  # the demo evaluation's 5,000 kept words
+    assert rank_bands(cfg, 1000) == ((200, 1000), (0, 200))  # the test band stays in the most frequent fifth
+    assert rank_bands(cfg, 3) == ((0, 3), (0, 0))  # no test band at all: P@k is skipped, not made up
+    for n in range(0, 40_000, 7):
+        (a, b), (c, d) = rank_bands(cfg, n)
+        assert a <= b <= n and c <= d <= n // 5 and max(a, c) >= min(b, d)  # disjoint; test among the top fifth
+
+
+def test_default_bands_keep_muse_on_a_large_vocabulary_and_explicit_bands_win():
+    cfg = AlignConfig()
+    assert rank_bands(cfg, 200_000) == (MUSE_TRAIN, MUSE_TEST) == ((0, 5000), (5000, 6500))
+    assert rank_bands(cfg, 32_500) == (MUSE_TRAIN, MUSE_TEST)  # 6,500 is within its most frequent fifth
+    assert rank_bands(cfg, 32_499) == ((1000, 5000), (0, 1000))
+    given = AlignConfig(train_ranks=[0, 5000], test_ranks=[5000, 6500])
+    assert rank_bands(given, 6674) == ((0, 5000), (5000, 6500))  # an explicit override is taken as given
+    with pytest.raises(ValueError, match="overlap"):
+        AlignConfig(train_ranks=[0, 1000], test_ranks=[500, 2000])
+    with pytest.raises(ValueError, match="give both"):
+        AlignConfig(train_ranks=[1000, 5000])
+
+
+def test_run_align_fits_the_bands_to_the_source_vocabulary(tmp_path):
+    n, d = 1000, 8
+    x = clustered(n, d, 32, seed=5)
+    src, tgt = Vectors([f"s{i}" for i in range(n)], x), Vectors([f"t{i}" for i in range(n)], x @ rotation(d, 6).T)
+    pairs = [(f"s{i}", f"t{i}") for i in range(n)]
+    res = run_align(src, tgt, tmp_path, src_lang="en", tgt_lang="fr", pairs=pairs,
+                    cfg=tiny_cfg(methods=["procrustes"]), log=lambda s: None)
+    d = res["dictionary"]
+    assert (d["test_ranks"], d["train_ranks"]) == ([0, 200], [200, 1000])
+    assert (d["test_words"], d["train_words"]) == (200, 800)
+    assert res["metrics"]["align.test_words.en-fr"] == 200 and res["metrics"]["align.p_at_1.en-fr.copy"] == 0.0
+
+
+def test_copy_baseline_counts_words_translated_as_themselves():
+    src_words = ["david", "house", "jerusalem", "and"]
+    tgt_index = {"david": 0, "maison": 1, "jérusalem": 2, "et": 3, "and": 4}
+    # house -> maison; david -> david; jerusalem -> jérusalem; "and" -> et (while "and" is also a target word)
+    test = np.array([[0, 0], [1, 1], [2, 2], [3, 3]])
+    assert copy_baseline(test, src_words, tgt_index) == 0.25  # only david
+    assert copy_baseline(np.array([[0, 1], [0, 0]]), src_words, tgt_index) == 1.0  # one of its translations
+    assert copy_baseline(np.empty((0, 2), np.int64), src_words, tgt_index) == 0.0
 
 
 def test_filter_pairs_and_muse_dictionary_file(tmp_path):

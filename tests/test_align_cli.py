@@ -99,7 +99,11 @@ def test_align_and_vectors_config_sections():
     with pytest.raises(XlingError, match="unknown alignment method"):
         load_config(None, ["align.methods=[foo]"])
     with pytest.raises(XlingError, match="overlap"):
-        load_config(None, ["align.test_ranks=[100, 6000]"])
+        load_config(None, ["align.train_ranks=[0, 5000]", "align.test_ranks=[100, 6000]"])
+    with pytest.raises(XlingError, match="give both train_ranks and test_ranks or neither"):
+        load_config(None, ["align.test_ranks=[0, 1000]"])  # the fitted train band could overlap it
+    cfg = load_config(None, ["align.train_ranks=[1000, 5000]", "align.test_ranks=[0, 1000]"])
+    assert cfg.align.train_ranks == [1000, 5000] and cfg.align.test_ranks == [0, 1000]  # explicit bands kept
 
 
 # ---------------------------------------------------------------------------- run mode and vectors
@@ -182,7 +186,8 @@ def test_demo_evaluation_static_and_model_vectors(tiny_run, monkeypatch):
                       refine_iters=1, refine_max_rank=0, select_max_rank=0, select_pairs=0, write_vectors=False)
     res = evaluate_alignment(tiny_run / "run", corpus, model, tok, targets=("fr", "ru", "de"),
                              dictionary=str(tiny_run / "{src}-{tgt}.txt"),
-                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, min_test_words=1,
+                             log=lambda s: None)
     m = res["metrics"]
     assert {"align.p_at_1.en-fr", "align.p_at_5.en-fr", "align.p_at_10.en-fr"} <= set(m)
     assert 0.0 <= m["align.p_at_1.en-fr"] <= m["align.p_at_5.en-fr"] <= m["align.p_at_10.en-fr"] <= 1.0
@@ -190,9 +195,9 @@ def test_demo_evaluation_static_and_model_vectors(tiny_run, monkeypatch):
     assert "align.p_at_1.en-fr.model.identity" in m and "align.p_at_1.en-fr.model.procrustes" in m
     assert not any("en-ru" in k or "en-de" in k for k in m)  # en-ru: no dictionary file; de: not in the corpus
     blocks = res["sections"][0]["blocks"]
-    # en-ru: no dictionary file; CLDR names (when Babel is installed) have no word of this tiny corpus
-    assert ("en-ru: skipped, no dictionary" in blocks[0]["text"]
-            or "en-ru: no P@k (no dictionary pair in the vocabularies)" in blocks[0]["text"])
+    # en-ru: no dictionary file, and no CLDR fallback (it leaves a handful of test words): skipped, said why
+    assert "en-ru: skipped: no dictionary for en-ru" in blocks[0]["text"]
+    assert list(res["skipped_parts"]) == ["en-ru"] and "skipped" not in res
     table = next(b for b in blocks if b["kind"] == "table")
     assert {(r[0], r[1], r[2]) for r in table["rows"]} >= {("en-fr", "static", "procrustes"),
                                                            ("en-fr", "model input", "identity")}
@@ -216,7 +221,44 @@ def test_demo_evaluation_skips_a_pair_no_method_can_align(tiny_run):
                       refine_max_rank=0, select_max_rank=0, select_pairs=0, write_vectors=False)
     res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr", "ru"),
                              dictionary=str(tiny_run / "{src}-{tgt}.txt"),
-                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, min_test_words=1,
+                             log=lambda s: None)
     assert "align.p_at_1.en-fr.procrustes.csls" in res["metrics"]
     assert not any("en-ru" in k for k in res["metrics"])
-    assert "en-ru: skipped (no alignment method could run for en-ru" in res["sections"][0]["blocks"][0]["text"]
+    text = res["sections"][0]["blocks"][0]["text"]
+    assert "en-ru: skipped: no alignment (no alignment method could run for en-ru" in text
+    assert res["skipped_parts"]["en-ru"].startswith("no alignment")
+
+
+def test_demo_evaluation_without_freedict_is_skipped_before_any_training(tiny_run, monkeypatch):
+    """A fresh machine has no FreeDict: no number (it once reported P@1 0.000 from 5-7 CLDR words), the package to
+    install instead, and no vectors trained for nothing."""
+    from xling.corpus import Corpus
+    from xling.tasks import dictionaries
+    from xling.tasks.align_eval import evaluate_alignment
+
+    real = dictionaries.freedict_pairs
+    monkeypatch.setattr(dictionaries, "freedict_pairs",
+                        lambda src, tgt, **kw: real(src, tgt, root=tiny_run / "no-dictd", **kw))
+    res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr", "ru"),
+                             log=lambda s: None)
+    assert res["metrics"] == {}
+    assert res["skipped"] == ("no dictionary for en-fr, en-ru; `apt-get install dict-freedict-eng-fra "
+                              "dict-freedict-eng-rus`")
+    assert "Skipped: no dictionary for en-fr, en-ru" in res["sections"][0]["blocks"][0]["text"]
+    assert not (tiny_run / "run" / "align" / "demo" / "vectors").exists()
+
+
+def test_demo_evaluation_skips_a_test_set_under_100_words(tiny_run):
+    from xling.corpus import Corpus
+    from xling.tasks.align import AlignConfig
+    from xling.tasks.align_eval import evaluate_alignment
+    from xling.tasks.vectors import VectorsConfig
+
+    cfg = AlignConfig(methods=["procrustes", "identical"], refine_iters=1, refine_max_rank=0, select_max_rank=0,
+                      select_pairs=0, write_vectors=False)  # bands fitted to the tiny vocabulary
+    res = evaluate_alignment(tiny_run / "run", Corpus(tiny_run / "run" / "corpus"), targets=("fr",),
+                             dictionary=str(tiny_run / "{src}-{tgt}.txt"),
+                             vectors_cfg=VectorsConfig(dim=8, min_count=1, epochs=1), cfg=cfg, log=lambda s: None)
+    assert res["metrics"] == {}  # 4 dictionary pairs: a P@1 of them is no measurement
+    assert "test words in source ranks [0, " in res["skipped"] and "fewer than 100: not a measurement" in res["skipped"]

@@ -293,6 +293,13 @@ def test_demo_evaluation_metrics_and_heatmap(tmp_path, fake_source):
         assert 0 <= m[f"transfer.baseline.names.{lg}"] <= 1
     gaps = [m["transfer.accuracy.en"] - m[f"transfer.accuracy.{lg}"] for lg in ("fr", "ru")]
     assert m["transfer.gap_mean"] == pytest.approx(np.mean(gaps))
+    # the headline's pair: accuracy where no label was seen, beside names-only's there, and the rows behind it
+    assert m["transfer.target_accuracy_mean"] == pytest.approx(np.mean([m["transfer.accuracy.fr"],
+                                                                        m["transfer.accuracy.ru"]]))
+    names = [m[f"transfer.baseline.names.{lg}"] for lg in ("en", "fr", "ru")]
+    assert m["transfer.baseline.names_target_mean"] == pytest.approx(np.mean(names[1:]))
+    assert m["transfer.baseline.names_gap_mean"] == pytest.approx(names[0] - np.mean(names[1:]))
+    assert m["transfer.items"] > 0
     assert 0 < m["transfer.baseline.majority"] < 1
     blocks = out["sections"][0]["blocks"]
     heat = next(b for b in blocks if b["kind"] == "heatmap")

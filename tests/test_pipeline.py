@@ -45,10 +45,15 @@ def test_metrics_have_every_documented_key(trained_run):
     langs = ["en", "fr", "ru"]
     assert m["languages"] == langs
     for lg in langs:
-        for key in (f"tokenizer.fertility.{lg}", f"tokenizer.parity.{lg}", f"bpc.{lg}", f"langid.accuracy.{lg}"):
+        for key in (f"tokenizer.fertility.{lg}", f"tokenizer.parity.{lg}", f"bpc.{lg}",
+                    f"vectors.lang_identifiable.{lg}"):
             assert key in m, key
         assert 0 < m[f"bpc.{lg}"] < 12  # bits per character of a barely trained model: finite, below 8+ bits/byte
-        assert 0 <= m[f"langid.accuracy.{lg}"] <= 1
+        assert 0 <= m[f"vectors.lang_identifiable.{lg}"] <= 1
+    assert not any(k.startswith("langid.") for k in m)  # renamed: it measures the vectors, it identifies nothing
+    assert m["vectors.lang_identifiable_chance"] == pytest.approx(1 / 3)
+    assert m["vectors.lang_identifiable_mean"] == pytest.approx(
+        sum(m[f"vectors.lang_identifiable.{lg}"] for lg in langs) / 3)
     assert m["generation.language_match"] == pytest.approx(
         sum(m[f"generation.language_match.{lg}"] for lg in langs) / len(langs))
     for name in ("langid", "langid_unigram", "langid_human", "script_purity", "script_purity_unigram",
@@ -79,7 +84,7 @@ def test_report_files(trained_run):
     out = trained_run / "report"
     page = (out / "report.html").read_text()
     for title in ("Tokenizer fairness", "Pretraining", "Bits per character", "Cross-lingual retrieval",
-                  "Language identification", "Generation samples"):
+                  "Language identity left in sentence vectors", "Generation samples", "Headline numbers"):
         assert title in page
     pngs = {p.name.split("_", 1)[1] for p in out.glob("*.png")}
     assert {"parity.png", "train_loss.png", "bpc.png", "retrieval.png"} <= pngs  # (task plugins add theirs)

@@ -331,6 +331,9 @@ def test_evaluation_scores_both_systems_and_reuses_its_cache(tiny_run, monkeypat
     assert [r[0] for r in table["rows"]] == ["en-fr", "fr-en", "en-ru", "ru-en"] and table["rows"][0][-1] == 8
     assert len(examples["rows"]) == 12 and examples["header"][-2:] == ["Transformer", "RNN"]
     assert res["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    # the budget is recorded, and a fine-tune this short is labelled a smoke test, not a quality measurement
+    assert m["mt.items"] == 4 * 8 and 0 < m["mt.finetune_steps"] < 1000 and m["mt.finetune_minutes"] > 0
+    assert "smoke test" in res["sections"][0]["title"] and blocks[0]["text"].startswith("Smoke test:")
 
     def boom(*a, **k):
         raise AssertionError("retrained although the cache is valid")

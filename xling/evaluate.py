@@ -5,14 +5,17 @@
 
 An evaluation is a function `(ctx: EvalContext) -> {"metrics": {...}, "sections": [...]}` registered with
 `@evaluation(name, order)`. Metrics are flat dotted keys (`bpc.en`, `retrieval.top1.en-fr`); sections
-are report blocks as data (see `xling.report`). A task from another module plugs in by adding its module
-to `PLUGINS`; the module registers its entries when imported. Built in:
+are report blocks as data (see `xling.report`). An evaluation whose data or package is missing on this
+machine returns `skipped("why; how to get it")` instead: no metrics at all (a number from nothing would be
+read as a result), and the report and summary say "skipped" with the reason. One that measures some pairs
+and not others adds `"skipped_parts": {"en-fr": "why"}` beside its metrics. A task from another module
+plugs in by adding its module to `PLUGINS`; the module registers its entries when imported. Built in:
 
     tokenizer   fertility and parity per language (from the tokenizer stage's report)
     pretrain    tokens, tokens/s, minutes and the loss curve per objective (from train/metrics.jsonl)
     bpc         bits per character per language on the test split, beside n-gram and unigram baselines
     retrieval   top-1 translation retrieval en->X and X->en on the test split, layer chosen on valid
-    langid      nearest language centroid over sentence vectors encoded WITHOUT the language tag
+    langid      language identity left in sentence vectors (nearest language centroid, no language tag)
     generation  32 continuations per language: external language id, script purity, lexical validity
                 between a unigram sample and human text, diversity (xling.textmetrics)
 """
@@ -81,6 +84,16 @@ def evaluation(name: str, order: int = 50) -> Callable:
     return register
 
 
+def skipped(reason: str, title: str | None = None, text: str = "") -> dict:
+    """The result of an evaluation that could not measure anything here: no metrics, the reason in the report
+    (under `title`; without one, `run_evaluations` titles it by the evaluation's name)."""
+    out: dict = {"metrics": {}, "skipped": reason, "sections": []}
+    if title:
+        say = f"Skipped: {reason}." + (f" {text}" if text else "")
+        out["sections"] = [{"title": title, "blocks": [{"kind": "text", "text": say}]}]
+    return out
+
+
 def _bar(name, labels, values, ylabel, **kw) -> dict:
     return {"kind": "bar", "name": name, "labels": list(labels), "values": [float(v) for v in values],
             "ylabel": ylabel, **kw}
@@ -115,7 +128,7 @@ def eval_tokenizer(ctx: EvalContext) -> dict:
 def eval_pretrain(ctx: EvalContext) -> dict:
     path = ctx.run_dir / "train" / "metrics.jsonl"
     if not path.exists():
-        return {"metrics": {}, "sections": []}
+        return skipped(f"no training log {path} (a run imported or trained elsewhere)", "Pretraining")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     train_rows = [r for r in rows if r.get("kind", "train") == "train"]
     series: dict[str, list] = {}
@@ -165,8 +178,12 @@ def eval_bpc(ctx: EvalContext) -> dict:
     from xling.objectives import bits_per_char, clm_eval
 
     # the model and two count-based baselines on the same segments and characters (`shards.scored_prefix`)
+    from xling.shards import scored_prefix
+
     bpc, ngram, unigram = {}, {}, {}
+    verses = 0  # test verses scored, over the languages: the items behind the headline's mean
     for lg in ctx.langs:
+        verses += scored_prefix(ctx.shards, "test", lg, ctx.bpc_tokens)[0]
         nats, chars = clm_eval(ctx.model, ctx.shards, "test", lg, seq_len=ctx.model.cfg.block_size,
                                max_tokens=ctx.bpc_tokens)
         bpc[lg] = bits_per_char(nats, chars)
@@ -177,6 +194,7 @@ def eval_bpc(ctx: EvalContext) -> dict:
     metrics |= {f"bpc_baseline.ngram.{lg}": v for lg, v in ngram.items()}
     metrics["bpc.ratio_unigram_max"] = max(bpc[lg] / unigram[lg] for lg in bpc)  # the worst language's
     metrics["bpc.below_ngram"] = sum(bpc[lg] < ngram[lg] for lg in bpc)
+    metrics["bpc.items"] = verses
     ng = f"{DEFAULT_ORDER}-gram KN"
     rows = [[lg, bpc[lg], ngram[lg], unigram[lg], bpc[lg] / unigram[lg], bpc[lg] / ngram[lg]] for lg in bpc]
     return {"metrics": metrics, "sections": [{"title": "Bits per character (causal LM)", "blocks": [
@@ -231,7 +249,7 @@ def eval_retrieval(ctx: EvalContext) -> dict:
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
     if not others:
-        return {"metrics": {}, "sections": []}
+        return skipped("one language: nothing to retrieve across languages", "Cross-lingual retrieval")
     # choose the pooled layer on the valid split (mean accuracy over both directions and all languages)
     n_layers = ctx.model.cfg.n_layer + 1
     scores = np.zeros(n_layers)
@@ -242,13 +260,14 @@ def eval_retrieval(ctx: EvalContext) -> dict:
     layer = int(np.argmax(scores))
     ctx.cache["retrieval_layer"] = layer
     metrics: dict[str, Any] = {"retrieval.layer": layer}
-    table, accs = [], []
+    table, accs, chance = [], [], []
     matrix = [[None] * len(ctx.langs) for _ in ctx.langs]
-    n_test = 0
+    n_test = n_queries = 0
     for lg in others:
         vp, vl = (v[layer] for v in _pair_vectors(ctx, "test", pivot, lg))
         fwd, bwd = top1_accuracy(vp, vl), top1_accuracy(vl, vp)
-        n_test = len(vp)
+        n_test, n_queries = len(vp), n_queries + 2 * len(vp)  # every verse is a query in each direction
+        chance += [1 / max(len(vp), 1)] * 2
         metrics[f"retrieval.top1.{pivot}-{lg}"] = fwd
         metrics[f"retrieval.top1.{lg}-{pivot}"] = bwd
         table.append([f"{pivot}-{lg}", fwd, bwd, len(vp), 1 / max(len(vp), 1)])
@@ -256,6 +275,8 @@ def eval_retrieval(ctx: EvalContext) -> dict:
         i, j = ctx.langs.index(pivot), ctx.langs.index(lg)
         matrix[i][j], matrix[j][i] = fwd, bwd
     metrics["retrieval.top1_mean"] = float(np.mean(accs))
+    metrics["retrieval.chance"] = float(np.mean(chance))  # a random pick among the candidates
+    metrics["retrieval.items"] = n_queries  # the report's headline needs the count behind the mean
     return {"metrics": metrics, "sections": [{"title": "Cross-lingual retrieval", "blocks": [
         {"kind": "text", "text": f"Top-1 accuracy of finding a verse's translation among all test verses of the "
                                  f"other language (cosine of mean-pooled layer {layer}, chosen on the valid split; "
@@ -268,25 +289,47 @@ def eval_retrieval(ctx: EvalContext) -> dict:
 
 @evaluation("langid", order=50)
 def eval_langid(ctx: EvalContext) -> dict:
+    """Language identity left in sentence vectors: how often a test verse's vector (encoded without the
+    language tag or language ids) is nearest its own language's centroid (mean valid vector).
+
+    Not a language identifier and not a score to maximise: a cross-lingual encoder aims at vectors that
+    carry meaning, not language, so lower is more language-neutral; chance is 1 / number of languages.
+    Keys `vectors.lang_identifiable.<lang>`, their mean, the chance level and the item count.
+    """
     from xling.tasks.retrieve import encode
 
+    title = "Language identity left in sentence vectors"
+    if len(ctx.langs) < 2:
+        return skipped("one language: no other language to be confused with", title)
     layer = ctx.cache.get("retrieval_layer", -1)
     kw = dict(specials=ctx.shards.specials, lang_index=None, tag=None, layer=layer)
     centroids = np.stack([encode(ctx.model, ctx.segments("valid", lg, ctx.valid_segments), **kw).mean(0)
                           for lg in ctx.langs])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    metrics, rows = {}, []
+    metrics, rows, n = {}, [], 0
     for k, lg in enumerate(ctx.langs):
         v = encode(ctx.model, ctx.segments("test", lg, ctx.valid_segments), **kw)
         pred = (v @ centroids.T).argmax(1)
         acc = float((pred == k).mean())
-        metrics[f"langid.accuracy.{lg}"] = acc
+        metrics[f"vectors.lang_identifiable.{lg}"] = acc
+        n += len(v)
         confused = Counter(ctx.langs[p] for p in pred if p != k).most_common(1)
         rows.append([lg, acc, len(v), confused[0][0] if confused else "-"])
-    return {"metrics": metrics, "sections": [{"title": "Language identification from the model", "blocks": [
-        {"kind": "text", "text": "Nearest language centroid (valid split) of sentence vectors encoded without "
-                                 f"the language tag or language ids (layer {layer}). {ctx.provenance('test')}."},
-        {"kind": "table", "header": ["lang", "accuracy", "segments", "most confused with"], "rows": rows},
+    mean, chance = float(np.mean([r[1] for r in rows])), 1 / len(ctx.langs)
+    metrics.update({"vectors.lang_identifiable_mean": mean, "vectors.lang_identifiable_chance": chance,
+                    "vectors.lang_identifiable_items": n})
+    return {"metrics": metrics, "sections": [{"title": title, "blocks": [
+        {"kind": "text", "text": "How much a sentence vector still tells which language it came from: each test "
+                                 "verse is encoded without the language tag or language ids (layer "
+                                 f"{layer}) and assigned to the nearest language centroid (mean vector of "
+                                 f"{ctx.valid_segments} valid verses per language). Mean {mean:.3f}; chance "
+                                 f"{chance:.3f} (1 / {len(ctx.langs)} languages). This is not a language "
+                                 "identifier and higher is not better: the goal of a cross-lingual space is "
+                                 "vectors that carry meaning, not language, so a value near chance means the "
+                                 "languages share one space, and near 1.0 that each language keeps a region of "
+                                 f"its own. {ctx.provenance('test')}."},
+        {"kind": "table", "header": ["lang", "nearest own centroid", "segments", "most often taken for"],
+         "rows": rows},
     ]}]}
 
 
@@ -412,13 +455,15 @@ def eval_generation(ctx: EvalContext) -> dict:
         sample = f"{prompts[0]} → {texts[0].strip()}".replace("\n", " ")
         rows.append([lg, n, _fmt3(lid), _fmt3(pur), _fmt3(lex), _fmt3([d2]), _fmt3([rep]),
                      f"{found.count(lg)}/{len(found)}", sample[:150]])
-    for name in ("langid", "script_purity", "lexical", "lexical_human", "lexical_unigram", "lexical_position",
-                 "language_match"):
+    for name in ("langid", "langid_human", "langid_unigram", "script_purity", "script_purity_human",
+                 "script_purity_unigram", "lexical", "lexical_human", "lexical_unigram", "lexical_position",
+                 "repetition", "language_match"):
         vals = [metrics[f"generation.{name}.{lg}"] for lg in ctx.langs if f"generation.{name}.{lg}" in metrics]
         if vals:
             metrics[f"generation.{name}_mean" if name != "language_match" else "generation.language_match"] = \
                 float(np.mean(vals))
     metrics["generation.prompts"] = min(n_items)
+    metrics["generation.items"] = sum(n_items)  # continuations behind the means
     short = {lg: tm.lexicon_size(lg) for lg in ctx.langs if not tm.lexicon_unavailable(lg)}
     short = {lg: n for lg, n in short.items() if n < tm.LEXICON_SIZE}
     notes = [f"n/a: {reason} ({', '.join(langs)})." for reason, langs in why.items()]
@@ -487,8 +532,14 @@ def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             result = fn(ctx)
         seconds = time.perf_counter() - t0
+        if result.get("skipped"):  # skipped means no number, whatever the function returned
+            result = {**result, "metrics": {}}
+            if not result.get("sections"):
+                result["sections"] = [{"title": f"Evaluation {name}", "blocks": [
+                    {"kind": "text", "text": f"Skipped: {result['skipped']}."}]}]
         atomic_write_json(ctx.run_dir / "eval" / f"{name}.json",
                           {"name": name, "order": order, "step": ctx.step, "seconds": round(seconds, 2), **result})
         metrics.update(result["metrics"])
-        print(f"evaluate: {name} done in {seconds:.1f} s")
+        status = f"skipped: {result['skipped']}" if result.get("skipped") else f"done in {seconds:.1f} s"
+        print(f"evaluate: {name} {status}")
     return metrics

@@ -22,7 +22,8 @@ Refinement: `refine_iters` times, build a dictionary of mutual CSLS nearest neig
 without any dictionary by MUSE's criterion (mean cosine of the 10k most confident CSLS pairs) and
 the best one is kept. Both compute CSLS among the `csls_vocab` most frequent words of each side
 (vecmap's cutoff): 50k x 300 words, Procrustes + 5 refinements take ~55 s on 2 cores.
-P@k is measured on a test dictionary split off by source frequency rank.
+P@k is measured on a test dictionary split off by source frequency rank (bands fitted to the source
+vocabulary unless given: `rank_bands`), beside the trivial copy-the-word baseline (`copy_baseline`).
 
 Retrieval (NN, CSLS: `xling.tasks.csls`) is chunked: 100k x 100k words fit in a few hundred MB.
 The demo report's evaluation is `xling.tasks.align_eval`.
@@ -75,8 +76,13 @@ class AlignConfig:
                                                         "identical"])  # which mappings to learn
     normalize: str = "renorm,center,renorm"  # MUSE normalize_embeddings steps: center, renorm ("" = none)
     max_vocab: int = 200000  # most frequent words kept per language (MUSE's default)
-    train_ranks: list[int] = field(default_factory=lambda: [0, 5000])  # source-rank range of the train dict
-    test_ranks: list[int] = field(default_factory=lambda: [5000, 6500])  # ... and of the test dict (disjoint)
+    # Source-rank ranges [start, end) of the train and test dictionaries (disjoint); [] = fit the vocabulary
+    # (`rank_bands`). MUSE's [0, 5000] / [5000, 6500] were made for a 200k-word Wikipedia vocabulary, where rank
+    # 6,500 is still a frequent word; in a Bible's 6,674 words it is the rarest tail, with a few occurrences
+    # and noisy vectors: en-fr CSLS P@1 0.03 there, against 0.47 for the same vectors tested on ranks
+    # [0, 1000] and trained on [1000, 5000]. Give both or neither: one fitted band could overlap the other.
+    train_ranks: list[int] = field(default_factory=list)
+    test_ranks: list[int] = field(default_factory=list)
     csls_k: int = 10  # neighbours in CSLS's hubness penalty
     refine_iters: int = 5  # Procrustes refinement iterations
     refine_max_rank: int = 15000  # refinement dictionary: mutual CSLS neighbours among this many words
@@ -123,9 +129,14 @@ class AlignConfig:
                 raise ValueError(f"normalize step {step!r} is not one of center, renorm, none")
         for name in ("train_ranks", "test_ranks"):
             r = getattr(self, name)
-            if len(r) != 2 or not 0 <= r[0] <= r[1]:
-                raise ValueError(f"{name} must be two ranks [start, end) with 0 <= start <= end, not {r}")
-        if max(self.train_ranks[0], self.test_ranks[0]) < min(self.train_ranks[1], self.test_ranks[1]):
+            if r and (len(r) != 2 or not 0 <= r[0] <= r[1]):
+                raise ValueError(f"{name} must be two ranks [start, end) with 0 <= start <= end, or [] (fit the "
+                                 f"vocabulary), not {r}")
+        if bool(self.train_ranks) != bool(self.test_ranks):
+            raise ValueError(f"give both train_ranks and test_ranks or neither (both fitted to the vocabulary), not "
+                             f"train_ranks {self.train_ranks} with test_ranks {self.test_ranks}")
+        if self.train_ranks and max(self.train_ranks[0], self.test_ranks[0]) < min(self.train_ranks[1],
+                                                                                   self.test_ranks[1]):
             raise ValueError(f"train_ranks {self.train_ranks} and test_ranks {self.test_ranks} overlap")
         if min(self.csls_k, self.adv_hidden, self.adv_dis_steps, self.adv_batch, self.max_vocab,
                self.memory_mb, self.adv_restarts) < 1:
@@ -138,6 +149,32 @@ class AlignConfig:
             raise ValueError("adv_lr must be > 0 and adv_lr_decay, adv_lr_shrink in (0, 1]")
         if not 0 <= self.adv_dropout < 1 or not 0 <= self.adv_smooth < 0.5:
             raise ValueError("adv_dropout must be in [0, 1) and adv_smooth in [0, 0.5)")
+
+
+# ---------------------------------------------------------------------------- dictionary bands
+
+MUSE_TRAIN, MUSE_TEST = (0, 5000), (5000, 6500)  # MUSE's bands, for its 200k-word vocabularies
+TEST_SHARE = 5  # a test band lies within the most frequent 1 / TEST_SHARE of the source vocabulary
+
+
+def rank_bands(cfg: AlignConfig, n_src: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((train start, end), (test start, end)) source-rank bands for a source vocabulary of n_src words:
+    cfg's when given, else fitted to the vocabulary.
+
+    Fitted: MUSE's bands where their test band lies within the most frequent fifth of the vocabulary
+    (n_src >= 32,500), so large vocabularies keep numbers comparable with published ones. A smaller
+    vocabulary tests on its most frequent words, [0, min(1000, n_src / 5)), the only ones a small corpus
+    gives good vectors, and trains on the rest up to rank 5,000: a 6,674-word Bible vocabulary gets
+    [0, 1000] / [1000, 5000], a 1,000-word one [0, 200] / [200, 1000]. The test band comes first because
+    it is the one that must be well estimated; Procrustes fits a d x d rotation from a few thousand pairs
+    even when they are rarer words.
+    """
+    if cfg.train_ranks and cfg.test_ranks:
+        return (cfg.train_ranks[0], cfg.train_ranks[1]), (cfg.test_ranks[0], cfg.test_ranks[1])
+    if n_src >= TEST_SHARE * MUSE_TEST[1]:
+        return MUSE_TRAIN, MUSE_TEST
+    test_end = min(1000, n_src // TEST_SHARE)
+    return (test_end, max(test_end, min(MUSE_TRAIN[1], n_src))), (0, test_end)
 
 
 # ---------------------------------------------------------------------------- normalisation, Procrustes
@@ -217,7 +254,8 @@ def learn_mapping(method: str, x: np.ndarray, y: np.ndarray, src_words: list[str
     if method in SUPERVISED:
         if train is None or len(train) == 0:
             raise XlingError(f"method {method} needs a training dictionary with pairs in ranks "
-                             f"{cfg.train_ranks}; give one (--dict) or use adversarial / identical")
+                             f"{list(rank_bands(cfg, len(src_words))[0])}; give one (--dict) or use adversarial / "
+                             f"identical")
         w = procrustes(x[train[:, 0]], y[train[:, 1]])
         if method == "procrustes-refine":
             info["raw_w"] = w
@@ -302,12 +340,16 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
         if len(idx) == 0:
             raise XlingError(f"no pair of the {src_lang}-{tgt_lang} dictionary ({stats['pairs']:,} pairs) has both "
                              f"words in the vocabularies; check the languages and the word forms (lowercase)")
-        train, test = split_by_rank(idx, tuple(cfg.train_ranks), tuple(cfg.test_ranks))
+        train_ranks, test_ranks = rank_bands(cfg, len(src))
+        train, test = split_by_rank(idx, train_ranks, test_ranks)
         results["dictionary"] = dict(stats, train_pairs=len(train), test_pairs=len(test),
                                      train_words=len(np.unique(train[:, 0])),
-                                     test_words=len(np.unique(test[:, 0])))
-        log(f"train dictionary: {len(train):,} pairs (source ranks {cfg.train_ranks}); test: {len(test):,} "
-            f"pairs, {results['dictionary']['test_words']:,} source words (ranks {cfg.test_ranks})")
+                                     test_words=len(np.unique(test[:, 0])),
+                                     train_ranks=list(train_ranks), test_ranks=list(test_ranks),
+                                     copy_p_at_1=copy_baseline(test, src.words, tgt.index))
+        log(f"train dictionary: {len(train):,} pairs (source ranks {list(train_ranks)}); test: {len(test):,} "
+            f"pairs, {results['dictionary']['test_words']:,} source words (ranks {list(test_ranks)}"
+            f"{'' if cfg.train_ranks else ', fitted to ' + format(len(src), ',') + ' source words'})")
         held_out_all = idx
     methods = [m for m in cfg.methods if pairs or m not in SUPERVISED]
     if not pairs and len(methods) < len(cfg.methods):
@@ -367,6 +409,17 @@ def run_align(src: Vectors, tgt: Vectors, out_dir: str | Path, *, src_lang: str,
     return results
 
 
+def copy_baseline(test: np.ndarray, src_words: list[str], tgt_index: dict[str, int]) -> float:
+    """P@1 of the trivial system that translates every word as itself: the share of test source words one of
+    whose dictionary translations is the same string (names, numbers, loans). What a map must beat."""
+    words = np.unique(test[:, 0])
+    if not len(words):
+        return 0.0
+    gold = set(map(tuple, test.tolist()))
+    hits = sum((int(i), tgt_index[src_words[i]]) in gold for i in words if src_words[i] in tgt_index)
+    return hits / len(words)
+
+
 def _by_band(space: Space, pairs: np.ndarray, n_src: int) -> list[dict]:
     rows = []
     for lo, hi in frequency_bands(n_src):
@@ -395,7 +448,8 @@ def selected_methods(results: dict) -> dict[str, str]:
 def align_metrics(results: dict) -> dict[str, float]:
     """Flat metrics: align.p_at_1.<pair>.<method>.<nn|csls>, plus the headline numbers
     align.p_at_1.<pair>.supervised (best supervised method by the criterion, CSLS) and
-    align.p_at_1.<pair>.unsupervised (the unsupervised method the criterion picks, CSLS)."""
+    align.p_at_1.<pair>.unsupervised (the unsupervised method the criterion picks, CSLS); with a test
+    dictionary, align.test_words.<pair> and align.p_at_1.<pair>.copy (`copy_baseline`)."""
     pair, out = results["pair"], {}
     methods = results["methods"]
     for m, e in methods.items():
@@ -405,6 +459,10 @@ def align_metrics(results: dict) -> dict[str, float]:
     for kind, pick in selected_methods(results).items():
         if "csls" in methods[pick]:
             out[f"align.p_at_1.{pair}.{kind}"] = methods[pick]["csls"]["p@1"]
+    d = results.get("dictionary")
+    if d and d["test_words"]:  # what the numbers rest on, and the trivial system they must beat
+        out[f"align.test_words.{pair}"] = d["test_words"]
+        out[f"align.p_at_1.{pair}.copy"] = d["copy_p_at_1"]
     return out
 
 
@@ -565,7 +623,8 @@ def load_mapping(path: str | Path) -> np.ndarray:
     return w
 
 
-__all__ = ["AlignConfig", "METHODS", "SUPERVISED", "normalize_embeddings", "procrustes", "orthogonalize",
+__all__ = ["AlignConfig", "METHODS", "SUPERVISED", "rank_bands", "copy_baseline", "normalize_embeddings", "procrustes",
+           "orthogonalize",
            "refine", "criterion", "adversarial", "adversarial_restarts",
            "learn_mapping", "run_align", "align_metrics", "results_table",
            "plot_bands", "align_files", "dictionary_pairs", "align_pairs", "align_from_corpus", "load_mapping",

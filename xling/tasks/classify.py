@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from xling.corpus import SPLITS, WORD
 from xling.errors import XlingError
-from xling.evaluate import EvalContext, evaluation
+from xling.evaluate import EvalContext, evaluation, skipped
 from xling.files import atomic_dir, atomic_write_json, atomic_write_text, read_lines
 from xling.metrics import accuracy, macro_f1
 from xling.progress import format_table, progress
@@ -645,8 +645,7 @@ def eval_transfer(ctx: EvalContext) -> dict:
     try:
         data = bible_genre_task(ctx.corpus, ctx.langs, cfg.max_valid, cfg.max_test)
     except XlingError as e:  # not a Bible corpus: no built-in labels
-        return {"metrics": {}, "sections": [{"title": "Zero-shot classification", "blocks": [
-            {"kind": "text", "text": f"Skipped: {e}"}]}]}
+        return skipped(str(e).rstrip("."), "Zero-shot classification (transfer)")
     res = run_transfer(XlingEncoder(ctx.model, ctx.tokenizer, ctx.langs), data, cfg, mode="zero-shot",
                        sources=[source])
     row, b = res["rows"][0], res["baselines"]
@@ -657,6 +656,13 @@ def eval_transfer(ctx: EvalContext) -> dict:
         metrics[f"transfer.f1.{lg}"] = row["f1"][lg]["mean"]
         metrics[f"transfer.baseline.names.{lg}"] = b["names"]["accuracy"][lg]
     targets = [row["accuracy"][lg]["mean"] for lg in res["test_rows"] if lg != source]
+    others = [lg for lg in res["test_rows"] if lg != source]
+    if others:  # the headline's pair: zero-shot accuracy where no label was seen, beside names-only's there
+        names = b["names"]["accuracy"]
+        metrics["transfer.target_accuracy_mean"] = float(np.mean(targets))
+        metrics["transfer.baseline.names_target_mean"] = float(np.mean([names[lg] for lg in others]))
+        metrics["transfer.baseline.names_gap_mean"] = float(np.mean([names[source] - names[lg] for lg in others]))
+        metrics["transfer.items"] = int(sum(res["test_rows"][lg] for lg in others))
     header, rows = matrix_table(res)
     warn = f" Warning: collapsed to one class: {'; '.join(row['collapsed'])}." if row["collapsed"] else ""
     text = (f"Bible genre classification ({len(GENRES)} classes: {', '.join(GENRES)}; Revelation counted with the "

