@@ -131,3 +131,34 @@ def test_python_dash_m_and_config_command(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown config key 'nope'" in bad.stderr
 
+
+
+def test_a_second_writer_of_a_run_gets_one_line_and_a_dead_holders_lock_is_taken_over(tmp_path, text_dir, capsys):
+    """Issue 21: two `xling pretrain` on one run both ran and lost a result. A run directory has one writer."""
+    import os
+    import signal
+
+    rd = tmp_path / "run"
+    assert run(capsys, "corpus", "--source", "text", "--path", text_dir, "--run", rd)[0] == 0
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from xling.stages import RunDir; RunDir(sys.argv[1]).lock().__enter__(); "
+        "print('locked', flush=True); time.sleep(120)"), str(rd)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in rd.rglob("*"))
+        code, _, err = run(capsys, "tokenizer", "--run", rd)
+        line = one_line_error(err)
+        assert code == 2 and f"in use by another xling process (pid {holder.pid})" in line and "--run" in line
+        assert sorted(p.name for p in rd.rglob("*")) == before  # nothing written
+        assert run(capsys, "evaluate", rd)[0] == 2  # readers that write (eval/) wait their turn too
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # kill -9: the OS drops the lock with the process
+        holder.wait()
+    assert run(capsys, "tokenizer", "--run", rd)[0] == 0  # the dead holder's lock is taken over
+
+
+def test_the_lock_leaves_nothing_behind_when_a_new_run_fails(tmp_path, capsys):
+    rd = tmp_path / "new"
+    code, _, err = run(capsys, "corpus", "--source", "text", "--path", tmp_path / "missing", "--run", rd)
+    assert code == 2 and "Traceback" not in err
+    assert not rd.exists()  # the lock made the directory; nothing else was written, so both are gone

@@ -130,11 +130,12 @@ def cmd_demo(args) -> int:
     if args.langs:
         overrides.append(f"corpus.langs={args.langs}")
     cfg = load_config(config, [*overrides, *args.overrides], base=RunDir(args.run).saved_config())
-    for stage in ("corpus", "tokenizer", "shard"):
-        run_stage(stage, cfg, args.run, overwrite=args.overwrite)
-    run_pretrain(cfg, args.run, overwrite=args.overwrite)
-    run_evaluate(args.run)
-    out = write_report(args.run)
+    with RunDir(args.run).lock():  # one writer from the corpus to the report
+        for stage in ("corpus", "tokenizer", "shard"):
+            run_stage(stage, cfg, args.run, overwrite=args.overwrite)
+        run_pretrain(cfg, args.run, overwrite=args.overwrite)
+        run_evaluate(args.run)
+        out = write_report(args.run)
     print("\n" + summary(args.run) + "\n")
     print(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min; report: {out / 'report.html'}")
     return 0

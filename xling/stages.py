@@ -13,7 +13,9 @@ Module APIs (`build_corpus`, `train_tokenizer`, `build_shards`) stay pure: this 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -27,6 +29,67 @@ from xling.errors import XlingError
 from xling.files import atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
+LOCK = ".xling.lock"
+
+
+class _RunLock:
+    """An exclusive OS file lock on `<run>/.xling.lock` for the life of a writing stage (re-entrant in one
+    process, so `xling demo` holds it across its stages). The OS releases it when the holder exits, `kill -9`
+    included: a lock left by a dead process is simply taken over. The file holds the holder's pid, for the
+    message another writer gets."""
+
+    held: dict[Path, list] = {}  # resolved run path -> [open file, depth, whether this lock made the directory]
+
+    def __init__(self, path: Path, create: bool):
+        self.path, self.create = Path(path), create
+
+    def __enter__(self):
+        import os
+
+        if self.path.exists() and not self.path.is_dir():
+            raise XlingError(f"run directory {self.path} is a file; choose another --run")
+        key = self.path.resolve()
+        if key in self.held:
+            self.held[key][1] += 1
+            return self
+        # under torchrun rank 0 writes and locks, the others read; a run that does not exist yet is created by the
+        # stages that build it (create), not by one that only reads it (evaluate says what is missing)
+        if int(os.environ.get("RANK", "0")) != 0 or not (self.create or self.path.is_dir()):
+            self.held[key] = [None, 1, False]
+            return self
+        made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): no lock, as before
+            pass
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise XlingError(f"{self.path} is in use by another xling process (pid {holder}); wait for it to "
+                             f"finish or choose another --run") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self.held[key] = [f, 1, made]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        key = self.path.resolve()
+        entry = self.held[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.held[key]
+            if entry[0] is not None:
+                entry[0].close()  # closing the file releases the lock
+            if entry[2] and [p.name for p in self.path.iterdir()] == [LOCK]:  # a run we made and nothing wrote:
+                (self.path / LOCK).unlink()  # leave nothing behind
+                self.path.rmdir()
 
 
 @dataclass(frozen=True)
@@ -139,10 +202,15 @@ class RunDir:
         p = self.path / "config.toml"
         return tomllib.loads(p.read_text(encoding="utf-8")) if p.exists() else None
 
+    def lock(self, create: bool = True) -> _RunLock:
+        """`with rd.lock():` one writer per run directory (one clear error for a second one)."""
+        return _RunLock(self.path, create)
+
     def check_is_ours(self, overwrite: bool) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise XlingError(f"run directory {self.path} is a file; choose another --run")
-        if self.path.is_dir() and any(self.path.iterdir()) and not self.manifest_path.exists() and not overwrite:
+        mine = self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
+        if mine and not self.manifest_path.exists() and not overwrite:
             raise XlingError(f"{self.path} is not empty and holds no xling run (no {MANIFEST}); "
                              f"choose another --run or pass --overwrite")
 
@@ -199,6 +267,22 @@ def check_upstream(rd: RunDir, manifest: dict, cfg: Config, name: str) -> None:
                          f"or use the run's config")
 
 
+def _one_writer(create: bool) -> Callable:
+    """Run the decorated stage function under its run directory's lock (`RunDir.lock`)."""
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            with RunDir(sig.bind(*args, **kwargs).arguments["run_dir"]).lock(create):
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return wrap
+
+
+@_one_writer(create=True)
 def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None, overwrite: bool = False) -> dict:
     """Train into `<run>/checkpoints`. resume=None: continue when the run holds checkpoints of the same model and
     objectives (only the budget changed), start when it holds none, refuse a different config unless overwrite."""
@@ -233,6 +317,7 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+@_one_writer(create=False)
 def run_evaluate(run_dir: str | Path, only: list[str] | None = None, max_segments: int = 1000) -> dict:
     """Evaluate the run's latest checkpoint on the test split; writes `<run>/eval/*.json`."""
     from xling.checkpoint import load_model
@@ -251,6 +336,7 @@ def run_evaluate(run_dir: str | Path, only: list[str] | None = None, max_segment
     return run_evaluations(ctx, only)
 
 
+@_one_writer(create=True)
 def run_stage(name: str, cfg: Config, run_dir: str | Path, *, overwrite: bool = False,
               force: bool = False) -> dict[str, Any]:
     """Run one stage into `run_dir`, or skip it when its output is up to date."""
