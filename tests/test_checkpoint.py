@@ -17,6 +17,7 @@ from xling.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_model,
+    remove_orphans,
     save_checkpoint,
 )
 from xling.errors import XlingError
@@ -75,6 +76,18 @@ def test_latest_and_keep_k(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(XlingError, match="no checkpoint in"):
         find_checkpoint(tmp_path / "empty")
+
+
+def test_orphans_of_killed_saves_are_removed_and_a_lone_old_copy_kept(tmp_path):
+    _save(tmp_path, 3)
+    orphans = [".step_00000004.k2j1.tmp", ".step_00000005.x9.tmp", ".step_00000003.old"]
+    for name in orphans:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".step_00000002.old").mkdir()  # killed between the two renames: the only copy of step 2
+    assert remove_orphans(tmp_path) == sorted(orphans)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step_00000002.old", "latest", "step_00000003"]
+    assert remove_orphans(tmp_path) == [] and remove_orphans(tmp_path / "missing") == []
 
 
 def test_a_failed_save_leaves_nothing_half_written(tmp_path):

@@ -289,8 +289,10 @@ def test_pretrain_from_config_writes_checkpoints_and_resumes(tiny_run, tmp_path)
     assert meta["tokenizer_sha256"] == Shards(run / "shards").tokenizer_sha256
     with pytest.raises(XlingError, match="already holds checkpoints"):
         pretrain(_config(V, max_steps=6), run)
+    (ck / ".step_00000005.a1b2.tmp").mkdir()  # what a save killed by kill -9 leaves: removed on the restart
     s = pretrain(_config(V, max_steps=6, eval_every=0), run, resume=True)
     assert s["steps"] == 6 and s["new_steps"] == 2
+    assert not (ck / ".step_00000005.a1b2.tmp").exists()
     with pytest.raises(XlingError, match="another model shape"):
         pretrain(load_config(overrides=["model.n_layer=3", "model.d_model=32", "model.n_head=2",
                                          f"model.vocab_size={V}", "train.max_steps=8", "train.seq_len=32"]),

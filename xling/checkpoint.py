@@ -75,6 +75,22 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_orphans(root: str | Path) -> list[str]:
+    """Delete what a killed checkpoint write left under `root`: its temporary `.step_*.tmp` directories, and a
+    `.step_N.old` whose `step_N` is complete (one without it is kept: it may be the only copy). Only safe with
+    no other writer (the run directory's lock). Returns the names removed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    gone = []
+    for p in root.iterdir():
+        m = re.fullmatch(r"\.(step_\d+)\.(?:.+\.tmp|old)", p.name)
+        if p.is_dir() and m and (p.name.endswith(".tmp") or (root / m.group(1)).is_dir()):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    return sorted(gone)
+
+
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors wants dense, unshared CPU tensors
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from xling import distributed as xdist
-from xling.checkpoint import list_checkpoints
+from xling.checkpoint import list_checkpoints, remove_orphans
 from xling.errors import XlingError
 from xling.langs import pivot_lang
 from xling.trainer import Trainer
@@ -107,6 +107,11 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
             if info.is_main:
                 shutil.rmtree(ckpt_root, ignore_errors=True)
                 shutil.rmtree(run_dir / "train", ignore_errors=True)
+        if info.is_main:
+            removed = remove_orphans(ckpt_root)  # what a killed checkpoint write left (the run is locked: ours)
+            if removed:
+                print(f"pretrain: removed {len(removed)} unfinished checkpoint write(s): {', '.join(removed)}",
+                      file=sys.stderr)
         if resume and not list_checkpoints(ckpt_root):
             raise XlingError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
         xdist.barrier()
