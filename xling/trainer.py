@@ -46,6 +46,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -315,6 +316,8 @@ class Trainer:
         self.last_valid: dict[str, float] = {}
         self._last_saved = -1
         self._carry = 0.0  # seconds spent outside step() (validation, checkpoints), charged to the next step
+        self._signal = 0  # set by the SIGINT/SIGTERM handler during train(); acted on between steps
+        self.stop_signal = 0  # the signal all ranks agreed to stop on (after the step's all-reduce)
         self._tb = None
 
     # ------------------------------------------------------------------ setup
@@ -416,7 +419,9 @@ class Trainer:
 
         # one all-reduce per step: tokens, wall time, loss; every rank gets the same totals
         totals = xdist.all_reduce_sum(torch.tensor([tokens, time.perf_counter() - t0 + self._carry,
-                                                    loss_sum, len(self.slots)], dtype=torch.float64))
+                                                    loss_sum, len(self.slots), self._signal],
+                                                   dtype=torch.float64))
+        self.stop_signal = int(totals[4])  # any rank's SIGINT/SIGTERM: every rank stops after this same step
         self._carry = 0.0
         self.step_no += 1
         self.tokens += int(totals[0])
@@ -681,8 +686,9 @@ class Trainer:
         new = 0
         if self.step_no == 0 and cfg.eval_every:
             self._validate()  # where the learning curves start (the embeddings' initialisation shows here)
+        handlers = self._catch_signals()
         try:
-            while not self.done() and (max_new_steps is None or new < max_new_steps):
+            while not self.done() and (max_new_steps is None or new < max_new_steps) and not self.stop_signal:
                 out = self.step()
                 new += 1
                 bar.update(1)
@@ -697,14 +703,24 @@ class Trainer:
                     self._validate()
                 if cfg.ckpt_every and self.step_no % cfg.ckpt_every == 0 and not self.done():
                     self.save()
-        except KeyboardInterrupt:
-            if not self.info.distributed and self.run_dir is not None and self.step_no > self._last_saved:
-                print(f"xling pretrain: interrupted; saving step {self.step_no} (resume with --resume)",
+        except KeyboardInterrupt:  # a second Ctrl-C, inside a step: its state may be half-applied, never saved
+            if self.info.is_main:
+                print(f"xling pretrain: interrupted inside a step; the last checkpoint is step {self._last_saved}",
                       file=sys.stderr)
-                self.save()
             raise
         finally:
             bar.close()
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+        if self.stop_signal:  # the first SIGINT/SIGTERM: stopped between two steps, so the state is whole
+            if self.run_dir is not None and self.step_no > self._last_saved:
+                self.save()
+            if self.info.is_main:
+                print(f"xling pretrain: stopped by {signal.Signals(self.stop_signal).name} after step "
+                      f"{self.step_no}; saved it, resume with the same command", file=sys.stderr)
+            if self.stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + self.stop_signal)
         if self.done() and (self.step_no > start_step or not self.last_valid):
             self._validate()
         if self.step_no > self._last_saved:
@@ -718,6 +734,22 @@ class Trainer:
                 "valid_bpc": {k[len("valid/bpc/"):]: v for k, v in self.last_valid.items()
                               if k.startswith("valid/bpc/")},
                 "checkpoint": str(self.run_dir / "checkpoints") if self.run_dir else None}
+
+    def _catch_signals(self) -> dict:
+        """SIGINT/SIGTERM during train() only set a flag: the loop stops at the next step boundary and saves that
+        step (an interrupt inside optimizer.step() had saved matrices of one step with norms of the previous).
+        A second Ctrl-C interrupts at once. Returns the previous handlers (none outside the main thread)."""
+        def flag(sig, _frame):
+            self._signal = sig
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+        old = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, flag)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            pass
+        return old
 
     def _validate(self) -> dict[str, float]:
         t0 = time.perf_counter()
