@@ -493,6 +493,25 @@ def test_hf_encoder_equals_transformers(kind, tmp_path):
         HFEncoder(tmp_path / "missing")
 
 
+def test_hf_encoder_refuses_pickled_weights_before_loading_them(tmp_path):
+    """Issue 21: a folder with only pytorch_model.bin (a pickle) is refused up front; nothing is unpickled."""
+    import pickle
+
+    from xling.hf import HFEncoder
+
+    folder = _bert_folder(tmp_path)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(XlingError, match=r"no safetensors weights \(only pytorch_model.bin\)"):
+        HFEncoder(folder)
+
+
 @pytest.mark.parametrize("finetune", ["head", "full"])
 def test_hf_encoder_fine_tunes_with_the_classify_recipe(finetune, tmp_path):
     import numpy as np

@@ -599,6 +599,11 @@ class HFEncoder(nn.Module):
         if not (folder / "config.json").is_file():
             raise XlingError(f"{folder} is not a Hugging Face model folder (no config.json); give a local copy "
                              f"of e.g. bert-base-multilingual-cased (save_pretrained output)")
+        if not any(folder.glob("*.safetensors")):  # never unpickle a user's file (pytorch_model.bin is a pickle)
+            bins = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise XlingError(f"{folder} has no safetensors weights{' (only ' + ', '.join(bins) + ')' if bins else ''}; "
+                             f"xling loads only safetensors: convert it once with transformers' "
+                             f"model.save_pretrained(dir, safe_serialization=True) where you trust the file")
         import transformers
         from transformers import AutoModel, AutoTokenizer
 
@@ -609,7 +614,7 @@ class HFEncoder(nn.Module):
             raise XlingError(f"cannot load the tokenizer in {folder} ({str(e).splitlines()[0][:120]}); save it "
                              f"beside the model with tokenizer.save_pretrained(dir)") from None
         try:
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise XlingError(f"cannot load the model in {folder} ({str(e).splitlines()[0][:120]})") from None
         conf = self.model.config
