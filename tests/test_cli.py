@@ -162,3 +162,18 @@ def test_the_lock_leaves_nothing_behind_when_a_new_run_fails(tmp_path, capsys):
     code, _, err = run(capsys, "corpus", "--source", "text", "--path", tmp_path / "missing", "--run", rd)
     assert code == 2 and "Traceback" not in err
     assert not rd.exists()  # the lock made the directory; nothing else was written, so both are gone
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["mine", "a.txt", "b.txt", "--model", "m", "--threshold", "nan"], "'nan' is not a finite number"),
+    (["embed", "--model", "m", "--lang", "en", "--input", "a.txt", "--out", "o", "--batch-size", "0"],
+     "0 must be at least 1"),
+    (["retrieve", "--model", "m", "--queries", "q", "--docs", "d", "-k", "0"], "0 must be at least 1"),
+    (["demo", "--minutes", "inf"], "'inf' is not a finite number"),
+])
+def test_bad_numbers_on_the_command_line_are_refused_before_anything_runs(tmp_path, capsys, argv, msg):
+    """Issue 21: `mine --threshold nan` reported 0 pairs, `embed --batch-size 0` ended in a traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and "Traceback" not in err

@@ -53,6 +53,13 @@ def test_round_trip_through_toml(tmp_path):
     ("corpus.max_segments=1.5", "corpus.max_segments: expected an integer"),
     ("corpus.normalize=NFD", "normalize must be NFC, NFKC or none"),
     ("corpus.alpha", "is not key=value"),
+    # issue 21: these were accepted and gave NaN weights, runs that never stopped, a crash two stages later
+    ("corpus.alpha=nan", "corpus.alpha: nan is not a finite number"),
+    ("train.max_minutes=nan", "train.max_minutes: nan is not a finite number"),
+    ("train.max_minutes=inf", "train.max_minutes: inf is not a finite number"),
+    ("train.eps=nan", "train.eps: nan is not a finite number"),
+    ("generate.temperature=-inf", "generate.temperature: -inf is not a finite number"),
+    ("train.lr=+inf", "train.lr: inf is not a finite number"),
     ("alpha=0.5", "needs a section"),
 ])
 def test_bad_keys_and_values(override, msg):

@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import importlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -122,6 +123,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise XlingError(f"config key {key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # nan trained NaN weights, inf budgets never ended: no key means either
+                raise XlingError(f"config key {key}: {value!r} is not a finite number; give a number such as 0.5")
             return float(value)
         raise XlingError(f"config key {key}: expected a number, got {value!r}")
     if tp is str:
