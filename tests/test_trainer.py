@@ -302,6 +302,20 @@ def test_pretrain_from_config_writes_checkpoints_and_resumes(tiny_run, tmp_path)
         pretrain(_config(V, max_steps=2), fresh, resume=True)
 
 
+@pytest.mark.parametrize("override", ["model.n_layer=100000000", "train.batch_size=100000000"])
+def test_a_model_or_batch_too_big_for_the_machine_is_refused_before_allocating(tiny_run, tmp_path, override):
+    """Issue 21: these sat allocating for over a minute. Now one error with the estimate, in well under a second."""
+    import time
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    cfg = _config(Shards(run / "shards").vocab_size, max_steps=2)
+    cfg = load_config(overrides=[f"{k}={v}" for k, v in (override.split("="),)], base=cfg.to_dict())
+    t0 = time.perf_counter()
+    with pytest.raises(XlingError, match=r"GiB.*more than this machine's .* GiB; lower model.n_layer"):
+        pretrain(cfg, run)
+    assert time.perf_counter() - t0 < 5 and not (run / "checkpoints").exists()
+
+
 def test_bad_input_is_one_clear_error(tiny_run, tmp_path):
     sh = Shards(tiny_run / "shards")
     V = sh.vocab_size

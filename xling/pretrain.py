@@ -62,6 +62,35 @@ def resolve_model_config(model_cfg, shards, seq_len: int):
     return dataclasses.replace(model_cfg, vocab_size=vocab) if vocab != model_cfg.vocab_size else model_cfg
 
 
+def training_bytes(model_cfg, batch_size: int, seq_len: int) -> tuple[int, int]:
+    """(bytes of fp32 weights + gradients + AdamW's two moments, bytes of activations of one micro-batch), estimated
+    from the config alone, before anything is allocated. Activations follow Korthikanti et al. (2022): per layer
+    about T*B*(34*d + 5*heads*T) bytes at 16 bits, doubled for fp32, plus the logits and their gradient."""
+    d, L, V, h = model_cfg.d_model, model_cfg.n_layer, model_cfg.vocab_size, model_cfg.n_head
+    params = V * d * (1 if model_cfg.tie_embeddings else 2) + L * (4 * d * d + 3 * d * model_cfg.ff_dim)
+    tokens = batch_size * seq_len
+    acts = 2 * L * tokens * (34 * d + 5 * h * seq_len) + 3 * 4 * tokens * V
+    return 16 * params, acts
+
+
+def check_memory(model_cfg, tc) -> None:
+    """One clear error, before any allocation, for a model or batch that cannot fit this machine's memory (a
+    100-million-layer model or batch used to sit allocating for minutes). CPU only: a GPU reports its own."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+        return
+    batch = max([tc.batch_size, *tc.batch_sizes.values()])
+    state, acts = training_bytes(model_cfg, batch, tc.seq_len)
+    if state + acts > 0.9 * total:
+        raise XlingError(f"this model and batch need about {(state + acts) / 2**30:,.1f} GiB ({state / 2**30:,.1f} "
+                         f"for weights, gradients and AdamW; {acts / 2**30:,.1f} for one batch of {batch} x "
+                         f"{tc.seq_len} tokens), more than this machine's {total / 2**30:.0f} GiB; lower model.n_layer "
+                         f"/ model.d_model or train.batch_size (train.grad_accum keeps the global batch)")
+
+
 def check_langs(langs: list[str], shards) -> list[str]:
     unknown = [lg for lg in langs if lg not in shards.langs]
     if unknown:
@@ -97,6 +126,8 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         langs = check_langs(tc.langs, shards)
         view = LangSubset(shards, langs) if set(langs) != set(shards.langs) else shards
         model_cfg = resolve_model_config(cfg.model, shards, tc.seq_len)
+        if info.device.type == "cpu":
+            check_memory(model_cfg, tc)
         if tc.pairs:  # a bad pair is an error before --overwrite deletes anything
             resolve_pairs(tc.pairs, view)
         ckpt_root = run_dir / "checkpoints"
