@@ -177,3 +177,16 @@ def test_bad_numbers_on_the_command_line_are_refused_before_anything_runs(tmp_pa
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and msg in err and "Traceback" not in err
+
+
+def test_silent_wrong_results_are_errors_now(tmp_path, capsys):
+    """Issue 21: a missing --config ran the default demo; score --lang xx used 13a; translate en->en printed
+    garbage with exit 0. Each is now one line and exit 2, before any work."""
+    hyp = tmp_path / "h.txt"
+    hyp.write_text("a b c\n", encoding="utf-8")
+    code, _, err = run(capsys, "demo", "--config", tmp_path / "nope.toml", "--run", tmp_path / "run")
+    assert code == 2 and "nope.toml does not exist" in one_line_error(err) and not (tmp_path / "run").exists()
+    code, _, err = run(capsys, "score", "--metric", "bleu", "--hyp", hyp, "--ref", hyp, "--lang", "xx")
+    assert code == 2 and "unknown language code 'xx' in --lang" in one_line_error(err)
+    code, _, err = run(capsys, "translate", "--model", tmp_path / "none", "--src", "en", "--tgt", "en")
+    assert code == 2 and "--src and --tgt are both 'en'" in one_line_error(err)

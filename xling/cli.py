@@ -148,8 +148,9 @@ def cmd_demo(args) -> int:
 
     t0 = time.perf_counter()
     config = args.config or str(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
-    if not Path(config).exists():
+    if not args.config and not Path(config).exists():
         config = None  # installed without the repo's configs/: built-in defaults are the demo
+    # (a --config the user named and that is missing is load_config's one-line error, not the default demo)
     overrides = [f"train.max_minutes={args.minutes}"] if args.minutes is not None else []
     if args.langs:
         overrides.append(f"corpus.langs={args.langs}")
@@ -174,6 +175,10 @@ def cmd_score(args) -> int:
     from xling.files import read_lines
     from xling.progress import format_table
 
+    if args.lang:  # an unknown code silently fell back to the 13a tokenizer
+        from xling.langs import check_lang
+
+        check_lang(args.lang, "--lang")
     hyps = read_lines(args.hyp, "hypothesis file")
     refs = [read_lines(r, "reference file") for r in args.ref]
     for path, lines in zip(args.ref, refs, strict=True):

@@ -552,6 +552,8 @@ def translate_cli(model_path: str, src: str, tgt: str, input_path: str | None = 
     """`xling translate`: lines from --input (or stdin) to --output (written atomically) or stdout."""
     from xling.config import load_config
 
+    if src == tgt:  # the model was never taught to copy: it printed other text with exit 0
+        raise XlingError(f"--src and --tgt are both {src!r}; give two different languages")
     cfg = load_config(None, list(overrides)).translate
     model, tok = load_translator(model_path)
     cfg = replace(cfg, prefix_lm=trained_prefix_lm(model_path))  # decode as the fine-tune read its sources
