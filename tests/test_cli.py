@@ -190,3 +190,25 @@ def test_silent_wrong_results_are_errors_now(tmp_path, capsys):
     assert code == 2 and "unknown language code 'xx' in --lang" in one_line_error(err)
     code, _, err = run(capsys, "translate", "--model", tmp_path / "none", "--src", "en", "--tgt", "en")
     assert code == 2 and "--src and --tgt are both 'en'" in one_line_error(err)
+
+
+@pytest.mark.parametrize("make_argv, msg", [
+    (lambda d: ["embed", "--model", d / "m", "--lang", "en", "--input", d / "in.txt", "--out", "/proc/x"],
+     "cannot write --out /proc/x.npy"),
+    (lambda d: ["embed", "--model", d / "m", "--lang", "en", "--input", d / "in.txt", "--out", d / "in.txt" / "v"],
+     "in.txt is a file; choose another path"),
+    (lambda d: ["retrieve", "--model", d / "m", "--queries", d / "in.txt", "--docs", d / "in.txt", "--out", d],
+     "is a directory; give a file path"),
+    (lambda d: ["mine", d / "in.txt", d / "in.txt", "--model", d / "m", "--out", d / "in.txt" / "pairs.tsv"],
+     "in.txt is a file; choose another path"),
+    (lambda d: ["translate", "--model", d / "m", "--src", "en", "--tgt", "fr", "--input", d / "in.txt",
+                "--output", d], "--output"),
+    (lambda d: ["corpus", "--source", "text", "--path", d, "--run", d / "in.txt"], "run directory"),
+])
+def test_unusable_output_paths_are_one_line_before_any_work(tmp_path, capsys, make_argv, msg):
+    """Issue 21: output paths that are a directory, under /proc or below a file ended in tracebacks."""
+    (tmp_path / "in.txt").write_text("In the beginning\n", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run(capsys, *make_argv(tmp_path))
+    assert code == 2 and msg in one_line_error(err)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

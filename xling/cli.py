@@ -213,8 +213,11 @@ def cmd_score(args) -> int:
 
 def cmd_translate(args) -> int:
     """Translate lines from --input (or stdin) to --output (or stdout) with a fine-tuned model."""
+    from xling.files import check_writable
     from xling.tasks.translate import translate_cli
 
+    if args.output:  # before the model loads and the input is translated
+        check_writable(args.output, "--output")
     extra = [f"translate.num_beams={args.beams}"] if args.beams is not None else []
     return translate_cli(args.model, args.src, args.tgt, args.input, args.output, [*extra, *args.overrides])
 
@@ -227,8 +230,10 @@ def cmd_translate_train(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from xling.files import check_writable
     from xling.tasks.retrieve import run_embed
 
+    check_writable(f"{args.out}.npy", "--out")
     r = run_embed(args.model, args.lang, args.input, args.out, ids_path=args.ids, layer=args.layer,
                   pool_specials=args.pool_specials, batch_size=args.batch_size)
     print(f"embed: {r['n']:,} vectors of dimension {r['dim']} (layer {r['layer']}, specials "
@@ -237,16 +242,22 @@ def cmd_embed(args) -> int:
 
 
 def cmd_retrieve(args) -> int:
+    from xling.files import check_writable
     from xling.tasks.retrieve import run_retrieve
 
+    if args.out:
+        check_writable(args.out, "--out")
     run_retrieve(args.model, args.queries, args.docs, src=args.src, tgt=args.tgt, k=args.k, fmt=args.format,
                  out=args.out, layer=args.layer, pool_specials=args.pool_specials, backend=args.backend)
     return 0
 
 
 def cmd_mine(args) -> int:
+    from xling.files import check_writable
     from xling.tasks.mine import run_mine
 
+    if args.out:
+        check_writable(args.out, "--out")
     n = run_mine(args.model, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
                  threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials)
     print(f"mine: {n:,} pairs", file=sys.stderr)

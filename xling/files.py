@@ -19,10 +19,27 @@ from pathlib import Path
 from xling.errors import XlingError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def check_writable(path: str | Path, what: str = "output file") -> Path:
+    """One clear XlingError, before any work, for an output path that cannot become a file: a directory, a
+    parent that is a file, a place this process may not create files in (e.g. /proc)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise XlingError(f"{what} {path} is a directory; give a file path")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise XlingError(f"cannot write {what} {path}: {parent} is a file; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or str(path.resolve()).startswith(("/proc/", "/sys/")):
+        raise XlingError(f"cannot write {what} {path}: {parent} is not writable; choose another path")
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a race or a filesystem refusing: still one line, not a traceback
+        raise XlingError(f"cannot write {path}: {e.strerror}; choose another path") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
