@@ -212,3 +212,24 @@ def test_unusable_output_paths_are_one_line_before_any_work(tmp_path, capsys, ma
     code, _, err = run(capsys, *make_argv(tmp_path))
     assert code == 2 and msg in one_line_error(err)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_bad_bytes_huge_beams_and_a_broken_run_config_are_one_line(tmp_path, capsys):
+    """Issue 21: a non-UTF-8 prompt, generate.num_beams=1000000 (bad_alloc after 46 s) and a run whose
+    config.toml is not TOML ended in tracebacks."""
+    from xling.errors import XlingError
+    from xling.files import check_utf8
+
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands over a latin-1 argument
+    code, _, err = run(capsys, "generate", "--run", tmp_path / "none", "--lang", "en", bad)
+    assert code == 2 and "the prompt is not valid UTF-8 text" in one_line_error(err)
+    with pytest.raises(XlingError, match="standard input is not valid UTF-8"):
+        check_utf8("ok\n" + bad, "standard input")
+    code, _, err = run(capsys, "generate", "--run", tmp_path / "none", "--lang", "en", "-o",
+                       "generate.num_beams=1000000", "In the")
+    assert code == 2 and "num_beams must be in 1..64" in one_line_error(err)
+    rd = tmp_path / "run"
+    rd.mkdir()
+    (rd / "config.toml").write_text("not = [toml", encoding="utf-8")
+    code, _, err = run(capsys, "pretrain", "--run", rd)
+    assert code == 2 and "config.toml is not valid TOML" in one_line_error(err)

@@ -103,8 +103,11 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     """Stream a continuation of each prompt to the terminal, token by token."""
+    from xling.files import check_utf8
     from xling.generate import LangVocab, load_for_generation, stream
 
+    for prompt in args.prompts:  # before the model loads
+        check_utf8(prompt, "the prompt")
     cfg = _resolve(args).generate
     model, tokenizer = load_for_generation(args.run)
     vocab = None

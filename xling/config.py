@@ -187,6 +187,15 @@ def apply_override(tree: dict[str, dict[str, Any]], override: str) -> None:
     node[parts[-1]] = _parse_value(text.strip())
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """A TOML file as a dict; one XlingError naming the file for bad TOML or bytes that are not UTF-8."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise XlingError(f"{what} {path} is not valid TOML ({e}); fix it, or rebuild the run with --overwrite") \
+            from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: dict[str, dict[str, Any]] | None = None) -> Config:
     """Defaults <- `base` (e.g. a run's saved config) <- TOML file <- dotted overrides."""
@@ -195,10 +204,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise XlingError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise XlingError(f"config file {path} is not valid TOML: {e}") from None
+        loaded = read_toml(path)
         for section, values in loaded.items():
             if section not in SECTIONS:
                 raise _unknown(section, list(SECTIONS))

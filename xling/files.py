@@ -84,6 +84,17 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+def check_utf8(text: str, what: str) -> str:
+    """`text` back, or one XlingError when it holds bytes that were not UTF-8 (Python keeps them as lone
+    surrogates in command-line arguments and, under some locales, standard input)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise XlingError(f"{what} is not valid UTF-8 text; convert it first, e.g. iconv -f latin1 -t utf-8") \
+            from None
+    return text
+
+
 def read_lines(path: str | Path, what: str = "file") -> list[str]:
     """Read a UTF-8 text file as lines (without newlines), with clear errors.
 

@@ -60,6 +60,10 @@ from xling.tokenizer import lang_ids as tag_ids
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+# beam search keeps num_beams copies of every cached key and value: a million beams sat allocating for a minute
+MAX_BEAMS = 64
+
+
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 100  # tokens to generate at most (also capped by the model's block_size)
@@ -98,8 +102,8 @@ class GenerateConfig:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), not {self.repetition_penalty}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, not {self.num_beams}")
+        if not 1 <= self.num_beams <= MAX_BEAMS:
+            raise ValueError(f"num_beams must be in 1..{MAX_BEAMS}, not {self.num_beams}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xling import __version__
-from xling.config import Config, to_toml
+from xling.config import Config, read_toml, to_toml
 from xling.errors import XlingError
 from xling.files import atomic_write_json, atomic_write_text
 
@@ -197,10 +197,8 @@ class RunDir:
 
     def saved_config(self) -> dict | None:
         """The run's resolved config as a plain tree (the base for later stages), if any."""
-        import tomllib
-
         p = self.path / "config.toml"
-        return tomllib.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+        return read_toml(p, "the run's config") if p.exists() else None
 
     def lock(self, create: bool = True) -> _RunLock:
         """`with rd.lock():` one writer per run directory (one clear error for a second one)."""

@@ -629,12 +629,10 @@ def classify_run(run_dir: str | Path, cfg: ClassifyConfig, data_files: list[str]
 
 def _run_cfg(run_dir: Path) -> ClassifyConfig:
     """The run's [classify] section (config.toml), else the defaults."""
-    import tomllib
-
-    from xling.config import load_config
+    from xling.config import load_config, read_toml
 
     path = run_dir / "config.toml"
-    table = tomllib.loads(path.read_text(encoding="utf-8")).get("classify", {}) if path.is_file() else {}
+    table = read_toml(path, "the run's config").get("classify", {}) if path.is_file() else {}
     return load_config(None, base={"classify": table}).classify if table else ClassifyConfig()
 
 

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation
 from xling.evaluate import skipped as eval_skipped  # (`skipped` counts pairs here)
-from xling.files import atomic_write_json, atomic_write_text, read_lines
-from xling.generate import beam_search, for_precision, no_repeat_ngram
+from xling.files import atomic_write_json, atomic_write_text, check_utf8, read_lines
+from xling.generate import MAX_BEAMS, beam_search, for_precision, no_repeat_ngram
 from xling.metrics import bleu, chrf
 from xling.model import KVCache
 from xling.objectives import IGNORE, span_loss, target_span
@@ -114,7 +114,7 @@ class TranslateConfig:
                 raise ValueError(f"direction {d!r} must be src-tgt with two different languages, e.g. en-fr")
         for name, ok, need in (("schedule", self.schedule in ("cosine", "constant"), "cosine or constant"),
                                ("precision", self.precision in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
-                               ("num_beams", self.num_beams >= 1, ">= 1 (1 = greedy)"),
+                               ("num_beams", 1 <= self.num_beams <= MAX_BEAMS, f"in 1..{MAX_BEAMS} (1 = greedy)"),
                                ("batch_size", self.batch_size >= 1, ">= 1"),
                                ("decode_batch", self.decode_batch >= 1, ">= 1"),
                                ("max_len", self.max_len >= 8, ">= 8"),
@@ -483,12 +483,10 @@ def _cached_state(out_dir: Path, key: str):
 def run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
                config: str | None = None) -> TranslateConfig:
     """[translate] of a run's saved config.toml (defaults where absent) <- a TOML file <- dotted overrides."""
-    import tomllib
-
-    from xling.config import load_config
+    from xling.config import load_config, read_toml
 
     p = Path(run_dir) / "config.toml"
-    saved = tomllib.loads(p.read_text(encoding="utf-8")).get("translate", {}) if p.is_file() else {}
+    saved = read_toml(p, "the run's config").get("translate", {}) if p.is_file() else {}
     return load_config(config, list(overrides), base={"translate": saved}).translate
 
 
@@ -558,7 +556,8 @@ def translate_cli(model_path: str, src: str, tgt: str, input_path: str | None = 
     model, tok = load_translator(model_path)
     cfg = replace(cfg, prefix_lm=trained_prefix_lm(model_path))  # decode as the fine-tune read its sources
     language_tags(tok, [src, tgt])  # an unknown language fails before any input is read
-    lines = read_lines(input_path, "input file") if input_path else sys.stdin.read().splitlines()
+    lines = read_lines(input_path, "input file") if input_path else \
+        check_utf8(sys.stdin.read(), "standard input").splitlines()
     out = translate(model, tok, lines, src, tgt, cfg)
     text = "".join(line + "\n" for line in out)
     if output_path:
