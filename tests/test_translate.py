@@ -298,7 +298,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
     base = ["translate", "--model", str(tiny_run), "--input", str(tmp_path / "in.txt")]
     for argv, msg in ((["--src", "xx", "--tgt", "fr"], "unknown language 'xx'"),
-                      (["--src", "en", "--tgt", "fr", "--beams", "0"], "num_beams must be >= 1")):
+                      (["--src", "en", "--tgt", "fr", "--beams", "0"], "num_beams must be in 1..64")):
         capsys.readouterr()
         assert main(base + argv) == 2
         err = capsys.readouterr().err

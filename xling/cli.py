@@ -22,28 +22,18 @@ from pathlib import Path
 DEFAULT_RUN = "runs/demo"
 
 
-def _finite(text: str) -> float:
-    """argparse type: a finite number (nan made `mine` keep no pair and report success)."""
+def _check_number(value, name: str, low: float | None = None) -> None:
+    """One XlingError for a command-line number that is not finite (nan made `mine` keep no pair and report
+    success) or below `low` (a batch size of 0 ended in a traceback)."""
     import math
 
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return v
+    from xling.errors import XlingError
 
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (a batch size of 0 ended in a traceback)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
+    if value is None:
+        return
+    if not math.isfinite(value) or (low is not None and value < low):
+        need = "a finite number" + (f" >= {low:g}" if low is not None else "")
+        raise XlingError(f"{name} {value} is not {need}")
 
 
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -154,6 +144,7 @@ def cmd_demo(args) -> int:
     if not args.config and not Path(config).exists():
         config = None  # installed without the repo's configs/: built-in defaults are the demo
     # (a --config the user named and that is missing is load_config's one-line error, not the default demo)
+    _check_number(args.minutes, "--minutes", 0)
     overrides = [f"train.max_minutes={args.minutes}"] if args.minutes is not None else []
     if args.langs:
         overrides.append(f"corpus.langs={args.langs}")
@@ -236,6 +227,7 @@ def cmd_embed(args) -> int:
     from xling.files import check_writable
     from xling.tasks.retrieve import run_embed
 
+    _check_number(args.batch_size, "--batch-size", 1)
     check_writable(f"{args.out}.npy", "--out")
     r = run_embed(args.model, args.lang, args.input, args.out, ids_path=args.ids, layer=args.layer,
                   pool_specials=args.pool_specials, batch_size=args.batch_size)
@@ -259,6 +251,7 @@ def cmd_mine(args) -> int:
     from xling.files import check_writable
     from xling.tasks.mine import run_mine
 
+    _check_number(args.threshold, "--threshold")
     if args.out:
         check_writable(args.out, "--out")
     n = run_mine(args.model, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
@@ -390,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint on the held-out test chapters")
     p.add_argument("run_dir", nargs="?", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--only", help="comma-separated evaluations (default: all)")
-    p.add_argument("--max-segments", type=_positive, default=1000,
+    p.add_argument("--max-segments", type=int, default=1000,
                    help="segments per language and split (default 1000)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -399,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = _stage_parser(sub, "demo", "run every stage on the embedded default corpus and config")
-    p.add_argument("--minutes", type=_finite, help="training budget in wall-clock minutes (default: the config's "
+    p.add_argument("--minutes", type=float, help="training budget in wall-clock minutes (default: the config's "
                    "train.max_minutes, 10 in configs/demo.toml)")
     p.add_argument("--langs", help="comma-separated language codes")
     p.set_defaults(func=cmd_demo)
@@ -423,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", required=True, help="target language, e.g. fr")
     p.add_argument("--input", help="UTF-8 text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here, atomically (default: stdout)")
-    p.add_argument("--beams", type=_positive, help="beam size (default translate.num_beams = 4; 1 = greedy)")
+    p.add_argument("--beams", type=int, help="beam size (default translate.num_beams = 4; 1 = greedy)")
     p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="decoding setting, e.g. -o translate.length_penalty=1.2 -o translate.max_new_tokens=80")
     p.set_defaults(func=cmd_translate)
@@ -440,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="text file, one sentence a line")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.npy (float32, unit rows) + PREFIX.ids")
     p.add_argument("--ids", help="file with one id a line (default: line numbers from 1)")
-    p.add_argument("--batch-size", type=_positive, default=64, help="sentences per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("retrieve", help="top-k documents of (another language) for each query, with cosine scores")
@@ -449,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", required=True, help="text file (one document a line) or PREFIX.npy")
     p.add_argument("--src", help="language of the queries (default: detected)")
     p.add_argument("--tgt", help="language of the documents (default: detected)")
-    p.add_argument("-k", type=_positive, default=5, help="documents per query (default 5)")
+    p.add_argument("-k", type=int, default=5, help="documents per query (default 5)")
     p.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format (default tsv)")
     p.add_argument("--backend", choices=["exact", "faiss"], default="exact",
                    help="exact chunked search (default), or a FAISS flat index (needs faiss; least memory)")
@@ -462,10 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     _vector_options(p)
     p.add_argument("--src", help="source language (default: detected)")
     p.add_argument("--tgt", help="target language (default: detected)")
-    p.add_argument("-k", type=_positive, default=4, help="margin neighbourhood size (default 4, as LASER)")
+    p.add_argument("-k", type=int, default=4, help="margin neighbourhood size (default 4, as LASER)")
     p.add_argument("--mode", choices=["forward", "backward", "intersection"], default="intersection",
                    help="best target per source, best source per target, or pairs both agree on (default)")
-    p.add_argument("--threshold", type=_finite, default=1.0, help="keep pairs with margin >= this (default 1.0)")
+    p.add_argument("--threshold", type=float, default=1.0, help="keep pairs with margin >= this (default 1.0)")
     p.add_argument("--out", help="output TSV (default stdout)")
     p.set_defaults(func=cmd_mine)
 
