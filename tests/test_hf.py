@@ -399,6 +399,21 @@ def test_untied_output_layer_exports_and_imports_exactly(tok, tmp_path, family):
     assert (again[real] - theirs[real]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("target", ["../outside.safetensors", "/tmp/abs.safetensors", "sub/x.safetensors"])
+def test_a_shard_index_that_points_outside_the_folder_is_refused(exported, tmp_path, target):
+    """Issue 21: model.safetensors.index.json mapping a weight to ../outside.safetensors was followed."""
+    import shutil
+
+    from xling.hf import import_hf
+
+    d = tmp_path / "sharded"
+    shutil.copytree(exported["llama"][2], d)
+    (d / "model.safetensors").rename(tmp_path / "outside.safetensors")  # a real, loadable file, one level up
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": target}}))
+    with pytest.raises(XlingError, match="names weight files outside"):
+        import_hf(d)
+
+
 def test_an_lm_head_that_differs_from_tied_embeddings_is_refused(exported, tmp_path):
     import shutil
 

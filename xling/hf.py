@@ -468,8 +468,13 @@ def _load_weights(folder: Path) -> dict[str, Tensor]:
         try:
             shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
             files = [folder / f for f in sorted(set(shards))]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError):
             raise XlingError(f"{index} is corrupt; re-save the model with save_pretrained") from None
+        inside = folder.resolve()
+        outside = [f.name for f in files if f.resolve().parent != inside]  # "../x", "/abs/x", "sub/x", a link out
+        if outside:
+            raise XlingError(f"{index} names weight files outside {folder} ({', '.join(outside[:3])}); a model's "
+                             f"shards must sit in its own folder: re-save it with save_pretrained")
     elif any((folder / n).is_file() for n in ("pytorch_model.bin", "model.pt", "pytorch_model.bin.index.json")):
         raise XlingError(f"{folder} has only pickled weights (pytorch_model.bin); xling loads safetensors only: "
                          f"re-save with model.save_pretrained(dir) (safetensors is the default)")
