@@ -293,6 +293,14 @@ def test_import_run_then_generate_and_evaluate(exported, tok, tmp_path, fake_sou
     # --overwrite replaces the whole run (no stale shards of another tokenizer are left behind)
     assert main(["import", str(folder), "--run", str(run), "--overwrite"]) == 0
     assert {p.name for p in run.iterdir()} == {"checkpoints", "tokenizer", "manifest.json"}
+    # issue 21: a directory of someone's files is no run: --overwrite does not delete it
+    other = tmp_path / "papers"
+    other.mkdir()
+    (other / "thesis.tex").write_text("my work", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["import", str(folder), "--run", str(other), "--overwrite"]) == 2
+    assert "holds no xling run" in capsys.readouterr().err
+    assert (other / "thesis.tex").read_text(encoding="utf-8") == "my work"
 
 
 def test_cli_export_writes_a_loadable_folder(exported, tmp_path, capsys):
