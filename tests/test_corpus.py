@@ -126,6 +126,14 @@ def test_duplicate_key_is_an_error():
         clean_segments(segs, CorpusConfig(langs=["en"]))
 
 
+@pytest.mark.parametrize("key", ["43.1\n2", "a\rb", "x\u2028y", ""])
+def test_a_key_that_is_not_one_line_is_an_error(key):
+    """Issue 21: a JSONL id with a line break desynchronised en.keys from en.txt (keys are stored one a line)."""
+    segs = [Segment("en", "k0", "zero", "k0"), Segment("en", key, "one", key)]
+    with pytest.raises(XlingError, match="empty or holds a line break"):
+        clean_segments(segs, CorpusConfig(langs=["en"]))
+
+
 @pytest.mark.parametrize("langs,msg", [(["en", "xx"], "unknown language code 'xx'"),
                                        (["en", "fr", "en"], "appears twice"),
                                        (["english"], "unknown language code")])

@@ -164,6 +164,9 @@ def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig) -> tuple[dict
         if cfg.dedup and text in lang_seen:
             dropped["duplicate"] += 1
             continue
+        if seg.key.splitlines() != [seg.key]:  # keys are stored one a line: a line break desynchronised them
+            raise XlingError(f"the alignment key {seg.key!r} of a {seg.lang} segment is empty or holds a line break; "
+                             f"give every segment a one-line id")
         keys = seen_keys.setdefault(seg.lang, set())
         if seg.key in keys:
             raise XlingError(f"two {seg.lang} segments share the alignment key {seg.key!r}; "
