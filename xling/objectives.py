@@ -234,13 +234,18 @@ def resolve_pairs(wanted: list[str], shards) -> list[str]:
     return out
 
 
-def _draw(counts: dict[str, int], alpha: float, rng: np.random.Generator, what: str, split: str) -> str:
-    """One name with probability q ∝ p^alpha (p ∝ counts), drawn from the caller's rng."""
+def _draw(counts: dict[str, int], alpha: float, rng: np.random.Generator, what: str, split: str,
+          n: int | None = None) -> str | list[str]:
+    """One name (or a list of n, drawn independently) with probability q ∝ p^alpha (p ∝ counts), from the caller's
+    rng."""
     probs = sampling_probs(counts, alpha)
     names = [k for k, q in probs.items() if q > 0]
     if not names:
         raise XlingError(f"the {split} split has no {what} to sample from; rebuild the shards with more data")
-    return names[rng.choice(len(names), p=np.array([probs[k] for k in names]))]
+    q = np.array([probs[k] for k in names])
+    if n is None:
+        return names[rng.choice(len(names), p=q)]
+    return [names[i] for i in rng.choice(len(names), size=n, p=q)]
 
 
 class Objective(nn.Module):
@@ -273,14 +278,6 @@ class Objective(nn.Module):
         counts = {k: (n if n >= min_segments else 0) for k, n in d.lang_counts(split).items()}
         return _draw(counts, self.alpha, rng, "segments", split)
 
-    def pick_langs(self, d: _Data, split: str, rng: np.random.Generator, n: int) -> list[str]:
-        """n languages drawn independently with q ∝ p^alpha (`_draw`'s rule, n draws in one call)."""
-        probs = sampling_probs(d.lang_counts(split), self.alpha)
-        names = [k for k, q in probs.items() if q > 0]
-        if not names:
-            raise XlingError(f"the {split} split has no segments to sample from; rebuild the shards with more data")
-        return [names[i] for i in rng.choice(len(names), size=n, p=np.array([probs[k] for k in names]))]
-
     def pick_pair(self, d: _Data, split: str, rng: np.random.Generator, pair: str | None) -> tuple[str, str]:
         if pair is None:
             counts = d.pair_counts(split)
@@ -303,7 +300,7 @@ class Objective(nn.Module):
         if lang is not None or not self.mixed_langs:
             langs = [self.pick_lang(d, split, rng, lang)] * batch_size
         else:
-            langs = self.pick_langs(d, split, rng, batch_size)
+            langs = _draw(d.lang_counts(split), self.alpha, rng, "segments", split, n=batch_size)
         rows, ids = [], []
         for lg in langs:
             tok, off = d.arrays(split, lg)
