@@ -62,6 +62,17 @@ def catalog_lang(path: Path, metadata: dict) -> str:
     return check_lang(lang, where)
 
 
+def translation(entry) -> str:
+    """A polib entry's translation, "" when it has none to pair: obsolete, fuzzy, no msgid, untranslated, or a
+    plural entry with an empty form (a plural entry gives msgstr[0])."""
+    if entry.obsolete or "fuzzy" in entry.flags or not entry.msgid:
+        return ""
+    if entry.msgid_plural:
+        forms = entry.msgstr_plural
+        return forms.get(0, forms.get("0", "")) if all(forms.values()) else ""
+    return entry.msgstr
+
+
 def read(cfg: CorpusConfig) -> Iterator[Segment]:
     polib = _polib()
     files = list_files(cfg.paths, "*.po", "gettext .po")
@@ -89,13 +100,7 @@ def _segments(files: list[Path], cfg: CorpusConfig, polib) -> Iterator[Segment]:
         if lang == SOURCE_LANG or (wanted and lang not in wanted):
             continue  # an English catalog only repeats the msgids
         for entry in po:
-            if entry.obsolete or "fuzzy" in entry.flags or not entry.msgid:
-                continue
-            if entry.msgid_plural:
-                forms = entry.msgstr_plural
-                text = forms.get(0, forms.get("0", "")) if all(forms.values()) else ""
-            else:
-                text = entry.msgstr
+            text = translation(entry)
             if not text or not has_words(entry.msgid) or not has_words(text):
                 continue
             key = f"po:{entry.msgctxt or ''}:{entry.msgid}"
