@@ -82,11 +82,12 @@ def _test_pairs(ctx: EvalContext, pivot: str, lang: str) -> np.ndarray:
     return rows[(rows[:, 0] < cap) & (rows[:, 1] < cap)]
 
 
-def _ours(ctx: EvalContext) -> tuple[dict, str]:
-    """Our retrieval metrics from <run>/eval/retrieval.json, and a note on where they come from."""
+def retrieval_metrics(ctx: EvalContext, evaluation: str = "peer") -> tuple[dict, str]:
+    """Our retrieval metrics from <run>/eval/retrieval.json, and a note on where they come from (how to get them,
+    with `evaluation` beside retrieval, when they are missing)."""
     path = ctx.run_dir / "eval" / "retrieval.json"
     if not path.is_file():
-        return {}, (f"Our numbers are missing: run `xling evaluate {ctx.run_dir} --only retrieval,peer`.")
+        return {}, (f"Our numbers are missing: run `xling evaluate {ctx.run_dir} --only retrieval,{evaluation}`.")
     saved = json.loads(path.read_text(encoding="utf-8"))
     note = f"Ours: the retrieval evaluation (layer {saved['metrics'].get('retrieval.layer', '?')}"
     if saved.get("step") != ctx.step:
@@ -122,7 +123,7 @@ def eval_peer(ctx: EvalContext) -> dict:
         return skipped("the peer encoder is not installed; pip install 'xling[peer]'", title, INSTALL_HINT)
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
-    ours, ours_note = _ours(ctx)
+    ours, ours_note = retrieval_metrics(ctx)
     metrics: dict[str, float] = {}
     rows, accs, ours_accs, n_test = [], [], [], 0
     for lg in others:
