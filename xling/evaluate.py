@@ -41,7 +41,7 @@ from xling.langs import pivot_lang
 
 # modules that register more evaluations
 PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify",
-                      "xling.tasks.peer"]
+                      "xling.tasks.peer", "xling.tasks.ood"]
 
 
 @dataclass
