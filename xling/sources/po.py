@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 
 SOURCE_LANG = "en"
 # printf and format placeholders: %(name)s %s %d %.2f %% {name} {0} {}
-_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-+ #0]*\d*(?:\.\d+)?[a-zA-Z%]|\{[^{}]*\}")
+PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-+ #0]*\d*(?:\.\d+)?[a-zA-Z%]|\{[^{}]*\}")
 
 
-def _polib():
+def polib_module():
     try:
         import polib  # noqa: PLC0415 (optional dependency)
     except ImportError:
@@ -47,7 +47,7 @@ def _polib():
 
 def has_words(text: str) -> bool:
     """Whether text has a letter outside its placeholders."""
-    return any(ch.isalpha() for ch in _PLACEHOLDER.sub("", text))
+    return any(ch.isalpha() for ch in PLACEHOLDER.sub("", text))
 
 
 def catalog_lang(path: Path, metadata: dict) -> str:
@@ -74,12 +74,12 @@ def translation(entry) -> str:
 
 
 def read(cfg: CorpusConfig) -> Iterator[Segment]:
-    polib = _polib()
+    polib = polib_module()
     files = list_files(cfg.paths, "*.po", "gettext .po")
     return _segments(files, cfg, polib)
 
 
-def _load(path: Path, polib):
+def load_catalog(path: Path, polib):
     if not path.read_bytes().strip():
         raise XlingError(f"catalog {path} is empty; give a .po file with translated entries")
     try:
@@ -95,7 +95,7 @@ def _segments(files: list[Path], cfg: CorpusConfig, polib) -> Iterator[Segment]:
     wanted = set(cfg.langs)
     seen: set[tuple[str, str]] = set()  # (lang, key) already yielded
     for path in files:
-        po = _load(path, polib)
+        po = load_catalog(path, polib)
         lang = catalog_lang(path, po.metadata)
         if lang == SOURCE_LANG or (wanted and lang not in wanted):
             continue  # an English catalog only repeats the msgids

@@ -54,7 +54,7 @@ import numpy as np
 from xling.corpus import clean_text, count_words
 from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
-from xling.sources.po import _PLACEHOLDER, _load, _polib, has_words, translation
+from xling.sources.po import PLACEHOLDER, has_words, load_catalog, polib_module, translation
 from xling.tasks.peer import PEER, covered, encode_texts, load_peer, retrieval_metrics
 
 TITLE = "Out of domain: retrieval and mining on Django's UI strings"
@@ -74,7 +74,7 @@ _EMPTY_MARKS = re.compile(r"[\"'“”„‘’‚«»‹›「『(\[]\s*[\"'“
 def clean_ui_text(text: str) -> str:
     """A UI string as natural text: placeholders and HTML tags removed, entities decoded, emptied quotes
     dropped, whitespace collapsed, NFC (as the corpus stage cleans its text)."""
-    text = _TAG.sub(lambda m: " " if m[1].lower() in _BREAKS else "", _PLACEHOLDER.sub(" ", text))
+    text = _TAG.sub(lambda m: " " if m[1].lower() in _BREAKS else "", PLACEHOLDER.sub(" ", text))
     text = _EMPTY_MARKS.sub(" ", html.unescape(text))
     return clean_text(text)
 
@@ -101,10 +101,10 @@ def catalogs(roots: list[Path], lang: str) -> list[Path]:
 
 def read_catalogs(files: list[Path]) -> dict[tuple[str, str], tuple[str, str]]:
     """{(msgctxt, msgid): (msgid, translation)} of the translated entries; the first file to translate one wins."""
-    polib = _polib()
+    polib = polib_module()
     out: dict[tuple[str, str], tuple[str, str]] = {}
     for path in files:
-        for entry in _load(path, polib):
+        for entry in load_catalog(path, polib):
             text = translation(entry)
             if text:
                 out.setdefault((entry.msgctxt or "", entry.msgid), (entry.msgid, text))
