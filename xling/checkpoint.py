@@ -131,11 +131,19 @@ def find_checkpoint(path: str | Path) -> Path:
         raise XlingError(f"checkpoint {path} does not exist; train first (`xling pretrain`) or give another path")
     latest = path / LATEST
     if latest.is_file():
-        target = path / latest.read_text(encoding="utf-8").strip()
-        if (target / "meta.json").is_file():
-            return target
-        raise XlingError(f"{latest} names {target.name}, which is missing or incomplete; point it at one of "
-                         f"{', '.join(p.name for p in list_checkpoints(path)) or 'no checkpoint'} or retrain")
+        raw = latest.read_bytes().strip()
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:  # a disk error or another program's bytes: say so, not a traceback
+            name = None
+        if name is not None and STEP_DIR.match(name) and (path / name / "meta.json").is_file():
+            return path / name
+        found = list_checkpoints(path)
+        what = f"names {name}, which is missing or incomplete" if name and STEP_DIR.match(name) else \
+            f"does not hold a step directory's name ({raw[:20]!r})"
+        fix = (f"point it at a checkpoint, e.g. `echo {found[-1].name} > {latest}`" if found
+               else "no checkpoint is left: retrain")
+        raise XlingError(f"{latest} {what}; {fix}")
     found = list_checkpoints(path)
     if not found:
         raise XlingError(f"no checkpoint in {path}; train first (`xling pretrain`) or give another path")

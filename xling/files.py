@@ -19,13 +19,16 @@ from pathlib import Path
 from xling.errors import XlingError
 
 
-def check_writable(path: str | Path, what: str = "output file") -> Path:
-    """One clear XlingError, before any work, for an output path that cannot become a file: a directory, a
-    parent that is a file, a place this process may not create files in (e.g. /proc)."""
+def check_writable(path: str | Path, what: str = "output file", *, directory: bool = False) -> Path:
+    """One clear XlingError, before any work, for an output path that cannot become a file (or, with
+    `directory`, a directory): a directory where a file is wanted (a file where a directory is), a parent that
+    is a file, a place this process may not create files in (e.g. /proc)."""
     path = Path(path)
-    if path.is_dir():
+    if directory and path.exists() and not path.is_dir():
+        raise XlingError(f"{what} {path} is a file; choose another path")
+    if not directory and path.is_dir():
         raise XlingError(f"{what} {path} is a directory; give a file path")
-    parent = next((p for p in path.parents if p.exists()), Path("."))
+    parent = path if directory and path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir():
         raise XlingError(f"cannot write {what} {path}: {parent} is a file; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK) or str(path.resolve()).startswith(("/proc/", "/sys/")):
@@ -64,9 +67,12 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
     On any exception the temporary directory is removed and `path` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    path = check_writable(path, "output directory", directory=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:  # a race or a filesystem refusing: still one line, not a traceback
+        raise XlingError(f"cannot write {path}: {e.strerror}; choose another path") from None
     try:
         yield tmp
         if path.exists():

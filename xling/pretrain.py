@@ -170,15 +170,14 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
                   "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
         trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,
                           tokenizer_sha256=shards.tokenizer_sha256, config=config, langs=langs)
+        step = trainer.load(ckpt_root) if resume else 0  # a bad checkpoint is the only line on stderr
         if info.is_main:
             amp = "bf16 autocast" if trainer.amp_dtype else "fp32"
             print(f"pretrain: {model.num_params():,} parameters, objectives "
                   f"{', '.join(f'{n} {w:.2f}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
                   f"{info.world_size} process(es) on {info.device}, {amp}"
                   f"{', compiled' if tc.compile else ''}", file=sys.stderr)
-        if resume:
-            step = trainer.load(ckpt_root)
-            if info.is_main:
+            if resume:
                 print(f"pretrain: resumed from step {step}", file=sys.stderr)
         return trainer.train()
     finally:

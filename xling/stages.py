@@ -26,7 +26,7 @@ from typing import Any
 from xling import __version__
 from xling.config import Config, read_toml, to_toml
 from xling.errors import XlingError
-from xling.files import atomic_write_json, atomic_write_text
+from xling.files import atomic_write_json, atomic_write_text, check_writable
 
 MANIFEST = "manifest.json"
 LOCK = ".xling.lock"
@@ -58,6 +58,7 @@ class _RunLock:
             self.held[key] = [None, 1, False]
             return self
         made = not self.path.exists()
+        check_writable(self.path, "run directory", directory=True)  # under a file, under /proc: one line
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
         try:
