@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -348,8 +349,12 @@ def test_bad_input_is_one_clear_error(tiny_run, tmp_path):
     sh = Shards(tiny_run / "shards")
     V = sh.vocab_size
     small = ModelConfig.preset("tiny", vocab_size=100)
-    with pytest.raises(XlingError, match=rf"model.vocab_size=100 is smaller than the tokenizer's {V} ids"):
+    with pytest.raises(XlingError, match=rf"model.vocab_size=100 is smaller than the tokenizer's {V} ids") as e:
         resolve_model_config(small, sh, 32)
+    # the value the message suggests is accepted (it said vocab_size=0, which ModelConfig refuses; issue 21)
+    suggested = int(re.search(r"set model.vocab_size=(\d+)", str(e.value)).group(1))
+    assert resolve_model_config(load_config(overrides=[f"model.vocab_size={suggested}"]).model, sh, 32).vocab_size \
+        == suggested == V
     assert resolve_model_config(dataclasses.replace(small, vocab_size=V + 20), sh, 32).vocab_size == V + 20
     with pytest.raises(XlingError, match="longer than model.block_size"):
         resolve_model_config(ModelConfig.preset("tiny", vocab_size=V), sh, 128)

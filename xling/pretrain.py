@@ -47,11 +47,11 @@ class LangSubset:
 
 
 def resolve_model_config(model_cfg, shards, seq_len: int):
-    """The model config for these shards: vocab_size 0 = the tokenizer's; checks vocab, languages, length."""
+    """The model config for these shards: checks vocab (at least the tokenizer's ids), languages, length."""
     vocab = model_cfg.vocab_size or shards.vocab_size
     if vocab < shards.vocab_size:
         raise XlingError(f"model.vocab_size={vocab} is smaller than the tokenizer's {shards.vocab_size} ids; "
-                         f"set model.vocab_size=0 (take it from the tokenizer) or >= {shards.vocab_size}")
+                         f"set model.vocab_size={shards.vocab_size} (the smallest that fits) or more")
     if 0 < model_cfg.n_langs < len(shards.langs):
         raise XlingError(f"model.n_langs={model_cfg.n_langs} but the shards have {len(shards.langs)} languages "
                          f"({', '.join(shards.langs)}); set model.n_langs={len(shards.langs)} or 0 (no language "
