@@ -230,3 +230,27 @@ def test_bad_bytes_huge_beams_and_a_broken_run_config_are_one_line(tmp_path, cap
     (rd / "config.toml").write_text("not = [toml", encoding="utf-8")
     code, _, err = run(capsys, "pretrain", "--run", rd)
     assert code == 2 and "config.toml is not valid TOML" in one_line_error(err)
+
+
+def test_every_command_line_a_message_suggests_uses_real_flags():
+    """Issue 21: importing a BERT folder suggested `xling classify --hf-model DIR`, but the flag is --hf (and a
+    missing tokenizer suggested a --tokenizer no command has). Every `xling CMD ... --flag` in the package's
+    text must name CMD's own flags."""
+    import re
+    from pathlib import Path
+
+    import xling
+    from xling.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    bad = []
+    for f in Path(xling.__file__).parent.rglob("*.py"):
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            for m in re.finditer(r"xling ([a-z][a-z-]*)([^`\"']*)", line):
+                if m.group(1) not in commands:
+                    continue
+                flags = {o for a in commands[m.group(1)]._actions for o in a.option_strings}
+                bad += [f"{f.name}:{n}: xling {m.group(1)} {fl}"
+                        for fl in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-z])\b", m.group(2)) if fl not in flags]
+    assert not bad
+    assert not [f for f in Path(xling.__file__).parent.rglob("*.py") if "--tokenizer runs" in f.read_text()]

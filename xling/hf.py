@@ -171,7 +171,7 @@ def model_config_from_hf(conf: dict, where: str) -> ModelConfig:
         if arch is not None or family is None:
             raise XlingError(f"{where} holds a {arch or conf.get('model_type') or 'model of unknown type'}; xling "
                              f"imports {', '.join(SUPPORTED)} (for BERT/XLM-R encoders use xling.hf.HFEncoder, "
-                             f"`xling classify --hf-model DIR`)")
+                             f"`xling classify --hf DIR`)")
 
     def need(ok: bool, what: str) -> None:
         if not ok:
