@@ -254,3 +254,20 @@ def test_every_command_line_a_message_suggests_uses_real_flags():
                         for fl in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-z])\b", m.group(2)) if fl not in flags]
     assert not bad
     assert not [f for f in Path(xling.__file__).parent.rglob("*.py") if "--tokenizer runs" in f.read_text()]
+
+
+def test_a_rebuilt_corpus_sends_every_later_stage_to_the_tokenizer_first(tmp_path, text_dir, capsys):
+    """Issue 21: after `corpus --overwrite`, pretrain sent the user to shard, which sent them to tokenizer: the
+    message names the first stale stage of the chain, and following it works."""
+    rd = tmp_path / "run"
+    assert run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--run", rd)[0] == 0
+    assert run(capsys, "tokenizer", "--run", rd, "tokenizer.vocab_size=300")[0] == 0
+    assert run(capsys, "shard", "--run", rd)[0] == 0
+    assert run(capsys, "corpus", "--run", rd, "--overwrite", "corpus.alpha=0.5")[0] == 0
+    for cmd in ("pretrain", "shard"):
+        code, _, err = run(capsys, cmd, "--run", rd)
+        line = one_line_error(err)
+        assert code == 2 and f"the tokenizer in {rd} is out of date: built from an older corpus" in line
+        assert f"`xling tokenizer --run {rd} --overwrite`" in line
+    assert run(capsys, "tokenizer", "--run", rd, "--overwrite")[0] == 0
+    assert run(capsys, "shard", "--run", rd, "--overwrite")[0] == 0

@@ -253,17 +253,23 @@ def check_upstream(rd: RunDir, manifest: dict, cfg: Config, name: str) -> None:
     if up is None or not (rd.path / STAGES[up_name].out).exists():
         raise XlingError(f"{rd.path} has no {up_name} yet; run `xling {up_name} --run {rd.path}` first")
     if up["hash"] != stage_hash(cfg, up_name):
-        # name the earliest stage whose own config differs: that is the one to re-run first
-        first, why = up_name, "its input files or the xling version changed"
-        chain = up_name
-        while chain:
-            rec = manifest["stages"].get(chain)
-            if rec and rec["config"] != _stage_config(cfg, chain):
-                first, why = chain, _diff(rec["config"], _stage_config(cfg, chain))
-            chain = STAGES[chain].upstream
-        raise XlingError(f"the {first} in {rd.path} was built from a different config ({why}); re-run "
-                         f"`xling {first} --run {rd.path} --overwrite` and the stages after it, "
-                         f"or use the run's config")
+        # name the earliest stale stage of the chain: the one to re-run first (after `corpus --overwrite`, the
+        # tokenizer, not the shard, which would only send the user on to the tokenizer)
+        chain = [up_name]
+        while STAGES[chain[-1]].upstream:
+            chain.append(STAGES[chain[-1]].upstream)
+        first = next(n for n in reversed(chain) if manifest["stages"].get(n, {}).get("hash") != stage_hash(cfg, n))
+        rec, above = manifest["stages"].get(first), STAGES[first].upstream
+        if rec is None:
+            raise XlingError(f"{rd.path} has no {first} yet; run `xling {first} --run {rd.path}` first")
+        if rec["config"] != _stage_config(cfg, first):
+            why = f"built from a different config ({_diff(rec['config'], _stage_config(cfg, first))})"
+        elif above:
+            why = f"built from an older {above}, since rebuilt"
+        else:
+            why = "built from other input files or another xling version"
+        raise XlingError(f"the {first} in {rd.path} is out of date: {why}; re-run `xling {first} --run {rd.path} "
+                         f"--overwrite` and the stages after it, or use the run's config")
 
 
 def _one_writer(create: bool) -> Callable:
