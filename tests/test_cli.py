@@ -271,3 +271,21 @@ def test_a_rebuilt_corpus_sends_every_later_stage_to_the_tokenizer_first(tmp_pat
         assert f"`xling tokenizer --run {rd} --overwrite`" in line
     assert run(capsys, "tokenizer", "--run", rd, "--overwrite")[0] == 0
     assert run(capsys, "shard", "--run", rd, "--overwrite")[0] == 0
+
+
+def test_an_error_after_a_progress_bar_starts_on_its_own_line(tmp_path, capsys, monkeypatch):
+    """Issue 21: an error raised while a bar was drawn was printed glued to the bar's last fragment."""
+    from xling.errors import XlingError
+    from xling.progress import progress
+
+    def fails(*args, **kwargs):
+        bar = progress(total=10, desc="working")  # left open, as a loop that raises leaves it
+        bar.update(3)
+        raise XlingError("something is wrong; fix it")
+
+    monkeypatch.setenv("XLING_PROGRESS", "1")
+    monkeypatch.setattr("xling.stages.run_stage", fails)
+    code, _, err = run(capsys, "tokenizer", "--run", tmp_path / "r")
+    assert code == 2 and "working" in err  # the bar was drawn
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last == "xling tokenizer: error: something is wrong; fix it"

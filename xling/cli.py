@@ -531,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_bars() -> None:
+    """End a progress bar's line before a message: only when bars were imported (none: no tqdm import)."""
+    if "xling.progress" in sys.modules:
+        sys.modules["xling.progress"].end_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -542,9 +548,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except XlingError as e:
+        _end_bars()
         print(f"xling {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        _end_bars()
         print(f"xling {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
