@@ -548,6 +548,7 @@ def import_run(folder: str | Path, run_dir: str | Path, *, corpus: str | Path | 
     from xling.tokenizer import lang_ids, special_ids, tokenizer_hash
 
     folder, run = Path(folder), Path(run_dir)
+    check_writable(run, "--run", directory=True)
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         if not overwrite:
             raise XlingError(f"{run} already exists and is not empty; pass --overwrite to replace it, or choose "
@@ -555,7 +556,6 @@ def import_run(folder: str | Path, run_dir: str | Path, *, corpus: str | Path | 
         if not (run / "manifest.json").is_file():  # --overwrite replaces the whole directory: only an xling run
             raise XlingError(f"{run} holds no xling run (no manifest.json), and --overwrite would delete all of it; "
                              f"choose another --run")
-    check_writable(run, "--run", directory=True)
     if corpus is not None and not (Path(corpus) / "meta.json").is_file():
         raise XlingError(f"{corpus} is not an xling corpus directory (no meta.json); give e.g. runs/demo/corpus")
     model, tok = import_hf(folder)

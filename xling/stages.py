@@ -38,7 +38,8 @@ class _RunLock:
     included: a lock left by a dead process is simply taken over. The file holds the holder's pid, for the
     message another writer gets."""
 
-    held: dict[Path, list] = {}  # resolved run path -> [open file, depth, whether this lock made the directory]
+    # resolved run path -> [open file, depth, whether this lock made the directory, whether it made the lock file]
+    held: dict[Path, list] = {}
 
     def __init__(self, path: Path, create: bool):
         self.path, self.create = Path(path), create
@@ -55,11 +56,12 @@ class _RunLock:
         # under torchrun rank 0 writes and locks, the others read; a run that does not exist yet is created by the
         # stages that build it (create), not by one that only reads it (evaluate says what is missing)
         if int(os.environ.get("RANK", "0")) != 0 or not (self.create or self.path.is_dir()):
-            self.held[key] = [None, 1, False]
+            self.held[key] = [None, 1, False, False]
             return self
         made = not self.path.exists()
         check_writable(self.path, "run directory", directory=True)  # under a file, under /proc: one line
         self.path.mkdir(parents=True, exist_ok=True)
+        made_lock = not (self.path / LOCK).exists()
         f = open(self.path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
         try:
             import fcntl
@@ -70,14 +72,14 @@ class _RunLock:
         except OSError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            f.close()
+            f.close()  # (the holder made the file: it stays)
             raise XlingError(f"{self.path} is in use by another xling process (pid {holder}); wait for it to "
                              f"finish or choose another --run") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
-        self.held[key] = [f, 1, made]
+        self.held[key] = [f, 1, made, made_lock]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -88,8 +90,11 @@ class _RunLock:
             del self.held[key]
             if entry[0] is not None:
                 entry[0].close()  # closing the file releases the lock
-            if entry[2] and [p.name for p in self.path.iterdir()] == [LOCK]:  # a run we made and nothing wrote:
-                (self.path / LOCK).unlink()  # leave nothing behind
+            # leave nothing behind where nothing was written: no lock file in a folder that holds no run (a
+            # refused `--run ~/Documents`), no directory for a new run whose first stage failed
+            if entry[3] and not (self.path / MANIFEST).exists():
+                (self.path / LOCK).unlink(missing_ok=True)
+            if entry[2] and not any(self.path.iterdir()):
                 self.path.rmdir()
 
 
