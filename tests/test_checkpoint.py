@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +112,7 @@ def test_a_failed_save_leaves_nothing_half_written(tmp_path):
     ("meta", "meta.json is unreadable"),
 ])
 def test_damaged_checkpoint_is_one_clear_error(tmp_path, damage, message):
+    _save(tmp_path, 2)
     path = _save(tmp_path, 3)
     if damage == "truncate":
         f = path / "model.safetensors"
@@ -123,8 +126,20 @@ def test_damaged_checkpoint_is_one_clear_error(tmp_path, damage, message):
         (path / "state.pt").unlink()
     else:
         (path / "meta.json").write_text("{not json")
-    with pytest.raises(XlingError, match=message):
+    with pytest.raises(XlingError, match=message) as e:
         load_checkpoint(tmp_path)
+    # the fix the message gives is one the user can run (it said "resume from another checkpoint", which no
+    # command has an option for; issue 21): point `latest` at the earlier checkpoint
+    fix = re.search(r"`echo (step_\d+) > (\S+)`", str(e.value))
+    assert fix and "resume from" not in str(e.value)
+    Path(fix.group(2)).write_text(fix.group(1) + "\n")
+    assert load_checkpoint(tmp_path).step == 2
+    (tmp_path / "latest").write_bytes(b"\xff\xfe")  # not UTF-8: the same kind of fix, not a traceback
+    with pytest.raises(XlingError, match=r"latest does not hold a step directory's name.*`echo step_00000003 > "):
+        find_checkpoint(tmp_path)
+    (tmp_path / "latest").write_text("step_00000009\n")
+    with pytest.raises(XlingError, match=r"latest names step_00000009, which is missing"):
+        find_checkpoint(tmp_path)
 
 
 class _Payload:

@@ -230,3 +230,62 @@ def test_bad_bytes_huge_beams_and_a_broken_run_config_are_one_line(tmp_path, cap
     (rd / "config.toml").write_text("not = [toml", encoding="utf-8")
     code, _, err = run(capsys, "pretrain", "--run", rd)
     assert code == 2 and "config.toml is not valid TOML" in one_line_error(err)
+
+
+def test_every_command_line_a_message_suggests_uses_real_flags():
+    """Issue 21: importing a BERT folder suggested `xling classify --hf-model DIR`, but the flag is --hf (and a
+    missing tokenizer suggested a --tokenizer no command has). Every `xling CMD ... --flag` in the package's
+    text must name CMD's own flags."""
+    import re
+    from pathlib import Path
+
+    import xling
+    from xling.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    bad = []
+    for f in Path(xling.__file__).parent.rglob("*.py"):
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            for m in re.finditer(r"xling ([a-z][a-z-]*)([^`\"']*)", line):
+                if m.group(1) not in commands:
+                    continue
+                flags = {o for a in commands[m.group(1)]._actions for o in a.option_strings}
+                bad += [f"{f.name}:{n}: xling {m.group(1)} {fl}"
+                        for fl in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-z])\b", m.group(2)) if fl not in flags]
+    assert not bad
+    assert not [f for f in Path(xling.__file__).parent.rglob("*.py") if "--tokenizer runs" in f.read_text()]
+
+
+def test_a_rebuilt_corpus_sends_every_later_stage_to_the_tokenizer_first(tmp_path, text_dir, capsys):
+    """Issue 21: after `corpus --overwrite`, pretrain sent the user to shard, which sent them to tokenizer: the
+    message names the first stale stage of the chain, and following it works."""
+    rd = tmp_path / "run"
+    assert run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--run", rd)[0] == 0
+    assert run(capsys, "tokenizer", "--run", rd, "tokenizer.vocab_size=300")[0] == 0
+    assert run(capsys, "shard", "--run", rd)[0] == 0
+    assert run(capsys, "corpus", "--run", rd, "--overwrite", "corpus.alpha=0.5")[0] == 0
+    for cmd in ("pretrain", "shard"):
+        code, _, err = run(capsys, cmd, "--run", rd)
+        line = one_line_error(err)
+        assert code == 2 and f"the tokenizer in {rd} is out of date: built from an older corpus" in line
+        assert f"`xling tokenizer --run {rd} --overwrite`" in line
+    assert run(capsys, "tokenizer", "--run", rd, "--overwrite")[0] == 0
+    assert run(capsys, "shard", "--run", rd, "--overwrite")[0] == 0
+
+
+def test_an_error_after_a_progress_bar_starts_on_its_own_line(tmp_path, capsys, monkeypatch):
+    """Issue 21: an error raised while a bar was drawn was printed glued to the bar's last fragment."""
+    from xling.errors import XlingError
+    from xling.progress import progress
+
+    def fails(*args, **kwargs):
+        bar = progress(total=10, desc="working")  # left open, as a loop that raises leaves it
+        bar.update(3)
+        raise XlingError("something is wrong; fix it")
+
+    monkeypatch.setenv("XLING_PROGRESS", "1")
+    monkeypatch.setattr("xling.stages.run_stage", fails)
+    code, _, err = run(capsys, "tokenizer", "--run", tmp_path / "r")
+    assert code == 2 and "working" in err  # the bar was drawn
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last == "xling tokenizer: error: something is wrong; fix it"

@@ -151,6 +151,27 @@ def test_missing_language_and_missing_corpus(tmp_path, fake_source):
         Corpus(tmp_path / "nothing")
 
 
+def test_a_language_emptied_by_a_length_filter_names_the_filter(tmp_path, fake_source):
+    """Issue 21: a 10 MB single line got "no text found ... check corpus.langs"; the filter that dropped it and
+    how many segments it dropped are the true cause."""
+    segs = [*tiny_segments(chapters=2), Segment("de", "d1", "x" * 10_000_000, "g"),
+            Segment("de", "d2", "", "g")]
+    fake_source(segs)
+    with pytest.raises(XlingError) as e:
+        build_corpus(CorpusConfig(langs=["en", "de"]), tmp_path / "c")
+    msg = str(e.value)
+    assert "every de segment was dropped" in msg and "1 by corpus.max_chars=2000" in msg
+    assert "1 by corpus.min_chars=1" in msg and "corpus.langs" not in msg
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("kw", [dict(max_chars=-5), dict(max_chars=0), dict(min_chars=-1),
+                                dict(min_chars=10, max_chars=5), dict(max_segments=-1)])
+def test_length_limits_that_keep_nothing_are_config_errors(kw):
+    with pytest.raises(ValueError, match="corpus.m"):
+        CorpusConfig(**kw)
+
+
 def test_control_characters_never_split_a_segment(tmp_path, fake_source):
     segs = [Segment("en", "1", "one\x1ctwo\u2028three\rfour", "g"), Segment("en", "2", "five", "g")]
     fake_source(segs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -191,6 +192,34 @@ def test_train_resume_continues_metrics_and_budget(tiny_run, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # the killed run's step-4 line was dropped, then rewritten
 
 
+def test_resume_after_kill_9_drops_later_and_torn_metrics_lines(tiny_run, tmp_path):
+    """Issue 21: after kill -9 and resume, metrics.jsonl kept the lines of steps the restart re-trained
+    (404 lines for 400 steps), and a line torn by the kill made the resume fail in json.loads."""
+    sh = Shards(tiny_run / "shards")
+    tr = make_trainer(sh, tmp_path, max_steps=6, log_every=1, ckpt_every=3, eval_every=3)
+    tr.train(max_new_steps=3)  # checkpoint at step 3
+    metrics = tmp_path / "train" / "metrics.jsonl"
+    # what the killed process wrote after the checkpoint: steps 4 and 5, then a line cut in the middle of a
+    # UTF-8 character
+    with open(metrics, "ab") as f:
+        f.write(b'{"kind": "train", "step": 4, "loss": 1.0}\n{"kind": "train", "step": 5, "loss": 1.0}\n')
+        f.write(b'{"kind": "train", "step": 6, "note": "\xd0')
+    tr2 = make_trainer(sh, tmp_path, max_steps=6, log_every=1, ckpt_every=3, eval_every=3)
+    assert tr2.load(tmp_path / "checkpoints") == 3
+    kept = [(ln["kind"], ln["step"]) for ln in read_metrics(tmp_path)]
+    assert kept == [("valid", 0), ("train", 1), ("train", 2), ("train", 3), ("valid", 3)]
+    assert tr2.last_valid and all(k.startswith("valid/") for k in tr2.last_valid)
+    tr2.train()
+    lines = [(ln["kind"], ln["step"]) for ln in read_metrics(tmp_path)]
+    assert lines == kept + [("train", 4), ("train", 5), ("train", 6), ("valid", 6)]
+    # resuming the finished run: nothing is re-trained, and its last validation is not logged a second time
+    tr3 = make_trainer(sh, tmp_path, max_steps=6, log_every=1, ckpt_every=3, eval_every=3)
+    assert tr3.load(tmp_path / "checkpoints") == 6
+    summary = tr3.train()
+    assert summary["new_steps"] == 0 and summary["valid_loss"]
+    assert [(ln["kind"], ln["step"]) for ln in read_metrics(tmp_path)] == lines
+
+
 # ---------------------------------------------------------------------------- NaN guard
 
 def test_nan_guard_skips_the_update_and_says_so(tiny_run, tmp_path, capsys):
@@ -320,8 +349,12 @@ def test_bad_input_is_one_clear_error(tiny_run, tmp_path):
     sh = Shards(tiny_run / "shards")
     V = sh.vocab_size
     small = ModelConfig.preset("tiny", vocab_size=100)
-    with pytest.raises(XlingError, match=rf"model.vocab_size=100 is smaller than the tokenizer's {V} ids"):
+    with pytest.raises(XlingError, match=rf"model.vocab_size=100 is smaller than the tokenizer's {V} ids") as e:
         resolve_model_config(small, sh, 32)
+    # the value the message suggests is accepted (it said vocab_size=0, which ModelConfig refuses; issue 21)
+    suggested = int(re.search(r"set model.vocab_size=(\d+)", str(e.value)).group(1))
+    assert resolve_model_config(load_config(overrides=[f"model.vocab_size={suggested}"]).model, sh, 32).vocab_size \
+        == suggested == V
     assert resolve_model_config(dataclasses.replace(small, vocab_size=V + 20), sh, 32).vocab_size == V + 20
     with pytest.raises(XlingError, match="longer than model.block_size"):
         resolve_model_config(ModelConfig.preset("tiny", vocab_size=V), sh, 128)

@@ -122,6 +122,15 @@ def save_checkpoint(root: str | Path, step: int, *, model_state: dict[str, torch
     return root / name
 
 
+def other_checkpoint_fix(root: Path, bad: Path | None = None) -> str:
+    """What to do when a checkpoint under `root` is unusable: point `latest` at the newest other complete one
+    (every command that loads a run, `pretrain`'s resume included, follows `latest`), or retrain."""
+    others = [p for p in list_checkpoints(root) if p != bad and (p / "meta.json").is_file()]
+    if others:
+        return f"use another checkpoint: `echo {others[-1].name} > {root / LATEST}`, or retrain"
+    return "no other checkpoint is left: retrain"
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A step directory: `path` itself, or the one `path/latest` names (else the newest one there)."""
     path = Path(path)
@@ -131,11 +140,16 @@ def find_checkpoint(path: str | Path) -> Path:
         raise XlingError(f"checkpoint {path} does not exist; train first (`xling pretrain`) or give another path")
     latest = path / LATEST
     if latest.is_file():
-        target = path / latest.read_text(encoding="utf-8").strip()
-        if (target / "meta.json").is_file():
-            return target
-        raise XlingError(f"{latest} names {target.name}, which is missing or incomplete; point it at one of "
-                         f"{', '.join(p.name for p in list_checkpoints(path)) or 'no checkpoint'} or retrain")
+        raw = latest.read_bytes().strip()
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:  # a disk error or another program's bytes: say so, not a traceback
+            name = None
+        if name is not None and STEP_DIR.match(name) and (path / name / "meta.json").is_file():
+            return path / name
+        what = f"names {name}, which is missing or incomplete" if name and STEP_DIR.match(name) else \
+            f"does not hold a step directory's name ({raw[:20]!r})"
+        raise XlingError(f"{latest} {what}; {other_checkpoint_fix(path)}")
     found = list_checkpoints(path)
     if not found:
         raise XlingError(f"no checkpoint in {path}; train first (`xling pretrain`) or give another path")
@@ -150,19 +164,19 @@ def _verify(step_dir: Path) -> dict:
         int(meta["step"])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise XlingError(f"checkpoint {step_dir} is corrupt: {meta_path.name} is unreadable ({type(e).__name__}); "
-                         f"resume from another checkpoint or retrain") from None
+                         f"{other_checkpoint_fix(step_dir.parent, step_dir)}") from None
     for name, want in files.items():
         f = step_dir / name
         if not f.is_file():
-            raise XlingError(f"checkpoint {step_dir} is incomplete: {name} is missing; resume from another "
-                             f"checkpoint or retrain")
+            raise XlingError(f"checkpoint {step_dir} is incomplete: {name} is missing; "
+                             f"{other_checkpoint_fix(step_dir.parent, step_dir)}")
         size = f.stat().st_size
         if size != want["bytes"]:
             raise XlingError(f"checkpoint file {f} is truncated or altered ({size:,} bytes, expected "
-                             f"{want['bytes']:,}); resume from another checkpoint or retrain")
+                             f"{want['bytes']:,}); {other_checkpoint_fix(step_dir.parent, step_dir)}")
         if sha256_file(f) != want["sha256"]:
-            raise XlingError(f"checkpoint file {f} is corrupt (sha256 differs from meta.json); resume from "
-                             f"another checkpoint or retrain")
+            raise XlingError(f"checkpoint file {f} is corrupt (sha256 differs from meta.json); "
+                             f"{other_checkpoint_fix(step_dir.parent, step_dir)}")
     return meta
 
 
@@ -181,7 +195,7 @@ def load_checkpoint(path: str | Path, *, train_state: bool = True) -> Checkpoint
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, RuntimeError,
             ValueError, EOFError) as e:
         raise XlingError(f"checkpoint {step_dir} cannot be read ({type(e).__name__}: {str(e)[:120]}); "
-                         f"resume from another checkpoint or retrain") from None
+                         f"{other_checkpoint_fix(step_dir.parent, step_dir)}") from None
     return Checkpoint(step_dir, meta, config, model_state, heads_state, state)
 
 

@@ -36,6 +36,14 @@ def _check_number(value, name: str, low: float | None = None) -> None:
         raise XlingError(f"{name} {value} is not {need}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error shape: one line naming the command and where the usage is, exit 2
+    (argparse's own prints the usage block first: several lines for one mistake)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--run", "--out", dest="run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
@@ -349,8 +357,8 @@ def cmd_classify(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from xling import __version__
 
-    parser = argparse.ArgumentParser(prog="xling", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="xling", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"xling {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -531,9 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_bars() -> None:
+    """End a progress bar's line before a message: only when bars were imported (none: no tqdm import)."""
+    if "xling.progress" in sys.modules:
+        sys.modules["xling.progress"].end_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error (one line, status 2): the status, as from a command
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -542,9 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except XlingError as e:
+        _end_bars()
         print(f"xling {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        _end_bars()
         print(f"xling {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

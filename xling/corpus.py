@@ -70,6 +70,11 @@ class CorpusConfig:
         if not 0 <= self.valid_fraction < 1 or not 0 <= self.test_fraction < 1 or \
                 self.valid_fraction + self.test_fraction >= 1:
             raise ValueError("valid_fraction and test_fraction must be in [0, 1) and sum below 1")
+        if self.min_chars < 0 or self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"corpus.max_chars={self.max_chars} and corpus.min_chars={self.min_chars} keep no "
+                             f"segment; give 0 <= min_chars <= max_chars and max_chars >= 1 (default 1 and 2000)")
+        if self.max_segments < 0:
+            raise ValueError(f"corpus.max_segments={self.max_segments} is negative; give 0 (no cap) or a count")
         if self.alpha < 0 or self.pair_alpha < 0:
             raise ValueError("alpha must be >= 0 (1 keeps the natural mix, 0 is uniform)")
         check_langs(self.langs, "corpus.langs")
@@ -142,8 +147,10 @@ class _Bucket:
     keys: list[str] = field(default_factory=list)
 
 
-def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig) -> tuple[dict, dict]:
-    """Clean, filter, deduplicate and split. Returns ({split: {lang: _Bucket}}, drop counts)."""
+def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
+                   lang_drops: dict[str, dict[str, int]] | None = None) -> tuple[dict, dict]:
+    """Clean, filter, deduplicate and split. Returns ({split: {lang: _Bucket}}, drop counts); `lang_drops`, when
+    given, is filled with the drop counts per language (what an error about a language left empty names)."""
     wanted = set(cfg.langs)
     buckets: dict[str, dict[str, _Bucket]] = {s: {} for s in SPLITS}
     seen: dict[str, set[str]] = {}
@@ -154,15 +161,14 @@ def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig) -> tuple[dict
         if wanted and seg.lang not in wanted:
             continue
         text = clean_text(seg.text, cfg.normalize)
-        if len(text) < max(cfg.min_chars, 1):
-            dropped["empty_or_short"] += 1
-            continue
-        if len(text) > cfg.max_chars:
-            dropped["too_long"] += 1
-            continue
         lang_seen = seen.setdefault(seg.lang, set())
-        if cfg.dedup and text in lang_seen:
-            dropped["duplicate"] += 1
+        why = "empty_or_short" if len(text) < max(cfg.min_chars, 1) else "too_long" if len(text) > cfg.max_chars \
+            else "duplicate" if cfg.dedup and text in lang_seen else None
+        if why:
+            dropped[why] += 1
+            if lang_drops is not None:
+                counts = lang_drops.setdefault(seg.lang, {})
+                counts[why] = counts.get(why, 0) + 1
             continue
         if seg.key.splitlines() != [seg.key]:  # keys are stored one a line: a line break desynchronised them
             raise XlingError(f"the alignment key {seg.key!r} of a {seg.lang} segment is empty or holds a line break; "
@@ -195,9 +201,19 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
             first_seen.setdefault(seg.lang)
             yield seg
 
-    buckets, dropped = clean_segments(remember(segments), cfg)
+    lang_drops: dict[str, dict[str, int]] = {}
+    buckets, dropped = clean_segments(remember(segments), cfg, lang_drops)
     langs = list(cfg.langs) or list(first_seen)  # the source's order (bible: DEFAULT_LANGS)
     missing = [lg for lg in langs if not any(lg in buckets[s] for s in SPLITS)]
+    filtered = [lg for lg in missing if lang_drops.get(lg)]
+    if filtered:  # the text was there: a length filter dropped all of it
+        lg, n = filtered[0], lang_drops[filtered[0]]
+        why = [f"{n[k]:,} by corpus.{key}={getattr(cfg, key)} ({what})" for k, key, what in (
+            ("too_long", "max_chars", f"longer than {cfg.max_chars:,} characters: split the text into lines "
+                                      f"or raise corpus.max_chars"),
+            ("empty_or_short", "min_chars", "shorter or empty: lower corpus.min_chars"),
+            ("duplicate", "dedup", "repeats: set corpus.dedup=false")) if n.get(k)]
+        raise XlingError(f"every {lg} segment was dropped: {'; '.join(why)}")
     if missing:
         raise XlingError(f"no text found for language(s) {', '.join(missing)} in the {cfg.source} source; "
                          f"check corpus.langs or the input files")

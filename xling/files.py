@@ -19,13 +19,16 @@ from pathlib import Path
 from xling.errors import XlingError
 
 
-def check_writable(path: str | Path, what: str = "output file") -> Path:
-    """One clear XlingError, before any work, for an output path that cannot become a file: a directory, a
-    parent that is a file, a place this process may not create files in (e.g. /proc)."""
+def check_writable(path: str | Path, what: str = "output file", *, directory: bool = False) -> Path:
+    """One clear XlingError, before any work, for an output path that cannot become a file (or, with
+    `directory`, a directory): a directory where a file is wanted (a file where a directory is), a parent that
+    is a file, a place this process may not create files in (e.g. /proc)."""
     path = Path(path)
-    if path.is_dir():
+    if directory and path.exists() and not path.is_dir():
+        raise XlingError(f"{what} {path} is a file; choose another path")
+    if not directory and path.is_dir():
         raise XlingError(f"{what} {path} is a directory; give a file path")
-    parent = next((p for p in path.parents if p.exists()), Path("."))
+    parent = path if directory and path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir():
         raise XlingError(f"cannot write {what} {path}: {parent} is a file; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK) or str(path.resolve()).startswith(("/proc/", "/sys/")):
@@ -64,9 +67,12 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
     On any exception the temporary directory is removed and `path` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    path = check_writable(path, "output directory", directory=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:  # a race or a filesystem refusing: still one line, not a traceback
+        raise XlingError(f"cannot write {path}: {e.strerror}; choose another path") from None
     try:
         yield tmp
         if path.exists():
@@ -84,14 +90,41 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+# byte-order marks of the encodings a Windows editor or PowerShell (`>` is UTF-16 there) writes; UTF-32 first:
+# its little-endian mark starts with UTF-16's
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32 BE", "UTF-32"),
+         (b"\xff\xfe", "UTF-16 LE", "UTF-16"), (b"\xfe\xff", "UTF-16 BE", "UTF-16"))
+
+
+LATIN1_FIX = "re-encode it, e.g. `iconv -f latin1 -t utf-8` (if it is Latin-1)"
+
+
+def not_utf8_fix(data: bytes, otherwise: str = LATIN1_FIX) -> str:
+    """The fix to name for `data` that is not UTF-8: a byte-order mark (or every other byte NUL) says UTF-16 or
+    UTF-32, which latin1 would turn into garbage; anything else gets `otherwise` (by default: a legacy 8-bit
+    encoding, the likeliest)."""
+    for bom, name, iconv in _BOMS:
+        if data.startswith(bom):
+            return f"it is {name} text (it starts with a byte-order mark); convert it: `iconv -f {iconv} -t UTF-8`"
+    head = data[:4096]
+    for name, zeros in (("UTF-16 LE", head[1::2]), ("UTF-16 BE", head[0::2])):
+        if len(head) >= 4 and zeros.count(0) > 0.9 * len(zeros):
+            return f"it looks like {name} text (every other byte is NUL); convert it: " \
+                   f"`iconv -f {name.replace(' ', '')} -t UTF-8`"
+    return otherwise
+
+
 def check_utf8(text: str, what: str) -> str:
     """`text` back, or one XlingError when it holds bytes that were not UTF-8 (Python keeps them as lone
     surrogates in command-line arguments and, under some locales, standard input)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise XlingError(f"{what} is not valid UTF-8 text; convert it first, e.g. iconv -f latin1 -t utf-8") \
-            from None
+        try:
+            data = text.encode("utf-8", "surrogateescape")  # the bytes as they came, for the hint
+        except UnicodeEncodeError:
+            data = b""
+        raise XlingError(f"{what} is not valid UTF-8 text; {not_utf8_fix(data)}") from None
     return text
 
 
@@ -113,10 +146,12 @@ def read_lines(path: str | Path, what: str = "file") -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise XlingError(
-            f"{what} {path} line {line}: bytes are not UTF-8 ({data[e.start:e.start + 4]!r}); "
-            f"re-encode it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
+        raise XlingError(f"{what} {path} line {line}: bytes are not UTF-8 ({data[e.start:e.start + 4]!r}); "
+                         f"{not_utf8_fix(data)}") from None
+    if "\0" in text:  # valid UTF-8, but no text file holds NUL: UTF-16 without a byte-order mark, or binary
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise XlingError(f"{what} {path} line {line}: holds NUL bytes, which text does not; "
+                         f"{not_utf8_fix(data, 'give a UTF-8 text file (is it binary?)')}")
     if text.startswith("\ufeff"):
         text = text[1:]
     # "\n" (and "\r\n") only: str.splitlines would also split at U+2028, form feeds, ..., shifting the lines

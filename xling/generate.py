@@ -289,8 +289,8 @@ def load_for_generation(path: str | Path, tokenizer_dir: str | Path | None = Non
         near = (path, *path.resolve().parents[:3])
         found = [d / "tokenizer" for d in near if (d / "tokenizer" / "tokenizer.json").is_file()]
         if not found:
-            raise XlingError(f"no tokenizer/ found beside {path}; pass the tokenizer directory "
-                             f"(e.g. --tokenizer runs/demo/tokenizer)")
+            raise XlingError(f"no tokenizer/ found in {path} or the 3 folders above it; give the run directory "
+                             f"(it holds tokenizer/ and checkpoints/), or copy the run's tokenizer/ folder into {path}")
         tokenizer_dir = found[0]
     tok = load_tokenizer(tokenizer_dir)
     want = meta.get("tokenizer_sha256", "")

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from xling import __version__
 from xling.errors import XlingError
-from xling.files import atomic_dir, atomic_write_json, atomic_write_text
+from xling.files import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from xling.model import FAMILIES, ModelConfig, Transformer
 
 SUPPORTED = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}  # HF class -> our family
@@ -171,7 +171,7 @@ def model_config_from_hf(conf: dict, where: str) -> ModelConfig:
         if arch is not None or family is None:
             raise XlingError(f"{where} holds a {arch or conf.get('model_type') or 'model of unknown type'}; xling "
                              f"imports {', '.join(SUPPORTED)} (for BERT/XLM-R encoders use xling.hf.HFEncoder, "
-                             f"`xling classify --hf-model DIR`)")
+                             f"`xling classify --hf DIR`)")
 
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -419,6 +419,7 @@ def export_hf(source: str | Path, out_dir: str | Path, *, lang: str | None = Non
     source, out_dir = Path(source), Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise XlingError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
+    check_writable(out_dir, "--out", directory=True)  # before the model loads
     ckpt_path, run_dir = _find_run(source)
     model, tok = load_for_generation(source, tokenizer_dir)
     cfg = model.cfg
@@ -547,6 +548,7 @@ def import_run(folder: str | Path, run_dir: str | Path, *, corpus: str | Path | 
     from xling.tokenizer import lang_ids, special_ids, tokenizer_hash
 
     folder, run = Path(folder), Path(run_dir)
+    check_writable(run, "--run", directory=True)
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         if not overwrite:
             raise XlingError(f"{run} already exists and is not empty; pass --overwrite to replace it, or choose "
@@ -591,6 +593,22 @@ def _add_corpus(corpus: Path, run: Path, tok) -> None:
 
 # ---------------------------------------------------------------------------- encoders for transfer
 
+def check_encoder_folder(folder: str | Path) -> Path:
+    """`folder` if it looks like a local Hugging Face encoder xling may load, else one XlingError; cheap (no
+    transformers import), so `xling classify --hf` calls it before reading any data. Safetensors weights only:
+    a folder with only pytorch_model.bin (a pickle) is refused without ever opening it."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise XlingError(f"{folder} is not a Hugging Face model folder (no config.json); give a local copy "
+                         f"of e.g. bert-base-multilingual-cased (save_pretrained output)")
+    if not any(folder.glob("*.safetensors")):  # never unpickle a user's file (pytorch_model.bin is a pickle)
+        bins = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise XlingError(f"{folder} has no safetensors weights{' (only ' + ', '.join(bins) + ')' if bins else ''}; "
+                         f"xling loads only safetensors: convert it once with transformers' "
+                         f"model.save_pretrained(dir, safe_serialization=True) where you trust the file")
+    return folder
+
+
 class HFEncoder(nn.Module):
     """A local Hugging Face encoder (BERT/mBERT, XLM-R, ...) in xling's encoder interface.
 
@@ -604,15 +622,7 @@ class HFEncoder(nn.Module):
 
     def __init__(self, folder: str | Path, max_length: int | None = None):
         super().__init__()
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise XlingError(f"{folder} is not a Hugging Face model folder (no config.json); give a local copy "
-                             f"of e.g. bert-base-multilingual-cased (save_pretrained output)")
-        if not any(folder.glob("*.safetensors")):  # never unpickle a user's file (pytorch_model.bin is a pickle)
-            bins = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-            raise XlingError(f"{folder} has no safetensors weights{' (only ' + ', '.join(bins) + ')' if bins else ''}; "
-                             f"xling loads only safetensors: convert it once with transformers' "
-                             f"model.save_pretrained(dir, safe_serialization=True) where you trust the file")
+        folder = check_encoder_folder(folder)
         import transformers
         from transformers import AutoModel, AutoTokenizer
 

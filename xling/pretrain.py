@@ -47,11 +47,11 @@ class LangSubset:
 
 
 def resolve_model_config(model_cfg, shards, seq_len: int):
-    """The model config for these shards: vocab_size 0 = the tokenizer's; checks vocab, languages, length."""
+    """The model config for these shards: checks vocab (at least the tokenizer's ids), languages, length."""
     vocab = model_cfg.vocab_size or shards.vocab_size
     if vocab < shards.vocab_size:
         raise XlingError(f"model.vocab_size={vocab} is smaller than the tokenizer's {shards.vocab_size} ids; "
-                         f"set model.vocab_size=0 (take it from the tokenizer) or >= {shards.vocab_size}")
+                         f"set model.vocab_size={shards.vocab_size} (the smallest that fits) or more")
     if 0 < model_cfg.n_langs < len(shards.langs):
         raise XlingError(f"model.n_langs={model_cfg.n_langs} but the shards have {len(shards.langs)} languages "
                          f"({', '.join(shards.langs)}); set model.n_langs={len(shards.langs)} or 0 (no language "
@@ -170,15 +170,14 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
                   "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
         trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,
                           tokenizer_sha256=shards.tokenizer_sha256, config=config, langs=langs)
+        step = trainer.load(ckpt_root) if resume else 0  # a bad checkpoint is the only line on stderr
         if info.is_main:
             amp = "bf16 autocast" if trainer.amp_dtype else "fp32"
             print(f"pretrain: {model.num_params():,} parameters, objectives "
                   f"{', '.join(f'{n} {w:.2f}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
                   f"{info.world_size} process(es) on {info.device}, {amp}"
                   f"{', compiled' if tc.compile else ''}", file=sys.stderr)
-        if resume:
-            step = trainer.load(ckpt_root)
-            if info.is_main:
+            if resume:
                 print(f"pretrain: resumed from step {step}", file=sys.stderr)
         return trainer.train()
     finally:

@@ -20,6 +20,13 @@ def progress(iterable: Iterable | None = None, desc: str = "", total: int | None
                 disable=disable, file=sys.stderr, **kwargs)
 
 
+def end_bars() -> None:
+    """Close every progress bar still open, ending its line: an error raised inside a loop leaves its bar's
+    line unfinished, and the one-line error printed next would be glued to the bar's last fragment."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:
     """A Markdown table (pipes line up in a terminal too); numbers right-aligned."""
     cells = [[str(h) for h in header]] + [[_fmt(c) for c in r] for r in rows]

@@ -26,7 +26,7 @@ from typing import Any
 from xling import __version__
 from xling.config import Config, read_toml, to_toml
 from xling.errors import XlingError
-from xling.files import atomic_write_json, atomic_write_text
+from xling.files import atomic_write_json, atomic_write_text, check_writable
 
 MANIFEST = "manifest.json"
 LOCK = ".xling.lock"
@@ -38,7 +38,8 @@ class _RunLock:
     included: a lock left by a dead process is simply taken over. The file holds the holder's pid, for the
     message another writer gets."""
 
-    held: dict[Path, list] = {}  # resolved run path -> [open file, depth, whether this lock made the directory]
+    # resolved run path -> [open file, depth, whether this lock made the directory, whether it made the lock file]
+    held: dict[Path, list] = {}
 
     def __init__(self, path: Path, create: bool):
         self.path, self.create = Path(path), create
@@ -55,10 +56,12 @@ class _RunLock:
         # under torchrun rank 0 writes and locks, the others read; a run that does not exist yet is created by the
         # stages that build it (create), not by one that only reads it (evaluate says what is missing)
         if int(os.environ.get("RANK", "0")) != 0 or not (self.create or self.path.is_dir()):
-            self.held[key] = [None, 1, False]
+            self.held[key] = [None, 1, False, False]
             return self
         made = not self.path.exists()
+        check_writable(self.path, "run directory", directory=True)  # under a file, under /proc: one line
         self.path.mkdir(parents=True, exist_ok=True)
+        made_lock = not (self.path / LOCK).exists()
         f = open(self.path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
         try:
             import fcntl
@@ -69,14 +72,14 @@ class _RunLock:
         except OSError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            f.close()
+            f.close()  # (the holder made the file: it stays)
             raise XlingError(f"{self.path} is in use by another xling process (pid {holder}); wait for it to "
                              f"finish or choose another --run") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
-        self.held[key] = [f, 1, made]
+        self.held[key] = [f, 1, made, made_lock]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -87,8 +90,11 @@ class _RunLock:
             del self.held[key]
             if entry[0] is not None:
                 entry[0].close()  # closing the file releases the lock
-            if entry[2] and [p.name for p in self.path.iterdir()] == [LOCK]:  # a run we made and nothing wrote:
-                (self.path / LOCK).unlink()  # leave nothing behind
+            # leave nothing behind where nothing was written: no lock file in a folder that holds no run (a
+            # refused `--run ~/Documents`), no directory for a new run whose first stage failed
+            if entry[3] and not (self.path / MANIFEST).exists():
+                (self.path / LOCK).unlink(missing_ok=True)
+            if entry[2] and not any(self.path.iterdir()):
                 self.path.rmdir()
 
 
@@ -252,17 +258,23 @@ def check_upstream(rd: RunDir, manifest: dict, cfg: Config, name: str) -> None:
     if up is None or not (rd.path / STAGES[up_name].out).exists():
         raise XlingError(f"{rd.path} has no {up_name} yet; run `xling {up_name} --run {rd.path}` first")
     if up["hash"] != stage_hash(cfg, up_name):
-        # name the earliest stage whose own config differs: that is the one to re-run first
-        first, why = up_name, "its input files or the xling version changed"
-        chain = up_name
-        while chain:
-            rec = manifest["stages"].get(chain)
-            if rec and rec["config"] != _stage_config(cfg, chain):
-                first, why = chain, _diff(rec["config"], _stage_config(cfg, chain))
-            chain = STAGES[chain].upstream
-        raise XlingError(f"the {first} in {rd.path} was built from a different config ({why}); re-run "
-                         f"`xling {first} --run {rd.path} --overwrite` and the stages after it, "
-                         f"or use the run's config")
+        # name the earliest stale stage of the chain: the one to re-run first (after `corpus --overwrite`, the
+        # tokenizer, not the shard, which would only send the user on to the tokenizer)
+        chain = [up_name]
+        while STAGES[chain[-1]].upstream:
+            chain.append(STAGES[chain[-1]].upstream)
+        first = next(n for n in reversed(chain) if manifest["stages"].get(n, {}).get("hash") != stage_hash(cfg, n))
+        rec, above = manifest["stages"].get(first), STAGES[first].upstream
+        if rec is None:
+            raise XlingError(f"{rd.path} has no {first} yet; run `xling {first} --run {rd.path}` first")
+        if rec["config"] != _stage_config(cfg, first):
+            why = f"built from a different config ({_diff(rec['config'], _stage_config(cfg, first))})"
+        elif above:
+            why = f"built from an older {above}, since rebuilt"
+        else:
+            why = "built from other input files or another xling version"
+        raise XlingError(f"the {first} in {rd.path} is out of date: {why}; re-run `xling {first} --run {rd.path} "
+                         f"--overwrite` and the stages after it, or use the run's config")
 
 
 def _one_writer(create: bool) -> Callable:

@@ -62,7 +62,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from xling import distributed as xdist
 from xling.checkpoint import load_training, save_training
 from xling.errors import XlingError
-from xling.files import atomic_write_text
+from xling.files import atomic_write_bytes
 from xling.langs import pivot_lang
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -661,13 +661,24 @@ class Trainer:
                              f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume")
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics lines written after the checkpoint (by the run that was killed)."""
+        """Keep only the metrics lines of steps <= `step` (the checkpoint resumed from): the killed run's later
+        lines are re-trained and would be written twice, and a line torn by `kill -9` (no newline, or not
+        JSON) is dropped. Rewritten atomically. The checkpoint step's validation line, when kept, restores
+        `last_valid`, so resuming a finished run does not validate (and log) that step a second time."""
         path = self.run_dir / "train" / "metrics.jsonl"
         if not path.is_file():
             return
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(keep))
+        keep = []
+        for raw in path.read_bytes().splitlines(keepends=True):
+            try:
+                line = json.loads(raw) if raw.endswith(b"\n") else None
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError: a torn write
+                line = None
+            if isinstance(line, dict) and isinstance(line.get("step"), int) and line["step"] <= step:
+                keep.append(raw)
+                if line.get("kind") == "valid" and line["step"] == step:
+                    self.last_valid = {k: v for k, v in line.items() if k.startswith("valid/")}
+        atomic_write_bytes(path, b"".join(keep))
 
     # ------------------------------------------------------------------ the loop
 

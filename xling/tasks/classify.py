@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from xling.corpus import SPLITS, WORD
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation, skipped
-from xling.files import atomic_dir, atomic_write_json, atomic_write_text, read_lines
+from xling.files import atomic_dir, atomic_write_json, atomic_write_text, check_writable, read_lines
 from xling.metrics import accuracy, macro_f1
 from xling.progress import format_table, progress
 
@@ -597,6 +597,11 @@ def classify_run(run_dir: str | Path, cfg: ClassifyConfig, data_files: list[str]
 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "classify"
+    if hf:  # before any data is read: a folder without safetensors weights is refused, never torch.load-ed
+        from xling.hf import check_encoder_folder
+
+        check_encoder_folder(hf)
+    check_writable(out, "--out", directory=True)
     if data_files:
         data = read_labelled(data_files)  # bad input fails before the model loads
     else:

@@ -30,7 +30,7 @@ import numpy as np
 
 from xling.corpus import WORD
 from xling.errors import XlingError
-from xling.files import atomic_write_bytes
+from xling.files import atomic_write_bytes, not_utf8_fix
 from xling.progress import progress
 
 if TYPE_CHECKING:
@@ -166,8 +166,7 @@ def _decode(raw: bytes, path: Path, lineno: int, what: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise XlingError(f"{what} {path} line {lineno}: bytes are not UTF-8; re-encode the file as UTF-8") \
-            from None
+        raise XlingError(f"{what} {path} line {lineno}: bytes are not UTF-8; {not_utf8_fix(raw)}") from None
     return text[1:] if lineno == 1 and text.startswith("\ufeff") else text
 
 
