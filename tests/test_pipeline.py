@@ -207,3 +207,23 @@ def test_generate_command_with_the_language_vocabulary(trained_run, tmp_path, ca
     assert LangVocab.from_run(bare) is None
     assert main([*argv[:2], str(bare), *argv[3:]]) == 0
     assert "no shards/ beside" in capsys.readouterr().err
+
+
+def test_a_run_without_aligned_text_evaluates_and_reports(tmp_path):
+    """Plain text per language (no ids, so no pairs): the evaluations that need pairs are skipped, the
+    tokenizer's parity is n/a rather than a crash, and the report is written."""
+    paths = []
+    for lg, verses in TINY.items():
+        paths.append(tmp_path / f"{lg}.txt")
+        paths[-1].write_text("".join(f"{v} {i}\n" for i in range(30) for v in verses), encoding="utf-8")
+    common = ["--run", str(tmp_path / "run")]
+    assert main(["corpus", "--source", "text", "--paths", *map(str, paths), "--langs", "en,fr,ru", *common,
+                 "corpus.valid_fraction=0.15", "corpus.test_fraction=0.15"]) == 0
+    assert main(["tokenizer", *common, "tokenizer.vocab_size=300"]) == 0
+    assert main(["shard", *common]) == 0
+    assert main(["pretrain", *common, *TINY_MODEL, "train.max_steps=4"]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--only", "tokenizer,bpc"]) == 0
+    assert main(["report", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    assert {f"tokenizer.fertility.{lg}" for lg in TINY} | {f"bpc.{lg}" for lg in TINY} <= set(metrics)
+    assert not {"tokenizer.parity.fr", "tokenizer.parity.ru"} & set(metrics)  # no aligned verses to compare

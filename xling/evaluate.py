@@ -108,20 +108,23 @@ def eval_tokenizer(ctx: EvalContext) -> dict:
     per = report["langs"]
     langs = [lg for lg in ctx.langs if lg in per]
     metrics = {"languages": ctx.langs}
+    aligned = [lg for lg in langs if per[lg]["parity"] is not None]  # parity needs aligned text
     for lg in langs:
         metrics[f"tokenizer.fertility.{lg}"] = per[lg]["fertility"]
+    for lg in aligned:
         metrics[f"tokenizer.parity.{lg}"] = per[lg]["parity"]
-    rows = [[lg, per[lg]["fertility"], per[lg]["parity"], per[lg].get("chars_per_token", float("nan"))]
-            for lg in langs]
+    rows = [[lg, per[lg]["fertility"], per[lg]["parity"] if lg in aligned else "n/a: no aligned text",
+             per[lg].get("chars_per_token", float("nan"))] for lg in langs]
     pivot = report.get("pivot", "en")
-    return {"metrics": metrics, "sections": [{"title": "Tokenizer fairness", "blocks": [
+    blocks = [
         {"kind": "text", "text": f"Shared vocabulary of {report.get('vocab_size', '?'):,} tokens. Fertility = "
                                  f"tokens per word; parity = tokens for a verse / tokens for its {pivot} "
                                  f"verse (median over aligned test verses). Equal tokenization is equal cost."},
-        {"kind": "table", "header": ["lang", "fertility", f"parity vs {pivot}", "chars/token"], "rows": rows},
-        _bar("parity", langs, [per[lg]["parity"] for lg in langs], f"tokens / {pivot} tokens",
-             reference=1.0, reference_label=f"{pivot} = 1", title="Tokenizer parity"),
-    ]}]}
+        {"kind": "table", "header": ["lang", "fertility", f"parity vs {pivot}", "chars/token"], "rows": rows}]
+    if aligned:
+        blocks.append(_bar("parity", aligned, [per[lg]["parity"] for lg in aligned], f"tokens / {pivot} tokens",
+                           reference=1.0, reference_label=f"{pivot} = 1", title="Tokenizer parity"))
+    return {"metrics": metrics, "sections": [{"title": "Tokenizer fairness", "blocks": blocks}]}
 
 
 @evaluation("pretrain", order=20)
