@@ -333,3 +333,16 @@ def test_classify_never_unpickles_a_pytorch_model_bin(world, monkeypatch, capsys
     monkeypatch.chdir(world)
     assert main(["classify", *RUN, "--hf", "hf_bin", "--data", "labels.tsv"]) == 2
     assert "has no safetensors weights (only pytorch_model.bin)" in _one_line(capsys.readouterr().err)
+
+
+def test_a_refused_overwrite_keeps_the_run_and_its_record(world, capsys):
+    """`pretrain --overwrite` with a config that fails its checks deletes nothing and keeps the manifest's
+    record of the checkpoints it did not replace."""
+    run = world / "run"
+    manifest = (run / "manifest.json").read_bytes()
+    before = _snapshot(run)
+    assert main(["pretrain", "--run", str(run), "--overwrite", "model.n_layer=100000", "model.d_model=4096",
+                 "model.n_head=32"]) == 2
+    assert "GiB" in _one_line(capsys.readouterr().err)
+    assert (run / "manifest.json").read_bytes() == manifest
+    assert _snapshot(run) == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +100,15 @@ def check_langs(langs: list[str], shards) -> list[str]:
     return list(langs) or list(shards.langs)
 
 
-def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+             on_fresh_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train the model of `cfg.model` on `<run_dir>/shards` with `cfg.train`; returns the summary.
 
     Writes `<run_dir>/checkpoints/` and `<run_dir>/train/metrics.jsonl`. resume: continue from the latest
     checkpoint (exactly, for the same config and process layout). overwrite: delete earlier checkpoints
-    and metrics first. Under torchrun every process calls this; rank 0 writes.
+    and metrics first, once every check has passed. on_fresh_start: called (rank 0) at that point when the run
+    starts anew, e.g. to drop the manifest's record of the old checkpoints. Under torchrun every process calls
+    this; rank 0 writes.
     """
     from xling.model import Transformer
     from xling.objectives import build_objectives, resolve_pairs
@@ -131,21 +135,11 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         if tc.pairs:  # a bad pair is an error before --overwrite deletes anything
             resolve_pairs(tc.pairs, view)
         ckpt_root = run_dir / "checkpoints"
-        if not resume and list_checkpoints(ckpt_root):
-            if not overwrite:
-                raise XlingError(f"{ckpt_root} already holds checkpoints; pass --resume to continue or "
-                                 f"--overwrite to start over")
-            if info.is_main:
-                shutil.rmtree(ckpt_root, ignore_errors=True)
-                shutil.rmtree(run_dir / "train", ignore_errors=True)
-        if info.is_main:
-            removed = remove_orphans(ckpt_root)  # what a killed checkpoint write left (the run is locked: ours)
-            if removed:
-                print(f"pretrain: removed {len(removed)} unfinished checkpoint write(s): {', '.join(removed)}",
-                      file=sys.stderr)
+        if not resume and list_checkpoints(ckpt_root) and not overwrite:
+            raise XlingError(f"{ckpt_root} already holds checkpoints; pass --resume to continue or "
+                             f"--overwrite to start over")
         if resume and not list_checkpoints(ckpt_root):
             raise XlingError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
-        xdist.barrier()
         corpus = getattr(cfg, "corpus", None)
         alpha = tc.alpha if tc.alpha is not None else getattr(corpus, "alpha", 0.3)
         pair_alpha = tc.pair_alpha if tc.pair_alpha is not None else getattr(corpus, "pair_alpha", 0.3)
@@ -166,6 +160,18 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
                                       d_model=model_cfg.d_model, length_batching=tc.length_batching,
                                       pad_multiple=tc.pad_multiple, pairs=tc.pairs, mixed_langs=tc.mixed_langs)
+        # every check passed: only now is anything of an earlier run deleted
+        if info.is_main:
+            if not resume:
+                shutil.rmtree(ckpt_root, ignore_errors=True)
+                shutil.rmtree(run_dir / "train", ignore_errors=True)
+                if on_fresh_start is not None:
+                    on_fresh_start()
+            removed = remove_orphans(ckpt_root)  # what a killed checkpoint write left (the run is locked: ours)
+            if removed:
+                print(f"pretrain: removed {len(removed)} unfinished checkpoint write(s): {', '.join(removed)}",
+                      file=sys.stderr)
+        xdist.barrier()
         config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(tc),
                   "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
         trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,

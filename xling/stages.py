@@ -314,10 +314,9 @@ def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None
                          f"or choose another --run")
     if resume is None:
         resume = has_ckpt and not overwrite
-    if (overwrite or not has_ckpt) and int(os.environ.get("RANK", "0")) == 0:
-        rd.forget("pretrain")  # training anew: the old record no longer describes the checkpoints
     t0 = time.perf_counter()
-    summary = pretrain(cfg, rd.path, resume=resume, overwrite=overwrite)
+    # training anew: the old record no longer describes the checkpoints (dropped once the config passed its checks)
+    summary = pretrain(cfg, rd.path, resume=resume, overwrite=overwrite, on_fresh_start=lambda: rd.forget("pretrain"))
     if int(os.environ.get("RANK", "0")) == 0:
         rd.record("pretrain", cfg, h, _jsonable(summary), time.perf_counter() - t0)
     return summary
