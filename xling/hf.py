@@ -591,6 +591,21 @@ def _add_corpus(corpus: Path, run: Path, tok) -> None:
 
 # ---------------------------------------------------------------------------- encoders for transfer
 
+def check_encoder_folder(folder: str | Path) -> Path:
+    """`folder` as a Path, or one XlingError when it is no local Hugging Face model folder with safetensors weights
+    (checked before transformers is imported or any file is read: never unpickle a user's pytorch_model.bin)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise XlingError(f"{folder} is not a Hugging Face model folder (no config.json); give a local copy "
+                         f"of e.g. bert-base-multilingual-cased (save_pretrained output)")
+    if not any(folder.glob("*.safetensors")):
+        bins = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise XlingError(f"{folder} has no safetensors weights{' (only ' + ', '.join(bins) + ')' if bins else ''}; "
+                         f"xling loads only safetensors: convert it once with transformers' "
+                         f"model.save_pretrained(dir, safe_serialization=True) where you trust the file")
+    return folder
+
+
 class HFEncoder(nn.Module):
     """A local Hugging Face encoder (BERT/mBERT, XLM-R, ...) in xling's encoder interface.
 
@@ -604,15 +619,7 @@ class HFEncoder(nn.Module):
 
     def __init__(self, folder: str | Path, max_length: int | None = None):
         super().__init__()
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise XlingError(f"{folder} is not a Hugging Face model folder (no config.json); give a local copy "
-                             f"of e.g. bert-base-multilingual-cased (save_pretrained output)")
-        if not any(folder.glob("*.safetensors")):  # never unpickle a user's file (pytorch_model.bin is a pickle)
-            bins = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-            raise XlingError(f"{folder} has no safetensors weights{' (only ' + ', '.join(bins) + ')' if bins else ''}; "
-                             f"xling loads only safetensors: convert it once with transformers' "
-                             f"model.save_pretrained(dir, safe_serialization=True) where you trust the file")
+        folder = check_encoder_folder(folder)
         import transformers
         from transformers import AutoModel, AutoTokenizer
 
