@@ -358,7 +358,7 @@ class CharNgramLangID:
         return max(self.langs, key=lambda lg: sum(self.logp[lg].get(g, self.unk[lg]) for g in grams))
 
 
-GEN_PROMPTS = 32  # prompts per language: 8 languages x 32 = 256 continuations behind each headline mean
+GEN_PROMPTS = 100  # prompts per language: a per-language figure stands on 100 continuations (the headline minimum)
 
 
 def _fmt3(values: Sequence[float | None]) -> str:
