@@ -5,7 +5,7 @@
 
 Task: the k = 5 nearest documents by cosine for each query, from unit vectors (what `xling retrieve` and
 `xling mine` do after encoding). Systems, run side by side in this process on the same arrays:
-  xling chunked   `xling.tasks.retrieve.nearest`: one BLAS product per block of queries, the block sized
+  xling chunked   `xling.encode.nearest`: one BLAS product per block of queries, the block sized
                   so its scores stay under 256 MiB, top-k by `torch.topk`
   full matrix     the peer: `q @ d.T` for all queries at once, `np.argpartition`, then a sort of the k
   faiss flat      `faiss.IndexFlatIP` (exact), when `faiss` is importable
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_memory.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _memory import PeakRSS  # noqa: E402
 
+from xling.encode import nearest  # noqa: E402
 from xling.progress import format_table  # noqa: E402
-from xling.tasks.retrieve import nearest  # noqa: E402
 
 K = 5
 

@@ -122,7 +122,7 @@ def _cipher_shards(rng: np.random.Generator, n_train: int, n_test: int):
 
 
 def _top1(model, shards, split: str, src: str, tgt: str) -> float:
-    from xling.tasks.retrieve import encode, top1_accuracy
+    from xling.encode import encode, top1_accuracy
 
     vec = {lg: encode(model, [np.asarray(s, dtype=np.int64) for s in shards_segs(shards, split, lg)],
                       lang_index=shards.langs.index(lg), tag=shards.lang_token_ids[lg], specials=shards.specials,

@@ -144,10 +144,10 @@ def test_identical_vectors_retrieve_every_string_and_missing_catalog_is_na(tiny_
     # and so does our model once the language tag is the same on both sides; ru has no catalog at all
     catalog(tmp_path, "fr", list(zip(STRINGS, STRINGS, strict=True)))
     use_catalogs(monkeypatch, tmp_path, peer=FakePeer())
-    from xling.tasks import retrieve
+    from xling import encode
 
-    real = retrieve.embed_texts
-    monkeypatch.setattr(retrieve, "embed_texts", lambda model, tok, texts, lang, **kw: real(model, tok, texts, "en",
+    real = encode.embed_texts
+    monkeypatch.setattr(encode, "embed_texts", lambda model, tok, texts, lang, **kw: real(model, tok, texts, "en",
                                                                                             **kw))
     m = ood.eval_ood(tiny_ctx)["metrics"]
     for key in ("ood.retrieval.top1.en-fr", "ood.retrieval.top1.fr-en", "ood.peer.retrieval.top1.en-fr",

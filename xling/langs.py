@@ -7,7 +7,9 @@ script suffix is allowed: `pt-BR`, `zh_Hant`.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 
 from xling.errors import XlingError
 
@@ -123,3 +125,25 @@ def base_code(code: str) -> str:
     """The language part of a code: `pt-BR` -> `pt`, `zh_Hant` -> `zh` (a code of another shape unchanged)."""
     m = _CODE.match(code or "")
     return m["base"] if m else code
+
+
+class CharNgramLangID:
+    """A character-trigram naive Bayes language identifier trained on the corpus (independent of the model)."""
+
+    def __init__(self, texts: dict[str, list[str]], n: int = 3):
+        self.n = n
+        self.langs = list(texts)
+        self.logp, self.unk = {}, {}
+        for lg, lines in texts.items():
+            counts = Counter(g for t in lines for g in self._grams(t))
+            total, vocab = sum(counts.values()), len(counts) + 1
+            self.logp[lg] = {g: math.log((c + 1) / (total + vocab)) for g, c in counts.items()}
+            self.unk[lg] = math.log(1 / (total + vocab))
+
+    def _grams(self, text: str):
+        t = f" {text.lower()} "
+        return (t[i:i + self.n] for i in range(len(t) - self.n + 1))
+
+    def predict(self, text: str) -> str:
+        grams = list(self._grams(text))
+        return max(self.langs, key=lambda lg: sum(self.logp[lg].get(g, self.unk[lg]) for g in grams))

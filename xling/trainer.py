@@ -526,7 +526,7 @@ class Trainer:
         language, both directions averaged: the learning curve of the cross-lingual space (the demo's report).
         Every layer is pooled and the best on average is reported (`valid/retrieval_layer`), as the
         evaluation chooses its layer on the valid split."""
-        from xling.tasks.retrieve import encode, top1_accuracy
+        from xling.encode import encode, top1_accuracy
 
         shards, n = self.shards, self.cfg.eval_retrieval
         pivot = pivot_lang(self.langs)

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xling.encode import MAX_BYTES, as_matrix, nearest
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
-from xling.tasks.retrieve import MAX_BYTES, as_matrix, nearest
 
 MODES = ("forward", "backward", "intersection")
 K = 4  # neighbourhood size of the margin (LASER, BUCC)
@@ -155,8 +155,9 @@ def _split_segments(shards, split: str, lang: str, cap: int) -> list[np.ndarray]
 def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", layer: int | None = None,
                   pool_specials: bool | None = None, max_segments: int = 1000, **kw) -> dict:
     """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
+    from xling.encode import POOL_SPECIALS, encode
     from xling.shards import Shards
-    from xling.tasks.retrieve import POOL_SPECIALS, encode, load_encoder, resolve_layer
+    from xling.tasks.retrieve import load_encoder, resolve_layer
 
     model, _ = load_encoder(run)
     shards = Shards(Path(run) / "shards")
@@ -178,8 +179,9 @@ def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", l
 @evaluation("mining", order=45)
 def eval_mining(ctx: EvalContext) -> dict:
     """Mining F1 of the pivot language against every other on the test split (vectors cached by retrieval)."""
+    from xling.encode import POOL_SPECIALS, encode
     from xling.evaluate import _split_vectors
-    from xling.tasks.retrieve import POOL_SPECIALS, default_layer, encode
+    from xling.tasks.retrieve import default_layer
 
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]

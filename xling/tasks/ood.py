@@ -29,7 +29,7 @@ translation, ...); with 2 words 285 would stay, with 4 words 128. MIN_WORDS = 3 
 report says how many were dropped and why).
 
 Scores, for each language X of the run but the pivot (English), on the N aligned strings: top-1 retrieval
-en->X and X->en among all N strings of the other language (`xling.tasks.retrieve.top1_accuracy`; the keys
+en->X and X->en among all N strings of the other language (`xling.encode.top1_accuracy`; the keys
 `ood.retrieval.top1.<en>-<x>` and `.<x>-<en>`, their mean `ood.retrieval.top1_mean`) with our vectors from
 `embed_texts` at the layer the retrieval evaluation chose on the valid split, and bitext-mining F1 on the same
 strings, the target side shuffled (`xling.tasks.mine.mine_eval`, `ood.mining.f1.<pair>`, `ood.mining.f1_mean`).
@@ -55,7 +55,8 @@ from xling.corpus import clean_text, count_words
 from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
 from xling.sources.po import PLACEHOLDER, has_words, load_catalog, polib_module, translation
-from xling.tasks.peer import PEER, covered, encode_texts, load_peer, retrieval_metrics
+from xling.tasks.peer import PEER, covered, retrieval_metrics
+from xling.teacher import encode_texts, load_peer
 
 TITLE = "Out of domain: retrieval and mining on Django's UI strings"
 INSTALL_HINT = ("Django is not installed: `pip install django` (or `pip install 'xling[demo]'`) puts retrieval "
@@ -164,8 +165,8 @@ def django_catalogs() -> tuple[list[Path], str] | None:
 def score(vectors: dict[str, np.ndarray], pivot: str, langs: list[str], prefix: str) -> dict[str, float]:
     """Retrieval top-1 both ways and mining F1 of the pivot against each language, rows aligned by index:
     `<prefix>.retrieval.top1.<pair>` (both directions), `<prefix>.mining.f1.<pivot>-<x>` and their means."""
+    from xling.encode import top1_accuracy
     from xling.tasks.mine import mine_eval
-    from xling.tasks.retrieve import top1_accuracy
 
     out: dict[str, float] = {}
     accs, f1s = [], []
@@ -192,7 +193,8 @@ def _pair_mean(metrics: dict, prefix: str, pivot: str, lg: str) -> float | str:
 
 @evaluation("ood", order=48)
 def eval_ood(ctx: EvalContext) -> dict:
-    from xling.tasks.retrieve import default_layer, embed_texts
+    from xling.encode import embed_texts
+    from xling.tasks.retrieve import default_layer
 
     source = django_catalogs()
     if source is None:

