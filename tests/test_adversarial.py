@@ -13,6 +13,7 @@ from xling.tasks.align import (
     AlignConfig,
     Space,
     align_metrics,
+    criterion,
     evaluate_bli,
     normalize_embeddings,
     selected_methods,
@@ -72,13 +73,14 @@ def test_adversarial_is_deterministic_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    w1, h1 = adversarial(x, y, cfg, log=lambda s: None)
+    w1, h1 = adversarial(x, y, cfg, log=lambda s: None, score=lambda w: criterion(x, y, w, cfg))
     after = torch.rand(1)
-    w2, h2 = adversarial(x, y, cfg, log=lambda s: None)
+    w2, h2 = adversarial(x, y, cfg, log=lambda s: None, score=lambda w: criterion(x, y, w, cfg))
     np.testing.assert_array_equal(w1, w2)
     assert h1[0]["criterion"] == h2[0]["criterion"]
     assert torch.equal(before, after)
-    w3, _ = adversarial(x, y, small_cfg(adv_epochs=1, adv_epoch_size=64 * 20, seed=6), log=lambda s: None)
+    w3, _ = adversarial(x, y, small_cfg(adv_epochs=1, adv_epoch_size=64 * 20, seed=6), log=lambda s: None,
+                       score=lambda w: criterion(x, y, w, cfg))
     assert not np.array_equal(w1, w3)
 
 
@@ -111,7 +113,7 @@ def test_restarts_keep_the_run_with_the_best_refined_criterion(monkeypatch):
     maps = {0: random_rotation(16, rng), 1: near, 2: random_rotation(16, rng)}  # 0, 2: maps to nowhere
     seeds = []
 
-    def fake_adversarial(x_, y_, cfg, log):
+    def fake_adversarial(x_, y_, cfg, log, score):
         seeds.append(cfg.seed)
         return maps[cfg.seed], [{"epoch": 0, "criterion": 0.0}]
 

@@ -17,6 +17,7 @@ from xling.tasks.align import (
     Space,
     adversarial,
     copy_baseline,
+    criterion,
     csls_reference,
     evaluate_bli,
     learn_mapping,
@@ -197,8 +198,8 @@ def test_adversarial_is_deterministic_for_a_seed():
     x = clustered(600, 8, 32, seed=0)
     y = (x @ rotation(8, 102).T).astype(np.float32)
     short = tiny_cfg(adv_hidden=64, adv_batch=32, adv_epochs=1, adv_epoch_size=640, seed=5)
-    w1, _ = adversarial(x, y, short, log=lambda s: None)
-    w2, _ = adversarial(x, y, short, log=lambda s: None)
+    w1, _ = adversarial(x, y, short, log=lambda s: None, score=lambda w: criterion(x, y, w, short))
+    w2, _ = adversarial(x, y, short, log=lambda s: None, score=lambda w: criterion(x, y, w, short))
     np.testing.assert_array_equal(w1, w2)
 
 

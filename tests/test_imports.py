@@ -40,3 +40,19 @@ def test_only_the_entry_points_import_the_tasks():
 
 def test_the_model_imports_nothing_of_xling():
     assert _modules()["xling.model"] == set()
+
+
+def test_no_import_cycle():
+    mods = _modules()
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for dep in mods.get(todo.pop(), ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
+
+    cycles = {tuple(sorted((a, b))) for a, deps in mods.items() for b in deps if b in mods and a in reach(b)}
+    assert sorted(cycles) == []

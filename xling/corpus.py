@@ -36,7 +36,6 @@ from xling.langs import check_langs
 from xling.sources import Segment, read_source
 
 SPLITS = ("train", "valid", "test")
-DEFAULT_LANGS = ["en", "fr", "es", "de", "ru", "ar", "fa", "vi"]
 WORD = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}]*")  # \w splits Devanagari at vowel signs; this does not
 _SPACE = regex.compile(r"[\s\p{Cc}\p{Zl}\p{Zp}]+")  # whitespace, control characters, line separators
 

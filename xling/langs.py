@@ -13,6 +13,8 @@ from collections import Counter
 
 from xling.errors import XlingError
 
+DEFAULT_LANGS = ["en", "fr", "es", "de", "ru", "ar", "fa", "vi"]  # the demo's Bibles: 3 scripts, 3 families
+
 # ISO 639-1 codes with English names (written from the standard's code list).
 NAMES = dict(item.split(":") for item in """
 aa:Afar ab:Abkhazian ae:Avestan af:Afrikaans ak:Akan am:Amharic an:Aragonese ar:Arabic as:Assamese

@@ -72,7 +72,7 @@ import regex
 
 from xling.errors import XlingError
 from xling.files import cache_dir, sha256_file
-from xling.langs import check_lang
+from xling.langs import DEFAULT_LANGS, check_lang
 from xling.sources import Segment
 
 if TYPE_CHECKING:
@@ -236,8 +236,6 @@ def choose_versions(langs: list[str], overrides: dict[str, str]) -> dict[str, st
             raise XlingError(f"Bible translation {code!r} ({t.name}) is in {t.lang}, not {lang}; "
                              f"fix corpus.bible_versions")
     if not langs:
-        from xling.corpus import DEFAULT_LANGS  # noqa: PLC0415 (corpus imports the sources package)
-
         langs = list(dict.fromkeys([*DEFAULT_LANGS, *overrides]))
     out = {}
     for lang in langs:

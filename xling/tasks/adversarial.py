@@ -1,7 +1,7 @@
 """Unsupervised cross-lingual mapping by adversarial training (MUSE, Conneau et al. 2018).
 
-    from xling.tasks.align import AlignConfig, refine
-    w, history = adversarial(x, y, AlignConfig())    # x, y: (n, d) normalised, most frequent first
+    from xling.tasks.align import AlignConfig, criterion, refine
+    w, history = adversarial(x, y, cfg, score=lambda w: criterion(x, y, w, cfg))  # x, y: (n, d), most frequent first
     w, _ = refine(x, y, w, cfg)                       # then Procrustes refinement (align.learn_mapping)
     x, y, rot = synthetic_pair(50000, 300)            # a structured test set: y ~ x @ rot.T
 
@@ -86,21 +86,16 @@ def synthetic_pair(n: int, d: int, *, seed: int = 0, clusters: int = 100, decay:
     return x, y.astype(np.float32), rot
 
 
-def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig, log: Callable[[str], None] = print,
-                score: Callable[[np.ndarray], float] | None = None) -> tuple[np.ndarray, list[dict]]:
+def adversarial(x: np.ndarray, y: np.ndarray, cfg: AlignConfig, log: Callable[[str], None] = print, *,
+                score: Callable[[np.ndarray], float]) -> tuple[np.ndarray, list[dict]]:
     """MUSE's adversarial training of an orthogonal map W (x -> W x), without any dictionary.
 
     `x`, `y`: normalised vectors, most frequent word first. `score(W)` is the model-selection
-    criterion (default: `xling.tasks.align.criterion`). Returns the best epoch's W (d, d) float64
+    criterion (align.py passes MUSE's, `xling.tasks.align.criterion`). Returns the best epoch's W (d, d) float64
     and one history entry per epoch.
     """
     import torch
 
-    if score is None:
-        from xling.tasks.align import criterion
-
-        def score(w):
-            return criterion(x, y, w, cfg)
 
     n_s, n_t = min(cfg.adv_most_frequent, len(x)), min(cfg.adv_most_frequent, len(y))
     xs = torch.from_numpy(np.ascontiguousarray(x[:n_s], dtype=np.float32))  # (n_s, d)

@@ -288,7 +288,7 @@ def adversarial_restarts(x: np.ndarray, y: np.ndarray, cfg: AlignConfig,
     runs, best = [], None
     for r in range(cfg.adv_restarts):
         seed = cfg.seed + r
-        raw, epochs = adversarial(x, y, replace(cfg, seed=seed), log)
+        raw, epochs = adversarial(x, y, replace(cfg, seed=seed), log, score=lambda w: criterion(x, y, w, cfg))
         w, history = refine(x, y, raw, cfg, log, "adversarial refine")
         # the refined maps' criterion (not the start's): on a wrong map refinement finds no consistent
         # dictionary and it falls, while refine() itself would keep the start
