@@ -15,7 +15,7 @@ so only their agreement is reported. One more row times ours on batch-8 prompts 
 
 Last line: tokens/s and ratios (ours / HF) per batch size; ratio_fp32 and ratio_bf16 compare equal
 precision, ratio_default = ours at xling's default precision for that batch ("auto": fp32 for one row,
-bf16 from two rows on where the CPU has native bf16 dot products; see xling.generate.AUTO_BF16_MIN_ROWS)
+bf16 from two rows on where the CPU has native bf16 dot products; see xling.precision.AUTO_BF16_MIN_ROWS)
 / HF fp32, ratio_best = our faster precision / HF fp32. The unprefixed ratio_default, ratio_fp32 and
 ratio_best at the end are batch 1's. Progress lines go to stderr.
 
@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from xling.generate import GenerateConfig, for_precision, generate_ids, resolve_precision  # noqa: E402
+from xling.generate import GenerateConfig, generate_ids  # noqa: E402
 from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
+from xling.precision import for_precision, resolve_precision
 
 DEFAULT_FAMILY = next(name for name, f in FAMILIES.items()
                       if all(getattr(ModelConfig(), k) == v for k, v in f.items()))

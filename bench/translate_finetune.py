@@ -41,9 +41,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from xling.model import ModelConfig, Transformer  # noqa: E402
 from xling.objectives import IGNORE  # noqa: E402
+from xling.precision import autocast_dtype, training_autocast
 from xling.progress import format_table  # noqa: E402
 from xling.tasks.translate import POOL, Example, TranslateConfig, loss_fn, make_batch  # noqa: E402
-from xling.trainer import autocast_dtype, compiled_call, training_autocast  # noqa: E402
+from xling.trainer import compiled_call  # noqa: E402
 
 SRC_TAG, TGT_TAG = 5, 6
 

@@ -28,7 +28,6 @@ from xling.generate import (
     beam_search,
     decode_continuation,
     encode_prompts,
-    for_precision,
     generate,
     generate_ids,
     lm_beam_search,
@@ -39,6 +38,7 @@ from xling.generate import (
     top_p_filter,
 )
 from xling.model import FAMILIES, KVCache, ModelConfig, Transformer
+from xling.precision import for_precision
 from xling.tokenizer import EOS_ID, TokenizerConfig, build_tokenizer
 
 V = 300
@@ -388,9 +388,9 @@ def test_stop_string_split_across_pieces_is_never_emitted(tok):
 
 
 def test_auto_precision_is_fp32_for_one_row_on_the_cpu(monkeypatch):
-    import xling.generate as G
+    import xling.precision as G
 
-    monkeypatch.setattr(G, "_native_bf16", lambda device: True)
+    monkeypatch.setattr(G, "native_bf16", lambda device: True)
     assert G.resolve_precision("auto", "cpu", 1) == torch.float32  # MKL fp32 gemv beats oneDNN bf16
     assert G.resolve_precision("auto", "cpu", G.AUTO_BF16_MIN_ROWS) == torch.bfloat16
     assert G.resolve_precision("auto", "cpu") == torch.bfloat16  # rows unknown: many
@@ -398,7 +398,7 @@ def test_auto_precision_is_fp32_for_one_row_on_the_cpu(monkeypatch):
     model = make()
     assert for_precision(model, "auto", 1) is model
     assert next(for_precision(model, "auto", 8).parameters()).dtype == torch.bfloat16
-    monkeypatch.setattr(G, "_native_bf16", lambda device: False)
+    monkeypatch.setattr(G, "native_bf16", lambda device: False)
     assert G.resolve_precision("auto", "cpu", 8) == torch.float32
 
 

@@ -503,7 +503,7 @@ def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
         names = [n for n in names if n in only]
     import torch
 
-    from xling.trainer import autocast_dtype
+    from xling.precision import autocast_dtype
 
     dtype = autocast_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has native bf16 (PERF.md)
     metrics: dict = {}

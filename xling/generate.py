@@ -40,7 +40,6 @@ Not used: torch.compile of the step (PERF.md measured a compiled static-cache st
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -54,11 +53,9 @@ from torch import Tensor, nn
 
 from xling.decode import _LM
 from xling.errors import XlingError
+from xling.precision import PRECISIONS, for_precision
 from xling.tokenizer import PAD_ID, SPECIAL_TOKENS, load_tokenizer, tokenizer_hash
 from xling.tokenizer import lang_ids as tag_ids
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
 
 # beam search keeps num_beams copies of every cached key and value: a million beams sat allocating for a minute
 MAX_BEAMS = 64
@@ -208,56 +205,6 @@ def _choose(logits: Tensor, cfg: GenerateConfig, gen: torch.Generator | None) ->
     logits = top_k_filter(logits, cfg.top_k)
     logits = top_p_filter(logits, cfg.top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)  # (B,)
-
-
-# ---------------------------------------------------------------------------- precision
-
-def _native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# "auto" on a CPU with native bf16: bf16 weights from this many rows (prompts x beams) up, fp32 below.
-# Measured (bench/generate.py and a crossover run, 1 thread, CPU clock, d 256, V 8000): batch 1 fp32 374
-# vs bf16 303 tok/s (oneDNN's bf16 matrix-vector kernels lose to MKL's fp32 on one row); batch 2 591 vs
-# 724, batch 4 1014 vs 1310, batch 8 1429 vs 1634 (from two rows on, halving the bytes read wins).
-AUTO_BF16_MIN_ROWS = 2
-
-
-def resolve_precision(precision: str, device: torch.device | str = "cpu", rows: int | None = None
-                      ) -> torch.dtype:
-    """"fp32" -> float32, "bf16" -> bfloat16, "auto" -> the faster of the two for decoding `rows` rows
-    at once (None = many): bfloat16 where the device computes it natively, except fp32 for a single
-    row on the CPU (see AUTO_BF16_MIN_ROWS)."""
-    if precision == "auto":
-        device = torch.device(device)
-        if not _native_bf16(device):
-            return torch.float32
-        if device.type == "cpu" and rows is not None and rows < AUTO_BF16_MIN_ROWS:
-            return torch.float32
-        return torch.bfloat16
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-
-
-def for_precision(model: nn.Module, precision: str, rows: int | None = None) -> nn.Module:
-    """The model itself if its weights already have the precision's dtype, else an eval-mode copy cast to it.
-
-    rows: how many sequences will be decoded at once (prompts x beams), which "auto" takes into account.
-    Convert once with this and pass the result when calling `generate` many times.
-    """
-    param = next(model.parameters())
-    dtype = resolve_precision(precision, param.device, rows)
-    if param.dtype == dtype:
-        return model
-    return copy.deepcopy(model).to(dtype).eval()
 
 
 @contextmanager

@@ -64,8 +64,8 @@ from xling.checkpoint import load_training, save_training
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes
 from xling.langs import pivot_lang
+from xling.precision import PRECISIONS, autocast_dtype
 
-PRECISIONS = ("auto", "fp32", "bf16")
 EMBED_INITS = ("normal", "lsi")
 _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
 
@@ -160,38 +160,6 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas}")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, not {self.seed}")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for autocast, or None for fp32 ("auto": bf16 only where the hardware has native bf16)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if _cpu_has_native_bf16() else None
-
-
-def training_autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
-    """Autocast for one training step that may run inside a caller's autocast (`xling evaluate` wraps every
-    evaluation, fine-tunes included, in bf16).
-
-    Autocast caches the low-precision copy of each fp32 weight until the *outermost* autocast exits. Inside a
-    caller's autocast that is after the whole loop: every forward would reuse the copies cast at the first
-    step while the optimizer updates the fp32 weights, so only uncast parameters (norms, embedding lookups)
-    would learn. cache_enabled=False casts the current weights at every use.
-    """
-    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False)
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:  # not Linux: bf16 is emulated (slower) on most other CPUs torch supports
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def adamw(params: list[nn.Parameter], device: torch.device, weight_decay: float, *,

@@ -487,7 +487,7 @@ def _mean_std(xs: list[float]) -> dict:
 def run_transfer(encoder: nn.Module, data: TaskData, cfg: ClassifyConfig, *, mode: str | None = None,
                  sources: list[str] | None = None) -> dict:
     """Train per row (zero-shot: per source; translate-train; multilingual) and seed; test on every language."""
-    from xling.trainer import training_autocast
+    from xling.precision import training_autocast
 
     mode, sources = mode or cfg.mode, sources or cfg.sources
     if mode not in MODES:
@@ -528,7 +528,7 @@ def run_transfer(encoder: nn.Module, data: TaskData, cfg: ClassifyConfig, *, mod
             torch.manual_seed(seed)
             clf = Classifier(encoder, n_classes, cfg.pooling, cfg.dropout)
             # a head on frozen features trains in fp32; a full fine-tune keeps the caller's autocast dtype, with
-            # fresh weight casts every step (trainer.training_autocast says why)
+            # fresh weight casts every step (precision.training_autocast says why)
             with training_autocast("cpu", torch.get_autocast_dtype("cpu") if full and
                                    torch.is_autocast_enabled("cpu") else None):
                 try:

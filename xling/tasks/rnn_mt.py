@@ -227,8 +227,8 @@ def train_rnn(shards, directions: Sequence[tuple[str, str]], cfg: RNNConfig | No
     tokens), loss (mean of the last 20 steps), valid_loss (up to `valid_pairs` valid pairs; None if none),
     params, pairs).
     """
+    from xling.precision import autocast_dtype, training_autocast
     from xling.progress import progress
-    from xling.trainer import autocast_dtype, training_autocast
 
     cfg = cfg or RNNConfig()
     directions = _check_directions(shards, directions)

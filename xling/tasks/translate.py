@@ -48,10 +48,11 @@ from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation
 from xling.evaluate import skipped as eval_skipped  # (`skipped` counts pairs here)
 from xling.files import atomic_write_json, atomic_write_text, check_utf8, read_lines
-from xling.generate import MAX_BEAMS, beam_search, for_precision, no_repeat_ngram
+from xling.generate import MAX_BEAMS, beam_search, no_repeat_ngram
 from xling.metrics import bleu, chrf
 from xling.model import KVCache
 from xling.objectives import IGNORE, span_loss, target_span
+from xling.precision import PRECISIONS, for_precision
 from xling.progress import format_table, progress
 from xling.report import MT_MIN_STEPS
 from xling.tokenizer import EOS_ID, PAD_ID, SPECIAL_TOKENS
@@ -113,7 +114,7 @@ class TranslateConfig:
             if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
                 raise ValueError(f"direction {d!r} must be src-tgt with two different languages, e.g. en-fr")
         for name, ok, need in (("schedule", self.schedule in ("cosine", "constant"), "cosine or constant"),
-                               ("precision", self.precision in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+                               ("precision", self.precision in PRECISIONS, ", ".join(PRECISIONS)),
                                ("num_beams", 1 <= self.num_beams <= MAX_BEAMS, f"in 1..{MAX_BEAMS} (1 = greedy)"),
                                ("batch_size", self.batch_size >= 1, ">= 1"),
                                ("decode_batch", self.decode_batch >= 1, ">= 1"),
@@ -268,7 +269,8 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
     cfg.max_minutes and/or cfg.max_steps (whichever ends first). With `out_dir` the weights are saved
     there as an xling checkpoint (`xling translate --model out_dir` loads it).
     """
-    from xling.trainer import adamw, autocast_dtype, training_autocast
+    from xling.precision import autocast_dtype, training_autocast
+    from xling.trainer import adamw
 
     if not cfg.max_minutes and not cfg.max_steps:
         raise XlingError("set a fine-tune budget: translate.max_minutes or translate.max_steps")
