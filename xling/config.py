@@ -90,14 +90,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return None
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(key, value, arg)
-            except XlingError as e:
-                errors.append(str(e))
+            except XlingError:
+                pass  # the next member of the union, else the error below names them all
         raise XlingError(f"config key {key}: {value!r} is not a {_type_name(tp)}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)

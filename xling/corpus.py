@@ -31,7 +31,7 @@ import numpy as np
 import regex
 
 from xling.errors import XlingError
-from xling.files import atomic_dir, atomic_write_json, read_lines
+from xling.files import atomic_dir, atomic_write_json
 from xling.langs import check_langs
 from xling.sources import Segment, read_source
 
@@ -317,6 +317,3 @@ def stats_table(meta: dict) -> list[list]:
 STATS_HEADER = ["lang", "train", "valid", "test", "words", "chars", "p", "q"]
 
 
-def read_lines_checked(path: str | Path, what: str = "input file") -> list[str]:
-    """Re-exported for sources: `xling.files.read_lines` with a default label."""
-    return read_lines(path, what)

@@ -505,7 +505,7 @@ def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
 
     from xling.precision import autocast_dtype
 
-    dtype = autocast_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has native bf16 (PERF.md)
+    dtype = autocast_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has native bf16 (xling.precision)
     metrics: dict = {}
     for name in names:
         order, fn = EVALUATIONS[name]

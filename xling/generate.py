@@ -11,7 +11,7 @@
 Language control: generation in language L feeds `<L>` as the first token (the causal-LM objective
 trains on `<L> segment </s> segment </s> ...`) and, when the model has language embeddings, the
 language index of L on every position. The index is the tag's id minus the 5 fixed specials, which is
-the language's position in corpus order (INTERFACES.md: tags follow corpus order, and the language
+the language's position in corpus order (tags follow corpus order, and the language
 index is the position in `Shards.langs`). `</s>` ends a continuation (`GenerateConfig.stop_tokens`).
 `GenerateConfig.lang_vocab` with a `LangVocab` (the tokens seen in each language's training shards) also
 masks every other token out of the logits, so a continuation in L is made of L's subwords only.
@@ -28,13 +28,13 @@ Beam search (`beam_search`) runs over a `step(tokens, parents) -> log-probs` cal
 (`lm_beam_search`), a prompt-format translation decoder or an encoder-decoder share it. Scores are
 sum of log-probs / length ** length_penalty (Hugging Face's convention; length counts the end token).
 
-Speed (bench/generate.py, PERF.md): decoding a small model is memory- and overhead-bound, so the step
+Speed (bench/generate.py): decoding a small model is memory- and overhead-bound, so the step
 loop does as few tensor ops as it can (no logits processors for greedy, stop checks only when there is
 something to stop at), each token after the prompt runs `xling.decode._decode` (the model's maths without module
 calls, over a preallocated fp32 KV cache written in place; see `xling.decode._LM`), and `precision="bf16"` casts a
 copy of the weights to bfloat16. "auto" (the default) picks fp32 for a single row on the CPU and bf16
 from two rows on where the hardware has native bf16 dot products (AUTO_BF16_MIN_ROWS, measured).
-Not used: torch.compile of the step (PERF.md measured a compiled static-cache step slower than eager,
+Not used: torch.compile of the step (measured a compiled static-cache step slower than eager,
 385 vs 528 tok/s, and with a cache that grows each step every length would be a new graph).
 """
 

@@ -43,7 +43,7 @@ export followed by an import gives back identical weights. `import_run` writes a
 (checkpoints/, tokenizer/, and with a corpus also corpus/ and shards/) for `xling generate`/`evaluate`.
 
 `HFEncoder` wraps any local encoder folder (BERT/mBERT, XLM-R, ...) in the encoder interface the
-classification recipe fine-tunes (INTERFACES.md): `d_model`, `encode_texts`, `forward(idx, pad_mask, lang)`.
+classification recipe fine-tunes: `d_model`, `encode_texts`, `forward(idx, pad_mask, lang)`.
 
 This is the only module that imports `transformers`, and only inside the functions that need it.
 """

@@ -69,11 +69,6 @@ def check_langs(codes: list[str], where: str = "") -> list[str]:
     return list(codes)
 
 
-def lang_name(code: str) -> str:
-    m = _CODE.match(code)
-    return NAMES.get(m["base"], code) if m else code
-
-
 def pivot_lang(langs: list[str]) -> str:
     """The language every other is compared with (parity, retrieval, mining): English when present, else the
     first."""

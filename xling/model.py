@@ -58,7 +58,7 @@ Varying lengths: every new (B, T), and every pattern of which optional arguments
 graph. With dynamic=False each new length compiles cold (~20 s quiet, 40-80 s on a loaded machine)
 until torch._dynamo.config.recompile_limit (8 per compiled function) is reached, after which that
 function runs eager; with the default dynamic=None the second length recompiles once with a symbolic
-T and never again, but dynamic graphs ran only ~1.1x eager here (PERF.md). So: pad variable-length
+T and never again, but dynamic graphs ran only ~1.1x eager here. So: pad variable-length
 (pair) batches to a multiple of 32 (4 buckets at block_size 128), keep B fixed, compile with
 dynamic=False, and raise recompile_limit to cover buckets x argument patterns.
 """
@@ -75,7 +75,7 @@ from torch import Tensor, nn
 # Named sizes. `ModelConfig.preset(name, **overrides)` builds a config from one of them.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, d_model=32, n_head=2, block_size=64),  # unit tests
-    "small": dict(n_layer=4, d_model=256, n_head=4, block_size=128),  # the CPU demo (PERF.md)
+    "small": dict(n_layer=4, d_model=256, n_head=4, block_size=128),  # the CPU demo
     "base": dict(n_layer=12, d_model=768, n_head=12, block_size=512),  # GPT-2 / BERT-base size, for a GPU
 }
 # Architecture families that equal a Hugging Face model exactly; "llama" is the default.
@@ -283,7 +283,7 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        # std 0.02 everywhere (GPT-2); N(0, 1) embeddings with a tied output layer broke MLM (PERF.md)
+        # std 0.02 everywhere (GPT-2); N(0, 1) embeddings with a tied output layer broke MLM (measured, demo corpus)
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if m.bias is not None:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xling.corpus import sampling_probs
+from xling.distributed import unwrap
 from xling.errors import XlingError
 from xling.shards import scored_prefix
 
@@ -143,11 +144,6 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Te
 
 
 # ---------------------------------------------------------------------------- helpers
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The Transformer under a DDP wrapper (for lm_head); compiled modules forward attributes."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
 
 def _run(model: nn.Module, batch: dict, causal: bool) -> torch.Tensor:
     """Hidden states (B, T, D) for a batch (the model ignores lang_ids when it has no language embeddings)."""
@@ -460,7 +456,7 @@ class CLM(Objective):
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         batch = _to_device(batch, model)
         hidden = _run(model, batch, causal=True)  # (B, T, D)
-        logits = _unwrap(model).lm_head(hidden)  # (B, T, V)
+        logits = unwrap(model).lm_head(hidden)  # (B, T, V)
         per_token = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none")
         row_loss = per_token.view(batch["targets"].shape).mean(1)  # (B,): rows are equally long
         loss = row_loss.mean()
@@ -496,7 +492,7 @@ class _MaskedLM(Objective):
         batch = _to_device(batch, model)
         hidden = _run(model, batch, causal=False)  # (B, T, D)
         chosen = batch["targets"] != IGNORE  # (B, T)
-        logits = _unwrap(model).lm_head(hidden[chosen])  # (n_masked, V): only chosen positions
+        logits = unwrap(model).lm_head(hidden[chosen])  # (n_masked, V): only chosen positions
         target = batch["targets"][chosen]
         loss = F.cross_entropy(logits.float(), target)
         acc = (logits.argmax(-1) == target).float().mean()
@@ -589,7 +585,7 @@ class MT(Objective):
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         batch = _to_device(batch, model)
         hidden = _run(model, batch, causal=True)  # (B, T, D)
-        loss = span_loss(_unwrap(model).lm_head, hidden, batch)  # the output layer on y </s> only
+        loss = span_loss(unwrap(model).lm_head, hidden, batch)  # the output layer on y </s> only
         return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"]}
 
 
@@ -873,7 +869,7 @@ def clm_eval(model: nn.Module, shards, split: str, lang: str, seq_len: int, max_
                 y[r, :len(w) - 1] = torch.from_numpy(w[1:])
             batch = {"idx": x.to(dev), "lang_ids": torch.full_like(x, d.lang_index(lang)).to(dev)}
             hidden = _run(model, batch, causal=True)  # right padding: causal rows never see it
-            logits = _unwrap(model).lm_head(hidden).float()  # (b, T, V)
+            logits = unwrap(model).lm_head(hidden).float()  # (b, T, V)
             total += F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum").item()
     finally:
         model.train(was_training)

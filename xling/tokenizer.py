@@ -9,7 +9,7 @@ On disk (`<run>/tokenizer/`): `tokenizer.json` (Hugging Face `tokenizers` format
 size, sha256 of tokenizer.json), `report.json` and `report.md` (fertility, parity, unknown and byte-fallback
 rates per language, vocabulary share per script).
 
-Fixed ids (see INTERFACES.md): `<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4, then one tag per corpus
+Fixed ids: `<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4, then one tag per corpus
 language in corpus order (`<en>`=5, `<fr>`=6, ...); each tag is one token. Encoding plain text adds no
 special tokens: the objectives add BOS/EOS/tags themselves.
 

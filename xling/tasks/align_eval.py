@@ -40,7 +40,8 @@ from xling.tasks.dictionaries import ISO3, filter_pairs, split_by_rank
 from xling.tasks.vectors import Vectors, VectorsConfig, model_word_vectors, read_vec
 
 PIVOT = "en"
-# the pairs; en-es and en-ar by `xling align` (each adds ~20 s of vector training to the demo)
+# en-fr, en-de, en-ru (Latin and Cyrillic); en-es and en-ar by `xling align` (each adds ~20 s of vector training
+# to the demo)
 TARGETS = ("fr", "de", "ru")  # FreeDict's parsed pairs are cached per user (en-de: ~10 s once)
 DICTIONARY = "freedict"
 # The demo's budget decides the epochs: 10 lift en-fr CSLS P@1 from 0.08 (3 epochs) to 0.46 on Bible-sized
