@@ -22,11 +22,13 @@ from xling.tokenizer import (
     build_tokenizer,
     format_report,
     lang_ids,
+    lang_index,
     lang_tag,
     load_tokenizer,
     sample_plan,
     sample_training_text,
     special_ids,
+    tag_langs,
     tokenizer_hash,
     tokenizer_report,
     train_tokenizer,
@@ -99,7 +101,9 @@ def test_special_ids_and_language_tags(trained, corpus):
     assert meta["sha256"] == tokenizer_hash(out)
     assert meta["vocab_size"] == tok.get_vocab_size() == 400
     assert meta["langs"] == LANGS and meta["config"]["kind"] == "bpe"
-    with pytest.raises(XlingError, match="no tag <fr>"):
+    assert tag_langs(tok) == corpus.langs  # tags in corpus order, right after the specials
+    assert [lang_index(i) for i in lang_ids(tok, corpus.langs).values()] == [0, 1, 2]
+    with pytest.raises(XlingError, match=r"no tag <fr> for language 'fr' \(its languages: en, ru, ar\)"):
         lang_ids(tok, ["fr"])
 
 

@@ -222,7 +222,7 @@ def test_long_source_is_cut_from_the_left_with_a_warning():
 
 def test_unknown_language_and_bad_config(tok):
     model = make(vocab=tok.get_vocab_size())
-    with pytest.raises(XlingError, match=r"unknown language 'xx'.*en, fr, ru"):
+    with pytest.raises(XlingError, match=r"no tag <xx> for language 'xx'.*en, fr, ru"):
         translate(model, tok, ["hi"], "xx", "fr", TranslateConfig(**DECODE))
     with pytest.raises(ValueError, match="num_beams"):
         TranslateConfig(num_beams=0)
@@ -297,7 +297,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
 
     (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
     base = ["translate", "--model", str(tiny_run), "--input", str(tmp_path / "in.txt")]
-    for argv, msg in ((["--src", "xx", "--tgt", "fr"], "unknown language 'xx'"),
+    for argv, msg in ((["--src", "xx", "--tgt", "fr"], "no tag <xx> for language 'xx'"),
                       (["--src", "en", "--tgt", "fr", "--beams", "0"], "num_beams must be in 1..64")):
         capsys.readouterr()
         assert main(base + argv) == 2

@@ -90,11 +90,12 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
 def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], lang: str, *, layer: int = DEFAULT_LAYER,
                 pool_specials: bool = POOL_SPECIALS, batch_size: int = 64) -> np.ndarray:
     """Sentence vectors (N, D) of raw texts in `lang` (its tag first, its language index when the model has one)."""
-    from xling.tokenizer import SPECIAL_TOKENS, lang_ids, special_ids
+    from xling.tokenizer import lang_ids, special_ids
+    from xling.tokenizer import lang_index as index_of
 
     tag = lang_ids(tokenizer, [lang])[lang]  # XlingError for a language the tokenizer does not know
     seqs = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    return encode(model, seqs, lang_index=tag - len(SPECIAL_TOKENS), tag=tag, specials=special_ids(tokenizer),
+    return encode(model, seqs, lang_index=index_of(tag), tag=tag, specials=special_ids(tokenizer),
                   layer=layer, pool_specials=pool_specials, batch_size=batch_size, desc=f"embed {lang}")
 
 

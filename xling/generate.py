@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from xling.decode import _LM
 from xling.errors import XlingError
 from xling.precision import PRECISIONS, for_precision
-from xling.tokenizer import PAD_ID, SPECIAL_TOKENS, load_tokenizer, tokenizer_hash
+from xling.tokenizer import PAD_ID, lang_index, load_tokenizer, tokenizer_hash
 from xling.tokenizer import lang_ids as tag_ids
 
 # beam search keeps num_beams copies of every cached key and value: a million beams sat allocating for a minute
@@ -276,7 +276,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], lang: str | Sequence[str] 
         elif not x:
             raise XlingError("an empty prompt needs a language to start from; give --lang or some text")
         ids.append(x)
-    index = [tags[lg] - len(SPECIAL_TOKENS) for lg in langs] if lang is not None else None
+    index = [lang_index(tags[lg]) for lg in langs] if lang is not None else None
     return ids, index
 
 

@@ -63,12 +63,11 @@ from xling import __version__
 from xling.errors import XlingError
 from xling.files import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from xling.model import FAMILIES, ModelConfig, Transformer
+from xling.tokenizer import tag_langs
 
 SUPPORTED = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}  # HF class -> our family
-N_SPECIALS = 5  # <pad> <s> </s> <unk> <mask>; language tags follow (xling.tokenizer)
 SPECIAL_NAMES = dict(pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # GPT-2 (in, out)
-TAG = re.compile(r"^<([A-Za-z][A-Za-z0-9_-]*)>$")
 WEIGHTS = "model.safetensors"
 
 
@@ -253,17 +252,6 @@ def state_dict_from_hf(sd: dict[str, Tensor], cfg: ModelConfig, where: str) -> d
 
 # ---------------------------------------------------------------------------- tokenizer
 
-def tokenizer_langs(tok) -> list[str]:
-    """Language codes of the tags at ids 5, 6, ... (`<en>`, `<fr>`, ...) of a `tokenizers.Tokenizer`."""
-    added = tok.get_added_tokens_decoder()
-    langs = []
-    i = N_SPECIALS
-    while i in added and (m := TAG.match(added[i].content)):
-        langs.append(m.group(1))
-        i += 1
-    return langs
-
-
 def _check_xling_tokenizer(tok, where: str) -> None:
     for i, name in enumerate(SPECIAL_NAMES.values()):
         if tok.token_to_id(name) != i:
@@ -281,7 +269,7 @@ def save_hf_tokenizer(tok, out_dir: Path, max_length: int) -> None:
     """
     from transformers import PreTrainedTokenizerFast
 
-    tags = [f"<{lg}>" for lg in tokenizer_langs(tok)]
+    tags = [f"<{lg}>" for lg in tag_langs(tok)]
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length,
                                  additional_special_tokens=tags, **SPECIAL_NAMES)
     hf.save_pretrained(str(out_dir))
@@ -424,7 +412,7 @@ def export_hf(source: str | Path, out_dir: str | Path, *, lang: str | None = Non
     model, tok = load_for_generation(source, tokenizer_dir)
     cfg = model.cfg
     family_of(cfg)
-    langs = tokenizer_langs(tok)
+    langs = tag_langs(tok)
     lang_index = None
     if cfg.n_langs > 0:
         if lang is None:
@@ -559,7 +547,7 @@ def import_run(folder: str | Path, run_dir: str | Path, *, corpus: str | Path | 
     if corpus is not None and not (Path(corpus) / "meta.json").is_file():
         raise XlingError(f"{corpus} is not an xling corpus directory (no meta.json); give e.g. runs/demo/corpus")
     model, tok = import_hf(folder)
-    langs = tokenizer_langs(tok)
+    langs = tag_langs(tok)
     step = int(_read_json(folder / "xling.json").get("step", 0))
     with atomic_dir(run, overwrite=overwrite) as tmp:
         (tmp / "tokenizer").mkdir()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import resource
 import statistics
 import time
@@ -64,6 +65,8 @@ from xling.langs import pivot_lang
 from xling.progress import format_table, progress
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
+FIRST_TAG = len(SPECIAL_TOKENS)  # language tags follow the fixed specials, in corpus order: <en> = 5, <fr> = 6, ...
+TAG = re.compile(r"^<([A-Za-z][A-Za-z0-9_-]*)>$")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = range(5)
 KINDS = ("bytelevel-bpe", "bpe", "unigram")
 N_BYTES = 256
@@ -106,6 +109,22 @@ def lang_tag(lang: str) -> str:
     return f"<{lang}>"
 
 
+def lang_index(tag_id: int) -> int:
+    """The model's language index (its language-embedding row) of a tag id: the language's position in corpus order."""
+    return tag_id - FIRST_TAG
+
+
+def tag_langs(tok: Tokenizer) -> list[str]:
+    """Language codes of the tags at ids FIRST_TAG, FIRST_TAG + 1, ... (`<en>`, `<fr>`, ...)."""
+    added = tok.get_added_tokens_decoder()
+    langs = []
+    i = FIRST_TAG
+    while i in added and (m := TAG.match(added[i].content)):
+        langs.append(m.group(1))
+        i += 1
+    return langs
+
+
 def special_ids(tok: Tokenizer) -> dict[str, int]:
     """The fixed special ids, checked against the tokenizer: dict(pad=0, bos=1, eos=2, unk=3, mask=4)."""
     _check_specials(tok, "this tokenizer")
@@ -117,8 +136,9 @@ def lang_ids(tok: Tokenizer, langs: list[str]) -> dict[str, int]:
     for lang in langs:
         i = tok.token_to_id(lang_tag(lang))
         if i is None:
-            raise XlingError(f"the tokenizer has no tag {lang_tag(lang)} for language {lang!r}; retrain it "
-                             f"on a corpus that includes {lang} (`xling tokenizer --overwrite`)")
+            raise XlingError(f"the tokenizer has no tag {lang_tag(lang)} for language {lang!r} (its languages: "
+                             f"{', '.join(tag_langs(tok)) or 'none'}); choose one of those, or retrain it on a "
+                             f"corpus that includes {lang} (`xling tokenizer --overwrite`)")
         out[lang] = i
     return out
 

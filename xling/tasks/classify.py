@@ -58,6 +58,7 @@ from xling.evaluate import EvalContext, evaluation, skipped
 from xling.files import atomic_dir, atomic_write_json, atomic_write_text, check_writable, read_lines
 from xling.metrics import accuracy, macro_f1
 from xling.progress import format_table, progress
+from xling.tokenizer import lang_index
 
 MODES = ("zero-shot", "translate-train", "multilingual")
 GENRES = ["Law", "History", "Wisdom", "Prophets", "Gospels+Acts", "Letters"]
@@ -270,11 +271,11 @@ class XlingEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, langs: list[str]):
         super().__init__()
-        from xling.tokenizer import EOS_ID, SPECIAL_TOKENS, lang_ids
+        from xling.tokenizer import EOS_ID, lang_ids
 
         self.model, self.tokenizer = model, tokenizer
-        self.tags = lang_ids(tokenizer, list(langs))  # lang -> tag id; language index = tag id - 5
-        self.first_tag, self.eos = len(SPECIAL_TOKENS), EOS_ID
+        self.tags = lang_ids(tokenizer, list(langs))  # lang -> tag id (tokenizer.lang_index: its language index)
+        self.eos = EOS_ID
         self.d_model: int = model.cfg.d_model
         self.pad_id = 0
         self.train(model.training)  # the wrapper starts in the model's mode (a new Module says training)
@@ -291,7 +292,7 @@ class XlingEncoder(nn.Module):
     def forward(self, idx: Tensor, pad_mask: Tensor, lang: str) -> Tensor:
         lang_ids = None
         if self.model.cfg.n_langs > 0:
-            lang_ids = torch.full_like(idx, self._tag(lang) - self.first_tag)
+            lang_ids = torch.full_like(idx, lang_index(self._tag(lang)))
         return self.model(idx, causal=False, pad_mask=pad_mask, lang_ids=lang_ids)  # (B, T, D)
 
 

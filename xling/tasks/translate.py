@@ -55,9 +55,7 @@ from xling.objectives import IGNORE, span_loss, target_span
 from xling.precision import PRECISIONS, for_precision
 from xling.progress import format_table, progress
 from xling.report import MT_MIN_STEPS
-from xling.tokenizer import EOS_ID, PAD_ID, SPECIAL_TOKENS
-
-N_SPECIAL = len(SPECIAL_TOKENS)  # language index = tag id - N_SPECIAL (tags follow the fixed specials)
+from xling.tokenizer import EOS_ID, PAD_ID, lang_ids, lang_index
 
 
 @dataclass
@@ -135,7 +133,7 @@ class TranslateConfig:
 class Example:
     src: np.ndarray  # source token ids, no specials
     tgt: np.ndarray  # target token ids, no specials
-    src_tag: int  # language tag id of the source (language index = tag - N_SPECIAL)
+    src_tag: int  # language tag id of the source (language index: tokenizer.lang_index)
     tgt_tag: int
 
     def __len__(self) -> int:  # input tokens: `<src> x </s> <tgt> y` (the final </s> is only a target)
@@ -166,7 +164,7 @@ def corpus_examples(shards, directions: list[tuple[str, str]], split: str = "tra
 
 def tsv_examples(path: str | Path, tokenizer, src: str, tgt: str, max_len: int = 128) -> tuple[list[Example], int]:
     """Examples in both directions from a `source<TAB>target` file; (examples, pairs skipped as too long)."""
-    tags = language_tags(tokenizer, [src, tgt])
+    tags = lang_ids(tokenizer, [src, tgt])
     out, skipped = [], 0
     for n, line in enumerate(read_lines(path, "parallel TSV file"), 1):
         if not line.strip():
@@ -202,8 +200,8 @@ def make_batch(examples: list[Example], pad_multiple: int = 16, max_len: int | N
         n = len(x) - 1  # inputs x[:-1], position j predicts x[j + 1]
         idx[r, :n] = torch.from_numpy(x[:-1])
         targets[r, S + 2:n] = torch.from_numpy(x[S + 3:])  # position S + 2 is <tgt>: it predicts y[0]
-        lang[r, :S + 2] = e.src_tag - N_SPECIAL  # <src> x </s>
-        lang[r, S + 2:] = e.tgt_tag - N_SPECIAL  # <tgt> y (and the padding after it, never a target)
+        lang[r, :S + 2] = lang_index(e.src_tag)  # <src> x </s>
+        lang[r, S + 2:] = lang_index(e.tgt_tag)  # <tgt> y (and the padding after it, never a target)
     return {"idx": idx, "targets": targets, "lang_ids": lang, "prefix_len": prefix, **target_span(targets)}
 
 
@@ -345,21 +343,6 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
 
 # ---------------------------------------------------------------------------- decoding
 
-def language_tags(tokenizer, langs: list[str]) -> dict[str, int]:
-    """{lang: tag id}; one XlingError naming the model's languages for a language it has no tag for."""
-    known = []
-    for i in range(N_SPECIAL, tokenizer.get_vocab_size()):
-        t = tokenizer.id_to_token(i)
-        if not (t and t.startswith("<") and t.endswith(">") and len(t) > 2):
-            break
-        known.append(t[1:-1])
-    for lg in langs:
-        if lg not in known:
-            raise XlingError(f"unknown language {lg!r}: the model has no tag <{lg}>; its languages are "
-                             f"{', '.join(known) or 'none'}")
-    return {lg: N_SPECIAL + known.index(lg) for lg in langs}
-
-
 class _Prompts:
     """Left-padded prompts in a KV cache; per-token language ids (source part, then target)."""
 
@@ -422,7 +405,7 @@ def translate_ids(model: nn.Module, sources: list[list[int]], src_tag: int, tgt_
                       f"context (line(s) {', '.join(str(i + 1) for i in long[:5])}{'…' if len(long) > 5 else ''})",
                       stacklevel=2)
     n_langs = model.cfg.n_langs
-    if n_langs and max(src_tag, tgt_tag) - N_SPECIAL >= n_langs:
+    if n_langs and lang_index(max(src_tag, tgt_tag)) >= n_langs:
         raise XlingError(f"language tag id {max(src_tag, tgt_tag)} is outside the model's {n_langs} language "
                          f"embeddings; use the tokenizer the model was trained with")
     todo = sorted((i for i, s in enumerate(sources) if len(s)), key=lambda i: len(sources[i]))
@@ -432,7 +415,7 @@ def translate_ids(model: nn.Module, sources: list[list[int]], src_tag: int, tgt_
         prompts = [[src_tag, *list(sources[i])[-limit:], EOS_ID, tgt_tag] for i in rows]
         langs = None
         if n_langs:
-            langs = [[src_tag - N_SPECIAL] * (len(p) - 1) + [tgt_tag - N_SPECIAL] for p in prompts]
+            langs = [[lang_index(src_tag)] * (len(p) - 1) + [lang_index(tgt_tag)] for p in prompts]
         prefix = [len(p) - 1 for p in prompts for _ in range(K)] if cfg.prefix_lm else None  # `<src> x </s>`
         state = _Prompts(model, [p for p in prompts for _ in range(K)],
                          None if langs is None else [x for x in langs for _ in range(K)], prefix)
@@ -450,7 +433,7 @@ def translate(model: nn.Module, tokenizer, lines: list[str], src: str, tgt: str,
               cfg: TranslateConfig | None = None) -> list[str]:
     """Translate text lines from `src` to `tgt`; one output line per input line (empty stays empty)."""
     cfg = cfg or TranslateConfig()
-    tags = language_tags(tokenizer, [src, tgt])
+    tags = lang_ids(tokenizer, [src, tgt])
     ids = [tokenizer.encode(t, add_special_tokens=False).ids if t.strip() else [] for t in lines]
     out = translate_ids(for_precision(model, cfg.precision), ids, tags[src], tags[tgt], cfg)
     return [" ".join(tokenizer.decode(o, skip_special_tokens=True).split()) for o in out]
@@ -557,7 +540,7 @@ def translate_cli(model_path: str, src: str, tgt: str, input_path: str | None = 
     cfg = load_config(None, list(overrides)).translate
     model, tok = load_translator(model_path)
     cfg = replace(cfg, prefix_lm=trained_prefix_lm(model_path))  # decode as the fine-tune read its sources
-    language_tags(tok, [src, tgt])  # an unknown language fails before any input is read
+    lang_ids(tok, [src, tgt])  # an unknown language fails before any input is read
     lines = read_lines(input_path, "input file") if input_path else \
         check_utf8(sys.stdin.read(), "standard input").splitlines()
     out = translate(model, tok, lines, src, tgt, cfg)
