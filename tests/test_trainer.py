@@ -484,3 +484,15 @@ def test_sigint_at_random_moments_then_resume_is_bit_identical(tiny_run, tmp_pat
     assert sa.keys() == sb.keys() and len(sa) > 0
     for i in sa:  # Adam's moments too: the interrupted run lost nothing and applied nothing twice
         assert all(torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])) for k in sa[i]), i
+
+
+def test_warmup_cosine_against_hand_values():
+    from xling.trainer import warmup_cosine
+
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert warmup_cosine(0, 0.0, **kw) == pytest.approx(0.1)  # 1/10 of lr on the first step
+    assert warmup_cosine(9, 0.0, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(10, 0.0, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(50, 0.5, **kw) == pytest.approx(0.55)  # halfway: the mean of lr and min_lr
+    assert warmup_cosine(50, 0.25, **kw) == pytest.approx(0.1 + 0.9 * (1 + 2 ** -0.5) / 2)
+    assert warmup_cosine(99, 1.0, **kw) == warmup_cosine(99, 3.0, **kw) == pytest.approx(0.1)  # clipped

@@ -162,6 +162,15 @@ class TrainConfig:
             raise ValueError(f"seed must be >= 0, not {self.seed}")
 
 
+def warmup_cosine(step: int, frac: float, *, lr: float, min_lr: float, warmup_steps: int) -> float:
+    """The schedule of every training loop here: linear warmup to `lr` over `warmup_steps`, then cosine from `lr`
+    to `min_lr` as `frac` (the share of the post-warmup budget used, clipped to [0, 1]) goes from 0 to 1."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    q = min(max(frac, 0.0), 1.0)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * q))
+
+
 def adamw(params: list[nn.Parameter], device: torch.device, weight_decay: float, *,
           lr_scales: Sequence[tuple[list[nn.Parameter], float]] = (), **kwargs) -> torch.optim.AdamW:
     """AdamW decaying matrices and embeddings (dim >= 2) but not biases and norm weights; fused (one kernel for
@@ -339,13 +348,13 @@ class Trainer:
     def lr(self) -> float:
         """The lr of the coming step: linear warmup, then cosine over the rest of the budget."""
         cfg = self.cfg
-        if self.step_no < cfg.warmup_steps:
-            return cfg.lr * (self.step_no + 1) / cfg.warmup_steps
-        if self.warmup_frac is None:
-            self.warmup_frac = self.progress()  # where the cosine starts, saved for resume
-        w = self.warmup_frac
-        q = 1.0 if w >= 1 else min(max((self.progress() - w) / (1 - w), 0.0), 1.0)
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * q))
+        q = 0.0
+        if self.step_no >= cfg.warmup_steps:
+            if self.warmup_frac is None:
+                self.warmup_frac = self.progress()  # where the cosine starts, saved for resume
+            w = self.warmup_frac
+            q = 1.0 if w >= 1 else (self.progress() - w) / (1 - w)
+        return warmup_cosine(self.step_no, q, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps)
 
     # ------------------------------------------------------------------ one step
 

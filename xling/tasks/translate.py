@@ -32,7 +32,6 @@ import copy
 import functools
 import hashlib
 import json
-import math
 import sys
 import time
 import warnings
@@ -217,11 +216,11 @@ def mt_loss(model: nn.Module, batch: dict[str, Tensor], prefix_lm: bool = False,
 # ---------------------------------------------------------------------------- fine-tuning
 
 def _lr(cfg: TranslateConfig, step: int, frac: float) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    """The pretraining schedule (`trainer.warmup_cosine`), or its warmup then a constant lr."""
+    from xling.trainer import warmup_cosine
+
+    return warmup_cosine(step, 0.0 if cfg.schedule == "constant" else frac, lr=cfg.lr,
+                         min_lr=cfg.lr if cfg.schedule == "constant" else cfg.min_lr, warmup_steps=cfg.warmup_steps)
 
 
 def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable = "inductor"
