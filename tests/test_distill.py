@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from tests.test_mine import _unit  # rows to unit length (float32)
 from tests.test_objectives import FakeShards
 from tests.test_trainer import _config, build_tiny_run, tiny_run  # noqa: F401 (tiny_run is a fixture)
+from xling.encode import mean_pool
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
-from xling.objectives import Distill, _run, build_objectives, distill_loss, mean_pool
+from xling.objectives import Distill, _run, build_objectives, distill_loss
 from xling.pretrain import pretrain
 from xling.shards import Shards
 from xling.teacher import Teacher, TeacherVectors, distill_ids, distill_segments, resolve_teacher, teacher_vectors

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from xling.corpus import SPLITS, sampling_probs
+from xling.encode import mean_pool
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
 from xling.objectives import (
@@ -27,7 +28,6 @@ from xling.objectives import (
     clm_eval,
     info_nce,
     mask_tokens,
-    mean_pool,
     resolve_pairs,
     smoothing_weights,
     token_counts,

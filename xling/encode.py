@@ -30,6 +30,13 @@ DEFAULT_LAYER = -1  # pooled layer when the run has no eval/retrieval.json
 POOL_SPECIALS = True  # pool the language tag and </s> with the words
 
 
+def mean_pool(hidden: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) bool -> (B, D): mean over the positions the mask keeps (padding excluded); the one pooling
+    rule of the contrastive and distill objectives, sentence encoding and the classifier."""
+    m = pad_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 @torch.no_grad()
 def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | None, tag: int | None,
            specials: dict[str, int], layer: int = -1, pool_specials: bool = True, batch_size: int = 64,
@@ -70,9 +77,8 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
                 for r, b in enumerate(built):
                     pool[r, len(b) - 1] = False  # the </s>
                 pool |= ~pool.any(1, keepdim=True) & real  # an empty sentence keeps its specials
-            m = pool.to(dev).unsqueeze(-1).float()  # (b, T, 1)
             layers = states if all_layers else [states[layer]]
-            vec = torch.stack([(h.float() * m).sum(1) / m.sum(1).clamp_min(1.0) for h in layers])  # (L, b, D)
+            vec = torch.stack([mean_pool(h.float(), pool.to(dev)) for h in layers])  # (L, b, D)
             vec = torch.nn.functional.normalize(vec, dim=-1).cpu().numpy()
             if out is None:
                 out = np.zeros((vec.shape[0], len(seqs), vec.shape[-1]), dtype=np.float32)

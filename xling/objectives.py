@@ -40,6 +40,7 @@ from torch import nn
 
 from xling.corpus import sampling_probs
 from xling.distributed import unwrap
+from xling.encode import mean_pool
 from xling.errors import XlingError
 from xling.shards import scored_prefix
 
@@ -96,12 +97,6 @@ def smoothing_weights(counts: np.ndarray, alpha: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- contrastive loss
-
-def mean_pool(hidden: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D), (B, T) bool -> (B, D): mean over real tokens only."""
-    m = pad_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-
 
 def info_nce(za: torch.Tensor, zb: torch.Tensor, tau: float = 0.05,
              margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,8 +162,8 @@ def _lazy_hf(folder: Path, batch: int = 64) -> Callable[[list[str]], np.ndarray]
     def encode(texts: list[str]) -> np.ndarray:
         import torch
 
+        from xling.encode import mean_pool
         from xling.hf import HFEncoder
-        from xling.objectives import mean_pool
         from xling.progress import progress
 
         if not model:

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xling.corpus import SPLITS, WORD
+from xling.encode import mean_pool
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation, skipped
 from xling.files import atomic_dir, atomic_write_json, atomic_write_text, check_writable, read_lines
@@ -300,8 +301,7 @@ def pool(hidden: Tensor, pad_mask: Tensor, how: str) -> Tensor:
     """(B, T, D) -> (B, D): mean over real tokens, or the first token."""
     if how == "first":
         return hidden[:, 0]
-    m = pad_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return mean_pool(hidden, pad_mask)
 
 
 class Classifier(nn.Module):
