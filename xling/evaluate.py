@@ -16,7 +16,7 @@ plugs in by adding its module to `PLUGINS`; the module registers its entries whe
     bpc         bits per character per language on the test split, beside n-gram and unigram baselines
     retrieval   top-1 translation retrieval en->X and X->en on the test split, layer chosen on valid
     langid      language identity left in sentence vectors (nearest language centroid, no language tag)
-    generation  32 continuations per language: external language id, script purity, lexical validity
+    generation  100 continuations per language: external language id, script purity, lexical validity
                 between a unigram sample and human text, diversity (xling.textmetrics)
 """
 
