@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from xling.batches import IGNORE  # noqa: E402
 from xling.model import ModelConfig, Transformer  # noqa: E402
-from xling.objectives import IGNORE  # noqa: E402
 from xling.precision import autocast_dtype, training_autocast
 from xling.progress import format_table  # noqa: E402
 from xling.tasks.translate import POOL, Example, TranslateConfig, loss_fn, make_batch  # noqa: E402

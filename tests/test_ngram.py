@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from xling.heldout import clm_eval
 from xling.ngram import (
     DEFAULT_ORDER,
     FALLBACK_DISCOUNTS,
@@ -20,7 +21,6 @@ from xling.ngram import (
     fit_unigram,
     modified_kn_discounts,
 )
-from xling.objectives import clm_eval
 
 from .test_objectives import EOS, LANGS, FakeShards, V, tiny_model
 

@@ -9,29 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from xling.batches import IGNORE, fit_pair, mask_tokens, resolve_pairs, smoothing_weights, target_span, token_counts
 from xling.corpus import SPLITS, sampling_probs
 from xling.encode import mean_pool
 from xling.errors import XlingError
+from xling.heldout import clm_eval
 from xling.model import ModelConfig, Transformer
-from xling.objectives import (
-    CLM,
-    IGNORE,
-    MLM,
-    MT,
-    NSP,
-    OBJECTIVES,
-    TLM,
-    XNSP,
-    Contrastive,
-    _fit_pair,
-    build_objectives,
-    clm_eval,
-    info_nce,
-    mask_tokens,
-    resolve_pairs,
-    smoothing_weights,
-    token_counts,
-)
+from xling.objectives import CLM, MLM, MT, NSP, OBJECTIVES, TLM, XNSP, Contrastive, build_objectives, info_nce
 
 V = 300
 LANGS = ["en", "fr", "ru"]
@@ -335,10 +319,10 @@ def test_tlm_exact_layout():
 
 
 def test_tlm_truncation_and_padding_multiple():
-    assert _fit_pair(3, 4, 20) == (3, 4)
-    assert _fit_pair(2, 30, 10) == (2, 8)  # the longer one is cut
-    assert _fit_pair(30, 3, 10) == (7, 3)
-    assert _fit_pair(30, 40, 10) == (5, 5)
+    assert fit_pair(3, 4, 20) == (3, 4)
+    assert fit_pair(2, 30, 10) == (2, 8)  # the longer one is cut
+    assert fit_pair(30, 3, 10) == (7, 3)
+    assert fit_pair(30, 40, 10) == (5, 5)
     shards, _ = random_shards(5, max_len=40, min_len=20)
     tlm = TLM()
     for seed in range(5):
@@ -509,7 +493,6 @@ def test_mt_exact_layout():
 def test_target_span_gathers_each_rows_targets_in_order():
     """Row by row, the gathered ids are the row's non-IGNORE targets in order, then IGNORE; their positions
     are where they sit. Runs of every place: mid-row, up to the last column, none at all, the whole row."""
-    from xling.objectives import target_span
 
     rng = np.random.default_rng(0)
     T = 12

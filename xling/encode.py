@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xling.batches import pad_right
 from xling.errors import XlingError
 from xling.progress import progress
 
@@ -62,12 +63,7 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
             head = [tag] if tag is not None else []
             built = [np.concatenate([head, r[: max_len - len(head) - 1], [specials["eos"]]]).astype(np.int64)
                      for r in rows]
-            T = max(len(b) for b in built)
-            idx = torch.full((len(built), T), specials["pad"], dtype=torch.long)
-            real = torch.zeros((len(built), T), dtype=torch.bool)
-            for r, b in enumerate(built):
-                idx[r, : len(b)] = torch.from_numpy(b)
-                real[r, : len(b)] = True
+            idx, real = pad_right(built, specials["pad"])  # (b, T)
             lang_ids = torch.full_like(idx, lang_index) if lang_index is not None else None
             states = model.hidden_states(idx.to(dev), causal=False, lang_ids=None if lang_ids is None else
                                          lang_ids.to(dev), pad_mask=real.to(dev))  # L+1 x (b, T, D)

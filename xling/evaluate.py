@@ -177,8 +177,8 @@ def eval_pretrain(ctx: EvalContext) -> dict:
 
 @evaluation("bpc", order=30)
 def eval_bpc(ctx: EvalContext) -> dict:
+    from xling.heldout import bits_per_char, clm_eval
     from xling.ngram import DEFAULT_ORDER, baseline_bpc
-    from xling.objectives import bits_per_char, clm_eval
 
     # the model and two count-based baselines on the same segments and characters (`shards.scored_prefix`)
     from xling.shards import scored_prefix

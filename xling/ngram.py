@@ -9,7 +9,7 @@
 to one language and is trained on that language's train split of the shards: the same tokenizer and the
 same text the Transformer learned from. Text is seen exactly as the model is scored, each segment as
 `<lang> segment </s>`: the tag is context only (never predicted) and `</s>` is predicted. Evaluation scores
-the segments `shards.scored_prefix` picks, the rule `objectives.clm_eval` follows too, so the three numbers
+the segments `shards.scored_prefix` picks, the rule `heldout.clm_eval` follows too, so the three numbers
 of a language share their text and their character count.
 
 Unigram, with V the full vocabulary size and N the predicted tokens of the train split (tokens + `</s>`):
@@ -129,7 +129,7 @@ class _TokenModel:
         return float(sum(-np.log(self.prob(windows[rows[s:s + _CHUNK]])).sum() for s in range(0, len(rows), _CHUNK)))
 
     def eval_nll(self, shards, split: str, lang: str, max_tokens: int) -> tuple[float, int]:
-        """(nats, characters) over the same segments `objectives.clm_eval` scores with these arguments."""
+        """(nats, characters) over the same segments `heldout.clm_eval` scores with these arguments."""
         if lang not in shards.langs or int(shards.lang_token_ids[lang]) != self.tag:
             raise XlingError(f"this model was trained for the language with tag id {self.tag}, not {lang!r}")
         n, chars = scored_prefix(shards, split, lang, max_tokens)
@@ -283,5 +283,5 @@ def baseline_bpc(shards, split: str, lang: str, max_tokens: int, order: int = DE
     for name, model in (("unigram", fit_unigram(shards, lang, train_split)),
                         ("ngram", fit_kneser_ney(shards, lang, order, train_split))):
         nats, chars = model.eval_nll(shards, split, lang, max_tokens)
-        out[name] = nats / math.log(2) / max(chars, 1)  # as objectives.bits_per_char (kept free of torch here)
+        out[name] = nats / math.log(2) / max(chars, 1)  # as heldout.bits_per_char (kept free of torch here)
     return out

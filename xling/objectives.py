@@ -1,4 +1,5 @@
-"""Pretraining objectives: batches from the shards and (model, batch) -> (loss, stats).
+"""Pretraining objectives: each makes its batches from the shards (with `xling.batches`) and maps
+(model, batch) -> (loss, stats).
 
     objs = build_objectives({"clm": 1.0, "tlm": 0.5}, shards, d_model=256)
     batch = objs["tlm"].make_batch(shards, "train", rng, batch_size=32, seq_len=128)
@@ -23,78 +24,44 @@ data order exactly from its saved rng state. Languages are drawn with q ∝ p^al
 language pairs with q ∝ p^pair_alpha over pair counts (`xling.corpus.sampling_probs`), each over the
 split asked for. Padded objectives round their length up to a multiple of `pad_multiple` (few distinct
 shapes for a compiled model) and, by default, batch by length (draw 4x the batch, sort, take a window).
-
-`clm_eval` gives (sum of token NLL in nats, characters) over held-out segments for bits per character.
+Held-out bits per character is `xling.heldout`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from itertools import combinations
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xling.corpus import sampling_probs
+from xling.batches import (
+    IGNORE,
+    ShardView,
+    draw,
+    length_window,
+    longer_side,
+    mask_tokens,
+    mt_batch,
+    next_segment_examples,
+    packed_rows,
+    pair_name,
+    pair_rows,
+    resolve_pairs,
+    segment_pair_batch,
+    sides_batch,
+    smoothing_weights,
+    split_pair,
+    tlm_batch,
+    token_counts,
+    translation_examples,
+    translation_items,
+)
 from xling.distributed import unwrap
 from xling.encode import mean_pool
 from xling.errors import XlingError
-from xling.shards import scored_prefix
-
-IGNORE = -100  # target of a position without loss (torch cross_entropy's ignore_index)
-
-
-# ---------------------------------------------------------------------------- masking
-
-def mask_tokens(ids: np.ndarray, special_mask: np.ndarray, rng: np.random.Generator, *, mask_id: int,
-                real_ids: np.ndarray, prob: float = 0.15, weights: np.ndarray | None = None,
-                mask_frac: float = 0.8, random_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """BERT/XLM masking. Returns (inputs, targets): targets = the original id where chosen, else IGNORE.
-
-    ids (B, T) int; special_mask (B, T) bool, True = never chosen (padding, BOS/EOS, language tags).
-    round(prob * n_eligible) positions are chosen per batch (at least one), without replacement; with
-    `weights` (V,) position i is drawn with weight weights[ids[i]] (XLM sample_alpha; the exponential-key
-    form of weighted sampling without replacement, the same scheme as numpy's `choice(p=, replace=False)`).
-    Of the chosen: mask_frac -> mask_id, random_frac -> a uniform draw from `real_ids`, the rest unchanged.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    eligible = np.flatnonzero(~np.asarray(special_mask, dtype=bool).reshape(-1))  # flat positions
-    inputs, targets = ids.copy(), np.full_like(ids, IGNORE)
-    n = eligible.size
-    if n == 0:
-        return inputs, targets
-    k = min(n, max(1, int(prob * n + rng.random())))  # stochastic rounding keeps E[k] = prob * n
-    if weights is None:
-        keys = rng.random(n)
-    else:
-        w = np.asarray(weights, dtype=np.float64)[ids.reshape(-1)[eligible]]
-        keys = rng.exponential(size=n) / np.maximum(w, 1e-300)  # the k smallest E_i / w_i
-    chosen = eligible[np.argpartition(keys, k - 1)[:k]] if k < n else eligible
-    flat_in, flat_tg = inputs.reshape(-1), targets.reshape(-1)
-    flat_tg[chosen] = ids.reshape(-1)[chosen]
-    u = rng.random(k)
-    flat_in[chosen[u < mask_frac]] = mask_id
-    rand_pos = chosen[(u >= mask_frac) & (u < mask_frac + random_frac)]
-    flat_in[rand_pos] = real_ids[rng.integers(0, len(real_ids), size=rand_pos.size)]
-    return inputs, targets
-
-
-def token_counts(shards, split: str = "train") -> np.ndarray:
-    """(V,) int64: how often each token id occurs in the split, over all languages (for smoothing)."""
-    counts = np.zeros(shards.vocab_size, dtype=np.int64)
-    for lang in shards.langs:
-        if shards.num_segments(split, lang):
-            counts += np.bincount(np.asarray(shards.tokens(split, lang)), minlength=shards.vocab_size)
-    return counts
-
-
-def smoothing_weights(counts: np.ndarray, alpha: float) -> np.ndarray:
-    """XLM sample_alpha: weight of token t = max(count_t, 1)^(-alpha); alpha 0 = uniform."""
-    return np.maximum(np.asarray(counts, dtype=np.float64), 1.0) ** (-alpha)
-
 
 # ---------------------------------------------------------------------------- contrastive loss
 
@@ -151,125 +118,6 @@ def _to_device(batch: dict, model: nn.Module) -> dict:
     return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple if multiple > 1 else n
-
-
-def _fit_pair(la: int, lb: int, budget: int) -> tuple[int, int]:
-    """Lengths of two segments cut to fit `budget` tokens together, trimming the longer one first."""
-    if la + lb <= budget:
-        return la, lb
-    half = budget // 2
-    if la <= half:
-        return la, budget - la
-    if lb <= half:
-        return budget - lb, lb
-    return half, budget - half
-
-
-class _Data:
-    """Per-shards cache of token arrays, offsets and counts (the shards object may change between calls)."""
-
-    def __init__(self, shards):
-        self.shards = shards
-        self._seg: dict = {}
-        self._pairs: dict = {}
-        sp, tags = shards.specials, shards.lang_token_ids
-        special = {int(v) for v in sp.values()} | {int(v) for v in tags.values()}
-        self.special_ids = np.array(sorted(special), dtype=np.int64)
-        self.real_ids = np.setdiff1d(np.arange(shards.vocab_size, dtype=np.int64), self.special_ids)
-        self.pad, self.bos, self.eos, self.mask = (int(sp[k]) for k in ("pad", "bos", "eos", "mask"))
-
-    def lang_index(self, lang: str) -> int:
-        return self.shards.langs.index(lang)
-
-    def tag(self, lang: str) -> int:
-        return int(self.shards.lang_token_ids[lang])
-
-    def arrays(self, split: str, lang: str) -> tuple[np.ndarray, np.ndarray]:
-        key = (split, lang)
-        if key not in self._seg:
-            n = self.shards.num_segments(split, lang)
-            if n:
-                off = np.asarray(self.shards.offsets(split, lang), dtype=np.int64)
-                self._seg[key] = (self.shards.tokens(split, lang), off)
-            else:
-                self._seg[key] = (np.zeros(0, np.int64), np.zeros(1, np.int64))
-        return self._seg[key]
-
-    def seg(self, split: str, lang: str, i: int) -> np.ndarray:
-        tok, off = self.arrays(split, lang)
-        return np.asarray(tok[off[i]:off[i + 1]], dtype=np.int64)
-
-    def seg_lengths(self, split: str, lang: str, idx: np.ndarray) -> np.ndarray:
-        off = self.arrays(split, lang)[1]
-        return off[idx + 1] - off[idx]
-
-    def lang_counts(self, split: str) -> dict[str, int]:
-        return {lang: int(self.shards.num_segments(split, lang)) for lang in self.shards.langs}
-
-    def pairs(self, split: str, a: str, b: str) -> np.ndarray:
-        key = (split, a, b)
-        if key not in self._pairs:
-            try:
-                self._pairs[key] = np.asarray(self.shards.pairs(split, a, b))
-            except XlingError:
-                self._pairs[key] = np.zeros((0, 2), dtype=np.int64)
-        return self._pairs[key]
-
-    def pair_counts(self, split: str) -> dict[str, int]:
-        return {f"{a}-{b}": len(self.pairs(split, a, b)) for a, b in combinations(self.shards.langs, 2)}
-
-
-def split_pair(pair: str, langs) -> tuple[str, str] | None:
-    """"en-fr" -> ("en", "fr"); a code may hold a hyphen (pt-BR), so cut where both halves are languages."""
-    cuts = [(pair[:i], pair[i + 1:]) for i, c in enumerate(pair) if c == "-"]
-    return next(((a, b) for a, b in cuts if a in langs and b in langs and a != b), None)
-
-
-def pair_name(langs: list[str], a: str, b: str) -> str:
-    """The name of the pair of a and b: "a-b" in the shards' language order (how pairs are stored and logged)."""
-    return f"{a}-{b}" if langs.index(a) < langs.index(b) else f"{b}-{a}"
-
-
-def resolve_pairs(wanted: list[str], shards) -> list[str]:
-    """train.pairs -> the shards' pair names ("a-b" in shard language order). "fr-en" names "en-fr", and
-    "en-*" every pair of en (a pivot). One XlingError for an unknown language or a pair without train data."""
-    langs, counts = shards.langs, _Data(shards).pair_counts("train")
-    out: list[str] = []
-    for pair in wanted:
-        if pair.endswith("-*") and pair[:-2] in langs:
-            found = [f"{a}-{b}" for a, b in combinations(langs, 2) if pair[:-2] in (a, b)]
-        else:
-            ab = split_pair(pair, langs)
-            if ab is None:
-                raise XlingError(f"train.pairs: {pair!r} is not two of the shards' languages "
-                                 f"({', '.join(langs)}) joined by '-', nor 'xx-*'; e.g. pairs = [\"en-*\"]")
-            a, b = ab
-            found = [f"{a}-{b}" if f"{a}-{b}" in counts else f"{b}-{a}"]  # counts: shard language order
-        for name in found:
-            if not counts.get(name):
-                raise XlingError(f"train.pairs: {name} has no training translation pairs; drop it from "
-                                 f"train.pairs or use an aligned corpus")
-            if name not in out:
-                out.append(name)
-    return out
-
-
-def _draw(counts: dict[str, int], alpha: float, rng: np.random.Generator, what: str, split: str,
-          n: int | None = None) -> str | list[str]:
-    """One name (or a list of n, drawn independently) with probability q ∝ p^alpha (p ∝ counts), from the caller's
-    rng."""
-    probs = sampling_probs(counts, alpha)
-    names = [k for k, q in probs.items() if q > 0]
-    if not names:
-        raise XlingError(f"the {split} split has no {what} to sample from; rebuild the shards with more data")
-    q = np.array([probs[k] for k in names])
-    if n is None:
-        return names[rng.choice(len(names), p=q)]
-    return [names[i] for i in rng.choice(len(names), size=n, p=q)]
-
-
 class Objective(nn.Module):
     """Base: the shards cache and language/pair choice. Subclasses define make_batch and forward."""
 
@@ -284,28 +132,33 @@ class Objective(nn.Module):
         self.alpha = alpha  # language (or pair) sampling exponent
         self.pairs: list[str] | None = None  # pair objectives: the pairs drawn from (None = every pair)
         self.mixed_langs = True  # monolingual streams: each row's language drawn on its own (see stream)
-        self._data: _Data | None = None
+        self._data: ShardView | None = None
 
-    def data(self, shards) -> _Data:
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        """The objective as `build_objectives` makes it from its settings (subclasses with more arguments override)."""
+        return cls(s.sampling_alpha(cls))
+
+    def data(self, shards) -> ShardView:
         if self._data is None or self._data.shards is not shards:
-            self._data = _Data(shards)
+            self._data = ShardView(shards)
         return self._data
 
-    def pick_lang(self, d: _Data, split: str, rng: np.random.Generator, lang: str | None,
+    def pick_lang(self, d: ShardView, split: str, rng: np.random.Generator, lang: str | None,
                   min_segments: int = 1) -> str:
         if lang is not None:
             if d.lang_counts(split).get(lang, 0) < min_segments:
                 raise XlingError(f"objective {self.name}: language {lang!r} has too few {split} segments")
             return lang
         counts = {k: (n if n >= min_segments else 0) for k, n in d.lang_counts(split).items()}
-        return _draw(counts, self.alpha, rng, "segments", split)
+        return draw(counts, self.alpha, rng, "segments", split)
 
-    def pick_pair(self, d: _Data, split: str, rng: np.random.Generator, pair: str | None) -> tuple[str, str]:
+    def pick_pair(self, d: ShardView, split: str, rng: np.random.Generator, pair: str | None) -> tuple[str, str]:
         if pair is None:
             counts = d.pair_counts(split)
             if self.pairs is not None:  # train.pairs: only these
                 counts = {k: counts.get(k, 0) for k in self.pairs}
-            pair = _draw(counts, self.alpha, rng, "translation pairs", split)
+            pair = draw(counts, self.alpha, rng, "translation pairs", split)
         a, b = split_pair(pair, d.shards.langs) or (pair, "")
         if b == "" or not len(d.pairs(split, a, b)):
             raise XlingError(f"objective {self.name}: no {split} translation pairs for {pair}")
@@ -327,82 +180,18 @@ class Objective(nn.Module):
         if lang is not None or not self.mixed_langs:
             langs = [self.pick_lang(d, split, rng, lang)] * batch_size
         else:
-            langs = _draw(d.lang_counts(split), self.alpha, rng, "segments", split, n=batch_size)
-        rows, ids = [], []
-        for lg in langs:
-            tok, off = d.arrays(split, lg)
-            start = int(rng.integers(0, len(off) - 1))  # a random start segment per row
-            rows.append(pack_stream(tok, off, start, length, d.tag(lg), d.eos))
-            ids.append(d.lang_index(lg))
-        lang_ids = torch.tensor(ids, dtype=torch.long)[:, None].expand(batch_size, length).contiguous()
-        return d, (langs[0] if len(set(langs)) == 1 else None), np.stack(rows), lang_ids
+            langs = draw(d.lang_counts(split), self.alpha, rng, "segments", split, n=batch_size)
+        rows, lang_ids = packed_rows(d, split, langs, rng, length)
+        return d, (langs[0] if len(set(langs)) == 1 else None), rows, lang_ids
 
-    def pair_rows(self, d: _Data, split: str, a: str, b: str, rng: np.random.Generator, batch_size: int,
-                  length_of: Callable[[np.ndarray], np.ndarray], length_batching: bool,
-                  pairs: np.ndarray | None = None) -> np.ndarray:
-        """Rows (B, 2) of pair indices (from `pairs`, default all of a-b); with length batching: 4x drawn, sorted by
-        length, a window taken."""
-        pairs = d.pairs(split, a, b) if pairs is None else pairs
-        pool = 4 * batch_size if length_batching else batch_size
-        rows = pairs[rng.choice(len(pairs), size=pool, replace=len(pairs) < pool)]
-        if length_batching:
-            rows = rows[np.argsort(length_of(rows), kind="stable")]
-            start = int(rng.integers(0, pool - batch_size + 1))
-            rows = rows[start:start + batch_size]
-        return rows
-
-
-    def translation_items(self, d: _Data, split: str, rng: np.random.Generator, batch_size: int,
+    def translation_items(self, d: ShardView, split: str, rng: np.random.Generator, batch_size: int,
                           pair: str | None) -> tuple[str, str, list[tuple[str, np.ndarray, str, np.ndarray]]]:
         """(a, b, [(x_lang, x, y_lang, y), ...]): a batch of one pair's translations, each direction half
         the time, length-batched when `self.length_batching` (TLM, MT)."""
         a, b = self.pick_pair(d, split, rng, pair)
-        rows = self.pair_rows(d, split, a, b, rng, batch_size, lambda r: d.seg_lengths(split, a, r[:, 0])
-                              + d.seg_lengths(split, b, r[:, 1]), self.length_batching)
-        swap = rng.random(batch_size) < 0.5  # both directions
-        items = []
-        for (ia, ib), sw in zip(rows, swap, strict=True):
-            (lx, ix), (ly, iy) = ((b, ib), (a, ia)) if sw else ((a, ia), (b, ib))
-            items.append((lx, d.seg(split, lx, ix), ly, d.seg(split, ly, iy)))
-        return a, b, items
-
-
-def _pad_batch(seqs: list[np.ndarray], extras: dict[str, list[np.ndarray]], pad_id: int, multiple: int,
-               cap: int) -> dict[str, torch.Tensor]:
-    """Right-pad sequences (and per-token extras, padded with 0) to the longest, rounded up to `multiple`."""
-    T = min(_round_up(max(len(s) for s in seqs), multiple), max(cap, max(len(s) for s in seqs)))
-    B = len(seqs)
-    idx = np.full((B, T), pad_id, dtype=np.int64)
-    pad_mask = np.zeros((B, T), dtype=bool)
-    out_extra = {k: np.zeros((B, T), dtype=np.int64) for k in extras}
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = s
-        pad_mask[i, :len(s)] = True
-        for k, v in extras.items():
-            out_extra[k][i, :len(s)] = v[i]
-    out = {"idx": torch.from_numpy(idx), "pad_mask": torch.from_numpy(pad_mask)}
-    out.update({k: torch.from_numpy(v) for k, v in out_extra.items()})
-    return out
-
-
-def target_span(targets: torch.Tensor, multiple: int = 8) -> dict[str, torch.Tensor]:
-    """Each row's one contiguous run of targets, gathered to the left: {"target_pos", "target_ids"}, both (B, W).
-
-    targets (B, T) is IGNORE outside one run per row (`y </s>` of a translation); W is the longest run rounded
-    up to `multiple` (capped at T). Past its run a row's ids are IGNORE and its positions repeat the last one.
-    The output layer then reads B x W hidden states instead of B x T, with shapes that still depend only on the
-    batch (what a compiled graph needs): measured on the translation model (4 x 256, vocabulary 8,000, en<->fr
-    batches of 32, bf16, compiled) 0.37 s a fine-tune step vs 0.44 s with the output layer at every position.
-    """
-    B, T = targets.shape
-    real = targets != IGNORE  # (B, T)
-    n = real.sum(1)  # (B,)
-    start = real.long().argmax(1)  # (B,) first target position (0 for a row without targets)
-    W = min(max(_round_up(int(n.max()), multiple), 1), T)
-    offset = torch.arange(W)[None, :]  # (1, W)
-    pos = (start[:, None] + offset).clamp(max=T - 1)  # (B, W)
-    ids = targets.gather(1, pos).masked_fill(offset >= n[:, None], IGNORE)
-    return {"target_pos": pos, "target_ids": ids}
+        rows = pair_rows(d, split, a, b, rng, batch_size, lambda r: d.seg_lengths(split, a, r[:, 0])
+                         + d.seg_lengths(split, b, r[:, 1]), self.length_batching)
+        return a, b, translation_items(d, split, a, b, rows, rng)
 
 
 def span_loss(lm_head: nn.Module, hidden: torch.Tensor, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -415,23 +204,6 @@ def span_loss(lm_head: nn.Module, hidden: torch.Tensor, batch: dict, label_smoot
 
 
 # ---------------------------------------------------------------------------- monolingual streams
-
-def pack_stream(tokens: np.ndarray, offsets: np.ndarray, start: int, length: int, tag: int,
-                eos: int) -> np.ndarray:
-    """`<tag> seg_start </s> seg_start+1 </s> ...` cut to `length` tokens (wrapping past the last segment)."""
-    out = np.empty(length, dtype=np.int64)
-    out[0] = tag
-    n, i, N = 1, start, len(offsets) - 1
-    while n < length:
-        seg = tokens[offsets[i]:offsets[i + 1]]
-        take = min(len(seg), length - n)
-        out[n:n + take] = seg[:take]
-        n += take
-        if n < length:
-            out[n] = eos
-            n += 1
-        i = (i + 1) % N
-    return out
 
 
 class CLM(Objective):
@@ -471,7 +243,11 @@ class _MaskedLM(Objective):
         self.counts = counts  # (V,) train token counts for smoothing; computed from the shards if None
         self._weights: np.ndarray | None = None
 
-    def mask(self, d: _Data, ids: np.ndarray, special: np.ndarray, rng: np.random.Generator):
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        return cls(s.sampling_alpha(cls), s.mlm_prob, s.mlm_smoothing, s.counts)
+
+    def mask(self, d: ShardView, ids: np.ndarray, special: np.ndarray, rng: np.random.Generator):
         weights = None
         if self.smoothing > 0:
             if self._weights is None:
@@ -523,18 +299,15 @@ class TLM(_MaskedLM):
         self.length_batching = length_batching  # sort a 4x pool by length, take a window
         self.pad_multiple = pad_multiple  # round the padded length up to this
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        return cls(s.pair_alpha, s.mlm_prob, s.mlm_smoothing, s.counts, s.length_batching, s.pad_multiple)
+
     def make_batch(self, shards, split: str, rng: np.random.Generator, batch_size: int, seq_len: int,
                    *, pair: str | None = None) -> dict:
         d = self.data(shards)
         a, b, items = self.translation_items(d, split, rng, batch_size, pair)
-        seqs, pos, lids = [], [], []
-        for lx, x, ly, y in items:
-            nx, ny = _fit_pair(len(x), len(y), seq_len - 4)
-            e = [d.eos]
-            seqs.append(np.concatenate([e, x[:nx], e, e, y[:ny], e]))
-            pos.append(np.concatenate([np.arange(nx + 2), np.arange(ny + 2)]))
-            lids.append(np.repeat([d.lang_index(lx), d.lang_index(ly)], [nx + 2, ny + 2]))
-        out = _pad_batch(seqs, {"positions": pos, "lang_ids": lids}, d.pad, self.pad_multiple, seq_len)
+        out = tlm_batch(d, items, seq_len, self.pad_multiple)
         idx, targets = self.mask(d, out["idx"].numpy(), ~out["pad_mask"].numpy(), rng)
         out.update(idx=idx, targets=targets, pair=f"{a}-{b}", n_tokens=int(out["pad_mask"].sum()))
         return out
@@ -557,25 +330,15 @@ class MT(Objective):
         self.length_batching = length_batching
         self.pad_multiple = pad_multiple
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        return cls(s.pair_alpha, s.length_batching, s.pad_multiple)
+
     def make_batch(self, shards, split: str, rng: np.random.Generator, batch_size: int, seq_len: int,
                    *, pair: str | None = None) -> dict:
         d = self.data(shards)
         a, b, items = self.translation_items(d, split, rng, batch_size, pair)
-        seqs, tgts, lids = [], [], []
-        for lx, x, ly, y in items:
-            nx, ny = _fit_pair(len(x), len(y), seq_len - 3)
-            full = np.concatenate([[d.tag(lx)], x[:nx], [d.eos, d.tag(ly)], y[:ny], [d.eos]])
-            target = full[1:].copy()  # position j predicts full[j + 1]; only y and the final </s> count
-            target[:nx + 2] = IGNORE
-            seqs.append(full[:-1])
-            tgts.append(target)
-            lids.append(np.repeat([d.lang_index(lx), d.lang_index(ly)], [nx + 2, ny + 1]))
-        out = _pad_batch(seqs, {"targets": tgts, "lang_ids": lids}, d.pad, self.pad_multiple, seq_len)
-        targets = out["targets"]
-        targets[~out["pad_mask"]] = IGNORE
-        del out["pad_mask"]  # right padding under a causal mask: no real position sees it (a faster kernel)
-        out.update(target_span(targets), pair=f"{a}-{b}", n_tokens=int(sum(len(s) for s in seqs)))
-        return out
+        return {**mt_batch(d, items, seq_len, self.pad_multiple), "pair": f"{a}-{b}"}
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         batch = _to_device(batch, model)
@@ -598,26 +361,19 @@ class _Binary(Objective):
         self.length_batching = length_batching
         self.pad_multiple = pad_multiple
 
-    def build(self, d: _Data, items: list, labels: np.ndarray, seq_len: int, reset_positions: bool) -> dict:
-        """items: (tokens a, lang a, tokens b, lang b) per example."""
-        seqs, pos, lids = [], [], []
-        for ta, la, tb, lb in items:
-            na, nb = _fit_pair(len(ta), len(tb), seq_len - 3)
-            seqs.append(np.concatenate([[d.bos], ta[:na], [d.eos], tb[:nb], [d.eos]]))
-            n1, n2 = na + 2, nb + 1
-            second = np.arange(n2) if reset_positions else n1 + np.arange(n2)
-            pos.append(np.concatenate([np.arange(n1), second]))
-            lids.append(np.repeat([d.lang_index(la), d.lang_index(lb)], [n1, n2]))
-        out = _pad_batch(seqs, {"positions": pos, "lang_ids": lids}, d.pad, self.pad_multiple, seq_len)
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        return cls(s.head_dim(cls.name), s.sampling_alpha(cls), s.length_batching, s.pad_multiple)
+
+    def build(self, d: ShardView, items: list, labels: np.ndarray, seq_len: int, reset_positions: bool) -> dict:
+        """items: (tokens a, lang a, tokens b, lang b) per example; labels (B,) 1 = yes."""
+        out = segment_pair_batch(d, items, seq_len, self.pad_multiple, reset_positions)
         out.update(labels=torch.from_numpy(labels.astype(np.int64)), n_tokens=int(out["pad_mask"].sum()))
         return out
 
     def order(self, lengths: np.ndarray, rng: np.random.Generator, batch_size: int) -> np.ndarray:
         """Which of the pool's examples form the batch (length window, or the first batch_size)."""
-        if not self.length_batching:
-            return np.arange(batch_size)
-        start = int(rng.integers(0, len(lengths) - batch_size + 1))
-        return np.argsort(lengths, kind="stable")[start:start + batch_size]
+        return length_window(lengths, rng, batch_size) if self.length_batching else np.arange(batch_size)
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         batch = _to_device(batch, model)
@@ -637,13 +393,8 @@ class NSP(_Binary):
                    *, lang: str | None = None) -> dict:
         d = self.data(shards)
         lang = self.pick_lang(d, split, rng, lang, min_segments=2)
-        n = d.lang_counts(split)[lang]
         pool = 4 * batch_size if self.length_batching else batch_size
-        ia = rng.integers(0, n - 1, size=pool)  # a must have a next segment
-        labels = (rng.random(pool) < 0.5).astype(np.int64)
-        rand = rng.integers(0, n - 1, size=pool)
-        rand = rand + (rand >= ia + 1)  # uniform over every segment except the true next one
-        ib = np.where(labels == 1, ia + 1, rand)
+        ia, ib, labels = next_segment_examples(d, split, lang, rng, pool)
         keep = self.order(d.seg_lengths(split, lang, ia) + d.seg_lengths(split, lang, ib), rng, batch_size)
         items = [(d.seg(split, lang, ia[k]), lang, d.seg(split, lang, ib[k]), lang) for k in keep]
         out = self.build(d, items, labels[keep], seq_len, reset_positions=False)
@@ -667,16 +418,8 @@ class XNSP(_Binary):
         n_a, n_b = d.lang_counts(split)[a], d.lang_counts(split)[b]
         if min(n_a, n_b) < 2:
             raise XlingError(f"objective xnsp needs at least 2 {split} segments in {a} and {b} for negatives")
-        pairs = d.pairs(split, a, b)
         pool = 4 * batch_size if self.length_batching else batch_size
-        rows = pairs[rng.choice(len(pairs), size=pool, replace=len(pairs) < pool)]  # (pool, 2)
-        a_first = rng.random(pool) >= 0.5  # direction of each example: a then b, or b then a
-        labels = (rng.random(pool) < 0.5).astype(np.int64)
-        i1 = np.where(a_first, rows[:, 0], rows[:, 1])
-        i2 = np.where(a_first, rows[:, 1], rows[:, 0])  # the translation of i1
-        n2 = np.where(a_first, n_b, n_a)
-        rand = rng.integers(0, n2 - 1)  # uniform over L2's segments except the translation
-        i2 = np.where(labels == 1, i2, rand + (rand >= i2))
+        a_first, i1, i2, labels = translation_examples(d, split, a, b, rng, pool)
         l1 = [a if f else b for f in a_first]
         l2 = [b if f else a for f in a_first]
         lengths = (d.seg_lengths(split, a, np.where(a_first, i1, i2))  # indices into a's segments
@@ -686,25 +429,6 @@ class XNSP(_Binary):
         out = self.build(d, built, labels[keep], seq_len, reset_positions=True)
         out["pair"] = f"{a}-{b}"
         return out
-
-
-def _longer_side(d: _Data, split: str, a: str, b: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows (n, 2) -> (n,) the longer side's length: what a batch of separately encoded sides pads to."""
-    return lambda r: np.maximum(d.seg_lengths(split, a, r[:, 0]), d.seg_lengths(split, b, r[:, 1]))
-
-
-def sides_batch(d: _Data, split: str, a: str, b: str, rows: np.ndarray, seq_len: int, pad_multiple: int) -> dict:
-    """Both sides of B translation pairs (rows (B, 2): a's index, b's index) as one batch of 2B rows, each
-    `<lang> x </s>` alone (rows 0..B-1 = side a, B..2B-1 = side b), for a bidirectional pass and `mean_pool`."""
-    seqs, lids = [], []
-    for col, lang in ((0, a), (1, b)):
-        for i in rows[:, col]:
-            s = d.seg(split, lang, i)[:seq_len - 2]
-            seqs.append(np.concatenate([[d.tag(lang)], s, [d.eos]]))
-            lids.append(np.full(len(s) + 2, d.lang_index(lang)))
-    out = _pad_batch(seqs, {"lang_ids": lids}, d.pad, pad_multiple, seq_len)
-    out.update(pair=f"{a}-{b}", n_tokens=int(out["pad_mask"].sum()))
-    return out
 
 
 class Contrastive(Objective):
@@ -725,11 +449,15 @@ class Contrastive(Objective):
         self.length_batching = length_batching
         self.pad_multiple = pad_multiple
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        return cls(s.pair_alpha, s.tau, s.margin, s.length_batching, s.pad_multiple)
+
     def make_batch(self, shards, split: str, rng: np.random.Generator, batch_size: int, seq_len: int,
                    *, pair: str | None = None) -> dict:
         d = self.data(shards)
         a, b = self.pick_pair(d, split, rng, pair)
-        rows = self.pair_rows(d, split, a, b, rng, batch_size, _longer_side(d, split, a, b), self.length_batching)
+        rows = pair_rows(d, split, a, b, rng, batch_size, longer_side(d, split, a, b), self.length_batching)
         return sides_batch(d, split, a, b, rows, seq_len, self.pad_multiple)
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -767,9 +495,16 @@ class Distill(Objective):
         self.pivot = pivot
         self.length_batching = length_batching
         self.pad_multiple = pad_multiple
-        self._rows: dict = {}  # "data": the _Data they index, split -> {other language: (M, 2) rows}
+        self._rows: dict = {}  # "data": the ShardView they index, split -> {other language: (M, 2) rows}
 
-    def pivot_rows(self, d: _Data, split: str) -> dict[str, np.ndarray]:
+    @classmethod
+    def from_settings(cls, s: Settings) -> Objective:
+        d_model = s.head_dim(cls.name)
+        if s.teacher is None:
+            raise ValueError("build_objectives: objective distill needs its teacher vectors (teacher=)")
+        return cls(d_model, s.teacher, s.pair_alpha, s.length_batching, s.pad_multiple)
+
+    def pivot_rows(self, d: ShardView, split: str) -> dict[str, np.ndarray]:
         """{x: (M, 2) rows (pivot segment, x segment)} of the pairs whose pivot side has a teacher vector."""
         if self._rows.get("data") is not d:  # another shards object: start over
             self._rows = {"data": d}
@@ -798,15 +533,15 @@ class Distill(Objective):
         d = self.data(shards)
         rows_by = self.pivot_rows(d, split)
         if pair is None:
-            x = _draw({k: len(v) for k, v in rows_by.items()}, self.alpha, rng,
+            x = draw({k: len(v) for k, v in rows_by.items()}, self.alpha, rng,
                       f"{self.pivot} translation pairs with teacher vectors", split)
         else:
             a, b = split_pair(pair, d.shards.langs) or ("", "")
             x = b if a == self.pivot else a
             if self.pivot not in (a, b) or x not in rows_by:
                 raise XlingError(f"objective distill: no {split} pairs of {pair} with teacher vectors")
-        rows = self.pair_rows(d, split, self.pivot, x, rng, batch_size, _longer_side(d, split, self.pivot, x),
-                              self.length_batching, pairs=rows_by[x])
+        rows = pair_rows(d, split, self.pivot, x, rng, batch_size, longer_side(d, split, self.pivot, x),
+                         self.length_batching, pairs=rows_by[x])
         out = sides_batch(d, split, self.pivot, x, rows, seq_len, self.pad_multiple)
         out["pair"] = pair_name(d.shards.langs, self.pivot, x)
         out["teacher"] = torch.from_numpy(self.targets[split].lookup(rows[:, 0]))  # (B, D_t)
@@ -821,64 +556,36 @@ class Distill(Objective):
                       "cos_x": cos_x.item()}
 
 
-# ---------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def clm_eval(model: nn.Module, shards, split: str, lang: str, seq_len: int, max_tokens: int,
-             batch_size: int = 32, pad_multiple: int = 16) -> tuple[float, int]:
-    """(sum of next-token NLL in nats, number of characters) over the split's segments of one language.
-
-    Each segment is scored alone as `<lang> segment </s>`: the tag is context only (never predicted),
-    the `</s>` is predicted and its NLL is included, the character count is the segment text's (without
-    any end-of-line). Segments are taken in shard order until `max_tokens` targets have been scored
-    (max_tokens <= 0: all; `shards.scored_prefix`, the rule the n-gram baselines share); one longer than
-    seq_len targets is scored in consecutive windows of seq_len (later windows without the earlier context).
-    Batches hold windows of similar length, right-padded to a multiple of `pad_multiple` (at most seq_len).
-    Bits per character = nats / ln 2 / chars (`bits_per_char`). The model is put in eval mode for the call
-    and restored afterwards.
-    """
-    d = _Data(shards)
-    tok, off = d.arrays(split, lang)
-    n_seg = len(off) - 1
-    if n_seg == 0:
-        raise XlingError(f"no {split} segments for language {lang!r}; rebuild the shards with that split")
-    n_used, chars = scored_prefix(shards, split, lang, max_tokens)  # the segments every bpc number scores
-    windows = []
-    for i in range(n_used):
-        full = np.concatenate([[d.tag(lang)], np.asarray(tok[off[i]:off[i + 1]], np.int64), [d.eos]])
-        for s in range(0, len(full) - 1, seq_len):  # windows of inputs full[s:s+T], targets full[s+1:s+T+1]
-            windows.append(full[s:s + seq_len + 1])
-    order = np.argsort([len(w) for w in windows], kind="stable")  # similar lengths share a batch
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    total = 0.0
-    try:
-        for k in range(0, len(order), batch_size):
-            ws = [windows[j] for j in order[k:k + batch_size]]
-            T = min(_round_up(max(len(w) for w in ws) - 1, pad_multiple), seq_len)
-            x = torch.full((len(ws), T), d.pad, dtype=torch.long)
-            y = torch.full((len(ws), T), IGNORE, dtype=torch.long)
-            for r, w in enumerate(ws):
-                x[r, :len(w) - 1] = torch.from_numpy(w[:-1])
-                y[r, :len(w) - 1] = torch.from_numpy(w[1:])
-            batch = {"idx": x.to(dev), "lang_ids": torch.full_like(x, d.lang_index(lang)).to(dev)}
-            hidden = _run(model, batch, causal=True)  # right padding: causal rows never see it
-            logits = unwrap(model).lm_head(hidden).float()  # (b, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum").item()
-    finally:
-        model.train(was_training)
-    return total, chars
-
-
-def bits_per_char(nats: float, chars: int) -> float:
-    return nats / math.log(2) / max(chars, 1)
-
-
 # ---------------------------------------------------------------------------- building
 
 OBJECTIVES: dict[str, type[Objective]] = {"clm": CLM, "mlm": MLM, "tlm": TLM, "mt": MT, "nsp": NSP,
                                           "xnsp": XNSP, "contrastive": Contrastive, "distill": Distill}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`build_objectives`' settings, read by each objective's `from_settings`."""
+
+    alpha: float = 0.3
+    pair_alpha: float = 0.3
+    mlm_prob: float = 0.15
+    mlm_smoothing: float = 0.0
+    counts: np.ndarray | None = None  # (V,) train token counts, when mlm or tlm smooth their masking
+    tau: float = 0.05
+    margin: float = 0.0
+    d_model: int | None = None
+    length_batching: bool = True
+    pad_multiple: int = 16
+    teacher: dict | None = None
+
+    def sampling_alpha(self, cls: type[Objective]) -> float:
+        """Monolingual objectives draw languages with alpha, pair objectives draw pairs with pair_alpha."""
+        return self.pair_alpha if cls.uses_pairs else self.alpha
+
+    def head_dim(self, name: str) -> int:
+        if not self.d_model:
+            raise ValueError(f"build_objectives: objective {name} needs d_model for its head")
+        return self.d_model
 
 
 def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, pair_alpha: float = 0.3,
@@ -904,35 +611,19 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
         raise XlingError("objective settings need 0 < mlm_prob < 1, mlm_smoothing >= 0, tau > 0 and "
                          "pad_multiple >= 1")
     needs_pairs = any(OBJECTIVES[k].uses_pairs for k in active)
-    n_pairs = sum(_Data(shards).pair_counts("train").values()) if needs_pairs else 0
+    n_pairs = sum(ShardView(shards).pair_counts("train").values()) if needs_pairs else 0
     counts = token_counts(shards, "train") if mlm_smoothing > 0 and {"mlm", "tlm"} & set(active) else None
+    settings = Settings(alpha=alpha, pair_alpha=pair_alpha, mlm_prob=mlm_prob, mlm_smoothing=mlm_smoothing,
+                        counts=counts, tau=tau, margin=margin, d_model=d_model, length_batching=length_batching,
+                        pad_multiple=pad_multiple, teacher=teacher)
     out: dict[str, Objective] = {}
     for name in active:
         if OBJECTIVES[name].uses_pairs and n_pairs == 0:
             raise XlingError(f"objective {name} needs translation pairs but the corpus has none; use an "
                              f"aligned source (bible, tsv, or segments sharing keys across languages) or "
                              f"drop {name} from train.objectives")
-        if name == "clm":
-            out[name] = CLM(alpha)
-        elif name == "mlm":
-            out[name] = MLM(alpha, mlm_prob, mlm_smoothing, counts)
-        elif name == "tlm":
-            out[name] = TLM(pair_alpha, mlm_prob, mlm_smoothing, counts, length_batching, pad_multiple)
-        elif name == "mt":
-            out[name] = MT(pair_alpha, length_batching, pad_multiple)
-        elif name in ("nsp", "xnsp", "distill") and not d_model:
-            raise ValueError(f"build_objectives: objective {name} needs d_model for its head")
-        elif name == "distill":
-            if teacher is None:
-                raise ValueError("build_objectives: objective distill needs its teacher vectors (teacher=)")
-            out[name] = Distill(d_model, teacher, pair_alpha, length_batching, pad_multiple)
-        elif name in ("nsp", "xnsp"):
-            cls = NSP if name == "nsp" else XNSP
-            out[name] = cls(d_model, alpha if name == "nsp" else pair_alpha, length_batching, pad_multiple)
-        else:
-            out[name] = Contrastive(pair_alpha, tau, margin, length_batching, pad_multiple)
-    for obj in out.values():
-        obj.mixed_langs = mixed_langs
+        out[name] = OBJECTIVES[name].from_settings(settings)
+        out[name].mixed_langs = mixed_langs
     if pairs and needs_pairs:
         chosen = resolve_pairs(pairs, shards)
         for obj in out.values():

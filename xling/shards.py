@@ -251,7 +251,7 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
 
 def scored_prefix(shards, split: str, lang: str, max_tokens: int) -> tuple[int, int]:
     """(segments, characters) that an evaluation of one language scores: the rule every bits-per-character
-    number follows (the model's `objectives.clm_eval` and the count-based baselines of `xling.ngram`).
+    number follows (the model's `heldout.clm_eval` and the count-based baselines of `xling.ngram`).
 
     Segments are taken in shard order until at least `max_tokens` targets have been scored (max_tokens <= 0:
     all); each segment costs its tokens plus one (`<lang> segment </s>` predicts the segment and `</s>`, the

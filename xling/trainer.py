@@ -450,7 +450,7 @@ class Trainer:
         Each batch comes from a fresh generator (seed, unit), so every validation scores the same text.
         Every rank computes the same numbers (FSDP needs every rank in each forward).
         """
-        from xling.objectives import bits_per_char, clm_eval
+        from xling.heldout import bits_per_char, clm_eval
 
         cfg, shards = self.cfg, self.shards
         out: dict[str, float] = {}

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xling.batches import pad_right
 from xling.corpus import SPLITS, WORD
 from xling.encode import mean_pool
 from xling.errors import XlingError
@@ -335,15 +336,6 @@ class _Inputs:
     feats: Tensor | None = None
 
 
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for r, s in enumerate(seqs):
-        idx[r, : len(s)], mask[r, : len(s)] = torch.tensor(s), True
-    return idx, mask
-
-
 def prepare(encoder: nn.Module, ex: Examples, cfg: ClassifyConfig, frozen: Classifier | None = None) -> _Inputs:
     """Tokenize (cut to max_len, keeping the encoder's final special); pool features if `frozen` is given."""
     ids = [s if len(s) <= cfg.max_len else s[: cfg.max_len - 1] + s[-1:]
@@ -357,7 +349,7 @@ def prepare(encoder: nn.Module, ex: Examples, cfg: ClassifyConfig, frozen: Class
         with torch.no_grad():
             for k in range(0, len(order), 64):
                 rows = order[k:k + 64]
-                idx, mask = _pad([ids[i] for i in rows], pad_id)
+                idx, mask = pad_right([ids[i] for i in rows], pad_id)
                 out[torch.as_tensor(rows)] = frozen.features(idx, mask, ex.lang).float()
         encoder.train(was)
         inp.feats = out
@@ -367,7 +359,7 @@ def prepare(encoder: nn.Module, ex: Examples, cfg: ClassifyConfig, frozen: Class
 def _logits(clf: Classifier, inp: _Inputs, rows: np.ndarray) -> Tensor:
     if inp.feats is not None:
         return clf.classify(inp.feats[torch.as_tensor(rows)])
-    idx, mask = _pad([inp.ids[i] for i in rows], getattr(clf.encoder, "pad_id", 0))
+    idx, mask = pad_right([inp.ids[i] for i in rows], getattr(clf.encoder, "pad_id", 0))
     return clf(idx, mask, inp.lang).float()
 
 

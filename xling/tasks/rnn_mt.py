@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from xling.batches import pad_right
 from xling.errors import XlingError
 
 PAD, EOS = 0, 2  # fixed special ids (xling.tokenizer)
@@ -159,11 +160,8 @@ class RNNTranslator(nn.Module):
 
 def _pad(rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     """Right-pad id lists -> (ids (B, T) long, lengths (B,) long)."""
-    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    out = torch.full((len(rows), int(lens.max())), PAD, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
-    return out, lens
+    ids, mask = pad_right(rows, PAD)
+    return ids, mask.sum(1)
 
 
 class _Pairs:

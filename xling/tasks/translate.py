@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from xling.batches import IGNORE, pad_right, target_span
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation
 from xling.evaluate import skipped as eval_skipped  # (`skipped` counts pairs here)
@@ -50,7 +51,7 @@ from xling.files import atomic_write_json, atomic_write_text, check_utf8, read_l
 from xling.generate import MAX_BEAMS, beam_search, no_repeat_ngram
 from xling.metrics import bleu, chrf
 from xling.model import KVCache
-from xling.objectives import IGNORE, span_loss, target_span
+from xling.objectives import span_loss
 from xling.precision import PRECISIONS, for_precision
 from xling.progress import format_table, progress
 from xling.report import MT_MIN_STEPS
@@ -187,20 +188,18 @@ def make_batch(examples: list[Example], pad_multiple: int = 16, max_len: int | N
 
     The length is rounded up to a multiple of `pad_multiple` (few shapes), but never past `max_len`.
     """
-    T = max(len(e) for e in examples)
-    T = max(T, min(-(-T // pad_multiple) * pad_multiple, max_len or T + pad_multiple))
-    idx = torch.full((len(examples), T), PAD_ID, dtype=torch.long)
-    targets = torch.full((len(examples), T), IGNORE, dtype=torch.long)
-    lang = torch.zeros((len(examples), T), dtype=torch.long)
-    prefix = torch.tensor([len(e.src) + 2 for e in examples], dtype=torch.long)  # (B,)
-    for r, e in enumerate(examples):
-        S = len(e.src)
+    inputs, outputs = [], []
+    for e in examples:
         x = np.concatenate([[e.src_tag], e.src, [EOS_ID, e.tgt_tag], e.tgt, [EOS_ID]]).astype(np.int64)
-        n = len(x) - 1  # inputs x[:-1], position j predicts x[j + 1]
-        idx[r, :n] = torch.from_numpy(x[:-1])
-        targets[r, S + 2:n] = torch.from_numpy(x[S + 3:])  # position S + 2 is <tgt>: it predicts y[0]
-        lang[r, :S + 2] = lang_index(e.src_tag)  # <src> x </s>
-        lang[r, S + 2:] = lang_index(e.tgt_tag)  # <tgt> y (and the padding after it, never a target)
+        inputs.append(x[:-1])  # position j predicts x[j + 1]
+        outputs.append(np.concatenate([np.full(len(e.src) + 2, IGNORE), x[len(e.src) + 3:]]))  # <tgt> predicts y[0]
+    idx, _ = pad_right(inputs, PAD_ID, multiple=pad_multiple, cap=max_len)  # (B, T)
+    targets, _ = pad_right(outputs, IGNORE, width=idx.shape[1])  # (B, T)
+    prefix = torch.tensor([len(e.src) + 2 for e in examples], dtype=torch.long)  # (B,) <src> x </s>
+    src = torch.tensor([lang_index(e.src_tag) for e in examples])[:, None]  # (B, 1)
+    tgt = torch.tensor([lang_index(e.tgt_tag) for e in examples])[:, None]  # (B, 1)
+    # <src> x </s> in the source language, <tgt> y (and the padding after it, never a target) in the target's
+    lang = torch.where(torch.arange(idx.shape[1])[None, :] < prefix[:, None], src, tgt)  # (B, T)
     return {"idx": idx, "targets": targets, "lang_ids": lang, "prefix_len": prefix, **target_span(targets)}
 
 

@@ -408,14 +408,12 @@ def _run_model(model, seqs: list[list[int]], lang_token_id: int | None, lang_ind
                layer: int, causal: bool):
     import torch
 
+    from xling.batches import pad_right
+    from xling.tokenizer import PAD_ID
+
     if lang_token_id is not None:
         seqs = [[lang_token_id] + s for s in seqs]
-    T = max(1, max(len(s) for s in seqs))
-    idx = torch.zeros(len(seqs), T, dtype=torch.long)  # (B, T), padded with id 0 (<pad>)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)  # (B, T) True = real token
-    for b, s in enumerate(seqs):
-        idx[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, :len(s)] = True
+    idx, mask = pad_right(seqs, PAD_ID)  # (B, T) ids, (B, T) True = real token
     lang_ids = None if lang_index is None else torch.full_like(idx, lang_index)
     with torch.no_grad():
         if layer == -1:
