@@ -23,7 +23,7 @@ $(VENV)/.installed-dev: pyproject.toml constraints-cpu.txt | $(VENV)/bin/python
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/xling demo --out $(OUT) --minutes $(MINUTES)
+	$(VENV)/bin/xling demo --run $(OUT) --minutes $(MINUTES)
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest

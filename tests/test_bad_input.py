@@ -113,10 +113,10 @@ def _one_line(err: str) -> str:
 
 
 RUN = ["--run", "run"]
-EMBED = ["embed", "--model", "run", "--lang", "en", "--input", "in.txt"]
-RETRIEVE = ["retrieve", "--model", "run", "--queries", "in.txt", "--docs", "fr.txt", "--src", "en", "--tgt", "fr"]
-TRANSLATE = ["translate", "--model", "run", "--src", "en", "--tgt", "fr"]
-MINE = ["mine", "in.txt", "fr.txt", "--model", "run", "--src", "en", "--tgt", "fr"]
+EMBED = ["embed", "--run", "run", "--lang", "en", "--input", "in.txt"]
+RETRIEVE = ["retrieve", "--run", "run", "--queries", "in.txt", "--docs", "fr.txt", "--src", "en", "--tgt", "fr"]
+TRANSLATE = ["translate", "--run", "run", "--src", "en", "--tgt", "fr"]
+MINE = ["mine", "in.txt", "fr.txt", "--run", "run", "--src", "en", "--tgt", "fr"]
 SCORE = ["score", "--metric", "bleu"]
 TEXT = ["corpus", "--source", "text", "--paths"]
 
@@ -175,9 +175,9 @@ CASES = [
     # generate
     ("generate-prompt-not-utf8", ["generate", *RUN, "--lang", "en", b"caf\xe9".decode("utf-8", "surrogateescape")],
      "the prompt is not valid UTF-8"),
-    ("generate-nan-temperature", ["generate", *RUN, "--lang", "en", "-o", "generate.temperature=nan", "In"],
+    ("generate-nan-temperature", ["generate", *RUN, "--lang", "en", "generate.temperature=nan", "In"],
      "generate.temperature: nan is not a finite number"),
-    ("generate-huge-beams", ["generate", *RUN, "--lang", "en", "-o", "generate.num_beams=1000000", "In"],
+    ("generate-huge-beams", ["generate", *RUN, "--lang", "en", "generate.num_beams=1000000", "In"],
      "num_beams must be in 1..64"),
     ("generate-unknown-lang", ["generate", *RUN, "--lang", "xx", "In"], "no tag <xx> for language 'xx'"),
     ("generate-missing-run", ["generate", "--run", "missing", "--lang", "en", "In"],
@@ -185,11 +185,11 @@ CASES = [
     ("generate-latest-not-utf8", ["generate", "--run", "badlatest", "--lang", "en", "In"],
      "`echo step_00000002 > "),
     # evaluate, report
-    ("evaluate-missing-run", ["evaluate", "missing"], "no trained model"),
-    ("evaluate-unknown-evaluation", ["evaluate", "run", "--only", "nosuch"], "unknown evaluation nosuch"),
-    ("evaluate-checkpoint-truncated", ["evaluate", "truncated"], "truncated or altered"),
-    ("report-missing-run", ["report", "missing"], "no evaluation results in missing"),
-    ("report-nothing-evaluated", ["report", "run"], "run `xling evaluate run` first"),
+    ("evaluate-missing-run", ["evaluate", "--run", "missing"], "no trained model"),
+    ("evaluate-unknown-evaluation", ["evaluate", *RUN, "--only", "nosuch"], "unknown evaluation nosuch"),
+    ("evaluate-checkpoint-truncated", ["evaluate", "--run", "truncated"], "truncated or altered"),
+    ("report-missing-run", ["report", "--run", "missing"], "no evaluation results in missing"),
+    ("report-nothing-evaluated", ["report", *RUN], "run `xling evaluate --run run` first"),
     # demo
     ("demo-nan-minutes", ["demo", "--minutes", "nan", "--run", "new"], "--minutes nan is not a finite number"),
     ("demo-config-missing", ["demo", "--config", "nope.toml", "--run", "new"], "nope.toml does not exist"),
@@ -202,7 +202,7 @@ CASES = [
     ("score-utf16-ref", [*SCORE, "--hyp", "in.txt", "--ref", "utf16.txt"], "iconv -f UTF-16 -t UTF-8"),
     ("score-ref-is-a-directory", [*SCORE, "--hyp", "in.txt", "--ref", "adir"], "is a directory"),
     # translate
-    ("translate-same-languages", ["translate", "--model", "run", "--src", "en", "--tgt", "en"], "are both 'en'"),
+    ("translate-same-languages", ["translate", "--run", "run", "--src", "en", "--tgt", "en"], "are both 'en'"),
     ("translate-output-is-a-directory", [*TRANSLATE, "--input", "in.txt", "--output", "adir"], "is a directory"),
     ("translate-output-under-proc", [*TRANSLATE, "--input", "in.txt", "--output", "/proc/xling.txt"],
      "is not writable"),
@@ -210,10 +210,10 @@ CASES = [
      "afile is a file"),
     ("translate-input-latin1", [*TRANSLATE, "--input", "latin1.txt"], "bytes are not UTF-8"),
     ("translate-input-utf16", [*TRANSLATE, "--input", "utf16.txt"], "iconv -f UTF-16 -t UTF-8"),
-    ("translate-missing-model", ["translate", "--model", "missing", "--src", "en", "--tgt", "fr",
+    ("translate-missing-model", ["translate", "--run", "missing", "--src", "en", "--tgt", "fr",
                                  "--input", "in.txt"], "checkpoint missing does not exist"),
     ("translate-zero-beams", [*TRANSLATE, "--input", "in.txt", "--beams", "0"], "num_beams must be in 1..64"),
-    ("translate-latest-missing-step", ["translate", "--model", "misslatest", "--src", "en", "--tgt", "fr",
+    ("translate-latest-missing-step", ["translate", "--run", "misslatest", "--src", "en", "--tgt", "fr",
                                        "--input", "in.txt"], "latest names step_00000099"),
     # translate-train
     ("translate-train-tsv-missing", ["translate-train", *RUN, "--tsv", "missing.tsv", "--src", "en", "--tgt", "fr"],
@@ -227,23 +227,23 @@ CASES = [
     ("embed-batch-size-zero", [*EMBED, "--out", "vecs", "--batch-size", "0"], "--batch-size 0 is not a finite"),
     ("embed-out-under-a-file", [*EMBED, "--out", "afile/vecs"], "afile is a file"),
     ("embed-out-under-proc", [*EMBED, "--out", "/proc/vecs"], "is not writable"),
-    ("embed-empty-input", ["embed", "--model", "run", "--lang", "en", "--input", "empty.txt", "--out", "vecs"],
+    ("embed-empty-input", ["embed", "--run", "run", "--lang", "en", "--input", "empty.txt", "--out", "vecs"],
      "is empty"),
-    ("embed-input-is-a-directory", ["embed", "--model", "run", "--lang", "en", "--input", "adir", "--out", "vecs"],
+    ("embed-input-is-a-directory", ["embed", "--run", "run", "--lang", "en", "--input", "adir", "--out", "vecs"],
      "is a directory"),
-    ("embed-unknown-lang", ["embed", "--model", "run", "--lang", "xx", "--input", "in.txt", "--out", "vecs"],
+    ("embed-unknown-lang", ["embed", "--run", "run", "--lang", "xx", "--input", "in.txt", "--out", "vecs"],
      "no tag <xx>"),
-    ("embed-latest-not-utf8", ["embed", "--model", "badlatest", "--lang", "en", "--input", "in.txt",
+    ("embed-latest-not-utf8", ["embed", "--run", "badlatest", "--lang", "en", "--input", "in.txt",
                                "--out", "vecs"], "latest does not hold a step directory's name"),
     # retrieve, mine
     ("retrieve-out-is-a-directory", [*RETRIEVE, "--out", "adir"], "is a directory"),
     ("retrieve-out-under-proc", [*RETRIEVE, "--out", "/proc/hits.tsv"], "is not writable"),
     ("retrieve-out-under-a-file", [*RETRIEVE, "--out", "afile/hits.tsv"], "afile is a file"),
-    ("retrieve-missing-queries", ["retrieve", "--model", "run", "--queries", "missing.txt", "--docs", "fr.txt"],
+    ("retrieve-missing-queries", ["retrieve", "--run", "run", "--queries", "missing.txt", "--docs", "fr.txt"],
      "queries file missing.txt does not exist"),
     ("retrieve-zero-k", [*RETRIEVE, "-k", "0"], "-k must be >= 1, not 0"),
     ("mine-nan-threshold", [*MINE, "--threshold", "nan"], "--threshold nan is not a finite number"),
-    ("mine-missing-source", ["mine", "missing.txt", "fr.txt", "--model", "run"],
+    ("mine-missing-source", ["mine", "missing.txt", "fr.txt", "--run", "run"],
      "source file missing.txt does not exist"),
     ("mine-out-under-a-file", [*MINE, "--out", "afile/pairs.tsv"], "afile is a file"),
     ("mine-zero-k", [*MINE, "-k", "0"], "-k must be >= 1, not 0"),

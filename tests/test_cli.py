@@ -150,7 +150,7 @@ def test_a_second_writer_of_a_run_gets_one_line_and_a_dead_holders_lock_is_taken
         line = one_line_error(err)
         assert code == 2 and f"in use by another xling process (pid {holder.pid})" in line and "--run" in line
         assert sorted(p.name for p in rd.rglob("*")) == before  # nothing written
-        assert run(capsys, "evaluate", rd)[0] == 2  # readers that write (eval/) wait their turn too
+        assert run(capsys, "evaluate", "--run", rd)[0] == 2  # readers that write (eval/) wait their turn too
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # kill -9: the OS drops the lock with the process
         holder.wait()
@@ -165,8 +165,8 @@ def test_the_lock_leaves_nothing_behind_when_a_new_run_fails(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["mine", "a.txt", "b.txt", "--model", "m", "--threshold", "nan"], "--threshold nan is not a finite number"),
-    (["embed", "--model", "m", "--lang", "en", "--input", "a.txt", "--out", "o", "--batch-size", "0"],
+    (["mine", "a.txt", "b.txt", "--run", "m", "--threshold", "nan"], "--threshold nan is not a finite number"),
+    (["embed", "--run", "m", "--lang", "en", "--input", "a.txt", "--out", "o", "--batch-size", "0"],
      "--batch-size 0 is not a finite number >= 1"),
     (["demo", "--minutes", "inf"], "--minutes inf is not a finite number >= 0"),
 ])
@@ -185,20 +185,20 @@ def test_silent_wrong_results_are_errors_now(tmp_path, capsys):
     assert code == 2 and "nope.toml does not exist" in one_line_error(err) and not (tmp_path / "run").exists()
     code, _, err = run(capsys, "score", "--metric", "bleu", "--hyp", hyp, "--ref", hyp, "--lang", "xx")
     assert code == 2 and "unknown language code 'xx' in --lang" in one_line_error(err)
-    code, _, err = run(capsys, "translate", "--model", tmp_path / "none", "--src", "en", "--tgt", "en")
+    code, _, err = run(capsys, "translate", "--run", tmp_path / "none", "--src", "en", "--tgt", "en")
     assert code == 2 and "--src and --tgt are both 'en'" in one_line_error(err)
 
 
 @pytest.mark.parametrize("make_argv, msg", [
-    (lambda d: ["embed", "--model", d / "m", "--lang", "en", "--input", d / "in.txt", "--out", "/proc/x"],
+    (lambda d: ["embed", "--run", d / "m", "--lang", "en", "--input", d / "in.txt", "--out", "/proc/x"],
      "cannot write --out /proc/x.npy"),
-    (lambda d: ["embed", "--model", d / "m", "--lang", "en", "--input", d / "in.txt", "--out", d / "in.txt" / "v"],
+    (lambda d: ["embed", "--run", d / "m", "--lang", "en", "--input", d / "in.txt", "--out", d / "in.txt" / "v"],
      "in.txt is a file; choose another path"),
-    (lambda d: ["retrieve", "--model", d / "m", "--queries", d / "in.txt", "--docs", d / "in.txt", "--out", d],
+    (lambda d: ["retrieve", "--run", d / "m", "--queries", d / "in.txt", "--docs", d / "in.txt", "--out", d],
      "is a directory; give a file path"),
-    (lambda d: ["mine", d / "in.txt", d / "in.txt", "--model", d / "m", "--out", d / "in.txt" / "pairs.tsv"],
+    (lambda d: ["mine", d / "in.txt", d / "in.txt", "--run", d / "m", "--out", d / "in.txt" / "pairs.tsv"],
      "in.txt is a file; choose another path"),
-    (lambda d: ["translate", "--model", d / "m", "--src", "en", "--tgt", "fr", "--input", d / "in.txt",
+    (lambda d: ["translate", "--run", d / "m", "--src", "en", "--tgt", "fr", "--input", d / "in.txt",
                 "--output", d], "--output"),
     (lambda d: ["corpus", "--source", "text", "--path", d, "--run", d / "in.txt"], "run directory"),
 ])
@@ -222,7 +222,7 @@ def test_bad_bytes_huge_beams_and_a_broken_run_config_are_one_line(tmp_path, cap
     assert code == 2 and "the prompt is not valid UTF-8 text" in one_line_error(err)
     with pytest.raises(XlingError, match="standard input is not valid UTF-8"):
         check_utf8("ok\n" + bad, "standard input")
-    code, _, err = run(capsys, "generate", "--run", tmp_path / "none", "--lang", "en", "-o",
+    code, _, err = run(capsys, "generate", "--run", tmp_path / "none", "--lang", "en",
                        "generate.num_beams=1000000", "In the")
     assert code == 2 and "num_beams must be in 1..64" in one_line_error(err)
     rd = tmp_path / "run"
@@ -289,3 +289,35 @@ def test_an_error_after_a_progress_bar_starts_on_its_own_line(tmp_path, capsys, 
     assert code == 2 and "working" in err  # the bar was drawn
     last = err.rstrip("\n").split("\n")[-1]
     assert last == "xling tokenizer: error: something is wrong; fix it"
+
+
+@pytest.mark.parametrize("argv, note, msg", [
+    (["evaluate", "{d}/none"], "the positional run directory is deprecated; write --run", "has no trained model"),
+    (["report", "{d}/none"], "the positional run directory is deprecated", "no evaluation results in {d}/none"),
+    (["translate", "--model", "{d}/none", "--src", "en", "--tgt", "fr"], "--model is deprecated", "{d}/none"),
+    (["embed", "--model", "{d}/none", "--lang", "en", "--input", "{d}/in.txt", "--out", "{d}/o"],
+     "--model is deprecated", "{d}/none"),
+    (["generate", "--run", "{d}/none", "--lang", "en", "-o", "generate.num_beams=1000000", "In"],
+     "-o/--set KEY=VALUE is deprecated", "num_beams must be in 1..64"),
+])
+def test_old_spellings_still_work_with_a_note(tmp_path, capsys, argv, note, msg):
+    """Issue 23: one vocabulary (--run RUN, positional KEY=VALUE); the spellings before it (a positional run,
+    --model, -o/--set) reach the command for one release, with a one-line note on stderr."""
+    (tmp_path / "in.txt").write_text("In the beginning\n", encoding="utf-8")
+    code, _, err = run(capsys, *(a.format(d=tmp_path) for a in argv))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and note in lines[0] and msg.format(d=tmp_path) in lines[1], err
+
+
+def test_run_and_an_old_spelling_that_disagree_are_one_usage_error(tmp_path, capsys):
+    for argv in (["report", "--run", "a", "b"], ["mine", "x.txt", "y.txt", "--run", "a", "--model", "b"]):
+        code, _, err = run(capsys, *argv)
+        line = one_line_error(err)
+        assert code == 2 and "name different runs; give --run only" in line and "--help" in line
+    code, _, err = run(capsys, "report", "--run", tmp_path / "r", str(tmp_path / "r") + "/")  # the same run: fine
+    assert code == 2 and "no evaluation results" in err
+
+
+def test_generate_tells_settings_from_prompts(tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "--run", tmp_path / "none", "generate.temperature=0")
+    assert code == 2 and "give at least one prompt" in one_line_error(err)

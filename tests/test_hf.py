@@ -281,8 +281,8 @@ def test_import_run_then_generate_and_evaluate(exported, tok, tmp_path, fake_sou
     want = generate(model, tok, [PROMPTS["ru"]], "ru", GREEDY)
     assert generate(m, t, [PROMPTS["ru"]], "ru", GREEDY) == want
     capsys.readouterr()
-    assert main(["generate", PROMPTS["ru"], "--lang", "ru", "--run", str(run), "-o", "generate.temperature=0",
-                 "-o", "generate.max_new_tokens=30", "-o", "generate.precision=fp32"]) == 0
+    assert main(["generate", "--lang", "ru", "--run", str(run), PROMPTS["ru"], "generate.temperature=0",
+                 "generate.max_new_tokens=30", "generate.precision=fp32"]) == 0
     assert want[0] in capsys.readouterr().out
     metrics = run_evaluate(run, only=["tokenizer", "bpc"])
     assert set(LANGS) <= {k.split(".")[-1] for k in metrics if k.startswith("bpc.")}

@@ -208,7 +208,7 @@ def test_mine_command_aligns_a_shuffled_file(tiny_run, tmp_path, capsys):
     perm = np.random.default_rng(0).permutation(len(lines))
     (tmp_path / "a.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("\n".join(lines[p] for p in perm) + "\n", encoding="utf-8")
-    code = main(["mine", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--model", str(tiny_run),
+    code = main(["mine", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--run", str(tiny_run),
                  "--src", "en", "--tgt", "en", "--out", str(tmp_path / "pairs.tsv")])
     assert code == 0, capsys.readouterr().err
     rows = [r.split("\t") for r in (tmp_path / "pairs.tsv").read_text(encoding="utf-8").splitlines()]
@@ -236,6 +236,6 @@ def test_mine_command_bad_input(tiny_run, tmp_path, capsys):
         ([str(good), str(good), "--src", "en", "--tgt", "fr", "-k", "0"], "-k"),
     ]
     for argv, needle in cases:
-        code = main(["mine", *argv, "--model", str(tiny_run)])
+        code = main(["mine", *argv, "--run", str(tiny_run)])
         assert code == 2
         assert needle in _one_line(capsys.readouterr().err)

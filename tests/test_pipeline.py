@@ -35,8 +35,8 @@ def trained_run(tmp_path_factory):
     assert main(["shard", *common]) == 0
     assert main(["pretrain", *common, *TINY_MODEL, "train.max_steps=40", "train.embed_init=lsi",
                  'train.objectives={clm = 1.0, contrastive = 1.0}']) == 0
-    assert main(["evaluate", str(rd)]) == 0
-    assert main(["report", str(rd)]) == 0
+    assert main(["evaluate", "--run", str(rd)]) == 0
+    assert main(["report", "--run", str(rd)]) == 0
     return rd
 
 
@@ -144,7 +144,7 @@ def test_generate_command_equals_the_python_api(trained_run, capsys):
     from xling.generate import GenerateConfig, generate, load_for_generation
 
     argv = ["generate", "--run", str(trained_run), "--lang", "ru", "В начале",
-            "-o", "generate.temperature=0", "-o", "generate.max_new_tokens=12"]
+            "generate.temperature=0", "generate.max_new_tokens=12"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     model, tok = load_for_generation(trained_run)
@@ -162,7 +162,7 @@ def test_generation_metrics_without_wordfreq_are_na_with_the_install_command(tra
     rd = tmp_path / "run"
     shutil.copytree(trained_run, rd)
     monkeypatch.setitem(sys.modules, "wordfreq", None)  # `import wordfreq` raises ImportError
-    assert main(["evaluate", str(rd), "--only", "generation"]) == 0
+    assert main(["evaluate", "--run", str(rd), "--only", "generation"]) == 0
     result = json.loads((rd / "eval" / "generation.json").read_text())
     keys = result["metrics"]
     assert not [k for k in keys if k.startswith("generation.lexical")]
@@ -172,7 +172,7 @@ def test_generation_metrics_without_wordfreq_are_na_with_the_install_command(tra
     col = table["header"].index("lexical m/u/h")
     assert all(row[col] == "n/a / n/a / n/a" for row in table["rows"])
     assert any("wordfreq is not installed (pip install wordfreq)" in b.get("text", "") for b in blocks)
-    assert main(["report", str(rd)]) == 0
+    assert main(["report", "--run", str(rd)]) == 0
     assert "pip install wordfreq" in (rd / "report" / "report.md").read_text()
 
 
@@ -194,10 +194,10 @@ def test_generate_command_with_the_language_vocabulary(trained_run, tmp_path, ca
     for lg in ("en", "ru"):  # each language has its own letter-bearing pieces (a 400-token vocabulary: dozens)
         assert sum(script_purity(p, lg) == 1.0 for p in pieces[lg]) > 20
     cfg = GenerateConfig(temperature=2, top_p=1, max_new_tokens=30, lang_vocab=True)
-    argv = ["generate", "--run", str(trained_run), "--lang", "ru", "Свет", "-o", "generate.lang_vocab=true",
-            "-o", "generate.temperature=2", "-o", "generate.top_p=1", "-o", "generate.max_new_tokens=30"]
+    argv = ["generate", "--run", str(trained_run), "--lang", "ru", "Свет", "generate.lang_vocab=true",
+            "generate.temperature=2", "generate.top_p=1", "generate.max_new_tokens=30"]
     for seed in range(3):
-        assert main([*argv, "-o", f"generate.seed={seed}"]) == 0
+        assert main([*argv, f"generate.seed={seed}"]) == 0
         out = capsys.readouterr().out
         want = generate(model, tok, ["Свет"], "ru", dataclasses.replace(cfg, seed=seed), vocab)[0]
         assert out == "Свет" + want + "\n"
@@ -222,8 +222,8 @@ def test_a_run_without_aligned_text_evaluates_and_reports(tmp_path):
     assert main(["tokenizer", *common, "tokenizer.vocab_size=300"]) == 0
     assert main(["shard", *common]) == 0
     assert main(["pretrain", *common, *TINY_MODEL, "train.max_steps=4"]) == 0
-    assert main(["evaluate", str(tmp_path / "run"), "--only", "tokenizer,bpc"]) == 0
-    assert main(["report", str(tmp_path / "run")]) == 0
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--only", "tokenizer,bpc"]) == 0
+    assert main(["report", "--run", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
     assert {f"tokenizer.fertility.{lg}" for lg in TINY} | {f"bpc.{lg}" for lg in TINY} <= set(metrics)
     assert not {"tokenizer.parity.fr", "tokenizer.parity.ru"} & set(metrics)  # no aligned verses to compare

@@ -127,7 +127,7 @@ def test_embed_keeps_input_order_despite_length_sorting(tiny_run, tmp_path, caps
     texts = ["In the beginning was the word, and the word was with God, and the word was God.", "Light.",
              "He came to his own, and his own did not receive him.", "", "Grace and truth (7)."]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    code = main(["embed", "--model", str(tiny_run), "--lang", "en", "--input", str(tmp_path / "in.txt"),
+    code = main(["embed", "--run", str(tiny_run), "--lang", "en", "--input", str(tmp_path / "in.txt"),
                  "--out", str(tmp_path / "v" / "en"), "--batch-size", "2", "--layer", "1", "--no-pool-specials"])
     assert code == 0, capsys.readouterr().err
     vecs, ids = read_vectors(tmp_path / "v" / "en")
@@ -148,7 +148,7 @@ def test_retrieve_command_tsv_and_jsonl(tiny_run, tmp_path, capsys):
     (tmp_path / "en.txt").write_text("\n".join(en) + "\n", encoding="utf-8")
     (tmp_path / "en2.txt").write_text("\n".join(reversed(en)) + "\n", encoding="utf-8")
     (tmp_path / "fr.txt").write_text("\n".join(fr) + "\n", encoding="utf-8")
-    base = ["retrieve", "--model", str(tiny_run), "--queries", str(tmp_path / "en.txt")]
+    base = ["retrieve", "--run", str(tiny_run), "--queries", str(tmp_path / "en.txt")]
     code = main([*base, "--docs", str(tmp_path / "en2.txt"), "--src", "en", "--tgt", "en", "-k", "3"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -166,10 +166,10 @@ def test_retrieve_command_tsv_and_jsonl(tiny_run, tmp_path, capsys):
     assert all(x["hits"][0]["score"] >= x["hits"][1]["score"] for x in lines)
     # vectors from `xling embed` give the same neighbours as text
     for lang, name in (("en", "en"), ("fr", "fr")):
-        assert main(["embed", "--model", str(tiny_run), "--lang", lang, "--input", str(tmp_path / f"{name}.txt"),
+        assert main(["embed", "--run", str(tiny_run), "--lang", lang, "--input", str(tmp_path / f"{name}.txt"),
                      "--out", str(tmp_path / f"{name}")]) == 0
     capsys.readouterr()
-    assert main(["retrieve", "--model", str(tiny_run), "--queries", str(tmp_path / "en.npy"),
+    assert main(["retrieve", "--run", str(tiny_run), "--queries", str(tmp_path / "en.npy"),
                  "--docs", str(tmp_path / "fr.npy"), "-k", "2", "--format", "jsonl"]) == 0
     from_vectors = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [[h["doc_id"] for h in x["hits"]] for x in from_vectors] == [[h["doc_id"] for h in x["hits"]]
@@ -181,7 +181,7 @@ def test_retrieve_warns_when_both_files_are_one_language(tiny_run, tmp_path, cap
 
     en = Corpus(tiny_run / "corpus").texts("test", "en")[:10]
     (tmp_path / "a.txt").write_text("\n".join(en) + "\n", encoding="utf-8")
-    code = main(["retrieve", "--model", str(tiny_run), "--queries", str(tmp_path / "a.txt"), "--docs",
+    code = main(["retrieve", "--run", str(tiny_run), "--queries", str(tmp_path / "a.txt"), "--docs",
                  str(tmp_path / "a.txt"), "--src", "en", "--tgt", "fr", "-k", "1"])
     err = capsys.readouterr().err
     assert code == 0 and "both look like en" in err and "cross-lingual en->fr" in err
@@ -193,7 +193,7 @@ def test_commands_reject_bad_input_with_one_line(tiny_run, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     np.save(tmp_path / "a.npy", np.ones((2, 8), np.float32))
     np.save(tmp_path / "b.npy", np.ones((2, 6), np.float32))
-    run = ["--model", str(tiny_run)]
+    run = ["--run", str(tiny_run)]
     embed = ["embed", *run, "--out", str(tmp_path / "o")]
     retrieve = ["retrieve", *run, "--src", "en", "--tgt", "fr"]
     cases = [
@@ -201,7 +201,7 @@ def test_commands_reject_bad_input_with_one_line(tiny_run, tmp_path, capsys):
         ([*embed, "--lang", "en", "--input", str(tmp_path / "empty.txt")], "empty"),
         ([*embed, "--lang", "xx", "--input", str(good)], "<xx>"),
         ([*embed, "--lang", "en", "--input", str(good), "--layer", "9"], "out of range"),
-        (["embed", "--model", str(tmp_path / "norun"), "--lang", "en", "--input", str(good), "--out", "o"],
+        (["embed", "--run", str(tmp_path / "norun"), "--lang", "en", "--input", str(good), "--out", "o"],
          "does not exist"),
         ([*retrieve, "--queries", str(good), "--docs", str(tmp_path / "missing.txt")], "does not exist"),
         ([*retrieve, "--queries", str(tmp_path / "empty.txt"), "--docs", str(good)], "empty"),
@@ -220,7 +220,7 @@ def test_retrieve_backend_faiss_equals_exact_or_says_how_to_install(tmp_path, ca
     rng = np.random.default_rng(6)
     write_vectors(tmp_path / "q", _unit(rng, 20, 16), [f"q{i}" for i in range(20)])
     write_vectors(tmp_path / "d", _unit(rng, 300, 16), [f"d{i}" for i in range(300)])
-    argv = ["retrieve", "--model", str(tmp_path), "--queries", str(tmp_path / "q.npy"), "--docs",
+    argv = ["retrieve", "--run", str(tmp_path), "--queries", str(tmp_path / "q.npy"), "--docs",
             str(tmp_path / "d.npy"), "-k", "3"]
     assert main(argv) == 0  # vectors only: no model is loaded
     exact = capsys.readouterr().out

@@ -283,7 +283,7 @@ def test_cli_round_trip_equals_the_python_api(tiny_run, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.txt"
     capsys.readouterr()
-    assert main(["translate", "--model", str(tiny_run), "--src", "en", "--tgt", "fr", "--input",
+    assert main(["translate", "--run", str(tiny_run), "--src", "en", "--tgt", "fr", "--input",
                  str(tmp_path / "in.txt"), "--output", str(out), "--beams", "2"]) == 0
     got = out.read_text(encoding="utf-8").split("\n")
     model, tok = load_translator(tiny_run / "translate")
@@ -296,7 +296,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
     from xling.cli import main
 
     (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
-    base = ["translate", "--model", str(tiny_run), "--input", str(tmp_path / "in.txt")]
+    base = ["translate", "--run", str(tiny_run), "--input", str(tmp_path / "in.txt")]
     for argv, msg in ((["--src", "xx", "--tgt", "fr"], "no tag <xx> for language 'xx'"),
                       (["--src", "en", "--tgt", "fr", "--beams", "0"], "num_beams must be in 1..64")):
         capsys.readouterr()

@@ -6,15 +6,19 @@
     xling demo                                        # every stage on the embedded default
     xling config --config configs/demo.toml model.n_layer=4   # print a resolved config
 
-Every stage takes `--run DIR`, `--config FILE.toml` and dotted overrides (`corpus.alpha=0.5`). The config
-is resolved as: defaults <- the run's saved config.toml <- --config <- overrides. Heavy modules (torch,
-tokenizers) are imported only by the command that needs them, so `xling --help` answers at once.
+One vocabulary: every command names its run with `--run DIR` and takes settings as dotted `KEY=VALUE`
+arguments (`corpus.alpha=0.5`); the config is resolved as: defaults <- the run's saved config.toml <-
+--config <- overrides. The spellings before it (`--model`, a positional run for evaluate/report, `-o/--set`)
+are hidden aliases for one release, folded in by `_settle`. Heavy modules (torch, tokenizers) are imported
+only by the command that needs them, so `xling --help` answers at once. Checks and formatting live with the
+code a command calls (metrics.score_files/format_score, tasks.align.align_command, stages.run_demo).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,9 +48,64 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_run(p: argparse.ArgumentParser, help: str = f"run directory (default {DEFAULT_RUN})", *,
+             default: str | None = DEFAULT_RUN, required: bool = False, old: tuple[str, ...] = (),
+             positional: bool = False) -> None:
+    """`--run RUN`, the one spelling of the run directory on every command. The spellings before it (`old`
+    options such as --model, or a positional RUN) still work for one release: hidden from --help, a one-line
+    note on stderr, settled into args.run by `_settle`."""
+    p.add_argument("--run", required=required, help=help)
+    aliases = []
+    for flag in old:
+        dest = "old_run_" + flag.lstrip("-")
+        p.add_argument(flag, dest=dest, help=argparse.SUPPRESS)
+        aliases.append((dest, flag))
+    if positional:
+        p.add_argument("old_run_positional", nargs="?", help=argparse.SUPPRESS)
+        aliases.append(("old_run_positional", "the positional run directory"))
+    p.set_defaults(run_default=default, run_aliases=aliases)
+
+
+def _add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    """Positional KEY=VALUE settings, the one override syntax; -o/--set KEY=VALUE is its hidden old spelling."""
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=help)
+    p.add_argument("-o", "--set", dest="set_overrides", action="append", default=[], help=argparse.SUPPRESS)
+
+
+_SETTING = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+=")  # section.key=value
+
+
+def _settle(args) -> str | None:
+    """Fold the old spellings into args.run and args.overrides (a note on stderr for each); the error line when
+    --run and an old spelling name different runs."""
+    cmd = f"xling {args.command}"
+    if hasattr(args, "prompts"):  # generate: `section.key=value` among the prompts is a setting
+        args.overrides = [a for a in args.prompts if _SETTING.match(a)]
+        args.prompts = [a for a in args.prompts if not _SETTING.match(a)]
+        if not args.prompts:
+            return "give at least one prompt (arguments of the form section.key=value are settings)"
+    for dest, spelling in getattr(args, "run_aliases", ()):
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if args.run is not None and Path(args.run) != Path(value):
+            return f"--run {args.run} and {spelling} {value} name different runs; give --run only"
+        print(f"{cmd}: note: {spelling} is deprecated; write --run {value}", file=sys.stderr)
+        args.run = value
+    if getattr(args, "set_overrides", None):
+        print(f"{cmd}: note: -o/--set KEY=VALUE is deprecated; write KEY=VALUE after the options",
+              file=sys.stderr)
+        args.overrides = [*args.set_overrides, *args.overrides]
+    if hasattr(args, "run_default") and args.run is None:
+        args.run = args.run_default
+    return None
+
+
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
-    p.add_argument("--run", "--out", dest="run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    # --out stays beside --run here, not as an old spelling: torchrun reads `--run` as its own --run-path
+    p.add_argument("--run", "--out", dest="run", default=DEFAULT_RUN,
+                   help=f"run directory (default {DEFAULT_RUN}); under torchrun write --out")
     p.add_argument("--config", help="TOML config file (default: the run's saved config, else built-in defaults)")
     p.add_argument("--overwrite", action="store_true", help="replace output that was built from another config")
     p.add_argument("--force", action="store_true", help="rebuild even when the output is up to date")
@@ -127,14 +186,14 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from xling.stages import run_evaluate
 
-    run_evaluate(args.run_dir, only=args.only.split(",") if args.only else None, max_segments=args.max_segments)
+    run_evaluate(args.run, only=args.only.split(",") if args.only else None, max_segments=args.max_segments)
     return 0
 
 
 def cmd_report(args) -> int:
     from xling.report import write_report
 
-    out = write_report(args.run_dir)
+    out = write_report(args.run)
     print(f"report: {out / 'report.html'} (open in a browser), {out / 'report.md'}, {out / 'metrics.json'}")
     return 0
 
@@ -143,26 +202,13 @@ def cmd_demo(args) -> int:
     """corpus -> tokenizer -> shard -> pretrain (resumes) -> evaluate -> report, skipping what is up to date."""
     import time
 
-    from xling.config import load_config
-    from xling.report import summary, write_report
-    from xling.stages import RunDir, run_evaluate, run_pretrain, run_stage
+    from xling.report import summary
+    from xling.stages import run_demo
 
     t0 = time.perf_counter()
-    config = args.config or str(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
-    if not args.config and not Path(config).exists():
-        config = None  # installed without the repo's configs/: built-in defaults are the demo
-    # (a --config the user named and that is missing is load_config's one-line error, not the default demo)
     _check_number(args.minutes, "--minutes", 0)
-    overrides = [f"train.max_minutes={args.minutes}"] if args.minutes is not None else []
-    if args.langs:
-        overrides.append(f"corpus.langs={args.langs}")
-    cfg = load_config(config, [*overrides, *args.overrides], base=RunDir(args.run).saved_config())
-    with RunDir(args.run).lock():  # one writer from the corpus to the report
-        for stage in ("corpus", "tokenizer", "shard"):
-            run_stage(stage, cfg, args.run, overwrite=args.overwrite)
-        run_pretrain(cfg, args.run, overwrite=args.overwrite)
-        run_evaluate(args.run)
-        out = write_report(args.run)
+    out = run_demo(args.run, config=args.config, minutes=args.minutes, langs=args.langs, overrides=args.overrides,
+                   overwrite=args.overwrite)
     print("\n" + summary(args.run) + "\n")
     print(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min; report: {out / 'report.html'}")
     return 0
@@ -172,44 +218,13 @@ def cmd_score(args) -> int:
     """Score a hypothesis file against reference files (one segment per line): BLEU, chrF or ROUGE."""
     import json
 
-    from xling import metrics
-    from xling.errors import XlingError
-    from xling.files import read_lines
-    from xling.progress import format_table
+    from xling.metrics import format_score, score_files
 
-    if args.lang:  # an unknown code silently fell back to the 13a tokenizer
-        from xling.langs import check_lang
-
-        check_lang(args.lang, "--lang")
-    hyps = read_lines(args.hyp, "hypothesis file")
-    refs = [read_lines(r, "reference file") for r in args.ref]
-    for path, lines in zip(args.ref, refs, strict=True):
-        if len(lines) != len(hyps):
-            raise XlingError(f"hypothesis file {args.hyp} has {len(hyps)} lines but reference file {path} has "
-                             f"{len(lines)}; give one line per segment in both")
-    if args.metric == "rouge":
-        scores = metrics.rouge(hyps, refs, tokenizer=args.rouge_tokenizer, stem=args.stem)
-        if args.rouge_tokenizer == "default" and any(not ln.isascii() for ln in refs[0]):
-            print("xling score: note: the default ROUGE tokenizer (rouge-score's) drops non-ASCII letters; "
-                  "use --rouge-tokenizer unicode for such text", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"metric": "rouge", "segments": len(hyps), "tokenizer": args.rouge_tokenizer,
-                              "stem": args.stem, **scores}))
-        else:
-            rows = [[name, *(f"{scores[k + s]:.4f}" for s in ("_p", "_r", ""))]
-                    for name, k in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))]
-            print(format_table(["metric", "precision", "recall", "F1"], rows,
-                               title=f"ROUGE over {len(hyps)} segments (tokenizer {args.rouge_tokenizer}, "
-                                     f"stemming {'on' if args.stem else 'off'}, scale 0-1)"))
-        return 0
-    if args.metric == "bleu":
-        name, (score, sig) = "BLEU", metrics.bleu(hyps, refs, lang=args.lang, tokenize=args.tokenize)
-    else:
-        name, (score, sig) = "chrF2", metrics.chrf(hyps, refs, lang=args.lang)
-    if args.json:
-        print(json.dumps({"metric": args.metric, "score": score, "signature": sig, "segments": len(hyps)}))
-    else:
-        print(f"{name}|{sig} = {score:.2f}")
+    record, notes = score_files(args.metric, args.hyp, args.ref, lang=args.lang, tokenize=args.tokenize,
+                                rouge_tokenizer=args.rouge_tokenizer, stem=args.stem)
+    for note in notes:
+        print(f"xling score: note: {note}", file=sys.stderr)
+    print(json.dumps(record) if args.json else format_score(record))
     return 0
 
 
@@ -221,7 +236,7 @@ def cmd_translate(args) -> int:
     if args.output:  # before the model loads and the input is translated
         check_writable(args.output, "--output")
     extra = [f"translate.num_beams={args.beams}"] if args.beams is not None else []
-    return translate_cli(args.model, args.src, args.tgt, args.input, args.output, [*extra, *args.overrides])
+    return translate_cli(args.run, args.src, args.tgt, args.input, args.output, [*extra, *args.overrides])
 
 
 def cmd_translate_train(args) -> int:
@@ -237,7 +252,7 @@ def cmd_embed(args) -> int:
 
     _check_number(args.batch_size, "--batch-size", 1)
     check_writable(f"{args.out}.npy", "--out")
-    r = run_embed(args.model, args.lang, args.input, args.out, ids_path=args.ids, layer=args.layer,
+    r = run_embed(args.run, args.lang, args.input, args.out, ids_path=args.ids, layer=args.layer,
                   pool_specials=args.pool_specials, batch_size=args.batch_size)
     print(f"embed: {r['n']:,} vectors of dimension {r['dim']} (layer {r['layer']}, specials "
           f"{'pooled' if r['pool_specials'] else 'not pooled'}) -> {r['vectors']}, {r['ids']}", file=sys.stderr)
@@ -250,7 +265,7 @@ def cmd_retrieve(args) -> int:
 
     if args.out:
         check_writable(args.out, "--out")
-    run_retrieve(args.model, args.queries, args.docs, src=args.src, tgt=args.tgt, k=args.k, fmt=args.format,
+    run_retrieve(args.run, args.queries, args.docs, src=args.src, tgt=args.tgt, k=args.k, fmt=args.format,
                  out=args.out, layer=args.layer, pool_specials=args.pool_specials, backend=args.backend)
     return 0
 
@@ -262,14 +277,14 @@ def cmd_mine(args) -> int:
     _check_number(args.threshold, "--threshold")
     if args.out:
         check_writable(args.out, "--out")
-    n = run_mine(args.model, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
+    n = run_mine(args.run, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
                  threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials)
     print(f"mine: {n:,} pairs", file=sys.stderr)
     return 0
 
 
 def _vector_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_RUN, help=f"run directory with checkpoints (default {DEFAULT_RUN})")
+    _add_run(p, f"run directory with checkpoints (default {DEFAULT_RUN})", old=("--model",))
     p.add_argument("--layer", type=int, help="hidden state to mean-pool (0 = embeddings, -1 = last; default: the "
                                              "layer the run's retrieval evaluation chose, else the last)")
     p.add_argument("--pool-specials", action=argparse.BooleanOptionalAction, default=None,
@@ -278,45 +293,24 @@ def _vector_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_vectors(args) -> int:
     """Word vectors per language of a run: static (gensim) from its corpus, or read out of its model."""
-    from xling.tasks.vectors import run_model_vectors, train_corpus_vectors
+    from xling.tasks.vectors import vectors_command
 
     cfg = _resolve(args).vectors
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
-    run = Path(args.run)
-    if args.from_model:
-        out = args.out or run / "align" / f"vectors-model-{args.from_model}"
-        paths = run_model_vectors(run, out, langs, mode=args.from_model, cfg=cfg)
-    else:
-        out = args.out or run / "align" / "vectors"
-        paths = train_corpus_vectors(run / "corpus", out, langs, cfg, force=args.force)
+    paths, out = vectors_command(args.run, langs, cfg, from_model=args.from_model, out=args.out, force=args.force)
     print(f"vectors: {len(paths)} .vec files in {out}")
     return 0
 
 
 def cmd_align(args) -> int:
     """Map one language's word vectors onto another's; P@k of lexicon induction when a dictionary is given."""
-    from xling.errors import XlingError
-    from xling.tasks.align import align_files, align_from_corpus
+    from xling.tasks.align import align_command
 
     extra = [f"align.methods=[{', '.join(_quote(m.strip()) for m in args.method.split(','))}]"] if args.method else []
     cfg = _resolve(args, extra)
-    if not args.src or not args.tgt:
-        raise XlingError("give the languages: --src en --tgt fr (in run mode --tgt may list several: fr,ru)")
-    if args.src_vec or args.tgt_vec:
-        if not (args.src_vec and args.tgt_vec):
-            raise XlingError("give both --src-vec and --tgt-vec (.vec files), or neither and --run RUN")
-        if args.run or args.vectors:
-            raise XlingError("--src-vec/--tgt-vec align two files; --run/--vectors align a run's languages: "
-                             "use one or the other")
-        out = Path(args.out or f"align/{args.src}-{args.tgt}")
-        align_files(args.src_vec, args.tgt_vec, out, src_lang=args.src, tgt_lang=args.tgt, dictionary=args.dict,
-                    cfg=cfg.align)
-    else:
-        run = Path(args.run or DEFAULT_RUN)
-        out = Path(args.out or run / "align")
-        tgts = [x.strip() for x in args.tgt.split(",") if x.strip()]
-        align_from_corpus(run / "corpus", out, args.src, tgts, vectors_cfg=cfg.vectors, cfg=cfg.align,
-                          dictionary=args.dict or "freedict", vectors_dir=args.vectors)
+    out = align_command(args.src, args.tgt, cfg=cfg.align, vectors_cfg=cfg.vectors, src_vec=args.src_vec,
+                        tgt_vec=args.tgt_vec, run=args.run, vectors=args.vectors, out=args.out,
+                        dictionary=args.dict, default_run=DEFAULT_RUN)
     print(f"align: results in {out} (table.md, results.json, W-<method>.npy, p_at_1_by_band.png)")
     return 0
 
@@ -380,23 +374,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("generate", help="continue prompts in a chosen language with a trained model (streamed)")
-    p.add_argument("prompts", nargs="+", help="text to continue")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT|KEY=VALUE",
+                   help="text to continue, and settings such as generate.temperature=0")
     p.add_argument("--lang", help="language of the continuation (its tag starts the sequence), e.g. fr")
-    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory with checkpoints (default {DEFAULT_RUN})")
+    _add_run(p, f"run directory with checkpoints (default {DEFAULT_RUN})")
     p.add_argument("--config", help="TOML file with a [generate] section")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="generation setting, e.g. -o generate.temperature=0 -o generate.max_new_tokens=50")
+    p.epilog = ("Arguments of the form section.key=value are settings, e.g. generate.temperature=0 "
+                "generate.max_new_tokens=50; the others are prompts.")
+    p.add_argument("-o", "--set", dest="set_overrides", action="append", default=[], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint on the held-out test chapters")
-    p.add_argument("run_dir", nargs="?", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    _add_run(p, positional=True)
     p.add_argument("--only", help="comma-separated evaluations (default: all)")
     p.add_argument("--max-segments", type=int, default=1000,
                    help="segments per language and split (default 1000)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="render a run's evaluation results as Markdown, HTML and PNG plots")
-    p.add_argument("run_dir", nargs="?", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    _add_run(p, positional=True)
     p.set_defaults(func=cmd_report)
 
     p = _stage_parser(sub, "demo", "run every stage on the embedded default corpus and config")
@@ -418,15 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("translate", help="translate lines (stdin or --input) with a fine-tuned model, beam search")
-    p.add_argument("--model", default=DEFAULT_RUN, help="<run>/translate, a run (uses its translate/ if any) or a "
-                                                         f"checkpoint directory (default {DEFAULT_RUN})")
+    _add_run(p, "<run>/translate, a run (uses its translate/ if any) or a checkpoint directory "
+                f"(default {DEFAULT_RUN})", old=("--model",))
     p.add_argument("--src", required=True, help="source language, e.g. en")
     p.add_argument("--tgt", required=True, help="target language, e.g. fr")
     p.add_argument("--input", help="UTF-8 text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here, atomically (default: stdout)")
     p.add_argument("--beams", type=int, help="beam size (default translate.num_beams = 4; 1 = greedy)")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="decoding setting, e.g. -o translate.length_penalty=1.2 -o translate.max_new_tokens=80")
+    _add_overrides(p, "decoding settings, e.g. translate.length_penalty=1.2 translate.max_new_tokens=80")
     p.set_defaults(func=cmd_translate)
 
     p = _stage_parser(sub, "translate-train", "fine-tune a run's pretrained model for translation -> <run>/translate")
@@ -471,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("vectors", help="word vectors per language (.vec): static from a run's corpus, or its model's")
-    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    _add_run(p)
     p.add_argument("--langs", help="comma-separated languages (default: every corpus language)")
     p.add_argument("--from-model", nargs="?", const="input", choices=["input", "contextual"],
                    help="read vectors out of the run's model: input embeddings (default) or contextual states "
@@ -486,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "score lexicon induction")
     p.add_argument("--src-vec", help="source-language .vec file (with --tgt-vec; instead of --run)")
     p.add_argument("--tgt-vec", help="target-language .vec file")
-    p.add_argument("--run", help=f"align a run's languages, vectors trained on its corpus (default {DEFAULT_RUN} "
-                                 f"when no .vec files are given)")
+    _add_run(p, f"align a run's languages, vectors trained on its corpus (default {DEFAULT_RUN} when no .vec "
+                f"files are given)", default=None)
     p.add_argument("--vectors", help="run mode: folder of <lang>.vec to use instead (e.g. from xling vectors "
                                      "--from-model)")
     p.add_argument("--src", help="source language, e.g. en")
@@ -505,8 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("export", help="write a run's model and tokenizer as a Hugging Face transformers folder")
-    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory, its checkpoints/ or one step directory "
-                                                     f"(default {DEFAULT_RUN})")
+    _add_run(p, f"run directory, its checkpoints/ or one step directory (default {DEFAULT_RUN})")
     p.add_argument("--out", required=True, help="output folder (AutoModelForCausalLM/AutoTokenizer load it)")
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf: transformers folder)")
     p.add_argument("--lang", help="models with language embeddings (model.n_langs > 0): the one language to "
@@ -516,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="make a run directory from a local Hugging Face GPT-2/Llama folder")
     p.add_argument("hf_dir", help="folder with config.json, model.safetensors and tokenizer.json")
-    p.add_argument("--run", required=True, help="run directory to write (checkpoints/ and tokenizer/)")
+    _add_run(p, "run directory to write (checkpoints/ and tokenizer/)", default=None, required=True)
     p.add_argument("--corpus", help="a corpus directory (e.g. runs/demo/corpus) to copy in and shard with the "
                                     "imported tokenizer, so `xling evaluate` works on the run")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory's content")
@@ -524,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="fine-tune a classifier on source-language labels, test on every language "
                                         "(transfer matrix, gap, baselines)")
-    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    _add_run(p)
     p.add_argument("--data", nargs="+", help="labelled TSV/JSONL files (text, label, lang; split by name or column); "
                                              "default: the run's Bible genre task")
     p.add_argument("--mode", choices=["zero-shot", "translate-train", "multilingual"], help="classify.mode")
@@ -533,8 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the run's model")
     p.add_argument("--out", help="output folder (default RUN/classify)")
     p.add_argument("--config", help="TOML file with a [classify] section")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="setting, e.g. -o classify.finetune=full -o classify.epochs=5")
+    _add_overrides(p, "settings, e.g. classify.finetune=full classify.epochs=5 (before --data, which takes every "
+                      "file after it)")
     p.set_defaults(func=cmd_classify)
     return parser
 
@@ -554,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    problem = _settle(args)
+    if problem:  # the shape of a usage error
+        print(f"xling {args.command}: error: {problem} (see `xling {args.command} --help`)", file=sys.stderr)
+        return 2
     from xling.errors import XlingError
 
     try:

@@ -107,6 +107,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank, also before `init_distributed`: the process group's once joined, else torchrun's
+    RANK (0 in a plain process). The run directory's lock asks it before training starts: rank 0 writes."""
+    return dist.get_rank() if dist.is_initialized() else _env_int("RANK", 0)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

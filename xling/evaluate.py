@@ -1,6 +1,6 @@
 """Evaluation of a trained run on held-out test chapters; each evaluation is one registered entry.
 
-    xling evaluate runs/demo        # writes runs/demo/eval/<name>.json, then `xling report` renders them
+    xling evaluate --run runs/demo  # writes runs/demo/eval/<name>.json, then `xling report` renders them
     evaluate_run("runs/demo")       # the same from Python
 
 An evaluation is a function `(ctx: EvalContext) -> {"metrics": {...}, "sections": [...]}` registered with

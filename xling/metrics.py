@@ -153,6 +153,52 @@ def rouge(hyps: Sequence[str], refs, tokenizer: str = "default", stem: bool = Fa
     return out
 
 
+
+def score_files(metric: str, hyp: str, refs: Sequence[str], *, lang: str | None = None,
+                tokenize: str | None = None, rouge_tokenizer: str = "default",
+                stem: bool = False) -> tuple[dict, list[str]]:
+    """`xling score`: score a hypothesis file against line-aligned reference files with `metric` (bleu, chrf or
+    rouge). Returns the result record (what `--json` prints) and notes for the user (ROUGE's default
+    tokenizer dropping non-ASCII letters). Files with different line counts are one XlingError."""
+    from xling.files import read_lines
+
+    if lang:  # an unknown code silently fell back to the 13a tokenizer
+        from xling.langs import check_lang
+
+        check_lang(lang, "--lang")
+    hyps = read_lines(hyp, "hypothesis file")
+    streams = [read_lines(r, "reference file") for r in refs]
+    for path, lines in zip(refs, streams, strict=True):
+        if len(lines) != len(hyps):
+            raise XlingError(f"hypothesis file {hyp} has {len(hyps)} lines but reference file {path} has "
+                             f"{len(lines)}; give one line per segment in both")
+    if metric == "rouge":
+        scores = rouge(hyps, streams, tokenizer=rouge_tokenizer, stem=stem)
+        notes = []
+        if rouge_tokenizer == "default" and any(not ln.isascii() for ln in streams[0]):
+            notes.append("the default ROUGE tokenizer (rouge-score's) drops non-ASCII letters; use "
+                         "--rouge-tokenizer unicode for such text")
+        return {"metric": "rouge", "segments": len(hyps), "tokenizer": rouge_tokenizer, "stem": stem,
+                **scores}, notes
+    score, sig = bleu(hyps, streams, lang=lang, tokenize=tokenize) if metric == "bleu" else \
+        chrf(hyps, streams, lang=lang)
+    return {"metric": metric, "score": score, "signature": sig, "segments": len(hyps)}, []
+
+
+def format_score(record: dict) -> str:
+    """A `score_files` record as text: sacrebleu's `BLEU|signature = 12.34` line, or a table of ROUGE-1/2/L
+    precision, recall and F1."""
+    if record["metric"] != "rouge":
+        name = "BLEU" if record["metric"] == "bleu" else "chrF2"
+        return f"{name}|{record['signature']} = {record['score']:.2f}"
+    from xling.progress import format_table
+
+    rows = [[name, *(f"{record[k + s]:.4f}" for s in ("_p", "_r", ""))]
+            for name, k in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))]
+    return format_table(["metric", "precision", "recall", "F1"], rows,
+                        title=f"ROUGE over {record['segments']} segments (tokenizer {record['tokenizer']}, "
+                              f"stemming {'on' if record['stem'] else 'off'}, scale 0-1)")
+
 # ------------------------------------------------------------------------------------- classification
 def _check_labels(pred: Sequence, gold: Sequence, what: str) -> None:
     if len(gold) == 0 or len(pred) != len(gold):  # (len: numpy arrays have no truth value)

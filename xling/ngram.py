@@ -5,7 +5,7 @@
     nats, chars = kn.eval_nll(shards, "test", "fr", max_tokens=20_000)   # the text `clm_eval` scores
     baseline_bpc(shards, "test", "fr", max_tokens=20_000)  # {"unigram": 3.1, "ngram": 2.2}
 
-`xling evaluate RUN --only bpc` puts both beside the model's number for every language. Each model belongs
+`xling evaluate --run RUN --only bpc` puts both beside the model's number for every language. Each model belongs
 to one language and is trained on that language's train split of the shards: the same tokenizer and the
 same text the Transformer learned from. Text is seen exactly as the model is scored, each segment as
 `<lang> segment </s>`: the tag is context only (never predicted) and `</s>` is predicted. Evaluation scores

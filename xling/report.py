@@ -1,6 +1,6 @@
 """Results -> a report a person would rather look at: Markdown, self-contained HTML, PNG plots.
 
-    xling report runs/demo          # reads runs/demo/eval/*.json, writes runs/demo/report/
+    xling report --run runs/demo    # reads runs/demo/eval/*.json, writes runs/demo/report/
     write_report("runs/demo")       # the same from Python
 
 Every evaluation (see `xling.evaluate`) saves one `eval/<name>.json` holding its flat metrics and a list
@@ -42,13 +42,13 @@ def load_sections(run_dir: Path) -> tuple[dict, list[dict]]:
     eval_dir = Path(run_dir) / "eval"
     files = sorted(eval_dir.glob("*.json")) if eval_dir.is_dir() else []
     if not files:
-        raise XlingError(f"no evaluation results in {eval_dir}; run `xling evaluate {run_dir}` first")
+        raise XlingError(f"no evaluation results in {eval_dir}; run `xling evaluate --run {run_dir}` first")
     results = []
     for f in files:
         try:
             results.append(json.loads(f.read_text(encoding="utf-8")))
         except json.JSONDecodeError:
-            raise XlingError(f"{f} is not valid JSON; re-run `xling evaluate {run_dir}`") from None
+            raise XlingError(f"{f} is not valid JSON; re-run `xling evaluate --run {run_dir}`") from None
     results.sort(key=lambda r: (r.get("order", 100), r.get("name", "")))
     metrics: dict = {}
     sections: list[dict] = []

@@ -47,6 +47,8 @@ class _RunLock:
     def __enter__(self):
         import os
 
+        from xling.distributed import launch_rank
+
         if self.path.exists() and not self.path.is_dir():
             raise XlingError(f"run directory {self.path} is a file; choose another --run")
         key = self.path.resolve()
@@ -55,7 +57,7 @@ class _RunLock:
             return self
         # under torchrun rank 0 writes and locks, the others read; a run that does not exist yet is created by the
         # stages that build it (create), not by one that only reads it (evaluate says what is missing)
-        if int(os.environ.get("RANK", "0")) != 0 or not (self.create or self.path.is_dir()):
+        if launch_rank() != 0 or not (self.create or self.path.is_dir()):
             self.held[key] = [None, 1, False, False]
             return self
         made = not self.path.exists()
@@ -299,9 +301,8 @@ def _one_writer(create: bool) -> Callable:
 def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None, overwrite: bool = False) -> dict:
     """Train into `<run>/checkpoints`. resume=None: continue when the run holds checkpoints of the same model and
     objectives (only the budget changed), start when it holds none, refuse a different config unless overwrite."""
-    import os
-
     from xling.checkpoint import list_checkpoints
+    from xling.distributed import launch_rank
     from xling.pretrain import pretrain
 
     rd = RunDir(run_dir)
@@ -320,7 +321,7 @@ def run_pretrain(cfg: Config, run_dir: str | Path, *, resume: bool | None = None
     t0 = time.perf_counter()
     # training anew: the old record no longer describes the checkpoints (dropped once the config passed its checks)
     summary = pretrain(cfg, rd.path, resume=resume, overwrite=overwrite, on_fresh_start=lambda: rd.forget("pretrain"))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank() == 0:
         rd.record("pretrain", cfg, h, _jsonable(summary), time.perf_counter() - t0)
     return summary
 
@@ -377,3 +378,28 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, *, overwrite: bool = 
     rd.record(name, cfg, h, summary, seconds)
     print(f"{name}: wrote {out} in {seconds:.1f} s")
     return summary
+
+
+def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float | None = None,
+             langs: str | None = None, overrides: list[str] = (), overwrite: bool = False) -> Path:
+    """`xling demo`: corpus -> tokenizer -> shard -> pretrain (resumes) -> evaluate -> report under one lock,
+    skipping what is up to date. `config` defaults to the repo's configs/demo.toml (built-in defaults when
+    installed without it); `minutes` sets train.max_minutes, `langs` corpus.langs. Returns the report folder."""
+    from xling.config import load_config
+    from xling.report import write_report
+
+    if config is None:
+        config = str(Path(__file__).resolve().parent.parent / "configs" / "demo.toml")
+        if not Path(config).exists():
+            config = None  # installed without the repo's configs/: built-in defaults are the demo
+    # (a config the user named and that is missing is load_config's one-line error, not the default demo)
+    extra = [f"train.max_minutes={minutes}"] if minutes is not None else []
+    if langs:
+        extra.append(f"corpus.langs={langs}")
+    cfg = load_config(config, [*extra, *overrides], base=RunDir(run_dir).saved_config())
+    with RunDir(run_dir).lock():  # one writer from the corpus to the report
+        for stage in ("corpus", "tokenizer", "shard"):
+            run_stage(stage, cfg, run_dir, overwrite=overwrite)
+        run_pretrain(cfg, run_dir, overwrite=overwrite)
+        run_evaluate(run_dir)
+        return write_report(run_dir)

@@ -611,6 +611,33 @@ def align_from_corpus(corpus_dir: str | Path, out_dir: str | Path, src_lang: str
     return metrics
 
 
+def align_command(src: str | None, tgt: str | None, *, cfg: AlignConfig, vectors_cfg: VectorsConfig,
+                  src_vec: str | None = None, tgt_vec: str | None = None, run: str | None = None,
+                  vectors: str | None = None, out: str | None = None, dictionary: str | None = None,
+                  default_run: str = "runs/demo") -> Path:
+    """`xling align`: two modes, told apart by the options. Files mode (src_vec and tgt_vec) aligns two `.vec`
+    files into `out` (default align/SRC-TGT); run mode (run, default `default_run`) aligns a run's languages,
+    `tgt` may list several (fr,ru), into `out` (default <run>/align). A mix of the two is one XlingError.
+    Returns the output folder."""
+    if not src or not tgt:
+        raise XlingError("give the languages: --src en --tgt fr (in run mode --tgt may list several: fr,ru)")
+    if src_vec or tgt_vec:
+        if not (src_vec and tgt_vec):
+            raise XlingError("give both --src-vec and --tgt-vec (.vec files), or neither and --run RUN")
+        if run or vectors:
+            raise XlingError("--src-vec/--tgt-vec align two files; --run/--vectors align a run's languages: "
+                             "use one or the other")
+        out_dir = Path(out or f"align/{src}-{tgt}")
+        align_files(src_vec, tgt_vec, out_dir, src_lang=src, tgt_lang=tgt, dictionary=dictionary, cfg=cfg)
+    else:
+        run_dir = Path(run or default_run)
+        out_dir = Path(out or run_dir / "align")
+        tgts = [x.strip() for x in tgt.split(",") if x.strip()]
+        align_from_corpus(run_dir / "corpus", out_dir, src, tgts, vectors_cfg=vectors_cfg, cfg=cfg,
+                          dictionary=dictionary or "freedict", vectors_dir=vectors)
+    return out_dir
+
+
 def load_mapping(path: str | Path) -> np.ndarray:
     """A W-<method>.npy written by run_align (a (d, d) float array; no pickles)."""
     try:
@@ -627,7 +654,8 @@ __all__ = ["AlignConfig", "METHODS", "SUPERVISED", "rank_bands", "copy_baseline"
            "orthogonalize",
            "refine", "criterion", "adversarial", "adversarial_restarts",
            "learn_mapping", "run_align", "align_metrics", "results_table",
-           "plot_bands", "align_files", "dictionary_pairs", "align_pairs", "align_from_corpus", "load_mapping",
+           "plot_bands", "align_files", "dictionary_pairs", "align_pairs", "align_from_corpus", "align_command",
+           "load_mapping",
            "selected_methods", "KINDS",
            "synthetic_pair",  # re-exported from xling.tasks.adversarial (as adversarial, orthogonalize)
            # re-exported from xling.tasks.csls

@@ -1,6 +1,6 @@
 """The demo report's word-alignment evaluation: bilingual lexicon induction en -> X on the run's corpus.
 
-    xling evaluate runs/demo --only align          # registered as evaluation "align" (order 90)
+    xling evaluate --run runs/demo --only align    # registered as evaluation "align" (order 90)
     evaluate_alignment("runs/demo", corpus, model, tokenizer)   # the same with your own settings
 
 Two kinds of word vectors per language, each mapped en -> X and scored on a held-out dictionary split:

@@ -4,7 +4,7 @@
     result = mine_eval(src_vecs, tgt_vecs, gold)       # precision / recall / F1 against known pairs
     result = mine_eval_run("runs/demo", "en", "fr")     # the same on the run's held-out test verses
 
-CLI: `xling mine en.txt fr.txt --model runs/demo --src en --tgt fr [--mode intersection] [--threshold 1.0]`
+CLI: `xling mine en.txt fr.txt --run runs/demo --src en --tgt fr [--mode intersection] [--threshold 1.0]`
 writes TSV lines `score  src_id  tgt_id  src  tgt` (ids = line numbers), best first. Inputs may also be
 PREFIX.npy vectors from `xling embed`.
 

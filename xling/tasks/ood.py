@@ -1,8 +1,8 @@
 """Out-of-domain retrieval and mining: our sentence vectors on Django's translated UI strings, not Bible verses.
 
     pip install django                          # in the `demo` and `dev` extras
-    xling evaluate runs/demo --only retrieval,ood
-    xling report runs/demo                      # section "Out of domain: ...", a headline row beside the peer
+    xling evaluate --run runs/demo --only retrieval,ood
+    xling report --run runs/demo                # section "Out of domain: ...", a headline row beside the peer
     build_set([Path("locale")], ["en", "fr", "de"])   # the aligned set from any `<lang>/LC_MESSAGES/*.po` roots
 
 The demo trains on Bibles and its retrieval evaluation scores held-out Bible chapters: the same domain, the

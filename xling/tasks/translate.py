@@ -2,7 +2,7 @@
 
     xling translate-train --run runs/demo                             # verse pairs -> runs/demo/translate/
     xling translate-train --run runs/demo --tsv my.tsv --src en --tgt fr translate.max_minutes=5
-    xling translate --model runs/demo/translate --src en --tgt fr < input.txt > output.txt
+    xling translate --run runs/demo/translate --src en --tgt fr < input.txt > output.txt
 
     model, summary = finetune(model, shards, TranslateConfig(max_minutes=1), out_dir="runs/demo/translate")
     texts = translate(model, tokenizer, ["In the beginning was the word."], "en", "fr", cfg)
@@ -263,7 +263,7 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
 
     data: a `Shards` (its train pairs in cfg.directions) or a list of `Example`s. The budget is
     cfg.max_minutes and/or cfg.max_steps (whichever ends first). With `out_dir` the weights are saved
-    there as an xling checkpoint (`xling translate --model out_dir` loads it).
+    there as an xling checkpoint (`xling translate --run out_dir` loads it).
     """
     from xling.precision import autocast_dtype, training_autocast
     from xling.trainer import adamw
@@ -523,7 +523,7 @@ def finetune_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     summary["skipped_too_long"] += skipped
     rows = [[k, v if not isinstance(v, list) else ",".join(v)] for k, v in summary.items()]
     print(format_table(["fine-tune", "value"], rows))
-    print(f"translate-train: saved {rd / 'translate'}; try `xling translate --model {rd / 'translate'} "
+    print(f"translate-train: saved {rd / 'translate'}; try `xling translate --run {rd / 'translate'} "
           f"--src {cfg.pairs()[0][0]} --tgt {cfg.pairs()[0][1]}`")
     return summary
 

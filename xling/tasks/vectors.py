@@ -431,6 +431,20 @@ def cosine_neighbours(vectors: Vectors, word: str, k: int = 10) -> list[tuple[st
     return [(vectors.words[i], float(sims[i])) for i in order[:k + 1] if vectors.words[i] != word][:k]
 
 
+def vectors_command(run_dir: str | Path, langs: list[str] | None, cfg: VectorsConfig, *,
+                    from_model: str | None = None, out: str | Path | None = None,
+                    force: bool = False) -> tuple[dict[str, Path], Path]:
+    """`xling vectors`: static vectors from the run's corpus (default out <run>/align/vectors), or with
+    `from_model` ("input" or "contextual") read out of its model (<run>/align/vectors-model-MODE).
+    Returns the .vec paths and the output folder."""
+    run = Path(run_dir)
+    if from_model:
+        out_dir = Path(out or run / "align" / f"vectors-model-{from_model}")
+        return run_model_vectors(run, out_dir, langs, mode=from_model, cfg=cfg), out_dir
+    out_dir = Path(out or run / "align" / "vectors")
+    return train_corpus_vectors(run / "corpus", out_dir, langs, cfg, force=force), out_dir
+
+
 __all__ = ["VectorsConfig", "Vectors", "read_vec", "write_vec", "tokenize_words", "word_counts",
            "train_static_vectors", "corpus_vectors", "train_corpus_vectors", "run_model_vectors",
-           "model_word_vectors", "cosine_neighbours"]
+           "model_word_vectors", "cosine_neighbours", "vectors_command"]
