@@ -56,7 +56,8 @@ from _peak import bf16_matmul_peak  # noqa: E402
 from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
 from xling.objectives import build_objectives  # noqa: E402
 from xling.progress import format_table  # noqa: E402
-from xling.trainer import TrainConfig, Trainer  # noqa: E402
+from xling.train_config import TrainConfig  # noqa: E402
+from xling.trainer import Trainer  # noqa: E402
 
 VOCAB, CTX, LAYERS, D, HEADS, BATCH = 8000, 128, 4, 256, 4, 16
 

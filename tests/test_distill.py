@@ -19,12 +19,14 @@ from tests.test_objectives import FakeShards
 from tests.test_trainer import _config, build_tiny_run, tiny_run  # noqa: F401 (tiny_run is a fixture)
 from xling.encode import mean_pool
 from xling.errors import XlingError
+from xling.losses import distill_loss
 from xling.model import ModelConfig, Transformer
-from xling.objectives import Distill, _run, build_objectives, distill_loss
+from xling.objectives import Distill, _run, build_objectives
 from xling.pretrain import pretrain
 from xling.shards import Shards
 from xling.teacher import Teacher, TeacherVectors, distill_ids, distill_segments, resolve_teacher, teacher_vectors
-from xling.trainer import TrainConfig, Trainer
+from xling.train_config import TrainConfig
+from xling.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 

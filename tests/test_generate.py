@@ -17,26 +17,25 @@ import pytest
 import torch
 
 from tests.conftest import TINY
+from xling.checkpoint import load_run
 from xling.decode import _LM
+from xling.detokenize import IncrementalDecoder, decode_continuation
 from xling.errors import XlingError
 from xling.generate import (
     GenerateConfig,
     Hypothesis,
-    IncrementalDecoder,
-    LangVocab,
     apply_repetition_penalty,
     beam_search,
-    decode_continuation,
     encode_prompts,
     generate,
     generate_ids,
     lm_beam_search,
-    load_for_generation,
     no_repeat_ngram,
     stream,
     top_k_filter,
     top_p_filter,
 )
+from xling.langvocab import LangVocab
 from xling.model import FAMILIES, KVCache, ModelConfig, Transformer
 from xling.precision import for_precision
 from xling.tokenizer import EOS_ID, TokenizerConfig, build_tokenizer
@@ -418,7 +417,7 @@ def test_precision_copy(tok):
     assert model.training and next(model.parameters()).dtype == torch.float32
 
 
-def test_load_for_generation_from_a_run_directory(tok, tmp_path):
+def test_load_run_from_a_run_directory(tok, tmp_path):
     import dataclasses
 
     from xling.checkpoint import save_checkpoint
@@ -432,13 +431,13 @@ def test_load_for_generation_from_a_run_directory(tok, tmp_path):
                                config={"model": dataclasses.asdict(model.cfg)}, tokenizer_sha256=sha)
     want = generate(model, tok, ["In the"], "en", GREEDY)
     for path in (tmp_path, tmp_path / "checkpoints", step_dir):
-        m, t = load_for_generation(path)
+        m, t = load_run(path)
         assert generate(m, t, ["In the"], "en", GREEDY) == want
     other = tmp_path / "other"
     other.mkdir()
     (other / "tokenizer.json").write_text(tok.to_str().replace("<en>", "<xx>"), encoding="utf-8")
     with pytest.raises(XlingError, match="sha256"):
-        load_for_generation(tmp_path, tokenizer_dir=other)
+        load_run(tmp_path, tokenizer_dir=other)
 
 
 def tiny_lang_vocab(tok) -> tuple[LangVocab, dict[str, set[int]]]:

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY, tiny_segments
-from xling.checkpoint import save_checkpoint
+from xling.checkpoint import load_run, save_checkpoint
 from xling.errors import XlingError
-from xling.generate import GenerateConfig, encode_prompts, generate, generate_ids, load_for_generation
+from xling.generate import GenerateConfig, encode_prompts, generate, generate_ids
 from xling.model import FAMILIES, ModelConfig, Transformer
 from xling.tokenizer import EOS_ID, TokenizerConfig, build_tokenizer, tokenizer_hash
 
@@ -185,7 +185,7 @@ def test_model_card_and_provenance(exported):
 
 
 def test_model_card_metrics_from_eval_results_before_a_report(tmp_path):
-    from xling.hf import _run_metrics
+    from xling.hf.export import _run_metrics
 
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "bpc.json").write_text(json.dumps({"order": 30, "metrics": {"bpc.en": 3.0}}))
@@ -277,7 +277,7 @@ def test_import_run_then_generate_and_evaluate(exported, tok, tmp_path, fake_sou
     run = tmp_path / "imported"
     assert main(["import", str(folder), "--run", str(run), "--corpus", str(tmp_path / "c")]) == 0
     assert {"checkpoints", "tokenizer", "corpus", "shards", "manifest.json"} <= {p.name for p in run.iterdir()}
-    m, t = load_for_generation(run)
+    m, t = load_run(run)
     want = generate(model, tok, [PROMPTS["ru"]], "ru", GREEDY)
     assert generate(m, t, [PROMPTS["ru"]], "ru", GREEDY) == want
     capsys.readouterr()

@@ -14,8 +14,9 @@ from xling.corpus import SPLITS, sampling_probs
 from xling.encode import mean_pool
 from xling.errors import XlingError
 from xling.heldout import clm_eval
+from xling.losses import info_nce
 from xling.model import ModelConfig, Transformer
-from xling.objectives import CLM, MLM, MT, NSP, OBJECTIVES, TLM, XNSP, Contrastive, build_objectives, info_nce
+from xling.objectives import CLM, MLM, MT, NSP, OBJECTIVES, TLM, XNSP, Contrastive, build_objectives
 
 V = 300
 LANGS = ["en", "fr", "ru"]

@@ -141,13 +141,14 @@ def test_a_bad_train_pairs_entry_leaves_the_run_as_it_was(trained_run, tmp_path,
 
 
 def test_generate_command_equals_the_python_api(trained_run, capsys):
-    from xling.generate import GenerateConfig, generate, load_for_generation
+    from xling.checkpoint import load_run
+    from xling.generate import GenerateConfig, generate
 
     argv = ["generate", "--run", str(trained_run), "--lang", "ru", "В начале",
             "generate.temperature=0", "generate.max_new_tokens=12"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    model, tok = load_for_generation(trained_run)
+    model, tok = load_run(trained_run)
     expected = generate(model, tok, ["В начале"], lang="ru", cfg=GenerateConfig(temperature=0, max_new_tokens=12))
     assert out == "В начале" + expected[0] + "\n"
     assert main(argv[:3] + ["--lang", "xx", "hi"]) == 2
@@ -184,11 +185,13 @@ def test_generate_command_with_the_language_vocabulary(trained_run, tmp_path, ca
 
     import numpy as np
 
-    from xling.generate import GenerateConfig, LangVocab, generate, load_for_generation
+    from xling.checkpoint import load_run
+    from xling.generate import GenerateConfig, generate
+    from xling.langvocab import LangVocab
     from xling.textmetrics import script_purity
 
     vocab = LangVocab.from_run(trained_run)
-    model, tok = load_for_generation(trained_run)
+    model, tok = load_run(trained_run)
     pieces = {lg: [tok.id_to_token(int(i)) for i in np.flatnonzero(vocab.allowed[lg])] for lg in ("en", "ru")}
     assert all(script_purity(p, "ru") in (1.0, None) for p in pieces["ru"] if not p.startswith("<0x")), pieces["ru"]
     for lg in ("en", "ru"):  # each language has its own letter-bearing pieces (a 400-token vocabulary: dozens)

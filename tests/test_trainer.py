@@ -22,7 +22,8 @@ from xling.model import ModelConfig, Transformer
 from xling.objectives import build_objectives
 from xling.pretrain import LangSubset, check_langs, pretrain, resolve_model_config
 from xling.shards import Shards
-from xling.trainer import TrainConfig, Trainer
+from xling.train_config import TrainConfig
+from xling.trainer import Trainer
 
 LANGS = list(TINY)  # en, fr, ru (Cyrillic)
 
@@ -487,7 +488,7 @@ def test_sigint_at_random_moments_then_resume_is_bit_identical(tiny_run, tmp_pat
 
 
 def test_warmup_cosine_against_hand_values():
-    from xling.trainer import warmup_cosine
+    from xling.train_config import warmup_cosine
 
     kw = dict(lr=1.0, min_lr=0.1, warmup_steps=10)
     assert warmup_cosine(0, 0.0, **kw) == pytest.approx(0.1)  # 1/10 of lr on the first step

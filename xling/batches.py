@@ -144,6 +144,21 @@ def pair_rows(d: ShardView, split: str, a: str, b: str, rng: np.random.Generator
     return rows[length_window(length_of(rows), rng, batch_size)] if length_batching else rows
 
 
+def pivot_pair_rows(d: ShardView, split: str, pivot: str, covers: Callable[[np.ndarray], np.ndarray],
+                    pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """{x: (M, 2) rows (pivot segment, x segment)} of the pivot's translation pairs whose pivot segment passes
+    `covers` ((M,) segment indices -> (M,) bool, e.g. has a teacher vector), for every x (only `pairs` if given)."""
+    out = {}
+    for x in d.shards.langs:
+        if x == pivot or (pairs is not None and pair_name(d.shards.langs, pivot, x) not in pairs):
+            continue
+        rows = np.asarray(d.pairs(split, pivot, x))  # (M, 2), column 0 the pivot's segment
+        rows = rows[covers(rows[:, 0])]
+        if len(rows):
+            out[x] = rows
+    return out
+
+
 def length_window(lengths: np.ndarray, rng: np.random.Generator, batch_size: int) -> np.ndarray:
     """Indices of batch_size examples of similar length: the pool sorted by length, a random window of it."""
     start = int(rng.integers(0, len(lengths) - batch_size + 1))

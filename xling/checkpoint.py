@@ -5,6 +5,7 @@
     ckpt = load_checkpoint(root)                 # the `latest` one, or give a step directory
     check_compatible(ckpt, model_cfg, sha)       # one XlingError for another shape or tokenizer
     model, cfg, meta = load_model("runs/demo/checkpoints")   # the trained Transformer, for later stages
+    model, tok = load_run("runs/demo")           # the Transformer + the run's tokenizer (checked to match)
     save_training(...) / load_training(...)      # a trainer's (DDP/FSDP-wrapped) module + optimizer
 
 On disk (`<run>/checkpoints/`):
@@ -34,7 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -43,6 +44,9 @@ from safetensors.torch import load_file, save_file
 from xling import __version__
 from xling.errors import XlingError
 from xling.files import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -247,6 +251,37 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     check_compatible(ckpt, ckpt.config.get("model", {}), model_state=model.state_dict())
     model.load_state_dict(ckpt.model_state)
     return model.to(device).eval(), cfg, ckpt.meta
+
+
+def load_run(path: str | Path, tokenizer_dir: str | Path | None = None,
+             device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
+    """(model in eval mode, tokenizer) of a trained run: a run directory, a checkpoints root or one step directory.
+
+    The tokenizer comes from `tokenizer_dir`, else from the nearest `tokenizer/` beside the checkpoints
+    (`<run>/tokenizer` for `<run>`, `<run>/checkpoints` or `<run>/checkpoints/step_N`); it must be the
+    one the checkpoint was trained with (sha256 recorded in the checkpoint).
+    """
+    from xling.tokenizer import load_tokenizer, tokenizer_hash
+
+    path = Path(path)
+    ckpt_path = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    model, cfg, meta = load_model(ckpt_path, device)
+    if tokenizer_dir is None:
+        near = (path, *path.resolve().parents[:3])
+        found = [d / "tokenizer" for d in near if (d / "tokenizer" / "tokenizer.json").is_file()]
+        if not found:
+            raise XlingError(f"no tokenizer/ found in {path} or the 3 folders above it; give the run directory "
+                             f"(it holds tokenizer/ and checkpoints/), or copy the run's tokenizer/ folder into {path}")
+        tokenizer_dir = found[0]
+    tok = load_tokenizer(tokenizer_dir)
+    want = meta.get("tokenizer_sha256", "")
+    if want and tokenizer_hash(tokenizer_dir) != want:
+        raise XlingError(f"tokenizer {tokenizer_dir} is not the one checkpoint {path} was trained with "
+                         f"(sha256 differs); use that run's tokenizer/ directory")
+    if tok.get_vocab_size() > cfg.vocab_size:
+        raise XlingError(f"tokenizer {tokenizer_dir} has {tok.get_vocab_size()} tokens but the model only "
+                         f"{cfg.vocab_size}; use the run's own tokenizer")
+    return model, tok
 
 
 # ---------------------------------------------------------------------------- a training module's state

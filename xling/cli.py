@@ -160,8 +160,10 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     """Stream a continuation of each prompt to the terminal, token by token."""
+    from xling.checkpoint import load_run as load_for_generation
     from xling.files import check_utf8
-    from xling.generate import LangVocab, load_for_generation, stream
+    from xling.generate import stream
+    from xling.langvocab import LangVocab
 
     for prompt in args.prompts:  # before the model loads
         check_utf8(prompt, "the prompt")

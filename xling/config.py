@@ -36,7 +36,7 @@ SECTIONS: dict[str, str] = {
     "tokenizer": "xling.tokenizer:TokenizerConfig",
     "shard": "xling.shards:ShardConfig",
     "model": "xling.model:ModelConfig",
-    "train": "xling.trainer:TrainConfig",
+    "train": "xling.train_config:TrainConfig",
     "generate": "xling.generate:GenerateConfig",
     "translate": "xling.tasks.translate:TranslateConfig",
     "vectors": "xling.tasks.vectors:VectorsConfig",

@@ -357,13 +357,15 @@ def _continue(ctx: EvalContext, prompts: list[str], lang: str, cfg, vocab) -> tu
 
     What `xling.generate.generate` does, keeping the ids: the unigram sample needs the same token count."""
     from xling import generate as g
+    from xling.detokenize import decode_continuation
+    from xling.precision import for_precision
 
     ids, index = g.encode_prompts(ctx.tokenizer, prompts, lang)
     stop_ids = g.stop_token_ids(ctx.tokenizer, cfg.stop_tokens)
     allowed = g.lang_vocab_mask(cfg, vocab, lang, len(ids), ctx.model.cfg.vocab_size, stop_ids)
-    model = g.for_precision(ctx.model, cfg.precision, len(ids))
+    model = for_precision(ctx.model, cfg.precision, len(ids))
     out = g.generate_ids(model, ids, cfg, lang_index=index, stop_ids=stop_ids, allowed=allowed)
-    return [g.decode_continuation(ctx.tokenizer, p, o) for p, o in zip(ids, out, strict=True)], [len(o) for o in out]
+    return [decode_continuation(ctx.tokenizer, p, o) for p, o in zip(ids, out, strict=True)], [len(o) for o in out]
 
 
 def _unigram_texts(ctx: EvalContext, lang: str, lengths: list[int], seed: int) -> list[str]:
@@ -396,8 +398,9 @@ def eval_generation(ctx: EvalContext) -> dict:
     import dataclasses
 
     from xling import textmetrics as tm
-    from xling.generate import GenerateConfig, LangVocab
+    from xling.generate import GenerateConfig
     from xling.langs import lang_scripts
+    from xling.langvocab import LangVocab
 
     # min_new_tokens: a young model's likeliest next token is often </s> (one per verse in the packed streams)
     cfg = GenerateConfig(max_new_tokens=40, min_new_tokens=12, temperature=0.8, top_k=40, seed=0)

@@ -1,7 +1,8 @@
 """Text generation with the xling Transformer: KV-cache decoding, sampling, beam search, streaming.
 
-    from xling.generate import GenerateConfig, generate, load_for_generation, stream
-    model, tok = load_for_generation("runs/demo")            # latest checkpoint + the run's tokenizer
+    from xling.checkpoint import load_run
+    from xling.generate import GenerateConfig, generate, stream
+    model, tok = load_run("runs/demo")                       # latest checkpoint + the run's tokenizer
     cfg = GenerateConfig(max_new_tokens=60, temperature=0.8, top_p=0.95, seed=1)
     texts = generate(model, tok, ["In the beginning", "Au commencement"], lang=["en", "fr"], cfg=cfg)
     for piece in stream(model, tok, "In the beginning", lang="en", cfg=cfg):
@@ -13,8 +14,9 @@ trains on `<L> segment </s> segment </s> ...`) and, when the model has language 
 language index of L on every position. The index is the tag's id minus the 5 fixed specials, which is
 the language's position in corpus order (tags follow corpus order, and the language
 index is the position in `Shards.langs`). `</s>` ends a continuation (`GenerateConfig.stop_tokens`).
-`GenerateConfig.lang_vocab` with a `LangVocab` (the tokens seen in each language's training shards) also
-masks every other token out of the logits, so a continuation in L is made of L's subwords only.
+`GenerateConfig.lang_vocab` with a `LangVocab` (`xling.langvocab`: the tokens seen in each language's training
+shards) also masks every other token out of the logits, so a continuation in L is made of L's subwords only.
+Text comes back through `xling.detokenize` (the continuation's leading space, stop strings, streaming pieces).
 
 Decoding (`generate_ids`): the prompts are left-padded into one batch; each row gets its own positions
 (real tokens counted from 0) and a padding mask, so a row produces what it would produce alone. The
@@ -34,8 +36,8 @@ something to stop at), each token after the prompt runs `xling.decode._decode` (
 calls, over a preallocated fp32 KV cache written in place; see `xling.decode._LM`), and `precision="bf16"` casts a
 copy of the weights to bfloat16. "auto" (the default) picks fp32 for a single row on the CPU and bf16
 from two rows on where the hardware has native bf16 dot products (AUTO_BF16_MIN_ROWS, measured).
-Not used: torch.compile of the step (measured a compiled static-cache step slower than eager,
-385 vs 528 tok/s, and with a cache that grows each step every length would be a new graph).
+Not used: torch.compile of the step (a compiled static-cache step ran slower than eager, 385 vs 528 tok/s,
+and with a cache that grows each step every length would be a new graph).
 """
 
 from __future__ import annotations
@@ -44,17 +46,16 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from xling.decode import _LM
+from xling.detokenize import IncrementalDecoder, cut_at_stop, decode_continuation, find_stop
 from xling.errors import XlingError
+from xling.langvocab import LangVocab
 from xling.precision import PRECISIONS, for_precision
-from xling.tokenizer import PAD_ID, lang_index, load_tokenizer, tokenizer_hash
+from xling.tokenizer import PAD_ID, lang_index
 from xling.tokenizer import lang_ids as tag_ids
 
 # beam search keeps num_beams copies of every cached key and value: a million beams sat allocating for a minute
@@ -79,9 +80,8 @@ class GenerateConfig:
     # Restrict a continuation in language L to the tokens that occur in L's training text (plus the stop tokens):
     # a young model's sampled salad of other scripts' subwords cannot happen. Needs the run's shards
     # (`LangVocab`; `xling generate` and `xling evaluate` load them); a call given no LangVocab is unrestricted.
-    # Off by default: on the 8-language demo model at 400 steps (xling evaluate --only generation, seeds 0 and 1)
-    # it raised script purity 0.965 -> 1.00 and py3langid agreement 0.566 -> 0.576, but the model then loops in
-    # its language where it used to spill into others: repeated 3-grams 0.393 -> 0.429, distinct-2 0.31 -> 0.29.
+    # Off by default: the model then loops in its language where it used to spill into others (repeated 3-grams
+    # 0.393 -> 0.429 on the demo model; docs/measurements.md).
     lang_vocab: bool = False
 
     def __post_init__(self):
@@ -105,55 +105,7 @@ class GenerateConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
-# ---------------------------------------------------------------------------- language vocabularies
-
-class LangVocab:
-    """Which tokens occur in each language's training text: the allowed set of `GenerateConfig.lang_vocab`.
-
-        vocab = LangVocab.from_run("runs/demo")                # from the run's train shards, once
-        generate(model, tok, ["Der König"], lang="de", cfg=GenerateConfig(lang_vocab=True), vocab=vocab)
-
-    allowed: language -> (vocab_size,) bool numpy array, True for a token seen in that language.
-    """
-
-    def __init__(self, allowed: dict[str, np.ndarray]):
-        self.allowed = {lg: np.asarray(a, dtype=bool) for lg, a in allowed.items()}
-
-    @classmethod
-    def from_shards(cls, shards, langs: Sequence[str] | None = None, split: str = "train") -> LangVocab:
-        """Count the token ids of each language's `split` (a pass over ~1M ids per language takes milliseconds)."""
-        # a language the shards lack is left out: generating in it fails with the tokenizer's clearer message
-        return cls({lg: np.bincount(np.asarray(shards.tokens(split, lg)), minlength=shards.vocab_size) > 0
-                    for lg in (langs or shards.langs) if lg in shards.langs})
-
-    @classmethod
-    def from_run(cls, path: str | Path, langs: Sequence[str] | None = None) -> LangVocab | None:
-        """From the `shards/` nearest to `path` (a run, its checkpoints or a step directory), checked against
-        the `tokenizer/` beside them; None when there are no shards (e.g. a model imported from Hugging Face)."""
-        from xling.shards import Shards
-
-        path = Path(path)
-        for d in (path, *path.resolve().parents[:3]):
-            if (d / "shards" / "meta.json").is_file():
-                tok_dir = d / "tokenizer"
-                want = tokenizer_hash(tok_dir) if (tok_dir / "tokenizer.json").is_file() else None
-                return cls.from_shards(Shards(d / "shards", expect_tokenizer_hash=want), langs)
-        return None
-
-    def mask(self, langs: Sequence[str], vocab_size: int, always: Sequence[int] = ()) -> Tensor:
-        """(B, vocab_size) bool: row r allows the tokens of langs[r] and the ids in `always` (stop tokens)."""
-        missing = sorted({lg for lg in langs if lg not in self.allowed})
-        if missing:
-            raise XlingError(f"no training text for {', '.join(missing)} in the language vocabularies "
-                             f"(they have {', '.join(self.allowed)}); set generate.lang_vocab=false to generate "
-                             f"without the restriction")
-        out = torch.zeros(len(langs), vocab_size, dtype=torch.bool)
-        for r, lg in enumerate(langs):
-            a = torch.from_numpy(self.allowed[lg][:vocab_size])
-            out[r, :len(a)] = a
-        out[:, list(always)] = True
-        return out
-
+# ---------------------------------------------------------------------------- language-restricted decoding
 
 def lang_vocab_mask(cfg: GenerateConfig, vocab: LangVocab | None, lang, n_rows: int, vocab_size: int,
              stop_ids: Sequence[int]) -> Tensor | None:
@@ -215,39 +167,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-# ---------------------------------------------------------------------------- loading
-
-def load_for_generation(path: str | Path, tokenizer_dir: str | Path | None = None,
-                        device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer]:
-    """(model in eval mode, tokenizer) from a run directory, a checkpoints root or one step directory.
-
-    The tokenizer comes from `tokenizer_dir`, else from the nearest `tokenizer/` beside the checkpoints
-    (`<run>/tokenizer` for `<run>`, `<run>/checkpoints` or `<run>/checkpoints/step_N`); it must be the
-    one the checkpoint was trained with (sha256 recorded in the checkpoint).
-    """
-    from xling.checkpoint import load_model
-
-    path = Path(path)
-    ckpt_path = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    model, cfg, meta = load_model(ckpt_path, device)
-    if tokenizer_dir is None:
-        near = (path, *path.resolve().parents[:3])
-        found = [d / "tokenizer" for d in near if (d / "tokenizer" / "tokenizer.json").is_file()]
-        if not found:
-            raise XlingError(f"no tokenizer/ found in {path} or the 3 folders above it; give the run directory "
-                             f"(it holds tokenizer/ and checkpoints/), or copy the run's tokenizer/ folder into {path}")
-        tokenizer_dir = found[0]
-    tok = load_tokenizer(tokenizer_dir)
-    want = meta.get("tokenizer_sha256", "")
-    if want and tokenizer_hash(tokenizer_dir) != want:
-        raise XlingError(f"tokenizer {tokenizer_dir} is not the one checkpoint {path} was trained with "
-                         f"(sha256 differs); use that run's tokenizer/ directory")
-    if tok.get_vocab_size() > cfg.vocab_size:
-        raise XlingError(f"tokenizer {tokenizer_dir} has {tok.get_vocab_size()} tokens but the model only "
-                         f"{cfg.vocab_size}; use the run's own tokenizer")
-    return model, tok
 
 
 # ---------------------------------------------------------------------------- prompts and language control
@@ -332,17 +251,6 @@ def _tokens(lm: _LM, cfg: GenerateConfig, n_steps: int, stop: Tensor | None, don
                 return
 
 
-def _find_stop(text: str, stops: Sequence[str]) -> int:
-    """Index of the earliest stop string in text, or -1."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else -1
-
-
-def _cut(text: str, stops: Sequence[str]) -> str:
-    i = _find_stop(text, stops)
-    return text if i < 0 else text[:i]
-
-
 def _run(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, lang_index: list[int] | None,
          stop_ids: Sequence[int], tokenizer=None, allowed: Tensor | None = None) -> list[list[int]]:
     """Sampling/greedy decoding; generated ids per row, without the stop token (or what follows a stop
@@ -364,7 +272,7 @@ def _run(model: nn.Module, prompts: list[list[int]], cfg: GenerateConfig, lang_i
                         ended[r] = True
                         continue
                     rows[r].append(t)
-                    if _find_stop(decode_continuation(tokenizer, prompts[r], rows[r]), stops) >= 0:
+                    if find_stop(decode_continuation(tokenizer, prompts[r], rows[r]), stops) >= 0:
                         ended[r] = True
                         done[r] = True
         if stops:
@@ -408,86 +316,7 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], lang: str | list[s
         out = generate_ids(model, ids, cfg, lang_index=index, stop_ids=stop_ids, allowed=allowed)
     else:
         out = _run(model, ids, cfg, index, stop_ids, tokenizer, allowed)
-    return [_cut(decode_continuation(tokenizer, p, o), cfg.stop) for p, o in zip(ids, out, strict=True)]
-
-
-def decode_continuation(tokenizer, prompt: Sequence[int], new: Sequence[int], context: int = 4) -> str:
-    """The text that `new` ids add after `prompt`: decoded with the prompt's last `context` ids before it.
-
-    Decoding the new ids alone loses a leading space (the Metaspace decoder strips the first "▁" of a text),
-    so "In the beginning" + [▁was, ▁the] would print "In the beginningwas the".
-    """
-    ctx = list(prompt[-context:]) if context else []
-    head = tokenizer.decode(ctx, skip_special_tokens=True)
-    full = tokenizer.decode(ctx + list(new), skip_special_tokens=True)
-    if ctx and full.startswith(head):
-        return full[len(head):]
-    return tokenizer.decode(list(new), skip_special_tokens=True)  # (a byte run across the boundary)
-
-
-class IncrementalDecoder:
-    """Token ids in, complete text out: what a live display can print without ever taking it back.
-
-        dec = IncrementalDecoder(tokenizer, stops=["\\n\\n"])
-        for t in ids:
-            print(dec.push(t), end="")         # "" while a character or a possible stop string is incomplete
-            if dec.stopped: break
-        print(dec.flush())                     # the rest; all pieces together == dec.text
-
-    Held back: a trailing run of byte-fallback pieces (`<0xNN>`: the decoder turns a whole run into
-    U+FFFD when it is not valid UTF-8, so a later byte can change earlier characters), trailing U+FFFD
-    (with byte-level BPE an incomplete UTF-8 sequence decodes to it until its last byte arrives) and a
-    trailing part of a stop string. `text` is the decoded output, cut before the first stop string
-    (then `stopped` is True).
-    """
-
-    def __init__(self, tokenizer, stops: Sequence[str] = (), prompt: Sequence[int] = ()):
-        self.tokenizer, self.stops = tokenizer, list(stops)
-        self.prompt = list(prompt)  # decoded before the new ids, so their leading space survives
-        ids = (tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256))
-        self.byte_ids = {i for i in ids if i is not None}  # empty for byte-level BPE
-        self.special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-        self.ids: list[int] = []
-        self.text = self.emitted = ""
-        self.stopped = False
-        self._tail = 0  # trailing byte-fallback pieces
-
-    def push(self, token: int) -> str:
-        if self.stopped:
-            return ""
-        self.ids.append(token)
-        # a skipped special token between byte pieces does not end their run
-        in_run = token in self.byte_ids or (self._tail and token in self.special_ids)
-        self._tail = self._tail + 1 if in_run else 0
-        self.text = self._decode(self.ids)
-        cut = _find_stop(self.text, self.stops)
-        if cut >= 0:
-            self.text, self.stopped = self.text[:cut], True
-            return ""
-        stable = self._decode(self.ids[:-self._tail]) if self._tail else self.text
-        return self._emit(stable[:len(stable) - self._held_back(stable)])
-
-    def flush(self) -> str:
-        return self._emit(self.text)
-
-    def _emit(self, safe: str) -> str:
-        # decoding more tokens only ever changes held-back characters, so `safe` extends what was emitted
-        if len(safe) <= len(self.emitted) or not safe.startswith(self.emitted):
-            return ""
-        piece, self.emitted = safe[len(self.emitted):], safe
-        return piece
-
-    def _decode(self, ids: list[int]) -> str:
-        return decode_continuation(self.tokenizer, self.prompt, ids)
-
-    def _held_back(self, text: str) -> int:
-        n = len(text) - len(text.rstrip("\ufffd"))
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(text)), n, -1):  # longest stop-string prefix ending the text
-                if text.endswith(s[:k]):
-                    n = k
-                    break
-        return n
+    return [cut_at_stop(decode_continuation(tokenizer, p, o), cfg.stop) for p, o in zip(ids, out, strict=True)]
 
 
 def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,

@@ -17,7 +17,7 @@ Input:  x = wte[idx] (+ wpe[positions] if pos="learned") (+ lang_emb[lang_ids] i
 with pos="rope", q and k are rotated by their positions inside attention instead.
 Output: norm_f(x); logits = norm_f(x) @ wte^T (tied, the default), or @ lm_out^T with tie_embeddings=False.
 
-Two export families (a later `hf.py` maps the weights; tests/test_model.py proves both by parity):
+Two export families (`xling.hf` maps the weights; tests/test_model.py proves both by parity):
 - the default, FAMILIES["llama"] (pos="rope", norm="rmsnorm", mlp="swiglu", bias=False), is exactly
   Hugging Face Llama (`LlamaForCausalLM` with tie_word_embeddings=True, num_key_value_heads = n_head,
   intermediate_size = ff_dim, rope_theta, rms_norm_eps = norm_eps): split the fused c_attn weight

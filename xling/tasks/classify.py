@@ -604,7 +604,7 @@ def classify_run(run_dir: str | Path, cfg: ClassifyConfig, data_files: list[str]
 
         encoder = HFEncoder(hf, max_length=cfg.max_len)
     else:
-        from xling.generate import load_for_generation
+        from xling.checkpoint import load_run as load_for_generation
 
         model, tok = load_for_generation(run_dir)
         encoder = XlingEncoder(model, tok, data.langs)

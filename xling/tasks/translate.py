@@ -476,7 +476,7 @@ def run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
 def load_translator(path: str | Path):
     """(model, tokenizer) from a fine-tuned `<run>/translate`, a run directory (its translate/ if there is
     one, else its pretrained checkpoint) or a checkpoint directory."""
-    from xling.generate import load_for_generation
+    from xling.checkpoint import load_run as load_for_generation
 
     return load_for_generation(_translator_path(path))
 

@@ -293,8 +293,8 @@ def run_model_vectors(run_dir: str | Path, out_dir: str | Path, langs: list[str]
     at most `cfg.max_words`), in frequency order; `mode` as in `model_word_vectors` (contextual mode
     reads the words in the split's text, the language tag first, language ids when the model has them).
     """
+    from xling.checkpoint import load_run as load_for_generation
     from xling.corpus import Corpus
-    from xling.generate import load_for_generation
     from xling.tokenizer import lang_ids
 
     if mode not in MODEL_MODES:
