@@ -114,7 +114,7 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def _resolve(args, extra: list[str] = ()):
-    from xling.config import load_config
+    from xling.registry import load_config
     from xling.stages import RunDir
 
     base = RunDir(args.run).saved_config() if args.run else None
@@ -231,24 +231,28 @@ def cmd_score(args) -> int:
 def cmd_translate(args) -> int:
     """Translate lines from --input (or stdin) to --output (or stdout) with a fine-tuned model."""
     from xling.files import check_writable
-    from xling.tasks.translate import translate_cli
+    from xling.registry import load_config
+    from xling.tasks.translate.command import translate_cli
 
     if args.output:  # before the model loads and the input is translated
         check_writable(args.output, "--output")
     extra = [f"translate.num_beams={args.beams}"] if args.beams is not None else []
-    return translate_cli(args.run, args.src, args.tgt, args.input, args.output, [*extra, *args.overrides])
+    cfg = load_config(None, [*extra, *args.overrides]).translate
+    return translate_cli(args.run, args.src, args.tgt, args.input, args.output, cfg)
 
 
 def cmd_translate_train(args) -> int:
-    from xling.tasks.translate import finetune_run
+    from xling.registry import load_config
+    from xling.tasks.translate.command import finetune_run, saved_settings
 
-    finetune_run(args.run, args.overrides, tsv=args.tsv, src=args.src, tgt=args.tgt, config=args.config)
+    cfg = load_config(args.config, args.overrides, base={"translate": saved_settings(args.run)}).translate
+    finetune_run(args.run, cfg, tsv=args.tsv, src=args.src, tgt=args.tgt)
     return 0
 
 
 def cmd_embed(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.retrieve import run_embed
+    from xling.tasks.retrieval.retrieve import run_embed
 
     _check_number(args.batch_size, "--batch-size", 1)
     check_writable(f"{args.out}.npy", "--out")
@@ -261,7 +265,7 @@ def cmd_embed(args) -> int:
 
 def cmd_retrieve(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.retrieve import run_retrieve
+    from xling.tasks.retrieval.retrieve import run_retrieve
 
     if args.out:
         check_writable(args.out, "--out")
@@ -272,7 +276,7 @@ def cmd_retrieve(args) -> int:
 
 def cmd_mine(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.mine import run_mine
+    from xling.tasks.retrieval.mine import run_mine
 
     _check_number(args.threshold, "--threshold")
     if args.out:
@@ -293,7 +297,7 @@ def _vector_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_vectors(args) -> int:
     """Word vectors per language of a run: static (gensim) from its corpus, or read out of its model."""
-    from xling.tasks.vectors import vectors_command
+    from xling.tasks.align.vectors import vectors_command
 
     cfg = _resolve(args).vectors
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
@@ -304,7 +308,7 @@ def cmd_vectors(args) -> int:
 
 def cmd_align(args) -> int:
     """Map one language's word vectors onto another's; P@k of lexicon induction when a dictionary is given."""
-    from xling.tasks.align import align_command
+    from xling.tasks.align.command import align_command
 
     extra = [f"align.methods=[{', '.join(_quote(m.strip()) for m in args.method.split(','))}]"] if args.method else []
     cfg = _resolve(args, extra)
@@ -340,7 +344,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from xling.tasks.classify import classify_run
+    from xling.tasks.classify.transfer import classify_run
 
     extra = [f"classify.{k}={v}" for k, v in (("mode", args.mode), ("source", args.source)) if v]
     cfg = _resolve(args, extra).classify
