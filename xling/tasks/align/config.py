@@ -59,8 +59,7 @@ class AlignConfig:
     seed: int = 0  # adversarial training seed (restart r uses seed + r)
     # Adversarial training fails on some seeds (a map the discriminator cannot tell from the target that is
     # not a translation map). Each restart is a full run plus refinement; the best criterion after refinement
-    # wins. Bible skip-gram vectors d 100, en-es, seeds 0, 1, 2: criterion after refinement 0.675, 0.672 (failed,
-    # CSLS P@1 0.000, 0.004) and 0.732 (P@1 0.368; supervised + refinement 0.747, P@1 0.429)
+    # wins. On Bible en-es vectors two seeds of three failed (docs/measurements.md)
     adv_restarts: int = 3
 
     def __post_init__(self):
