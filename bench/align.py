@@ -4,7 +4,7 @@
     .venv/bin/python bench/align.py --task mapping --words 50000  # the speed targets only
     .venv/bin/python bench/align.py --task retrieval --sizes 10000 --rounds 3
 
-mapping: 50k words x 300 dimensions per language, synthetic (`xling.tasks.adversarial.synthetic_pair`):
+mapping: 50k words x 300 dimensions per language, synthetic (`xling.tasks.align.adversarial.synthetic_pair`):
 an anisotropic power-law spectrum, Zipf-sized clusters and a frequency order (rarer = noisier), the
 target = a random rotation of the source plus noise. A rotated isotropic Gaussian cloud would be
 no test at all: it looks the same in every rotation, so no unsupervised method can recover it.
@@ -41,15 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _memory import PeakRSS  # noqa: E402
 
 from xling.progress import format_table  # noqa: E402
-from xling.tasks.adversarial import synthetic_pair  # noqa: E402
-from xling.tasks.align import (  # noqa: E402
-    AlignConfig,
-    Space,
-    evaluate_bli,
-    learn_mapping,
-    normalize_embeddings,
-    procrustes,
-)
+from xling.tasks.align.adversarial import synthetic_pair  # noqa: E402
+from xling.tasks.align.config import AlignConfig
+from xling.tasks.align.csls import Space, evaluate_bli
+from xling.tasks.align.mapping import learn_mapping, normalize_embeddings, procrustes
 
 K, TOPK = 10, 10
 

@@ -7,7 +7,7 @@ The model: vocab 8000, context 128, 4 layers, d 256, 4 heads (the translation re
 family, random initialisation, no dropout; its weights are copied into transformers' LlamaForCausalLM (SDPA
 attention), what `xling export` writes. The data: random token pairs `<src> x </s> <tgt> y </s>` with the
 length spread of Bible verses in en<->fr (source and target 8-60 tokens), batches of 32 drawn and
-length-batched as `xling.tasks.translate.finetune` does (a window of a 16x pool sorted by length, padded to a
+length-batched as `tasks.translate.finetune.finetune` does (a window of a 16x pool sorted by length, padded to a
 multiple of 8), loss on `y </s>` only. Every round runs one step of each variant on the same batch:
 
     xling fine-tune       translate.finetune's step: loss_fn (compiled; the output layer on each row's
@@ -43,7 +43,10 @@ from xling.batches import IGNORE  # noqa: E402
 from xling.model import ModelConfig, Transformer  # noqa: E402
 from xling.precision import autocast_dtype, training_autocast
 from xling.progress import format_table  # noqa: E402
-from xling.tasks.translate import POOL, Example, TranslateConfig, loss_fn, make_batch  # noqa: E402
+from xling.tasks.translate.config import TranslateConfig  # noqa: E402
+from xling.tasks.translate.data import Example, make_batch
+from xling.tasks.translate.finetune import POOL
+from xling.tasks.translate.loss import loss_fn
 from xling.trainer import compiled_call  # noqa: E402
 
 SRC_TAG, TGT_TAG = 5, 6

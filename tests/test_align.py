@@ -10,23 +10,10 @@ import numpy as np
 import pytest
 
 from xling.errors import XlingError
-from xling.tasks.align import (
-    MUSE_TEST,
-    MUSE_TRAIN,
-    AlignConfig,
-    Space,
-    adversarial,
-    copy_baseline,
-    criterion,
-    csls_reference,
-    evaluate_bli,
-    learn_mapping,
-    normalize_embeddings,
-    procrustes,
-    rank_bands,
-    run_align,
-)
-from xling.tasks.dictionaries import (
+from xling.tasks.align.adversarial import adversarial
+from xling.tasks.align.config import MUSE_TEST, MUSE_TRAIN, AlignConfig, rank_bands
+from xling.tasks.align.csls import Space, csls_reference, evaluate_bli
+from xling.tasks.align.dictionaries import (
     filter_pairs,
     freedict_pairs,
     identical_pairs,
@@ -34,7 +21,9 @@ from xling.tasks.dictionaries import (
     read_dictionary,
     split_by_rank,
 )
-from xling.tasks.vectors import Vectors, model_word_vectors, read_vec, train_static_vectors, write_vec
+from xling.tasks.align.mapping import criterion, learn_mapping, normalize_embeddings, procrustes
+from xling.tasks.align.run import copy_baseline, run_align
+from xling.tasks.align.vectors import Vectors, model_word_vectors, read_vec, train_static_vectors, write_vec
 
 
 def rotation(d: int, seed: int) -> np.ndarray:
@@ -437,7 +426,7 @@ def test_run_align_writes_outputs_and_metrics(tmp_path):
 
 def test_static_vectors_are_reproducible_and_in_frequency_order():
     pytest.importorskip("gensim")
-    from xling.tasks.vectors import VectorsConfig
+    from xling.tasks.align.vectors import VectorsConfig
 
     texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 30
     cfg = VectorsConfig(dim=8, min_count=2, epochs=2, seed=3)
@@ -488,8 +477,8 @@ def test_model_word_vectors_input_and_contextual():
 def test_align_from_corpus_trains_vectors_and_falls_back_to_no_dictionary(tmp_path, fake_source):
     pytest.importorskip("gensim")
     from xling.corpus import Corpus, CorpusConfig, build_corpus
-    from xling.tasks.align import align_from_corpus
-    from xling.tasks.vectors import VectorsConfig, word_counts
+    from xling.tasks.align.command import align_from_corpus
+    from xling.tasks.align.vectors import VectorsConfig, word_counts
 
     from .conftest import tiny_segments
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xling.cli import main
-from xling.tasks.vectors import Vectors, read_vec, write_vec
+from xling.tasks.align.vectors import Vectors, read_vec, write_vec
 
 from .conftest import tiny_segments
 
@@ -90,8 +90,8 @@ def test_align_bad_input_is_one_line_exit_2(rotated, capsys, argv, msg):
 
 
 def test_align_and_vectors_config_sections():
-    from xling.config import load_config
     from xling.errors import XlingError
+    from xling.registry import load_config
 
     cfg = load_config(None, ["align.refine_iters=3", "align.methods=procrustes,identical", "vectors.dim=50"])
     assert cfg.align.refine_iters == 3 and cfg.align.methods == ["procrustes", "identical"]
@@ -166,14 +166,14 @@ def test_demo_evaluation_static_and_model_vectors(tiny_run, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from xling.corpus import Corpus
-    from xling.evaluate import EVALUATIONS, PLUGINS
     from xling.model import ModelConfig, Transformer
+    from xling.registry import EVALUATIONS
     from xling.report import plot
-    from xling.tasks.align import AlignConfig
-    from xling.tasks.align_eval import evaluate_alignment
-    from xling.tasks.vectors import VectorsConfig
+    from xling.tasks.align.config import AlignConfig
+    from xling.tasks.align.evaluation import eval_align, evaluate_alignment
+    from xling.tasks.align.vectors import VectorsConfig
 
-    assert "xling.tasks.align_eval" in PLUGINS and EVALUATIONS["align"][0] == 90
+    assert EVALUATIONS["align"] == (90, eval_align)
     corpus = Corpus(tiny_run / "run" / "corpus")
     texts = [t for lg in corpus.langs for t in corpus.texts("train", lg)]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -212,9 +212,9 @@ def test_demo_evaluation_skips_a_pair_no_method_can_align(tiny_run):
     """A dictionary with no train-rank words and only supervised methods: en-ru cannot be aligned. The demo
     evaluation says so in the report and still scores en-fr (it once ended the whole demo)."""
     from xling.corpus import Corpus
-    from xling.tasks.align import AlignConfig
-    from xling.tasks.align_eval import evaluate_alignment
-    from xling.tasks.vectors import VectorsConfig
+    from xling.tasks.align.config import AlignConfig
+    from xling.tasks.align.evaluation import evaluate_alignment
+    from xling.tasks.align.vectors import VectorsConfig
 
     (tiny_run / "en-ru.txt").write_text("light свет\ngrace благодать\n", encoding="utf-8")
     cfg = AlignConfig(methods=["procrustes"], train_ranks=[0, 3], test_ranks=[3, 100], refine_iters=1,
@@ -234,8 +234,8 @@ def test_demo_evaluation_without_freedict_is_skipped_before_any_training(tiny_ru
     """A fresh machine has no FreeDict: no number (it once reported P@1 0.000 from 5-7 CLDR words), the package to
     install instead, and no vectors trained for nothing."""
     from xling.corpus import Corpus
-    from xling.tasks import dictionaries
-    from xling.tasks.align_eval import evaluate_alignment
+    from xling.tasks.align import dictionaries
+    from xling.tasks.align.evaluation import evaluate_alignment
 
     real = dictionaries.freedict_pairs
     monkeypatch.setattr(dictionaries, "freedict_pairs",
@@ -251,9 +251,9 @@ def test_demo_evaluation_without_freedict_is_skipped_before_any_training(tiny_ru
 
 def test_demo_evaluation_skips_a_test_set_under_100_words(tiny_run):
     from xling.corpus import Corpus
-    from xling.tasks.align import AlignConfig
-    from xling.tasks.align_eval import evaluate_alignment
-    from xling.tasks.vectors import VectorsConfig
+    from xling.tasks.align.config import AlignConfig
+    from xling.tasks.align.evaluation import evaluate_alignment
+    from xling.tasks.align.vectors import VectorsConfig
 
     cfg = AlignConfig(methods=["procrustes", "identical"], refine_iters=1, refine_max_rank=0, select_max_rank=0,
                       select_pairs=0, write_vectors=False)  # bands fitted to the tiny vocabulary

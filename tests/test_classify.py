@@ -12,22 +12,20 @@ from torch import nn
 
 from xling.corpus import Corpus, CorpusConfig, build_corpus
 from xling.errors import XlingError
+from xling.metrics import macro_f1
 from xling.sources import Segment
-from xling.tasks.classify import (
+from xling.tasks.classify.config import ClassifyConfig
+from xling.tasks.classify.data import (
     GENRES,
-    ClassifyConfig,
     Examples,
-    NamesOnly,
     TaskData,
-    XlingEncoder,
     bible_genre_task,
     book_genre,
-    macro_f1,
-    proper_names,
     read_labelled,
-    run_transfer,
     training_sets,
 )
+from xling.tasks.classify.model import XlingEncoder
+from xling.tasks.classify.transfer import NamesOnly, proper_names, run_transfer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
@@ -197,7 +195,7 @@ def test_xling_encoder_adds_tag_and_eos_and_learns(tmp_path):
 
 
 def test_early_stopping_watches_the_source_valid_split_only():
-    from xling.tasks.classify import Classifier, fit, prepare
+    from xling.tasks.classify.model import Classifier, fit, prepare
 
     data = _toy(("en", "fr"), invert_valid=("fr",))  # fr valid: same texts' signal, opposite labels
     cfg = ClassifyConfig(epochs=12, patience=0, batch_size=4, seeds=[0], lr=1e-3, dropout=0.0)
@@ -276,7 +274,7 @@ def test_demo_evaluation_metrics_and_heatmap(tmp_path, fake_source):
     from xling.evaluate import EvalContext
     from xling.model import ModelConfig, Transformer
     from xling.report import plot
-    from xling.tasks.classify import eval_transfer
+    from xling.tasks.classify.evaluation import eval_transfer
     from xling.tokenizer import TokenizerConfig, build_tokenizer
 
     corpus = _bible_corpus(tmp_path, fake_source)

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from xling.config import SECTIONS, load_config, to_toml
+from xling.config import to_toml
 from xling.errors import XlingError
+from xling.registry import SECTIONS, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 

@@ -540,7 +540,9 @@ def test_hf_encoder_fine_tunes_with_the_classify_recipe(finetune, tmp_path):
     import numpy as np
 
     from xling.hf import HFEncoder
-    from xling.tasks.classify import ClassifyConfig, Examples, TaskData, run_transfer
+    from xling.tasks.classify.config import ClassifyConfig
+    from xling.tasks.classify.data import Examples, TaskData
+    from xling.tasks.classify.transfer import run_transfer
 
     torch.manual_seed(0)
     enc = HFEncoder(_bert_folder(tmp_path))

@@ -4,8 +4,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xling"
-# the entry points that dispatch to the tasks; evaluate.PLUGINS and config.SECTIONS name them as strings
-MAY_IMPORT_TASKS = {"xling.cli", "xling.stages"}
+# the entry points that dispatch to the tasks, and the registry that lists their config sections and evaluations
+MAY_IMPORT_TASKS = {"xling.cli", "xling.stages", "xling.registry"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -11,7 +11,7 @@ import torch
 
 from xling.cli import main
 from xling.errors import XlingError
-from xling.tasks.mine import (
+from xling.tasks.retrieval.mine import (
     best_by_margin,
     gold_pairs,
     knn_mean,
@@ -179,7 +179,7 @@ def test_mining_f1_on_a_tiny_run(tiny_run):
     from xling.corpus import Corpus
     from xling.evaluate import EvalContext
     from xling.shards import Shards
-    from xling.tasks.mine import eval_mining
+    from xling.tasks.retrieval.mine import eval_mining
     from xling.tokenizer import load_tokenizer
 
     # the same language against itself, shuffled: identical vectors, every verse found by its key

@@ -515,7 +515,8 @@ def test_target_span_gathers_each_rows_targets_in_order():
 def test_mt_is_the_translation_fine_tune_format():
     """Row for row, an `mt` batch is what tasks/translate.make_batch builds for the same pair, so its loss
     is translate.mt_loss: pretraining on it trains exactly what the fine-tune and the decoder use."""
-    from xling.tasks.translate import Example, make_batch, mt_loss
+    from xling.tasks.translate.data import Example, make_batch
+    from xling.tasks.translate.loss import mt_loss
 
     shards, _ = random_shards(21)
     batch = MT(pad_multiple=1).make_batch(shards, "train", np.random.default_rng(3), 6, 64)

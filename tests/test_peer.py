@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from xling.evaluate import EVALUATIONS, EvalContext
-from xling.tasks import peer
+from xling.evaluate import EvalContext
+from xling.registry import EVALUATIONS
+from xling.tasks.retrieval import peer
 
 # eight short parallel sentences of our own, en / fr / de, row i a translation of row i
 EN = ["The cat sleeps on the warm roof.", "My brother bought a new car yesterday.",

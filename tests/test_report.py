@@ -179,10 +179,8 @@ def test_run_evaluations_drops_the_numbers_of_a_skipped_evaluation(tmp_path, mon
     def fake(ctx):  # skipped, yet it returns a number: the driver must not keep it
         return {**evaluate.skipped("no data here; install it"), "metrics": {"fake.score": 0.0}}
 
-    monkeypatch.setitem(evaluate.EVALUATIONS, "fake", (5, fake))
-    monkeypatch.setattr(evaluate, "PLUGINS", [])
     ctx = SimpleNamespace(run_dir=tmp_path, step=3)
-    assert evaluate.run_evaluations(ctx, only=["fake"]) == {}
+    assert evaluate.run_evaluations(ctx, {"fake": (5, fake)}, only=["fake"]) == {}
     saved = json.loads((tmp_path / "eval" / "fake.json").read_text())
     assert saved["metrics"] == {} and saved["skipped"] == "no data here; install it"
     assert saved["sections"][0]["blocks"][0]["text"] == "Skipped: no data here; install it."

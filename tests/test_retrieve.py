@@ -11,7 +11,14 @@ from xling.cli import main
 from xling.encode import embed_texts, encode, nearest, top1_accuracy
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
-from xling.tasks.retrieve import default_layer, faiss_search, load_encoder, read_vectors, search, write_vectors
+from xling.tasks.retrieval.retrieve import (
+    default_layer,
+    faiss_search,
+    load_encoder,
+    read_vectors,
+    search,
+    write_vectors,
+)
 
 from .test_mine import build_tiny_run
 

@@ -13,7 +13,7 @@ import torch
 
 from xling.errors import XlingError
 from xling.shards import Shards
-from xling.tasks.rnn_mt import RNNConfig, RNNTranslator, load_rnn, save_rnn, train_rnn, translate_ids
+from xling.tasks.translate.rnn import RNNConfig, RNNTranslator, load_rnn, save_rnn, train_rnn, translate_ids
 
 LANGS = ["en", "fr", "ru"]
 TAGS = {lang: 5 + i for i, lang in enumerate(LANGS)}
@@ -194,7 +194,7 @@ def test_training_inside_a_callers_autocast_learns_as_outside(shards):
 def test_label_smoothing_is_its_definition(shards):
     """Training loss with label smoothing eps = (1 - eps) * NLL(gold) + eps * mean over the vocabulary of -log p,
     averaged over real target tokens (padding excluded); eps = 0 is the plain cross-entropy."""
-    from xling.tasks.rnn_mt import _loss, _Pairs
+    from xling.tasks.translate.rnn import _loss, _Pairs
 
     torch.manual_seed(0)
     model = RNNTranslator(RNNConfig(**TINY), VOCAB, TAGS).eval()

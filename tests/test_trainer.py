@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from xling.config import load_config
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
 from xling.objectives import build_objectives
 from xling.pretrain import LangSubset, check_langs, pretrain, resolve_model_config
+from xling.registry import load_config
 from xling.shards import Shards
 from xling.train_config import TrainConfig
 from xling.trainer import Trainer

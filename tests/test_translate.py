@@ -14,21 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import TINY
+from xling.batches import IGNORE
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
-from xling.tasks.translate import (
-    IGNORE,
-    Example,
-    TranslateConfig,
-    finetune,
-    loss_fn,
-    make_batch,
-    max_source_tokens,
-    mt_loss,
-    translate,
-    translate_ids,
-    tsv_examples,
-)
+from xling.tasks.translate.config import TranslateConfig
+from xling.tasks.translate.data import Example, make_batch, tsv_examples
+from xling.tasks.translate.decoding import max_source_tokens, translate, translate_ids
+from xling.tasks.translate.finetune import finetune
+from xling.tasks.translate.loss import loss_fn, mt_loss
 from xling.tokenizer import EOS_ID, TokenizerConfig, build_tokenizer
 
 LANGS = list(TINY)  # en, fr, ru: tags <en>=5, <fr>=6, <ru>=7
@@ -275,7 +268,7 @@ def tiny_run(tmp_path_factory):
 
 def test_cli_round_trip_equals_the_python_api(tiny_run, tmp_path, capsys):
     from xling.cli import main
-    from xling.tasks.translate import load_translator
+    from xling.tasks.translate.command import load_translator
 
     assert main(["translate-train", "--run", str(tiny_run), *FT]) == 0
     assert (tiny_run / "translate" / "latest").is_file()
@@ -311,8 +304,8 @@ def test_evaluation_scores_both_systems_and_reuses_its_cache(tiny_run, monkeypat
     from xling.corpus import Corpus
     from xling.evaluate import EvalContext
     from xling.shards import Shards
-    from xling.tasks import rnn_mt
-    from xling.tasks import translate as mt
+    from xling.tasks.translate import evaluation as mt
+    from xling.tasks.translate import rnn
     from xling.tokenizer import load_tokenizer
 
     model, _, meta = load_model(tiny_run / "checkpoints")
@@ -339,7 +332,7 @@ def test_evaluation_scores_both_systems_and_reuses_its_cache(tiny_run, monkeypat
         raise AssertionError("retrained although the cache is valid")
 
     monkeypatch.setattr(mt, "finetune", boom)
-    monkeypatch.setattr(rnn_mt, "train_rnn", boom)
+    monkeypatch.setattr(rnn, "train_rnn", boom)
     assert mt.eval_translation(ctx)["metrics"] == m
 
 

@@ -114,7 +114,7 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def _resolve(args, extra: list[str] = ()):
-    from xling.config import load_config
+    from xling.registry import load_config
     from xling.stages import RunDir
 
     base = RunDir(args.run).saved_config() if args.run else None
@@ -160,7 +160,7 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     """Stream a continuation of each prompt to the terminal, token by token."""
-    from xling.checkpoint import load_run as load_for_generation
+    from xling.checkpoint import load_run
     from xling.files import check_utf8
     from xling.generate import stream
     from xling.langvocab import LangVocab
@@ -168,7 +168,7 @@ def cmd_generate(args) -> int:
     for prompt in args.prompts:  # before the model loads
         check_utf8(prompt, "the prompt")
     cfg = _resolve(args).generate
-    model, tokenizer = load_for_generation(args.run)
+    model, tokenizer = load_run(args.run)
     vocab = None
     if cfg.lang_vocab and args.lang:  # read once, for every prompt
         vocab = LangVocab.from_run(args.run, [args.lang])
@@ -233,24 +233,28 @@ def cmd_score(args) -> int:
 def cmd_translate(args) -> int:
     """Translate lines from --input (or stdin) to --output (or stdout) with a fine-tuned model."""
     from xling.files import check_writable
-    from xling.tasks.translate import translate_cli
+    from xling.registry import load_config
+    from xling.tasks.translate.command import translate_cli
 
     if args.output:  # before the model loads and the input is translated
         check_writable(args.output, "--output")
     extra = [f"translate.num_beams={args.beams}"] if args.beams is not None else []
-    return translate_cli(args.run, args.src, args.tgt, args.input, args.output, [*extra, *args.overrides])
+    cfg = load_config(None, [*extra, *args.overrides]).translate
+    return translate_cli(args.run, args.src, args.tgt, args.input, args.output, cfg)
 
 
 def cmd_translate_train(args) -> int:
-    from xling.tasks.translate import finetune_run
+    from xling.registry import load_config
+    from xling.tasks.translate.command import finetune_run, saved_settings
 
-    finetune_run(args.run, args.overrides, tsv=args.tsv, src=args.src, tgt=args.tgt, config=args.config)
+    cfg = load_config(args.config, args.overrides, base={"translate": saved_settings(args.run)}).translate
+    finetune_run(args.run, cfg, tsv=args.tsv, src=args.src, tgt=args.tgt)
     return 0
 
 
 def cmd_embed(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.retrieve import run_embed
+    from xling.tasks.retrieval.retrieve import run_embed
 
     _check_number(args.batch_size, "--batch-size", 1)
     check_writable(f"{args.out}.npy", "--out")
@@ -263,7 +267,7 @@ def cmd_embed(args) -> int:
 
 def cmd_retrieve(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.retrieve import run_retrieve
+    from xling.tasks.retrieval.retrieve import run_retrieve
 
     if args.out:
         check_writable(args.out, "--out")
@@ -274,7 +278,7 @@ def cmd_retrieve(args) -> int:
 
 def cmd_mine(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.mine import run_mine
+    from xling.tasks.retrieval.mine import run_mine
 
     _check_number(args.threshold, "--threshold")
     if args.out:
@@ -295,7 +299,7 @@ def _vector_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_vectors(args) -> int:
     """Word vectors per language of a run: static (gensim) from its corpus, or read out of its model."""
-    from xling.tasks.vectors import vectors_command
+    from xling.tasks.align.vectors import vectors_command
 
     cfg = _resolve(args).vectors
     langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
@@ -306,7 +310,7 @@ def cmd_vectors(args) -> int:
 
 def cmd_align(args) -> int:
     """Map one language's word vectors onto another's; P@k of lexicon induction when a dictionary is given."""
-    from xling.tasks.align import align_command
+    from xling.tasks.align.command import align_command
 
     extra = [f"align.methods=[{', '.join(_quote(m.strip()) for m in args.method.split(','))}]"] if args.method else []
     cfg = _resolve(args, extra)
@@ -342,7 +346,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from xling.tasks.classify import classify_run
+    from xling.tasks.classify.transfer import classify_run
 
     extra = [f"classify.{k}={v}" for k, v in (("mode", args.mode), ("source", args.source)) if v]
     cfg = _resolve(args, extra).classify

@@ -2,14 +2,17 @@
 
 A run's config has one section per pipeline stage (`[corpus]`, `[tokenizer]`,
 `[shard]`, `[model]`, `[train]`, ...). Each section is a dataclass defined in the
-module that uses it; this file only knows where to find them, loads TOML,
-applies dotted overrides from the command line (`model.n_layer=4`) and checks
-every key and type. An unknown key or a wrong type is an `XlingError` naming
-the key and the choices.
+module that uses it, and the table of sections (name -> dataclass) is listed by
+import in `xling.registry`, which sits above the tasks; this file knows no section
+but `[run]`. It loads TOML, applies dotted overrides from the command line
+(`model.n_layer=4`) and checks every key and type against the table it is given.
+An unknown key or a wrong type is an `XlingError` naming the key and the choices.
 
+    from xling.registry import load_config   # build_config over every section
     cfg = load_config("configs/demo.toml", ["corpus.alpha=0.5"])
     cfg.corpus.alpha            # 0.5
     print(to_toml(cfg))         # the resolved config, as written into a run
+    build_section("translate", TranslateConfig, {"lr": 2e-3})   # one section from its table
 """
 
 from __future__ import annotations
@@ -17,32 +20,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import json
 import math
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from xling.errors import XlingError
-
-# section name -> "module:Class". Modules are imported only when a config is built,
-# so `xling --help` stays fast.
-SECTIONS: dict[str, str] = {
-    "run": "xling.config:RunConfig",
-    "corpus": "xling.corpus:CorpusConfig",
-    "tokenizer": "xling.tokenizer:TokenizerConfig",
-    "shard": "xling.shards:ShardConfig",
-    "model": "xling.model:ModelConfig",
-    "train": "xling.train_config:TrainConfig",
-    "generate": "xling.generate:GenerateConfig",
-    "translate": "xling.tasks.translate:TranslateConfig",
-    "vectors": "xling.tasks.vectors:VectorsConfig",
-    "align": "xling.tasks.align:AlignConfig",
-    "classify": "xling.tasks.classify:ClassifyConfig",
-}
 
 
 @dataclasses.dataclass
@@ -70,11 +57,6 @@ class Config:
         d = self.to_dict()
         blob = json.dumps({n: d[n] for n in names}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def section_class(name: str) -> type:
-    module, cls = SECTIONS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def _type_name(tp: Any) -> str:
@@ -144,8 +126,8 @@ def _unknown(key: str, choices: list[str]) -> XlingError:
     return XlingError(f"unknown config key {key!r}; {hint}valid keys here: {', '.join(sorted(choices))}")
 
 
-def _build_section(name: str, values: dict[str, Any]) -> Any:
-    cls = section_class(name)
+def build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    """The section `[name]` as a `cls` from a table of values: every key known, every type checked."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -168,16 +150,16 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(tree: dict[str, dict[str, Any]], override: str) -> None:
+def apply_override(tree: dict[str, dict[str, Any]], override: str, sections: Mapping[str, type]) -> None:
     if "=" not in override:
         raise XlingError(f"override {override!r} is not key=value, e.g. model.n_layer=4")
     key, text = override.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) < 2:
         raise XlingError(f"override key {key!r} needs a section, e.g. corpus.{key}; sections: "
-                         f"{', '.join(SECTIONS)}")
-    if parts[0] not in SECTIONS:
-        raise _unknown(parts[0], list(SECTIONS))
+                         f"{', '.join(sections)}")
+    if parts[0] not in sections:
+        raise _unknown(parts[0], list(sections))
     node = tree.setdefault(parts[0], {})
     for p in parts[1:-1]:
         node = node.setdefault(p, {})
@@ -195,9 +177,10 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
             from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Defaults <- `base` (e.g. a run's saved config) <- TOML file <- dotted overrides."""
+def build_config(sections: Mapping[str, type], path: str | Path | None = None,
+                 overrides: list[str] | tuple[str, ...] = (), base: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults <- `base` (e.g. a run's saved config) <- TOML file <- dotted overrides, over the section table
+    `sections` (name -> dataclass; `xling.registry.SECTIONS` lists them all)."""
     tree: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
     if path is not None:
         path = Path(path)
@@ -205,17 +188,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise XlingError(f"config file {path} does not exist; see configs/ for examples")
         loaded = read_toml(path)
         for section, values in loaded.items():
-            if section not in SECTIONS:
-                raise _unknown(section, list(SECTIONS))
+            if section not in sections:
+                raise _unknown(section, list(sections))
             if not isinstance(values, dict):
                 raise XlingError(f"config file {path}: {section} must be a [section]")
             _merge(tree.setdefault(section, {}), values)
     for o in overrides:
-        apply_override(tree, o)
-    sections = {}
-    for name in SECTIONS:
-        sections[name] = _build_section(name, tree.get(name, {}))
-    return Config(sections)
+        apply_override(tree, o, sections)
+    return Config({name: build_section(name, cls, tree.get(name, {})) for name, cls in sections.items()})
 
 
 def _merge(dst: dict, src: dict) -> None:

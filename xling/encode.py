@@ -12,7 +12,7 @@ mode, then the hidden states of one layer are mean-pooled over real tokens (padd
 Search is exact: cosine = dot product of normalised vectors. Queries go in chunks sized so the (chunk, N)
 score block stays under `max_bytes` (256 MiB by default), whatever the number of queries; the scores come
 from one BLAS matrix product per chunk and the top k from `torch.topk` (multithreaded; ~8x faster than
-`np.argpartition` here; bench/retrieve.py). `xling.tasks.retrieve` adds FAISS, vector files and the CLI.
+`np.argpartition` here; bench/retrieve.py). `xling.tasks.retrieval.retrieve` adds FAISS, vector files and the CLI.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """Evaluation of a trained run on held-out test chapters; each evaluation is one registered entry.
 
     xling evaluate --run runs/demo  # writes runs/demo/eval/<name>.json, then `xling report` renders them
-    evaluate_run("runs/demo")       # the same from Python
+    run_evaluations(ctx, xling.registry.EVALUATIONS)   # the same from Python (`xling.stages.run_evaluate`)
 
-An evaluation is a function `(ctx: EvalContext) -> {"metrics": {...}, "sections": [...]}` registered with
-`@evaluation(name, order)`. Metrics are flat dotted keys (`bpc.en`, `retrieval.top1.en-fr`); sections
-are report blocks as data (see `xling.report`). An evaluation whose data or package is missing on this
-machine returns `skipped("why; how to get it")` instead: no metrics at all (a number from nothing would be
-read as a result), and the report and summary say "skipped" with the reason. One that measures some pairs
-and not others adds `"skipped_parts": {"en-fr": "why"}` beside its metrics. A task from another module
-plugs in by adding its module to `PLUGINS`; the module registers its entries when imported. Built in:
+An evaluation is a function `(ctx: EvalContext) -> {"metrics": {...}, "sections": [...]}` named with
+`@evaluation(name, order)` and listed in a table `{name: (order, fn)}` (`evaluations(*fns)` builds one). Metrics
+are flat dotted keys (`bpc.en`, `retrieval.top1.en-fr`); sections are report blocks as data (see `xling.report`).
+An evaluation whose data or package is missing on this machine returns `skipped("why; how to get it")`
+instead: no metrics at all (a number from nothing would be read as a result), and the report and summary say
+"skipped" with the reason. One that measures some pairs
+and not others adds `"skipped_parts": {"en-fr": "why"}` beside its metrics. This module holds the evaluations of
+the pretrained model itself (`BUILT_IN`); each task package has its own in its `evaluation` module, and
+`xling.registry.EVALUATIONS` lists them all by import (this module imports no task). Built in:
 
     tokenizer   fertility and parity per language (from the tokenizer stage's report)
     pretrain    tokens, tokens/s, minutes and the loss curve per objective (from train/metrics.jsonl)
@@ -23,7 +25,6 @@ plugs in by adding its module to `PLUGINS`; the module registers its entries whe
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import math
 import time
@@ -38,10 +39,6 @@ import numpy as np
 from xling.errors import XlingError
 from xling.files import atomic_write_json
 from xling.langs import CharNgramLangID, pivot_lang
-
-# modules that register more evaluations
-PLUGINS: list[str] = ["xling.tasks.translate", "xling.tasks.mine", "xling.tasks.align_eval", "xling.tasks.classify",
-                      "xling.tasks.peer", "xling.tasks.ood"]
 
 
 @dataclass
@@ -68,20 +65,36 @@ class EvalContext:
         count = f", {n:,} segments per language" if n is not None else ""
         return f"{split} split{count}; model {size}; checkpoint step {self.step}"
 
+    def cap(self, split: str) -> int:
+        """Segments per language evaluated on `split`: valid_segments on valid, else max_segments."""
+        return self.valid_segments if split == "valid" else self.max_segments
+
     def segments(self, split: str, lang: str, cap: int | None = None) -> list[np.ndarray]:
         n = min(self.shards.num_segments(split, lang), cap or self.max_segments)
         return [np.asarray(self.shards.segment(split, lang, i), dtype=np.int64) for i in range(n)]
 
 
-EVALUATIONS: dict[str, tuple[int, Callable[[EvalContext], dict]]] = {}
+Evaluation = Callable[[EvalContext], dict]
 
 
-def evaluation(name: str, order: int = 50) -> Callable:
-    def register(fn: Callable[[EvalContext], dict]) -> Callable:
-        EVALUATIONS[name] = (order, fn)
+def evaluation(name: str, order: int = 50) -> Callable[[Evaluation], Evaluation]:
+    """Name an evaluation function and its place in the run (ascending `order`); a table lists it to run it."""
+    def mark(fn: Evaluation) -> Evaluation:
+        fn.evaluation = (name, order)
         return fn
 
-    return register
+    return mark
+
+
+def evaluations(*fns: Evaluation) -> dict[str, tuple[int, Evaluation]]:
+    """The table `run_evaluations` reads, {name: (order, fn)}, from functions marked with `@evaluation`."""
+    table = {}
+    for fn in fns:
+        name, order = fn.evaluation
+        if name in table:
+            raise ValueError(f"two evaluations are named {name!r}")
+        table[name] = (order, fn)
+    return table
 
 
 def skipped(reason: str, title: str | None = None, text: str = "") -> dict:
@@ -220,18 +233,14 @@ def eval_bpc(ctx: EvalContext) -> dict:
     ]}]}
 
 
-def _cap(ctx: EvalContext, split: str) -> int:
-    return ctx.valid_segments if split == "valid" else ctx.max_segments
-
-
-def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
+def split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
     """Every layer's sentence vectors (L+1, N, D) for the split's segments of one language, cached."""
     from xling.encode import encode
 
     key = ("vectors", split, lang)
     if key not in ctx.cache:
         seqs = [np.asarray(ctx.shards.segment(split, lang, i), np.int64)
-                for i in range(min(ctx.shards.num_segments(split, lang), _cap(ctx, split)))]
+                for i in range(min(ctx.shards.num_segments(split, lang), ctx.cap(split)))]
         ctx.cache[key] = encode(ctx.model, seqs, lang_index=ctx.langs.index(lang),
                                 tag=ctx.shards.lang_token_ids[lang], specials=ctx.shards.specials,
                                 all_layers=True, desc=f"encode {split} {lang}")
@@ -241,8 +250,8 @@ def _split_vectors(ctx: EvalContext, split: str, lang: str) -> np.ndarray:
 def _pair_vectors(ctx: EvalContext, split: str, pivot: str, lg: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors (L+1, M, D) of the split's aligned pivot/lg segments, row i of each a translation pair."""
     rows = np.asarray(ctx.shards.pairs(split, pivot, lg))
-    rows = rows[(rows[:, 0] < _cap(ctx, split)) & (rows[:, 1] < _cap(ctx, split))]  # the encoded segments
-    return _split_vectors(ctx, split, pivot)[:, rows[:, 0]], _split_vectors(ctx, split, lg)[:, rows[:, 1]]
+    rows = rows[(rows[:, 0] < ctx.cap(split)) & (rows[:, 1] < ctx.cap(split))]  # the encoded segments
+    return split_vectors(ctx, split, pivot)[:, rows[:, 0]], split_vectors(ctx, split, lg)[:, rows[:, 1]]
 
 
 @evaluation("retrieval", order=40)
@@ -494,13 +503,12 @@ def eval_generation(ctx: EvalContext) -> dict:
 
 # ---------------------------------------------------------------------------- driver
 
-def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
-    """Run the registered evaluations (or `only` these), write eval/<name>.json; return all metrics."""
-    for mod in PLUGINS:
-        importlib.import_module(mod)
-    names = sorted(EVALUATIONS, key=lambda n: EVALUATIONS[n][0])
+def run_evaluations(ctx: EvalContext, table: dict[str, tuple[int, Evaluation]], only: list[str] | None = None) -> dict:
+    """Run the evaluations of `table` (`xling.registry.EVALUATIONS`: every one), or `only` these, in order;
+    write eval/<name>.json; return all metrics."""
+    names = sorted(table, key=lambda n: table[n][0])
     if only:
-        unknown = [n for n in only if n not in EVALUATIONS]
+        unknown = [n for n in only if n not in table]
         if unknown:
             raise XlingError(f"unknown evaluation {', '.join(unknown)}; choose from {', '.join(names)}")
         names = [n for n in names if n in only]
@@ -511,7 +519,7 @@ def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
     dtype = autocast_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has native bf16 (xling.precision)
     metrics: dict = {}
     for name in names:
-        order, fn = EVALUATIONS[name]
+        order, fn = table[name]
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             result = fn(ctx)
@@ -527,3 +535,7 @@ def run_evaluations(ctx: EvalContext, only: list[str] | None = None) -> dict:
         status = f"skipped: {result['skipped']}" if result.get("skipped") else f"done in {seconds:.1f} s"
         print(f"evaluate: {name} {status}")
     return metrics
+
+
+# the evaluations of the pretrained model itself, in the order they run; xling.registry adds the tasks'
+BUILT_IN = (eval_tokenizer, eval_pretrain, eval_bpc, eval_retrieval, eval_langid, eval_generation)

@@ -267,7 +267,7 @@ class TLM(_MaskedLM):
 class MT(Objective):
     """Causal translation LM: `<x_lang> x </s> <y_lang> y </s>`, next-token loss on `y </s>` only.
 
-    Exactly the prompt format of tasks/translate.py, over every language pair of the corpus (pairs drawn
+    Exactly the prompt format of tasks/translate/data.py, over every language pair of the corpus (pairs drawn
     with pair_alpha, each direction half the time), so a pretrained model conditions on a source before
     any fine-tune. Inputs are right-padded and causal: padding is never attended by a real position.
     """

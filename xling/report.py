@@ -240,11 +240,11 @@ HEADLINES: tuple[Headline, ...] = (
     Headline("retrieval top-1 en<->X (mean)", "retrieval.top1.{pair}",
              (("peer.retrieval.top1.{pair}", PEER_ON_ITS_LANGS), ("retrieval.chance", "chance (1 in the candidates)")),
              items="retrieval.items"),
-    # mining has no baseline of its own (xling/tasks/mine.py); chance (~1 / verses) would flatter any number,
+    # mining has no baseline of its own (xling/tasks/retrieval/mine.py); chance (~1 / verses) would flatter any number,
     # so without the peer the row stays out
     Headline("bitext mining F1 (mean)", "mining.f1.{pair}", (("peer.mining.f1.{pair}", PEER_ON_ITS_LANGS),),
              items="mining.items"),
-    # another domain than the Bible the demo trains on (xling/tasks/ood.py): items = aligned strings per language
+    # another domain than the Bible the demo trains on (tasks/retrieval/ood.py): items = aligned strings per language
     Headline("out-of-domain retrieval top-1 en<->X, Django UI strings (mean)", "ood.retrieval.top1.{pair}",
              (("ood.peer.retrieval.top1.{pair}", PEER_ON_ITS_LANGS),
               ("ood.retrieval.chance", "chance (1 in the candidates)")), items="ood.items"),

@@ -336,6 +336,7 @@ def run_evaluate(run_dir: str | Path, only: list[str] | None = None, max_segment
     from xling.checkpoint import load_model
     from xling.corpus import Corpus
     from xling.evaluate import EvalContext, run_evaluations
+    from xling.registry import EVALUATIONS
     from xling.shards import Shards
     from xling.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -346,7 +347,7 @@ def run_evaluate(run_dir: str | Path, only: list[str] | None = None, max_segment
     ctx = EvalContext(run_dir=rd, model=model, step=int(meta.get("step", 0)), max_segments=max_segments,
                       shards=Shards(rd / "shards", expect_tokenizer_hash=tokenizer_hash(rd / "tokenizer")),
                       tokenizer=load_tokenizer(rd / "tokenizer"), corpus=Corpus(rd / "corpus"))
-    return run_evaluations(ctx, only)
+    return run_evaluations(ctx, EVALUATIONS, only)
 
 
 @_one_writer(create=True)
@@ -385,7 +386,7 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
     """`xling demo`: corpus -> tokenizer -> shard -> pretrain (resumes) -> evaluate -> report under one lock,
     skipping what is up to date. `config` defaults to the repo's configs/demo.toml (built-in defaults when
     installed without it); `minutes` sets train.max_minutes, `langs` corpus.langs. Returns the report folder."""
-    from xling.config import load_config
+    from xling.registry import load_config
     from xling.report import write_report
 
     if config is None:

@@ -1,6 +1,6 @@
 """The RNN baseline for translation: a bidirectional GRU encoder and a GRU decoder with attention.
 
-    from xling.tasks.rnn_mt import RNNConfig, train_rnn, translate_ids, save_rnn, load_rnn
+    from xling.tasks.translate.rnn import load_rnn, RNNConfig, save_rnn, train_rnn, translate_ids
     shards = Shards("runs/demo/shards")
     model, summary = train_rnn(shards, [("en", "fr"), ("fr", "en")], RNNConfig(), minutes=1.0, seed=0)
     hyps = translate_ids(model, [shards.segment("test", "en", 0)], "fr", src_lang_tag="en", num_beams=4)

@@ -1,6 +1,7 @@
 """Unsupervised cross-lingual mapping by adversarial training (MUSE, Conneau et al. 2018).
 
-    from xling.tasks.align import AlignConfig, criterion, refine
+    from xling.tasks.align.config import AlignConfig
+    from xling.tasks.align.mapping import criterion, refine
     w, history = adversarial(x, y, cfg, score=lambda w: criterion(x, y, w, cfg))  # x, y: (n, d), most frequent first
     w, _ = refine(x, y, w, cfg)                       # then Procrustes refinement (align.learn_mapping)
     x, y, rot = synthetic_pair(50000, 300)            # a structured test set: y ~ x @ rot.T
@@ -40,7 +41,7 @@ import numpy as np
 from xling.progress import progress
 
 if TYPE_CHECKING:
-    from xling.tasks.align import AlignConfig
+    from xling.tasks.align.config import AlignConfig
 
 
 def orthogonalize(w, beta: float):

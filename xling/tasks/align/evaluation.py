@@ -9,7 +9,7 @@ Two kinds of word vectors per language, each mapped en -> X and scored on a held
   model    the run's own input embeddings of each word (mean of its subword pieces): all languages
            share one embedding matrix, so the identity map is the baseline Procrustes must beat.
 Dictionaries are FreeDict's (when the Debian package is installed; cached in `<run>/align/demo/dicts/` and,
-parsed, per user: `xling.tasks.dictionaries.freedict_pairs`). A pair without one is skipped with the package
+parsed, per user: `xling.tasks.align.dictionaries.freedict_pairs`). A pair without one is skipped with the package
 to install, and so is a pair whose test split holds fewer than MIN_TEST_WORDS source words: no `align.*`
 key is written for it (CLDR names, the fallback of `xling align`, left 5-7 test words here and a P@1 of 0.000
 that read as a result). A Bible is a tiny corpus for static vectors (MUSE trains on Wikipedia), so the
@@ -34,10 +34,12 @@ import numpy as np
 
 from xling.errors import XlingError
 from xling.evaluate import EvalContext, evaluation, skipped
-from xling.tasks.align import AlignConfig, align_pairs, dictionary_pairs, normalize_embeddings, procrustes, rank_bands
-from xling.tasks.csls import Space, evaluate_bli
-from xling.tasks.dictionaries import ISO3, filter_pairs, split_by_rank
-from xling.tasks.vectors import Vectors, VectorsConfig, model_word_vectors, read_vec
+from xling.tasks.align.command import align_pairs
+from xling.tasks.align.config import AlignConfig, rank_bands
+from xling.tasks.align.csls import Space, evaluate_bli
+from xling.tasks.align.dictionaries import ISO3, dictionary_pairs, filter_pairs, split_by_rank
+from xling.tasks.align.mapping import normalize_embeddings, procrustes
+from xling.tasks.align.vectors import Vectors, VectorsConfig, model_word_vectors, read_vec
 
 PIVOT = "en"
 # en-fr, en-de, en-ru (Latin and Cyrillic); en-es and en-ar by `xling align` (each adds ~20 s of vector training
@@ -235,3 +237,7 @@ def eval_align(ctx: EvalContext) -> dict:
 
 __all__ = ["evaluate_alignment", "model_vectors_bli", "eval_align", "no_dictionary", "VECTORS", "ALIGN", "TARGETS",
            "MIN_TEST_WORDS"]
+
+
+# this package's evaluations, as xling.registry lists them
+EVALUATIONS = (eval_align,)

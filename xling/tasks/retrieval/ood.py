@@ -32,8 +32,8 @@ Scores, for each language X of the run but the pivot (English), on the N aligned
 en->X and X->en among all N strings of the other language (`xling.encode.top1_accuracy`; the keys
 `ood.retrieval.top1.<en>-<x>` and `.<x>-<en>`, their mean `ood.retrieval.top1_mean`) with our vectors from
 `embed_texts` at the layer the retrieval evaluation chose on the valid split, and bitext-mining F1 on the same
-strings, the target side shuffled (`xling.tasks.mine.mine_eval`, `ood.mining.f1.<pair>`, `ood.mining.f1_mean`).
-The peer (`xling.tasks.peer`, USE v3) is scored the same way on the languages it covers (`ood.peer.*`), and
+strings, the target side shuffled (`.mine.mine_eval`, `ood.mining.f1.<pair>`, `ood.mining.f1_mean`).
+The peer (`.peer`, USE v3) is scored the same way on the languages it covers (`ood.peer.*`), and
 `ood.retrieval.top1_mean_peer_langs` is our mean over those same languages. A language of the run that Django
 has no catalog for gets no key ("n/a: no catalog" in the report). Without Django the evaluation is skipped with
 the install hint; without the peer only our numbers are written.
@@ -55,7 +55,7 @@ from xling.corpus import clean_text, count_words
 from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
 from xling.sources.po import PLACEHOLDER, has_words, load_catalog, polib_module, translation
-from xling.tasks.peer import PEER, covered, retrieval_metrics
+from xling.tasks.retrieval.peer import PEER, covered, retrieval_metrics
 from xling.teacher import encode_texts, load_peer
 
 TITLE = "Out of domain: retrieval and mining on Django's UI strings"
@@ -166,7 +166,7 @@ def score(vectors: dict[str, np.ndarray], pivot: str, langs: list[str], prefix: 
     """Retrieval top-1 both ways and mining F1 of the pivot against each language, rows aligned by index:
     `<prefix>.retrieval.top1.<pair>` (both directions), `<prefix>.mining.f1.<pivot>-<x>` and their means."""
     from xling.encode import top1_accuracy
-    from xling.tasks.mine import mine_eval
+    from xling.tasks.retrieval.mine import mine_eval
 
     out: dict[str, float] = {}
     accs, f1s = [], []
@@ -194,7 +194,7 @@ def _pair_mean(metrics: dict, prefix: str, pivot: str, lg: str) -> float | str:
 @evaluation("ood", order=48)
 def eval_ood(ctx: EvalContext) -> dict:
     from xling.encode import embed_texts
-    from xling.tasks.retrieve import default_layer
+    from xling.tasks.retrieval.retrieve import default_layer
 
     source = django_catalogs()
     if source is None:

@@ -157,7 +157,7 @@ def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", l
     """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
     from xling.encode import POOL_SPECIALS, encode
     from xling.shards import Shards
-    from xling.tasks.retrieve import load_encoder, resolve_layer
+    from xling.tasks.retrieval.retrieve import load_encoder, resolve_layer
 
     model, _ = load_encoder(run)
     shards = Shards(Path(run) / "shards")
@@ -180,8 +180,8 @@ def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", l
 def eval_mining(ctx: EvalContext) -> dict:
     """Mining F1 of the pivot language against every other on the test split (vectors cached by retrieval)."""
     from xling.encode import POOL_SPECIALS, encode
-    from xling.evaluate import _split_vectors
-    from xling.tasks.retrieve import default_layer
+    from xling.evaluate import split_vectors
+    from xling.tasks.retrieval.retrieve import default_layer
 
     pivot = pivot_lang(ctx.langs)
     others = [lg for lg in ctx.langs if lg != pivot]
@@ -192,7 +192,7 @@ def eval_mining(ctx: EvalContext) -> dict:
 
     def vectors(lg: str) -> np.ndarray:
         if POOL_SPECIALS:  # what the retrieval evaluation encoded (all layers): reuse it
-            return _split_vectors(ctx, "test", lg)[layer]
+            return split_vectors(ctx, "test", lg)[layer]
         key = ("vectors-nospecials", "test", lg, layer)
         if key not in ctx.cache:
             ctx.cache[key] = encode(ctx.model, ctx.segments("test", lg), lang_index=ctx.langs.index(lg),
@@ -230,7 +230,7 @@ def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, 
              tgt: str | None = None, k: int = K, mode: str = "intersection", threshold: float = THRESHOLD,
              out: str | Path | None = None, layer: int | None = None, pool_specials: bool | None = None) -> int:
     """`xling mine`: aligned pairs `score  src_id  tgt_id  src  tgt` (TSV with a header), best first."""
-    from xling.tasks.retrieve import InputFile, emit, resolve_languages, side_vectors, tsv_cell
+    from xling.tasks.retrieval.retrieve import InputFile, emit, resolve_languages, side_vectors, tsv_cell
 
     if mode not in MODES:
         raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")

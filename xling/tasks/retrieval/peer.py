@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from xling.evaluate import EvalContext, _cap, evaluation, skipped
+from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
 from xling.teacher import encode_texts, load_peer
 
@@ -46,7 +46,7 @@ def _test_vectors(ctx: EvalContext, peer: Any, lang: str) -> np.ndarray:
     """Peer vectors (N, 512) of the first N test verses of `lang`, N = the retrieval evaluation's cap; cached."""
     key = ("peer_vectors", "test", lang)
     if key not in ctx.cache:
-        n = min(ctx.shards.num_segments("test", lang), _cap(ctx, "test"))
+        n = min(ctx.shards.num_segments("test", lang), ctx.cap("test"))
         texts = ctx.corpus.texts("test", lang)
         if len(texts) != ctx.shards.num_segments("test", lang):  # corpus line i must be shard segment i
             raise RuntimeError(f"test/{lang}: {len(texts)} corpus verses but "
@@ -58,7 +58,7 @@ def _test_vectors(ctx: EvalContext, peer: Any, lang: str) -> np.ndarray:
 def _test_pairs(ctx: EvalContext, pivot: str, lang: str) -> np.ndarray:
     """(M, 2) test segment indices (pivot, lang) of the pairs the retrieval evaluation scores."""
     rows = np.asarray(ctx.shards.pairs("test", pivot, lang))
-    cap = _cap(ctx, "test")
+    cap = ctx.cap("test")
     return rows[(rows[:, 0] < cap) & (rows[:, 1] < cap)]
 
 
@@ -79,7 +79,7 @@ def _peer_mining(ctx: EvalContext, peer: Any, pivot: str, langs: list[str]) -> d
     """The peer's bitext-mining F1 on the piles the "mining" evaluation mines (every test verse of the pivot
     against every test verse of each language, the same margin, mode and threshold): mining has no
     baseline of its own, and chance (~1 / verses) flatters any number, so the peer is its reference."""
-    from xling.tasks.mine import gold_pairs, mine_eval
+    from xling.tasks.retrieval.mine import gold_pairs, mine_eval
 
     src = _test_vectors(ctx, peer, pivot)
     src_keys = ctx.shards.keys("test", pivot)[: len(src)]

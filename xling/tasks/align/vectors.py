@@ -293,7 +293,7 @@ def run_model_vectors(run_dir: str | Path, out_dir: str | Path, langs: list[str]
     at most `cfg.max_words`), in frequency order; `mode` as in `model_word_vectors` (contextual mode
     reads the words in the split's text, the language tag first, language ids when the model has them).
     """
-    from xling.checkpoint import load_run as load_for_generation
+    from xling.checkpoint import load_run
     from xling.corpus import Corpus
     from xling.tokenizer import lang_ids
 
@@ -305,7 +305,7 @@ def run_model_vectors(run_dir: str | Path, out_dir: str | Path, langs: list[str]
     for lang in langs:
         if lang not in corpus.langs:
             raise XlingError(f"language {lang!r} is not in the corpus of {run_dir} ({', '.join(corpus.langs)})")
-    model, tok = load_for_generation(run_dir)
+    model, tok = load_run(run_dir)
     tags = lang_ids(tok, list(corpus.langs))
     out: dict[str, Path] = {}
     for lang in langs:

@@ -125,11 +125,11 @@ def read_vectors(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
 def load_encoder(run: str | Path):
     """(model in eval mode, tokenizer) of a run directory or checkpoint."""
-    from xling.checkpoint import load_run as load_for_generation
+    from xling.checkpoint import load_run
 
     if not Path(run).exists():
         raise XlingError(f"model {run} does not exist; give a run directory with checkpoints/ (e.g. runs/demo)")
-    return load_for_generation(run)
+    return load_run(run)
 
 
 def default_layer(run: str | Path) -> int:
