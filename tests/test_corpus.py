@@ -10,7 +10,6 @@ from xling.corpus import (
     SPLITS,
     Corpus,
     CorpusConfig,
-    LanguageSampler,
     build_corpus,
     clean_segments,
     clean_text,
@@ -38,19 +37,6 @@ def test_sampling_probs_match_formula():
     assert sampling_probs(counts, 0.0)["sw"] == pytest.approx(1 / 3)
     # a language with no data is never sampled
     assert sampling_probs({"en": 5, "fr": 0}, 0.3) == {"en": 1.0, "fr": 0.0}
-
-
-def test_language_sampler_frequencies_and_state():
-    counts = {"en": 900, "fr": 90, "ru": 10}
-    s = LanguageSampler(counts, alpha=0.5, seed=3)
-    draws = s.sample(40_000)
-    q = sampling_probs(counts, 0.5)
-    for lang in counts:
-        assert draws.count(lang) / len(draws) == pytest.approx(q[lang], abs=0.01)
-    state = s.state_dict()
-    a = s.sample(50)
-    s.load_state_dict(state)
-    assert s.sample(50) == a  # exact resume of the data order
 
 
 def test_split_is_by_group_and_stable():

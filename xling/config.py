@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import tomllib
@@ -51,12 +50,6 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(sec) for name, sec in self._sections.items()}
-
-    def section_hash(self, *names: str) -> str:
-        """A short stable hash of some sections, to tell whether a stage's inputs changed."""
-        d = self.to_dict()
-        blob = json.dumps({n: d[n] for n in names}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _type_name(tp: Any) -> str:

@@ -95,28 +95,6 @@ def sampling_probs(counts: dict[str, int], alpha: float) -> dict[str, float]:
     return out
 
 
-class LanguageSampler:
-    """Draws languages (or pairs) with probability q ∝ p^alpha, reproducibly from a seed."""
-
-    def __init__(self, counts: dict[str, int], alpha: float, seed: int = 0):
-        self.probs = sampling_probs(counts, alpha)
-        self.names = [k for k, q in self.probs.items() if q > 0]
-        if not self.names:
-            raise XlingError("no language has any training data to sample from")
-        self._q = np.array([self.probs[k] for k in self.names])
-        self.rng = np.random.default_rng(seed)
-
-    def sample(self, n: int | None = None):
-        idx = self.rng.choice(len(self.names), size=n, p=self._q)
-        return self.names[idx] if n is None else [self.names[i] for i in idx]
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-
-
 # ---------------------------------------------------------------------------- cleaning, splitting
 
 def clean_text(text: str, normalize: str = "NFC") -> str:
