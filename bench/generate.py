@@ -13,11 +13,16 @@ Greedy tokens must equal HF's at fp32 (asserted); at bf16 the two implementation
 so only their agreement is reported. One more row times ours on batch-8 prompts of different lengths
 (left padding, per-row positions); HF is not timed there.
 
-Last line: tokens/s and ratios (ours / HF) per batch size; ratio_fp32 and ratio_bf16 compare equal
-precision, ratio_default = ours at xling's default precision for that batch ("auto": fp32 for one row,
-bf16 from two rows on where the CPU has native bf16 dot products; see xling.precision.AUTO_BF16_MIN_ROWS)
-/ HF fp32, ratio_best = our faster precision / HF fp32. The unprefixed ratio_default, ratio_fp32 and
-ratio_best at the end are batch 1's. Progress lines go to stderr.
+The default precision comes first: a line before the table gives, per batch size, what "auto" picked (the
+"decode1" / "decode" paths of xling.precision, measured on this CPU and cached) and its ratio to HF fp32, and
+how close it comes to our faster precision (target: within 5%). The fp32 and bf16 matmul peaks are measured in
+the same run; "% peak" is achieved GFLOP/s (2 * parameters + 4 * layers * d * context per token) over the
+peak of the row's precision (decoding is memory-bound at small batches, so this is far below 100%).
+
+Last line: the default's ratios first (ratio_default and b1_/b8_default_vs_best = auto / our best), then
+tokens/s and ratios (ours / HF) per batch size; ratio_fp32 and ratio_bf16 compare equal precision,
+ratio_default = ours at xling's default precision for that batch / HF fp32, ratio_best = our faster precision
+/ HF fp32. The unprefixed ratio_default, ratio_fp32 and ratio_best are batch 1's. Progress lines go to stderr.
 
 On a shared machine, `--threads 1 --clock cpu` (process CPU time) gives steadier ratios: with two
 threads, a busy machine stalls every small parallel op and the wall clock measures the load.
@@ -34,12 +39,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_peak.py
 
 import torch  # noqa: E402
+from _peak import cpu_line, peak_text, peaks, share  # noqa: E402
 
 from xling.generate import GenerateConfig, generate_ids  # noqa: E402
 from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
-from xling.precision import for_precision, resolve_precision
+from xling.precision import for_precision, resolve_precision  # noqa: E402
 
 DEFAULT_FAMILY = next(name for name, f in FAMILIES.items()
                       if all(getattr(ModelConfig(), k) == v for k, v in f.items()))
@@ -86,6 +93,9 @@ def main() -> None:
     greedy = GenerateConfig(max_new_tokens=args.new_tokens, temperature=0.0)
     # left-padded batch: 8 prompts of lengths prompt_len-7 .. prompt_len (ours only)
     mixed = [prompts[8][i, :args.prompt_len - 7 + i].tolist() for i in range(8)]
+    peak = peaks()
+    cfg = model.cfg  # FLOPs per generated token: every weight once (2 per parameter), attention over the context
+    flops = 2 * model.num_params() + 4 * cfg.n_layer * cfg.d_model * (args.prompt_len + args.new_tokens // 2)
 
     rows, tps = [], {}
     for prec, (m, hf) in models.items():
@@ -109,25 +119,36 @@ def main() -> None:
             our_tps = tps["ours", prec, b] = n / statistics.median(t_ours)
             print(f"{prec} batch {b}: HF {hf_tps:.0f} tok/s, xling {our_tps:.0f} tok/s", file=sys.stderr,
                   flush=True)
-            rows.append([f"HF generate, {prec}", b, round(hf_tps), 1.0, "-"])
+            rows.append([f"HF generate, {prec}", b, round(hf_tps), 1.0, "-", share(hf_tps * flops / 1e9, peak[prec])])
             rows.append([f"xling generate_ids, {prec}", b, round(our_tps), our_tps / hf_tps,
-                         f"{same / (b * args.new_tokens):.0%}"])
+                         f"{same / (b * args.new_tokens):.0%}", share(our_tps * flops / 1e9, peak[prec])])
         t_mixed = []
         for _ in range(args.rounds):
             t0 = clock()
             generate_ids(m, mixed, greedy)
             t_mixed.append(clock() - t0)
         rows.append([f"xling, {prec}, left-padded ({len(mixed[0])}..{len(mixed[-1])})", 8,
-                     round(8 * args.new_tokens / statistics.median(t_mixed)), "", ""])
+                     round(8 * args.new_tokens / statistics.median(t_mixed)), "", "", ""])
 
     # xling's default precision ("auto") for each batch size: what generate() and `xling generate` use
-    default = {b: "bf16" if resolve_precision("auto", "cpu", b) == torch.bfloat16 else "fp32" for b in prompts}
-    print(format_table(["variant", "batch", "tokens/s", "x HF same precision", "greedy = HF"], rows,
+    default = {b: "bf16" if resolve_precision("auto", "cpu", b, cfg.d_model) == torch.bfloat16 else "fp32"
+               for b in prompts}
+    best_of = {b: max(("fp32", "bf16"), key=lambda p, b=b: tps["ours", p, b]) for b in prompts}
+    vs_best = {b: tps["ours", default[b], b] / tps["ours", best_of[b], b] for b in prompts}
+    print(f"{cpu_line()}; {peak_text(peak)}")
+    print("xling's default precision (auto): " + "; ".join(
+        f"batch {b} {default[b]}: {tps['ours', default[b], b] / tps['hf', 'fp32', b]:.2f}x HF fp32, "
+        f"{vs_best[b]:.1%} of our faster precision ({best_of[b]})" for b in prompts))
+    print(format_table(["variant", "batch", "tokens/s", "x HF same precision", "greedy = HF", "% peak"], rows,
                        title=f"Greedy decoding, {args.family} family, {args.new_tokens} new tokens, "
                              f"{args.threads} threads, "
                              f"{args.clock} clock, medians of {args.rounds} rounds "
                              f"(xling's default precision here: batch 1 {default[1]}, batch 8 {default[8]})"))
-    parts = [f"family={args.family}", f"threads={args.threads}", f"clock={args.clock}"]
+    parts = [f"ratio_default={tps['ours', default[1], 1] / tps['hf', 'fp32', 1]:.2f}",
+             f"b8_ratio_default={tps['ours', default[8], 8] / tps['hf', 'fp32', 8]:.2f}",
+             f"b1_default_vs_best={vs_best[1]:.3f}", f"b8_default_vs_best={vs_best[8]:.3f}",
+             f"family={args.family}", f"threads={args.threads}", f"clock={args.clock}",
+             f"fp32_peak_gflops={peak['fp32']:.0f}", f"bf16_peak_gflops={peak['bf16']:.0f}"]
     for b in (1, 8):
         for who in ("hf", "ours"):
             parts += [f"b{b}_{who}_{prec}={tps[who, prec, b]:.0f}" for prec in ("fp32", "bf16")]
@@ -138,7 +159,6 @@ def main() -> None:
                   f"b{b}_ratio_best={tps['ours', best, b] / tps['hf', 'fp32', b]:.2f}", f"b{b}_best={best}"]
     best = max(("fp32", "bf16"), key=lambda p: tps["ours", p, 1])
     parts += [f"default_b1={default[1]}", f"default_b8={default[8]}",
-              f"ratio_default={tps['ours', default[1], 1] / tps['hf', 'fp32', 1]:.2f}",
               f"ratio_fp32={tps['ours', 'fp32', 1] / tps['hf', 'fp32', 1]:.2f}",
               f"ratio_best={tps['ours', best, 1] / tps['hf', 'fp32', 1]:.2f}"]
     print(" ".join(parts))

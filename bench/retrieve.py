@@ -11,7 +11,9 @@ Task: the k = 5 nearest documents by cosine for each query, from unit vectors (w
   faiss flat      `faiss.IndexFlatIP` (exact), when `faiss` is importable
 Peak memory = the largest resident-set growth while the search runs (sampled every 2 ms), beyond the
 query and document arrays themselves. Seconds = median over rounds. "same top-k" = share of queries
-whose k neighbours equal the peer's, in order. The last line is machine-readable name=value pairs.
+whose k neighbours equal the peer's, in order. "% fp32 peak" = the scores' 2 * Q * N * d FLOPs per second over
+torch's fp32 matmul peak measured in the same run (numpy's BLAS may differ from torch's; the top-k selection is
+not counted). The last line is machine-readable name=value pairs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_memory.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _memory import PeakRSS  # noqa: E402
+from _peak import cpu_line, peak_text, peaks, share  # noqa: E402
 
 from xling.encode import nearest  # noqa: E402
 from xling.progress import format_table  # noqa: E402
@@ -75,6 +78,8 @@ def main() -> None:
     except ImportError:
         print("faiss is not installed: its row is skipped (pip install faiss-cpu)", file=sys.stderr)
     rows, kv = [], {}
+    mm_peak = peaks()
+    fp32_peak = mm_peak["fp32"]
     q = unit_vectors(args.queries, args.dim, 0)
     for n in (int(s) for s in args.sizes.split(",")):
         d = unit_vectors(n, args.dim, 1)
@@ -90,12 +95,16 @@ def main() -> None:
                 peak = max(peak, mem.mb)
             sec = float(np.median(times))
             same = float((answers[key] == answers["full"]).all(1).mean())
-            rows.append([name, n, len(q), round(sec, 3), round(len(q) / sec), round(peak), same])
+            rows.append([name, n, len(q), round(sec, 3), round(len(q) / sec), round(peak), same,
+                         share(2 * len(q) * n * args.dim / sec / 1e9, fp32_peak)])
             tag = f"{n // 1000}k"
             kv[f"qps_{tag}_{key}"] = round(len(q) / sec)
             kv[f"peak_mb_{tag}_{key}"] = round(peak)
         kv[f"speedup_{n // 1000}k"] = round(kv[f"qps_{n // 1000}k_ours"] / kv[f"qps_{n // 1000}k_full"], 2)
-    header = ["system", "documents", "queries", "seconds", "queries/s", "peak MiB", "same top-k as full"]
+    kv["fp32_peak_gflops"] = round(fp32_peak)
+    print(f"{cpu_line()}; {peak_text(mm_peak)}")
+    header = ["system", "documents", "queries", "seconds", "queries/s", "peak MiB", "same top-k as full",
+              "% fp32 peak"]
     print(format_table(header, rows, title=f"Exact top-{K} cosine search, d={args.dim}, torch threads "
                                            f"{torch.get_num_threads()}"))
     print(" ".join(f"{k}={v}" for k, v in kv.items()))

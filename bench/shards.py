@@ -7,12 +7,14 @@ Builds the default corpus (`build_corpus(CorpusConfig(), ...)`) and trains the d
 caching both under --work (default: $XLING_CACHE/bench-shards). Then, in one process and interleaved per
 round, it times over the same lines:
   - xling `build_shards`, end to end (reading files, encoding, writing .bin/.idx/.chars, keys, pairs, meta);
-  - raw `Tokenizer.encode_batch` and `encode_batch_fast` over the same lines in the same batch size,
-    with the lines already in memory and the ids thrown away (the peer: what the Rust tokenizer alone does).
+  - raw `Tokenizer.encode_batch_fast` (the call build_shards makes: the honest peer) and `encode_batch` (with
+    offsets, slower) over the same lines in the same batch size, with the lines already in memory and the ids
+    thrown away (what the Rust tokenizer alone does).
 Throughput is MB of UTF-8 corpus text per wall-clock second (the same numerator for all rows), median over
 rounds. CPU seconds per MB (all threads of the process) are printed beside it: on a shared, loaded machine
-they are the steadier measure of work done. Overhead = 1 - ours / raw encode_batch in wall-clock MB/s
-(target < 20%). The last line is machine-readable.
+they are the steadier measure of work done. Overhead = 1 - ours / raw in wall-clock MB/s, and ours / raw - 1 in
+CPU seconds per MB, against encode_batch_fast first (target: within 10% on CPU time), then encode_batch. No FLOP
+count applies (tokenization), so no share of a matmul peak is printed. The last line is machine-readable.
 """
 
 from __future__ import annotations
@@ -88,17 +90,20 @@ def main() -> None:
     rate = {k: mb / statistics.median(v) for k, v in wall.items()}
     cpu_mb = {k: statistics.median(v) / mb for k, v in cpu.items()}
     ntok = sum(c["tokens"] for s in meta["splits"].values() for c in s.values())
-    names = {"raw": "raw tokenizers encode_batch (peer)", "raw_fast": "raw tokenizers encode_batch_fast",
-             "ours": "xling build_shards, end to end"}
-    rows = [[label, rate[k], rate[k] / rate["raw"], cpu_mb[k], cpu_mb[k] / cpu_mb["raw"]] for k, label in names.items()]
-    print(format_table(["pipeline", "MB/s", "x raw", "CPU s/MB", "CPU x raw"], rows,
+    names = {"raw_fast": "raw tokenizers encode_batch_fast (peer: the call we make)",
+             "raw": "raw tokenizers encode_batch (with offsets)", "ours": "xling build_shards, end to end"}
+    rows = [[label, rate[k], rate[k] / rate["raw_fast"], cpu_mb[k], cpu_mb[k] / cpu_mb["raw_fast"],
+             rate[k] / rate["raw"]] for k, label in names.items()]
+    print(format_table(["pipeline", "MB/s", "x raw fast", "CPU s/MB", "CPU x raw fast", "x raw"], rows,
                        title=f"shard building vs raw encoding ({ntok:,} tokens, median of {args.rounds})"))
     overhead = 1 - rate["ours"] / rate["raw"]
-    print(f"overhead of build_shards (target < 20%): wall {overhead:+.1%} vs encode_batch, "
-          f"{1 - rate['ours'] / rate['raw_fast']:+.1%} vs encode_batch_fast; "
-          f"CPU {cpu_mb['ours'] / cpu_mb['raw'] - 1:+.1%} vs encode_batch, "
-          f"{cpu_mb['ours'] / cpu_mb['raw_fast'] - 1:+.1%} vs encode_batch_fast")
-    print(f"shard_mb_s={rate['ours']:.3f} raw_encode_mb_s={rate['raw']:.3f} tokenizer_overhead={overhead:.3f}")
+    fast_overhead = 1 - rate["ours"] / rate["raw_fast"]
+    fast_cpu = cpu_mb["ours"] / cpu_mb["raw_fast"] - 1
+    print(f"overhead of build_shards vs encode_batch_fast (the call it makes; target: CPU within 10%): "
+          f"wall {fast_overhead:+.1%}, CPU {fast_cpu:+.1%}; vs encode_batch: wall {overhead:+.1%}, "
+          f"CPU {cpu_mb['ours'] / cpu_mb['raw'] - 1:+.1%}")
+    print(f"shard_mb_s={rate['ours']:.3f} raw_fast_mb_s={rate['raw_fast']:.3f} overhead_fast={fast_overhead:.3f} "
+          f"cpu_overhead_fast={fast_cpu:.3f} raw_encode_mb_s={rate['raw']:.3f} tokenizer_overhead={overhead:.3f}")
 
 
 if __name__ == "__main__":

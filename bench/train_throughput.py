@@ -23,7 +23,7 @@ on random tokens with next-token cross-entropy and AdamW, in these variants:
 
 Steps of all variants are interleaved, one step of each per round by default (the machine is shared
 and noisy, so every variant sees the same load); each figure is the median step time over all timed
-steps. The bf16 matmul peak (2048^3, as many threads as training: 2) is measured in every round
+steps. The fp32 and bf16 matmul peaks (2048^3, as many threads as training: 2) are measured in every round
 too, and the peak is the median over rounds of the best of two matmuls (on a quiet machine this is
 simply the peak; on a busy one it is loaded like the training steps it is compared with).
 Achieved GFLOP/s counts, per token, 6 * N + 12 * n_layer * T * d_model (the PaLM / nanoGPT formula),
@@ -51,7 +51,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_peak.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # xling from a source checkout
 
-from _peak import bf16_matmul_peak  # noqa: E402
+from _peak import cpu_line, matmul_peak  # noqa: E402
 
 from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
 from xling.objectives import build_objectives  # noqa: E402
@@ -197,7 +197,7 @@ def main() -> None:
         print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     rounds = args.rounds or args.steps
     per_round = max(1, args.steps // rounds)
-    peaks = []
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for r in range(rounds):
         for name, v in variants.items():
             for i in range(per_round):
@@ -205,10 +205,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 losses[name] = train_step(v, x, y)
                 times[name].append(time.perf_counter() - t0)
-        peaks.append(bf16_matmul_peak(threads=args.threads, rounds=1, reps=2))
+        for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            peaks[prec].append(matmul_peak(dtype, threads=args.threads, rounds=1, reps=2))
         if (r + 1) % 5 == 0 or r + 1 == rounds:
             print(f"round {r + 1}/{rounds} done", file=sys.stderr)
-    peak = statistics.median(peaks)
+    peak32 = statistics.median(peaks["fp32"])
+    peak = statistics.median(peaks["bf16"])
 
     tok = {name: BATCH * CTX / statistics.median(ts) for name, ts in times.items()}
     gflops = {name: tok[name] * v.flops_per_token / 1e9 for name, v in variants.items()}
@@ -218,17 +220,18 @@ def main() -> None:
         rows.append([name, v.n_params, round(tok[name]), f"{statistics.median(times[name]) * 1e3:.0f}",
                      f"{tok[name] / hf32:.2f}",
                      f"{tok[name] / hf16:.2f}", f"{gflops[name]:.0f}", f"{100 * gflops[name] / peak:.0f}",
-                     f"{losses[name]:.3f}"])
+                     f"{100 * gflops[name] / (peak if v.autocast else peak32):.0f}", f"{losses[name]:.3f}"])
     print(format_table(["variant", "params", "tokens/s", "ms/step", "x HF fp32", "x HF bf16", "GFLOP/s",
-                        "% bf16 peak", "last loss"], rows,
+                        "% bf16 peak", "% own peak", "last loss"], rows,
                        title=f"Training throughput, {BATCH}x{CTX} tokens/step, "
                              f"{len(times[fast])} timed steps each (median)"))
-    print(f"\nbf16 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s; "
+    print(f"\n{cpu_line()}; matmul peak (2048^3, {args.threads} threads): fp32 {peak32:.0f}, bf16 {peak:.0f} "
+          f"GFLOP/s (own peak = the peak of the variant's precision); "
           f"flops/token = 6*N + 12*L*T*d (default model: 6*{variants[fast].n_params:,} + "
           f"12*{LAYERS}*{CTX}*{D} = {variants[fast].flops_per_token:,})")
     print(f"xling_tok_s={tok[fast]:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
           f"ratio_fp32={tok[fast] / hf32:.2f} ratio_bf16={tok[fast] / hf16:.2f} "
-          f"peak_fraction={gflops[fast] / peak:.3f}")
+          f"peak_fraction={gflops[fast] / peak:.3f} fp32_peak_gflops={peak32:.0f} bf16_peak_gflops={peak:.0f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ multiple of 8), loss on `y </s>` only. Every round runs one step of each variant
                           PyTorch loop (AdamW, clipping), without / with bf16 autocast
 
 The table shows median step times and target tokens/s; the last line is machine-readable `name=value` pairs
-(ratio_fp32 = xling / HF fp32, ratio_bf16 = xling / HF bf16). At fp32 the first step's losses of xling and
+(ratio_fp32 = xling / HF fp32, ratio_bf16 = xling / HF bf16, peak_fraction = xling's share of the peak of its
+precision). The fp32 and bf16 matmul peaks are measured in the same run; "% peak" is model GFLOP/s per step
+(6 * body parameters * real tokens + 12 * layers * T * d * real tokens + 6 * V * d * target tokens) over the peak
+of the variant's precision. At fp32 the first step's losses of xling and
 HF agree to 1e-4 (asserted): the same function is being timed.
 """
 
@@ -34,14 +37,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_peak.py
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _peak import cpu_line, peak_text, peaks, share  # noqa: E402
 
 from xling.batches import IGNORE  # noqa: E402
 from xling.model import ModelConfig, Transformer  # noqa: E402
-from xling.precision import autocast_dtype, training_autocast
+from xling.precision import autocast_dtype, training_autocast  # noqa: E402
 from xling.progress import format_table  # noqa: E402
 from xling.tasks.translate.config import TranslateConfig  # noqa: E402
 from xling.tasks.translate.data import Example, make_batch
@@ -162,10 +167,20 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
         print(f"round {r + 1}/{len(data)}", file=sys.stderr, flush=True)
     tokens = statistics.mean(int((b["targets"] != IGNORE).sum()) for b in data[args.warmup:])
+    real = statistics.mean(int((b["idx"] != 0).sum()) for b in data[args.warmup:])
+    T = statistics.mean(b["idx"].shape[1] for b in data[args.warmup:])
+    c = base.cfg
+    head = c.vocab_size * c.d_model
+    flops = (6 * (base.num_params() - head) + 12 * c.n_layer * T * c.d_model) * real + 6 * head * tokens
+    peak = peaks()
+    prec = {"xling fine-tune": "bf16" if amp else "fp32", "xling, output layer everywhere": "bf16" if amp else "fp32",
+            "HF fp32": "fp32", "HF bf16": "bf16"}
     med = {k: statistics.median(v) for k, v in times.items()}
-    rows = [[k, f"{med[k] * 1e3:.0f}", f"{tokens / med[k]:,.0f}", med["HF fp32"] / med[k], med["HF bf16"] / med[k]]
-            for k in variants]
-    print(format_table(["variant", "step ms", "target tokens/s", "x HF fp32", "x HF bf16"], rows,
+    gf = {k: flops / med[k] / 1e9 for k in variants}
+    rows = [[k, f"{med[k] * 1e3:.0f}", f"{tokens / med[k]:,.0f}", med["HF fp32"] / med[k], med["HF bf16"] / med[k],
+             f"{gf[k]:.0f}", share(gf[k], peak[prec[k]])] for k in variants]
+    print(f"{cpu_line()}; {peak_text(peak)}")
+    print(format_table(["variant", "step ms", "target tokens/s", "x HF fp32", "x HF bf16", "GFLOP/s", "% peak"], rows,
                        title=f"Translation fine-tune step, batch {args.batch}, {args.threads} threads, "
                              f"medians of {args.rounds} rounds (losses agree at fp32: {ours32:.4f} vs {hf32:.4f})"))
     key = "xling fine-tune"
@@ -173,7 +188,9 @@ def main() -> None:
           f"step_ms_everywhere={med['xling, output layer everywhere'] * 1e3:.1f} "
           f"hf_fp32_ms={med['HF fp32'] * 1e3:.1f} hf_bf16_ms={med['HF bf16'] * 1e3:.1f} "
           f"ratio_fp32={med['HF fp32'] / med[key]:.2f} ratio_bf16={med['HF bf16'] / med[key]:.2f} "
-          f"span_gain={med['xling, output layer everywhere'] / med[key]:.2f}")
+          f"span_gain={med['xling, output layer everywhere'] / med[key]:.2f} "
+          f"peak_fraction={gf[key] / peak[prec[key]]:.3f} fp32_peak_gflops={peak['fp32']:.0f} "
+          f"bf16_peak_gflops={peak['bf16']:.0f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("XLING_PROGRESS", "0")  # keep test logs readable
+# "auto" precision from a fixed table, never from a micro-benchmark of the (loaded) machine: every test sees the same
+# choice on any CPU with native bf16 (without it, every path is fp32). tests/test_precision.py tests the measuring.
+os.environ.setdefault("XLING_PRECISION_TABLE", "train=bf16,decode1=fp32,decode=bf16,encode=bf16")
 
 from xling.sources import Segment  # noqa: E402
 

@@ -50,19 +50,21 @@ def test_top1_accuracy_counts_gold_rows():
 
 
 def test_encode_is_independent_of_batch_padding_and_order():
+    """Exact in fp32 (bf16 kernels may round differently per batch shape; test_precision.py bounds that)."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=50, n_langs=2))
     rng = np.random.default_rng(2)
     seqs = [rng.integers(8, 50, size=n) for n in (3, 11, 7, 20, 1)]
-    together = encode(model, seqs, lang_index=1, tag=6, specials=SPECIALS, batch_size=8)
-    alone = np.concatenate([encode(model, [s], lang_index=1, tag=6, specials=SPECIALS) for s in seqs])
+    kw = dict(lang_index=1, tag=6, specials=SPECIALS, precision="fp32")
+    together = encode(model, seqs, batch_size=8, **kw)
+    alone = np.concatenate([encode(model, [s], **kw) for s in seqs])
     np.testing.assert_allclose(together, alone, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
-    layers = encode(model, seqs, lang_index=1, tag=6, specials=SPECIALS, all_layers=True)
+    layers = encode(model, seqs, all_layers=True, **kw)
     assert layers.shape == (3, 5, 32)  # input embedding + 2 blocks
     np.testing.assert_allclose(layers[-1], together, atol=1e-5)
     # without specials in the pool, a vector differs (tag and </s> excluded) but stays normalised
-    plain = encode(model, seqs, lang_index=1, tag=6, specials=SPECIALS, pool_specials=False)
+    plain = encode(model, seqs, pool_specials=False, **kw)
     assert not np.allclose(plain, together)
 
 
@@ -130,7 +132,8 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def test_embed_keeps_input_order_despite_length_sorting(tiny_run, tmp_path, capsys):
+def test_embed_keeps_input_order_despite_length_sorting(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XLING_PRECISION_TABLE", "fp32")  # exact: bf16 kernels may round differently per batch shape
     texts = ["In the beginning was the word, and the word was with God, and the word was God.", "Light.",
              "He came to his own, and his own did not receive him.", "", "Grace and truth (7)."]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")

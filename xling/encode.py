@@ -2,12 +2,16 @@
 
     vecs = encode(model, seqs, lang_index=2, tag=7, specials=specials, layer=3)   # (N, D), L2-normalised
     vecs = embed_texts(model, tok, ["In the beginning", ...], "en", layer=2, pool_specials=True)
+    vecs = encode(..., precision="fp32")       # exact fp32; "auto" (default) = bf16 autocast where it pays here
     scores, idx = nearest(queries, docs, k=5)  # exact top-k by cosine, chunked
     acc = top1_accuracy(src_vecs, tgt_vecs)    # row i of src should find row i of tgt (XTREME Tatoeba)
 
 A sentence is encoded as in the contrastive objective: `<lang> x </s>` through the model in bidirectional
 mode, then the hidden states of one layer are mean-pooled over real tokens (padding excluded; the tag and
-`</s>` optionally excluded) and L2-normalised.
+`</s>` optionally excluded) and L2-normalised. Precision: "auto" (the default) runs the model under bf16 autocast
+where `xling.precision` chose bf16 for the "encode" path on this CPU (measured; pooling and normalising stay fp32;
+cosine to the fp32 vectors >= 0.999, tests/test_retrieve.py), "fp32" disables autocast (even a caller's) and is
+exact, "bf16" forces autocast.
 
 Search is exact: cosine = dot product of normalised vectors. Queries go in chunks sized so the (chunk, N)
 score block stays under `max_bytes` (256 MiB by default), whatever the number of queries; the scores come
@@ -41,18 +45,22 @@ def mean_pool(hidden: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | None, tag: int | None,
            specials: dict[str, int], layer: int = -1, pool_specials: bool = True, batch_size: int = 64,
-           max_len: int | None = None, all_layers: bool = False, desc: str = "", bar: bool = True) -> np.ndarray:
+           max_len: int | None = None, all_layers: bool = False, desc: str = "", bar: bool = True,
+           precision: str = "auto") -> np.ndarray:
     """Sentence vectors (N, D) float32, L2-normalised; with all_layers=True, (L+1, N, D) for every layer.
 
     seqs: token ids of each sentence, without specials. tag=None encodes without the language tag (and
     lang_index=None without language ids), e.g. for language identification, where the tag would give
     the answer away. Sentences are sorted by length so batches carry little padding; rows come back in
-    input order.
+    input order. precision: "auto" | "fp32" | "bf16" (see the module docstring); it replaces a caller's autocast.
     """
+    from xling.precision import autocast_dtype
+
     max_len = max_len or model.cfg.block_size
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
+    amp = autocast_dtype(precision, dev, path="encode", width=model.cfg.d_model)  # None = fp32
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out = None
     show = bar
@@ -65,8 +73,9 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
                      for r in rows]
             idx, real = pad_right(built, specials["pad"])  # (b, T)
             lang_ids = torch.full_like(idx, lang_index) if lang_index is not None else None
-            states = model.hidden_states(idx.to(dev), causal=False, lang_ids=None if lang_ids is None else
-                                         lang_ids.to(dev), pad_mask=real.to(dev))  # L+1 x (b, T, D)
+            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                states = model.hidden_states(idx.to(dev), causal=False, lang_ids=None if lang_ids is None else
+                                             lang_ids.to(dev), pad_mask=real.to(dev))  # L+1 x (b, T, D)
             pool = real.clone()
             if not pool_specials:
                 pool[:, : len(head)] = False
@@ -90,15 +99,17 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
 
 
 def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], lang: str, *, layer: int = DEFAULT_LAYER,
-                pool_specials: bool = POOL_SPECIALS, batch_size: int = 64) -> np.ndarray:
-    """Sentence vectors (N, D) of raw texts in `lang` (its tag first, its language index when the model has one)."""
+                pool_specials: bool = POOL_SPECIALS, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
+    """Sentence vectors (N, D) of raw texts in `lang` (its tag first, its language index when the model has one);
+    precision as in `encode` ("auto": bf16 autocast where this CPU's measured table says so)."""
     from xling.tokenizer import lang_ids, special_ids
     from xling.tokenizer import lang_index as index_of
 
     tag = lang_ids(tokenizer, [lang])[lang]  # XlingError for a language the tokenizer does not know
     seqs = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     return encode(model, seqs, lang_index=index_of(tag), tag=tag, specials=special_ids(tokenizer),
-                  layer=layer, pool_specials=pool_specials, batch_size=batch_size, desc=f"embed {lang}")
+                  layer=layer, pool_specials=pool_specials, batch_size=batch_size, desc=f"embed {lang}",
+                  precision=precision)
 
 
 def as_matrix(x: np.ndarray, what: str) -> np.ndarray:

@@ -516,7 +516,10 @@ def run_evaluations(ctx: EvalContext, table: dict[str, tuple[int, Evaluation]], 
 
     from xling.precision import autocast_dtype
 
-    dtype = autocast_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has native bf16 (xling.precision)
+    # bf16 where this CPU's measured table chose it for batched forward passes (the "encode" path, xling.precision);
+    # sentence encoding and training steps inside set their own precision
+    width = getattr(getattr(getattr(ctx, "model", None), "cfg", None), "d_model", None)
+    dtype = autocast_dtype("auto", torch.device("cpu"), path="encode", width=width)
     metrics: dict = {}
     for name in names:
         order, fn = table[name]
