@@ -4,14 +4,16 @@
     python bench/train_throughput.py --steps 40
     python bench/train_throughput.py --threads 1   # on a busy shared machine: no thread waits on a
                                                    # descheduled partner, so ratios stay readable
+    python bench/train_throughput.py --size large --steps 4   # d 768, 12 layers, context 512: AMX tiles fill
 
 Trains a small decoder LM (vocab 8000, context 128, 4 layers, d 256, 4 heads, batch 16, dropout 0)
 on random tokens with next-token cross-entropy and AdamW, in these variants:
 
-    xling Trainer     xling.trainer.Trainer.step() with train.compile=true (what `make demo` runs): the
-                      CLM objective drawing batches from in-memory shards of random tokens, bf16
-                      autocast (precision "auto"), compiled objective, fused AdamW, gradient clipping,
-                      warmup + cosine lr, per-language stats: the whole step a user gets
+    xling Trainer     xling.trainer.Trainer.step() with every speed setting left at its default, a 10-minute
+                      budget (what `make demo` runs): train.compile "auto" (which compiles at that budget),
+                      precision "auto" (this machine's measured choice), the CLM objective drawing batches from
+                      in-memory shards of random tokens, fused AdamW, gradient clipping, warmup + cosine lr,
+                      per-language stats: the whole step a user gets
     xling fast        model + loss alone: the default model (Llama family: rope, RMSNorm, SwiGLU, no biases) on the
                       fastest CPU path measured: bf16 autocast + torch.compile(fullgraph=True,
                       dynamic=False) of forward + loss, SDPA on its math backend inside the compiled
@@ -59,7 +61,9 @@ from xling.progress import format_table  # noqa: E402
 from xling.train_config import TrainConfig  # noqa: E402
 from xling.trainer import Trainer  # noqa: E402
 
-VOCAB, CTX, LAYERS, D, HEADS, BATCH = 8000, 128, 4, 256, 4, 16
+# the default model (the demo's) and a larger one, where the matrix products are big enough to fill AMX tiles
+SIZES = {"default": (8000, 128, 4, 256, 4, 16), "large": (8000, 512, 12, 768, 12, 8)}
+VOCAB, CTX, LAYERS, D, HEADS, BATCH = SIZES["default"]
 
 
 class Variant(NamedTuple):
@@ -104,9 +108,10 @@ def trainer_variant() -> Variant:
     model = Transformer(cfg)
     shards = RandomShards()
     tc = TrainConfig(objectives={"clm": 1.0}, batch_size=BATCH, seq_len=CTX, lr=3e-4, warmup_steps=10,
-                     max_steps=100_000, max_minutes=0, compile=True, precision="auto", eval_every=0,
-                     ckpt_every=0, log_every=1_000_000)
+                     max_minutes=10.0, eval_every=0, ckpt_every=0, log_every=1_000_000)  # compile, precision: defaults
     trainer = Trainer(model, build_objectives(tc.objectives, shards), shards, tc)
+    print(f"xling Trainer with the defaults: compiled {trainer.compiles}, autocast {trainer.amp_dtype or 'off (fp32)'}",
+          file=sys.stderr)
     return variant(model, None, None, trainer.amp_dtype is not None, model.num_params(), 0, trainer)
 
 
@@ -165,7 +170,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default: one per timed step)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compile included)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and the peak")
+    ap.add_argument("--size", choices=list(SIZES), default="default",
+                    help="large: d 768, 12 layers, context 512, batch 8 (only the Trainer, the fast path and HF)")
     args = ap.parse_args()
+    global VOCAB, CTX, LAYERS, D, HEADS, BATCH
+    VOCAB, CTX, LAYERS, D, HEADS, BATCH = SIZES[args.size]
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocab {VOCAB}, ctx {CTX}, "
           f"{LAYERS} layers, d {D}, {HEADS} heads, batch {BATCH}", file=sys.stderr)
@@ -174,19 +183,20 @@ def main() -> None:
     batches = [torch.randint(0, VOCAB, (BATCH, CTX + 1), generator=g) for _ in range(8)]
     batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
 
-    fast = "xling Trainer, train.compile=true"
-    variants = {
-        fast: trainer_variant(),
-        "xling fast (model + loss only)": xling_variant("llama", True, True, True, math_sdpa=True),
-        "xling fast, flash SDPA kernel": xling_variant("llama", True, True, True),
-        "xling gpt2 fast (GPT-2 family, same path)": xling_variant("gpt2", True, True, True, math_sdpa=True),
-        "xling fp32 eager": xling_variant("llama", False, False, False),
-        "xling bf16 eager": xling_variant("llama", True, False, False),
-        "hf GPT2 fp32": hf_variant(False),
-        "hf GPT2 bf16": hf_variant(True),
-    }
-    gpt2, hf = variants["xling gpt2 fast (GPT-2 family, same path)"], variants["hf GPT2 fp32"]
-    assert gpt2.n_params == hf.n_params, (gpt2.n_params, hf.n_params)  # the same architecture
+    fast = "xling Trainer, defaults"
+    variants = {fast: trainer_variant(),
+                "xling fast (model + loss only)": xling_variant("llama", True, True, True, math_sdpa=True)}
+    if args.size == "default":
+        variants |= {
+            "xling fast, flash SDPA kernel": xling_variant("llama", True, True, True),
+            "xling gpt2 fast (GPT-2 family, same path)": xling_variant("gpt2", True, True, True, math_sdpa=True),
+            "xling fp32 eager": xling_variant("llama", False, False, False),
+            "xling bf16 eager": xling_variant("llama", True, False, False),
+        }
+    variants |= {"hf GPT2 fp32": hf_variant(False), "hf GPT2 bf16": hf_variant(True)}
+    if args.size == "default":
+        gpt2, hf = variants["xling gpt2 fast (GPT-2 family, same path)"], variants["hf GPT2 fp32"]
+        assert gpt2.n_params == hf.n_params, (gpt2.n_params, hf.n_params)  # the same architecture
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     losses: dict[str, float] = {}
@@ -229,8 +239,9 @@ def main() -> None:
           f"GFLOP/s (own peak = the peak of the variant's precision); "
           f"flops/token = 6*N + 12*L*T*d (default model: 6*{variants[fast].n_params:,} + "
           f"12*{LAYERS}*{CTX}*{D} = {variants[fast].flops_per_token:,})")
-    print(f"xling_tok_s={tok[fast]:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
+    print(f"size={args.size} xling_tok_s={tok[fast]:.0f} hf_fp32_tok_s={hf32:.0f} hf_bf16_tok_s={hf16:.0f} "
           f"ratio_fp32={tok[fast] / hf32:.2f} ratio_bf16={tok[fast] / hf16:.2f} "
+          f"default_ratio_fp32={tok[fast] / hf32:.2f} default_ratio_bf16={tok[fast] / hf16:.2f} "
           f"peak_fraction={gflops[fast] / peak:.3f} fp32_peak_gflops={peak32:.0f} bf16_peak_gflops={peak:.0f}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -497,3 +498,42 @@ def test_warmup_cosine_against_hand_values():
     assert warmup_cosine(50, 0.5, **kw) == pytest.approx(0.55)  # halfway: the mean of lr and min_lr
     assert warmup_cosine(50, 0.25, **kw) == pytest.approx(0.1 + 0.9 * (1 + 2 ** -0.5) / 2)
     assert warmup_cosine(99, 1.0, **kw) == warmup_cosine(99, 3.0, **kw) == pytest.approx(0.1)  # clipped
+
+
+@pytest.mark.parametrize("budgets,expected", [
+    (dict(max_minutes=10.0), True),                    # the demo: a 10-minute budget repays a cold compile
+    (dict(max_minutes=10.0, max_steps=20), False),      # the shortest budget ends the run: 20 steps stay eager
+    (dict(max_minutes=2.0), False),
+    (dict(max_minutes=0, max_steps=300), True),
+    (dict(max_minutes=0, max_steps=299), False),
+    (dict(max_minutes=0, max_tokens=5_000_000), True),
+    (dict(max_minutes=0, max_tokens=50_000), False),
+])
+def test_compile_auto_follows_the_budget(budgets, expected):
+    from xling.train_config import TrainConfig, compiles
+
+    assert compiles(TrainConfig(**budgets)) is expected
+    assert compiles(TrainConfig(compile=True, **budgets)) is True  # an explicit setting is obeyed either way
+    assert compiles(TrainConfig(compile=False, **budgets)) is False
+
+
+def test_compiled_graphs_are_cached_under_the_xling_cache(monkeypatch, tmp_path):
+    from xling.trainer import use_compile_cache
+
+    monkeypatch.setenv("XLING_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # a user's own setting wins
+    use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def test_config_accepts_compile_auto_true_false():
+    from xling.config import build_section
+    from xling.train_config import TrainConfig
+
+    for value, want in [("auto", "auto"), (True, True), ("false", False)]:
+        assert build_section("train", TrainConfig, {"compile": value}).compile == want
+    with pytest.raises(XlingError, match="train.compile"):
+        build_section("train", TrainConfig, {"compile": "sometimes"})

@@ -203,7 +203,7 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
             print(f"pretrain: {model.num_params():,} parameters, objectives "
                   f"{', '.join(f'{n} {w:.2f}' for n, w in zip(trainer.names, trainer.probs, strict=True))}, "
                   f"{info.world_size} process(es) on {info.device}, {amp}"
-                  f"{', compiled' if tc.compile else ''}", file=sys.stderr)
+                  f"{', compiled' if trainer.compiles else ''}", file=sys.stderr)
             if resume:
                 print(f"pretrain: resumed from step {step}", file=sys.stderr)
         return trainer.train()

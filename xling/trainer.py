@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -60,9 +61,18 @@ from xling.errors import XlingError
 from xling.langs import pivot_lang
 from xling.precision import autocast_dtype
 from xling.resume import Resumable
-from xling.train_config import TrainConfig, adamw, warmup_cosine
+from xling.train_config import TrainConfig, adamw, compiles, warmup_cosine
 
 _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
+
+
+def use_compile_cache() -> None:
+    """Keep compiled graphs across runs: inductor's caches under the xling cache folder (not a /tmp that a reboot
+    empties), unless TORCHINDUCTOR_CACHE_DIR already says where. A second run of the same model and shapes loads
+    its graphs instead of compiling them again."""
+    from xling.files import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
 
 def compiled_call(batch: dict, variable_length: bool, math_sdpa: bool) -> contextlib.AbstractContextManager:
@@ -105,6 +115,7 @@ class TrainModule(nn.Module):
         # the objectives' `.item()` for their stats ends each graph: expected, so not worth a warning
         logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
         # plain attributes, not registered submodules: the weights are the objectives', counted once
+        use_compile_cache()
         object.__setattr__(self, "compiled", {k: torch.compile(v, backend=backend)
                                              for k, v in self.objectives.items()})
 
@@ -152,7 +163,8 @@ class Trainer(Resumable):
         heads = any(True for n in self.names for _ in objectives[n].parameters())
         self.wrapped = xdist.wrap(self.module, cfg.dist, self.info, blocks=list(getattr(model, "blocks", [])),
                                   find_unused=heads and len(self.names) > 1)
-        if cfg.compile:
+        self.compiles = compiles(cfg)  # train.compile, "auto" decided by the budget
+        if self.compiles:
             self.module.compile()
         self.optimizer = self._make_optimizer()
         self.amp_dtype = autocast_dtype(cfg.precision, dev)

@@ -35,8 +35,9 @@ def loss_fn(cfg: TranslateConfig, device: torch.device, backend: str | Callable 
     eager = functools.partial(mt_loss, prefix_lm=cfg.prefix_lm, label_smoothing=cfg.label_smoothing)
     if not cfg.compile or 0 < cfg.max_minutes < 2:
         return eager
-    from xling.trainer import compiled_call
+    from xling.trainer import compiled_call, use_compile_cache
 
+    use_compile_cache()
     compiled = torch.compile(eager, backend=backend)
     failed = False
 
