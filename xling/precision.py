@@ -48,6 +48,7 @@ PATHS = ("train", "decode1", "decode", "encode")  # what "auto" is chosen for, e
 ENV_TABLE = "XLING_PRECISION_TABLE"
 BF16_MARGIN = 1.05  # "auto" takes bf16 only when the micro-benchmark finds it this many times faster than fp32
 DEFAULT_WIDTH = 256  # the default model's d_model: the width measured when a caller does not say
+MEASURE_VERSION = 2  # part of the cache key: a table measured by an older `measure` is measured again
 MEASURE_VOCAB = 8000  # the output layer that decoding runs at every step (the default vocabulary)
 # Decoding fewer rows than this (prompts x beams) is the "decode1" path, from here on "decode".
 AUTO_BF16_MIN_ROWS = 2
@@ -116,7 +117,7 @@ def machine_key(width: int | None = None) -> str:
     import hashlib
 
     fl = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:12]
-    return (f"{name} | flags {fl} | torch {torch.__version__} | {cpu_capability()} | "
+    return (f"v{MEASURE_VERSION} | {name} | flags {fl} | torch {torch.__version__} | {cpu_capability()} | "
             f"{torch.get_num_threads()} threads | width {_width(width)}")
 
 
@@ -148,8 +149,11 @@ def measure(width: int = DEFAULT_WIDTH, rounds: int = 5) -> dict[str, dict[str, 
     `width`, fp32 and bf16 interleaved. ~0.3 s at width 256 on 2 quiet threads.
 
     train: an MLP block (width -> 4 width -> width, gelu) forward and backward on T tokens under autocast;
-    encode: the same forward without grad; decode1 / decode: 1 / 8 rows through the block and the output layer
-    (width -> MEASURE_VOCAB) with the weights cast to the precision (as `for_precision` casts them), 8 steps.
+    encode: the same forward without grad; decode1 / decode: 1 / 8 rows through one decoding step's products as
+    `xling.decode` runs them (a layer's qkv, output, SwiGLU up and down projections, then the output layer to
+    MEASURE_VOCAB), 8 steps: fp32 weights stored transposed for `x @ W` (MKL's matrix-vector path, which
+    `xling.decode` uses), bf16 weights through `F.linear` (as `for_precision` casts them). A plain nn.Linear stack
+    got batch-1 decoding wrong on an AVX512-BF16 CPU (bf16 1.48x here, 0.80x in bench/generate.py).
     T = 32768 / width (128 at width 256) keeps every path's cost roughly constant.
     """
     g = torch.Generator().manual_seed(0)
@@ -157,8 +161,10 @@ def measure(width: int = DEFAULT_WIDTH, rounds: int = 5) -> dict[str, dict[str, 
     mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
     head = nn.Linear(width, MEASURE_VOCAB, bias=False)
     x = torch.randn(tokens, width, generator=g)
-    dec = {"fp32": nn.Sequential(mlp, head).eval()}
-    dec["bf16"] = copy.deepcopy(dec["fp32"]).to(torch.bfloat16)
+    hidden = 64 * round(8 * width / 3 / 64)  # the SwiGLU width of the default model (704 at width 256)
+    step = [torch.randn(3 * width, width, generator=g), torch.randn(width, width, generator=g),
+            torch.randn(2 * hidden, width, generator=g), torch.randn(width, hidden, generator=g), head.weight.detach()]
+    dec = {"fp32": [w.t().contiguous() for w in step], "bf16": [w.to(torch.bfloat16) for w in step]}
     rows = {"decode1": torch.randn(1, width, generator=g), "decode": torch.randn(8, width, generator=g)}
 
     def train(prec: str) -> None:
@@ -171,11 +177,14 @@ def measure(width: int = DEFAULT_WIDTH, rounds: int = 5) -> dict[str, dict[str, 
             mlp(x)
 
     def decode(path: str, prec: str) -> None:
-        m = dec[prec]
-        h = rows[path].to(next(m.parameters()).dtype)
+        qkv, out, up, down, vocab = dec[prec]
+        mm = torch.matmul if prec == "fp32" else torch.nn.functional.linear
+        x = rows[path].to(qkv.dtype)
         with torch.no_grad():
             for _ in range(8):
-                m(h)
+                mm(mm(x, qkv)[:, :width], out)
+                y = mm(mm(x, up)[:, :hidden], down)
+                mm(y, vocab)
 
     fns = {"train": train, "encode": encode, "decode1": functools.partial(decode, "decode1"),
            "decode": functools.partial(decode, "decode")}
