@@ -19,7 +19,8 @@ included on both sides):
 Sentences/s = n / median seconds over rounds. The fp32 and bf16 matmul peaks are measured in the same run; "%
 peak" = the model's forward FLOPs (2 * the blocks' parameters, as the embedding table is a lookup and encoding
 never runs the output layer, + 4 * layers * T * d per token, T the sentence's length, real tokens only) per
-second over the peak of the precision that ran. The minimum cosine between the default's and fp32's vectors is printed too (bf16 keeps it >= 0.999, tests/test_precision.py).
+second over the peak of the precision that ran. The minimum cosine between the default's and fp32's vectors is
+printed too (bf16 keeps it >= 0.999, tests/test_precision.py).
 The last line is machine-readable name=value pairs (ratio_default = xling default / peer).
 """
 
