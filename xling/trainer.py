@@ -68,11 +68,18 @@ _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are Rng
 
 def use_compile_cache() -> None:
     """Keep compiled graphs across runs: inductor's caches under the xling cache folder (not a /tmp that a reboot
-    empties), unless TORCHINDUCTOR_CACHE_DIR already says where. A second run of the same model and shapes loads
-    its graphs instead of compiling them again."""
+    empties), unless the user's TORCHINDUCTOR_CACHE_DIR says where. A second run of the same model and shapes loads
+    its graphs instead of compiling them again. Importing torch._dynamo already writes inductor's default into the
+    variable, so that value counts as unset; the caches read the variable at every use."""
     from xling.files import cache_dir
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        default = os.path.abspath(default_cache_dir())
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        default = None
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
 
 
 def compiled_call(batch: dict, variable_length: bool, math_sdpa: bool) -> contextlib.AbstractContextManager:
