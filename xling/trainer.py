@@ -174,7 +174,7 @@ class Trainer(Resumable):
         if self.compiles:
             self.module.compile()
         self.optimizer = self._make_optimizer()
-        self.amp_dtype = autocast_dtype(cfg.precision, dev)
+        self.amp_dtype = autocast_dtype(cfg.precision, dev, width=model.cfg.d_model)
 
         self.obj_rng = np.random.default_rng([seed, _OBJ])
         n_slots = self.info.world_size * cfg.grad_accum

@@ -55,7 +55,7 @@ def finetune(model: nn.Module, data, cfg: TranslateConfig, *, out_dir: str | Pat
         raise XlingError(f"no translation pairs of at most {max_len} tokens to fine-tune on; give aligned data "
                          f"or raise translate.max_len")
     dev = next(model.parameters()).device
-    amp = autocast_dtype(cfg.precision, dev)
+    amp = autocast_dtype(cfg.precision, dev, width=model.cfg.d_model)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     lengths = np.array([len(e) for e in examples])
