@@ -34,8 +34,9 @@ Speed (bench/generate.py): decoding a small model is memory- and overhead-bound,
 loop does as few tensor ops as it can (no logits processors for greedy, stop checks only when there is
 something to stop at), each token after the prompt runs `xling.decode._decode` (the model's maths without module
 calls, over a preallocated fp32 KV cache written in place; see `xling.decode._LM`), and `precision="bf16"` casts a
-copy of the weights to bfloat16. "auto" (the default) picks fp32 for a single row on the CPU and bf16
-from two rows on where the hardware has native bf16 dot products (AUTO_BF16_MIN_ROWS, measured).
+copy of the weights to bfloat16. "auto" (the default) takes what this machine's measured table chose for one row
+("decode1") or several ("decode", from AUTO_BF16_MIN_ROWS rows); fp32 where the hardware has no native bf16
+(`xling.precision`).
 Not used: torch.compile of the step (a compiled static-cache step ran slower than eager, 385 vs 528 tok/s,
 and with a cache that grows each step every length would be a new graph).
 """
@@ -76,7 +77,7 @@ class GenerateConfig:
     num_beams: int = 1  # > 1: beam search (deterministic; temperature/top-k/top-p/penalty ignored)
     length_penalty: float = 1.0  # beam score = logprob / length ** length_penalty (> 0 favours longer)
     early_stopping: bool = True  # beam: stop when num_beams hypotheses ended; false: when none can improve
-    precision: str = "auto"  # fp32 | bf16 (a bf16 copy of the weights) | auto (the faster: AUTO_BF16_MIN_ROWS)
+    precision: str = "auto"  # fp32 | bf16 (a bf16 copy of the weights) | auto (measured per CPU)
     # Restrict a continuation in language L to the tokens that occur in L's training text (plus the stop tokens):
     # a young model's sampled salad of other scripts' subwords cannot happen. Needs the run's shards
     # (`LangVocab`; `xling generate` and `xling evaluate` load them); a call given no LangVocab is unrestricted.

@@ -49,7 +49,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
     eps: float = 1e-8  # AdamW epsilon
     clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (the norm is still logged)
-    precision: str = "auto"  # auto | fp32 | bf16 autocast; auto = bf16 where the hardware does bf16 natively
+    precision: str = "auto"  # auto | fp32 | bf16 autocast; auto = this CPU's measured choice (xling.precision)
     # torch.compile each objective (model + loss): ~1.6x the eager step, for ~10-40 s of compiling per graph the
     # first time (compiled graphs are cached under the xling cache, so a second run starts in seconds). "auto"
     # compiles when every budget set is at least COMPILE_MIN_MINUTES / _STEPS / _TOKENS long (`compiles`)

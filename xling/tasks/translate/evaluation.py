@@ -48,7 +48,7 @@ def _rnn_outputs(ctx: EvalContext, cfg: TranslateConfig, key: str, minutes: floa
     from xling.tasks.translate import rnn
 
     path, info = ctx.run_dir / "translate" / "rnn", ctx.run_dir / "translate" / "rnn.json"
-    # bf16 where the CPU has it natively, as the Transformer's fine-tune: equal wall-clock, equal footing. Each
+    # "auto" precision, as the Transformer's fine-tune: equal wall-clock, equal footing. Each
     # system keeps its measured better label smoothing (TranslateConfig: 0.1, RNNConfig: none)
     rnn_cfg = rnn.RNNConfig(precision="auto")
     want = {"key": key, "minutes": round(minutes, 4), "config": asdict(rnn_cfg)}
