@@ -114,6 +114,9 @@ def test_vector_files_round_trip(tmp_path):
     back, ids = read_vectors(tmp_path / "out" / "en.npy")
     np.testing.assert_array_equal(back, v)
     assert back.dtype == np.float32 and ids == ["a", "b", "c", "d"]
+    assert isinstance(back, np.memmap) and not back.flags.writeable  # paged in by search, never read whole
+    scores, idx = search(v[:2], back, k=1)  # search takes the mapped array as it is
+    np.testing.assert_array_equal(idx[:, 0], [0, 1])
     (tmp_path / "out" / "en.ids").write_text("a\nb\n", encoding="utf-8")
     with pytest.raises(XlingError, match="2 ids for 4 vectors"):
         read_vectors(tmp_path / "out" / "en")

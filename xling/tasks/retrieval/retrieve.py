@@ -103,13 +103,16 @@ def write_vectors(prefix: str | Path, vecs: np.ndarray, ids: list[str]) -> tuple
 
 
 def read_vectors(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """(vectors (N, D) float32, ids) from PREFIX.npy (+ PREFIX.ids if present, else line numbers 1..N)."""
+    """(vectors (N, D) float32, ids) from PREFIX.npy (+ PREFIX.ids if present, else line numbers 1..N).
+
+    The array is memory-mapped, not read whole: search reads it a block of queries at a time, so a document
+    set larger than memory is paged in as the products need it."""
     prefix = _prefix(path)
     npy, ids_path = prefix.with_name(prefix.name + ".npy"), prefix.with_name(prefix.name + ".ids")
     if not npy.is_file():
         raise XlingError(f"vector file {npy} does not exist; write it with `xling embed --out {prefix}`")
     try:
-        vecs = np.load(npy, allow_pickle=False)
+        vecs = np.load(npy, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise XlingError(f"{npy} is not a readable .npy array ({e}); re-create it with `xling embed`") from None
     if vecs.ndim != 2 or len(vecs) == 0:
