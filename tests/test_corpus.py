@@ -16,6 +16,7 @@ from xling.corpus import (
     count_words,
     sampling_probs,
     split_of,
+    text_hash,
 )
 from xling.errors import XlingError
 from xling.sources import Segment
@@ -104,6 +105,15 @@ def test_dedup_and_length_filters():
                                                          test_fraction=0))
     assert buckets["train"]["en"].texts == ["same text", "ok"]
     assert dropped == {"empty_or_short": 1, "too_long": 1, "duplicate": 1}
+    kept, _ = clean_segments(segs, CorpusConfig(langs=["en"], max_chars=20, valid_fraction=0, test_fraction=0,
+                                                dedup=False))
+    assert kept["train"]["en"].texts == ["same text", "same text", "ok"]
+
+
+def test_dedup_hash_is_blake2b_64_bits_the_same_everywhere():
+    # hand value: int.from_bytes(hashlib.blake2b(b"In the beginning", digest_size=8).digest(), "big")
+    assert text_hash("In the beginning") == 9797224272371089374
+    assert text_hash("In the beginning") != text_hash("In the beginning.")
 
 
 def test_duplicate_key_is_an_error():

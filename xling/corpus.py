@@ -114,6 +114,12 @@ def split_of(group: str, valid_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def text_hash(text: str) -> int:
+    """A 64-bit hash of a cleaned text, what exact deduplication compares (a false duplicate needs ~5 billion
+    texts in one language for even odds)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
 def count_words(text: str) -> int:
     return len(WORD.findall(text))
 
@@ -130,7 +136,7 @@ def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
     given, is filled with the drop counts per language (what an error about a language left empty names)."""
     wanted = set(cfg.langs)
     buckets: dict[str, dict[str, _Bucket]] = {s: {} for s in SPLITS}
-    seen: dict[str, set[str]] = {}
+    seen: dict[str, set[int]] = {}  # 64-bit hashes of the texts kept, per language: 8 bytes a text, not the text
     seen_keys: dict[str, set[str]] = {}
     dropped = {"empty_or_short": 0, "too_long": 0, "duplicate": 0}
     per_lang: dict[str, int] = {}
@@ -139,8 +145,9 @@ def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
             continue
         text = clean_text(seg.text, cfg.normalize)
         lang_seen = seen.setdefault(seg.lang, set())
+        digest = text_hash(text) if cfg.dedup else 0
         why = "empty_or_short" if len(text) < max(cfg.min_chars, 1) else "too_long" if len(text) > cfg.max_chars \
-            else "duplicate" if cfg.dedup and text in lang_seen else None
+            else "duplicate" if cfg.dedup and digest in lang_seen else None
         if why:
             dropped[why] += 1
             if lang_drops is not None:
@@ -157,7 +164,8 @@ def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
         if cfg.max_segments and per_lang.get(seg.lang, 0) >= cfg.max_segments:
             continue
         keys.add(seg.key)
-        lang_seen.add(text)
+        if cfg.dedup:
+            lang_seen.add(digest)
         per_lang[seg.lang] = per_lang.get(seg.lang, 0) + 1
         split = split_of(seg.group, cfg.valid_fraction, cfg.test_fraction)
         b = buckets[split].setdefault(seg.lang, _Bucket())
