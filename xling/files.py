@@ -160,6 +160,41 @@ def read_lines(path: str | Path, what: str = "file") -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
+def iter_lines(path: str | Path, what: str = "file") -> Iterator[str]:
+    """`read_lines` one line at a time, in memory bounded by the longest line: for corpus files of any size.
+
+    The same checks and messages (missing, a directory, not UTF-8, NUL bytes, empty), each naming the line. An
+    error at line n comes after lines 1..n-1 were yielded: a caller that writes must write into a temporary
+    place (the corpus stage builds its folder under a temporary name, so nothing half-written is left).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise XlingError(f"{what} {path} does not exist; check the path")
+    if path.is_dir():
+        raise XlingError(f"{what} {path} is a directory; give a file")
+    has_text = False
+    with open(path, "rb") as f:
+        head = f.read(4096)  # what `not_utf8_fix` reads to name the encoding
+        f.seek(0)
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise XlingError(f"{what} {path} line {n}: bytes are not UTF-8 ({raw[e.start:e.start + 4]!r}); "
+                                 f"{not_utf8_fix(head)}") from None
+            if "\0" in line:
+                raise XlingError(f"{what} {path} line {n}: holds NUL bytes, which text does not; "
+                                 f"{not_utf8_fix(head, 'give a UTF-8 text file (is it binary?)')}")
+            line = line[:-1] if line.endswith("\n") else line  # "\n" and "\r\n" only, as read_lines
+            line = line[:-1] if line.endswith("\r") and raw.endswith(b"\r\n") else line
+            has_text = has_text or bool(line.strip())
+            yield line
+    if not has_text:
+        raise XlingError(f"{what} {path} is empty; give a file with at least one line of text")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

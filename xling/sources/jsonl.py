@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xling.errors import XlingError
-from xling.files import read_lines
+from xling.files import iter_lines
 from xling.langs import check_lang
 from xling.sources import Segment
 
@@ -94,7 +94,7 @@ def read(cfg: CorpusConfig) -> Iterator[Segment]:
 def _segments(files: list[Path], cfg: CorpusConfig) -> Iterator[Segment]:
     check = RecordChecker(cfg)
     for path in files:
-        for n, line in enumerate(read_lines(path, "JSON Lines file"), 1):
+        for n, line in enumerate(iter_lines(path, "JSON Lines file"), 1):
             if not line.strip():
                 continue
             where = f"{path} line {n}"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xling.errors import XlingError
-from xling.files import read_lines
+from xling.files import iter_lines, read_lines
 from xling.langs import check_lang
 from xling.sources import Segment
 
@@ -87,7 +87,7 @@ def read(cfg: CorpusConfig) -> Iterator[Segment]:
 def _segments(files: list[tuple[Path, str]]) -> Iterator[Segment]:
     for path, lang in files:
         stem = path.name[:-4] if path.name.endswith(".txt") else path.name
-        for n, line in enumerate(read_lines(path, "text file"), 1):
+        for n, line in enumerate(iter_lines(path, "text file"), 1):
             if line.strip():
                 key = f"{stem}:{n}"
                 yield Segment(lang=lang, key=key, text=line, group=key)

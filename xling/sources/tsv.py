@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xling.errors import XlingError
-from xling.files import read_lines
+from xling.files import iter_lines, read_lines
 from xling.langs import check_langs
 from xling.sources import Segment
 from xling.sources.text import lang_from_name
@@ -66,7 +66,7 @@ def read(cfg: CorpusConfig) -> Iterator[Segment]:
 def _tsv_pairs(paths: list[Path], langs: list[str]) -> Iterator[Segment]:
     n = 0
     for path in paths:
-        for line_no, line in enumerate(read_lines(path, "TSV file"), 1):
+        for line_no, line in enumerate(iter_lines(path, "TSV file"), 1):
             if not line.strip():
                 continue
             cols = line.split("\t")
