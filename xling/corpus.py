@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -130,15 +129,14 @@ class _Bucket:
     keys: list[str] = field(default_factory=list)
 
 
-def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
-                   lang_drops: dict[str, dict[str, int]] | None = None) -> tuple[dict, dict]:
-    """Clean, filter, deduplicate and split. Returns ({split: {lang: _Bucket}}, drop counts); `lang_drops`, when
-    given, is filled with the drop counts per language (what an error about a language left empty names)."""
+def cleaned(segments: Iterable[Segment], cfg: CorpusConfig, dropped: dict[str, int],
+            lang_drops: dict[str, dict[str, int]] | None = None) -> Iterator[tuple[str, str, str, str]]:
+    """(split, lang, key, text) of every segment kept: cleaned, filtered, deduplicated and given its split, one at a
+    time. `dropped` counts what was left out and why; `lang_drops`, when given, the same per language (what an error
+    about a language left empty names). Memory: two 64-bit hashes per kept segment (its text, its key)."""
     wanted = set(cfg.langs)
-    buckets: dict[str, dict[str, _Bucket]] = {s: {} for s in SPLITS}
-    seen: dict[str, set[int]] = {}  # 64-bit hashes of the texts kept, per language: 8 bytes a text, not the text
-    seen_keys: dict[str, set[str]] = {}
-    dropped = {"empty_or_short": 0, "too_long": 0, "duplicate": 0}
+    seen: dict[str, set[int]] = {}  # hashes of the texts kept, per language: 8 bytes a text, not the text
+    seen_keys: dict[str, set[int]] = {}  # hashes of the keys kept, per language
     per_lang: dict[str, int] = {}
     for seg in segments:
         if wanted and seg.lang not in wanted:
@@ -158,24 +156,88 @@ def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
             raise XlingError(f"the alignment key {seg.key!r} of a {seg.lang} segment is empty or holds a line break; "
                              f"give every segment a one-line id")
         keys = seen_keys.setdefault(seg.lang, set())
-        if seg.key in keys:
+        key_digest = text_hash(seg.key)
+        if key_digest in keys:
             raise XlingError(f"two {seg.lang} segments share the alignment key {seg.key!r}; "
                              f"give every segment of a language its own id")
         if cfg.max_segments and per_lang.get(seg.lang, 0) >= cfg.max_segments:
             continue
-        keys.add(seg.key)
+        keys.add(key_digest)
         if cfg.dedup:
             lang_seen.add(digest)
         per_lang[seg.lang] = per_lang.get(seg.lang, 0) + 1
-        split = split_of(seg.group, cfg.valid_fraction, cfg.test_fraction)
-        b = buckets[split].setdefault(seg.lang, _Bucket())
+        yield split_of(seg.group, cfg.valid_fraction, cfg.test_fraction), seg.lang, seg.key, text
+
+
+def new_drops() -> dict[str, int]:
+    return {"empty_or_short": 0, "too_long": 0, "duplicate": 0}
+
+
+def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
+                   lang_drops: dict[str, dict[str, int]] | None = None) -> tuple[dict, dict]:
+    """`cleaned` collected in memory: ({split: {lang: _Bucket}}, drop counts), for small inputs and tests."""
+    buckets: dict[str, dict[str, _Bucket]] = {s: {} for s in SPLITS}
+    dropped = new_drops()
+    for split, lang, key, text in cleaned(segments, cfg, dropped, lang_drops):
+        b = buckets[split].setdefault(lang, _Bucket())
         b.texts.append(text)
-        b.keys.append(seg.key)
+        b.keys.append(key)
     return buckets, dropped
 
 
+class _Writer:
+    """The corpus files, written as segments arrive: `<split>/<lang>.txt` and `.keys`, with counts per file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.files: dict[tuple[str, str], tuple] = {}
+        self.stats: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SPLITS}
+
+    def _open(self, split: str, lang: str) -> tuple:
+        if (split, lang) not in self.files:
+            self.files[split, lang] = tuple(open(self.root / split / f"{lang}{ext}", "w", encoding="utf-8",
+                                                 newline="\n") for ext in (".txt", ".keys"))
+            self.stats[split][lang] = {"segments": 0, "words": 0, "chars": 0}
+        return self.files[split, lang]
+
+    def add(self, split: str, lang: str, key: str, text: str) -> None:
+        txt, keys = self._open(split, lang)
+        txt.write(text + "\n")
+        keys.write(key + "\n")
+        st = self.stats[split][lang]
+        st["segments"] += 1
+        st["words"] += count_words(text)
+        st["chars"] += len(text)
+
+    def close(self, langs: list[str]) -> None:
+        """Close every file; a language with no segment in a split gets empty files there."""
+        for split in SPLITS:
+            for lang in langs:
+                self._open(split, lang)
+        for pair in self.files.values():
+            for f in pair:
+                f.close()
+
+
+def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
+    """{"a-b": {split: translations}}: keys shared by two languages, from the written .keys files, one
+    language's key hashes in memory at a time."""
+    out: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        for i, a in enumerate(langs[:-1]):
+            with open(root / split / f"{a}.keys", encoding="utf-8") as f:
+                ka = {text_hash(line.rstrip("\n")) for line in f}
+            for b in langs[i + 1:]:
+                with open(root / split / f"{b}.keys", encoding="utf-8") as f:
+                    n = sum(1 for line in f if text_hash(line.rstrip("\n")) in ka)
+                if n:
+                    out.setdefault(f"{a}-{b}", {})[split] = n
+    return out
+
+
 def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True) -> dict:
-    """Read the configured source and write the corpus directory atomically. Returns meta."""
+    """Read the configured source and write the corpus directory atomically, a segment at a time (memory: the
+    dedup hashes, not the text). Returns meta."""
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
     segments = progress(read_source(cfg), desc=f"corpus: reading {cfg.source}", unit="seg")
@@ -187,45 +249,34 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
             yield seg
 
     lang_drops: dict[str, dict[str, int]] = {}
-    buckets, dropped = clean_segments(remember(segments), cfg, lang_drops)
-    langs = list(cfg.langs) or list(first_seen)  # the source's order (bible: DEFAULT_LANGS)
-    missing = [lg for lg in langs if not any(lg in buckets[s] for s in SPLITS)]
-    filtered = [lg for lg in missing if lang_drops.get(lg)]
-    if filtered:  # the text was there: a length filter dropped all of it
-        lg, n = filtered[0], lang_drops[filtered[0]]
-        why = [f"{n[k]:,} by corpus.{key}={getattr(cfg, key)} ({what})" for k, key, what in (
-            ("too_long", "max_chars", f"longer than {cfg.max_chars:,} characters: split the text into lines "
-                                      f"or raise corpus.max_chars"),
-            ("empty_or_short", "min_chars", "shorter or empty: lower corpus.min_chars"),
-            ("duplicate", "dedup", "repeats: set corpus.dedup=false")) if n.get(k)]
-        raise XlingError(f"every {lg} segment was dropped: {'; '.join(why)}")
-    if missing:
-        raise XlingError(f"no text found for language(s) {', '.join(missing)} in the {cfg.source} source; "
-                         f"check corpus.langs or the input files")
-    if not buckets["train"]:
-        raise XlingError("the train split is empty; lower corpus.valid_fraction/test_fraction or add data")
+    dropped = new_drops()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        stats: dict[str, dict[str, dict[str, int]]] = {}
         for split in SPLITS:
             (tmp / split).mkdir()
-            stats[split] = {}
-            for lang in langs:
-                b = buckets[split].get(lang, _Bucket())
-                (tmp / split / f"{lang}.txt").write_text("".join(t + "\n" for t in b.texts), encoding="utf-8")
-                (tmp / split / f"{lang}.keys").write_text("".join(k + "\n" for k in b.keys), encoding="utf-8")
-                stats[split][lang] = {
-                    "segments": len(b.texts),
-                    "words": sum(count_words(t) for t in b.texts),
-                    "chars": sum(len(t) for t in b.texts),
-                }
-        pair_counts = {}
-        for split in SPLITS:
-            for a, b in combinations(langs, 2):
-                ka = set(buckets[split].get(a, _Bucket()).keys)
-                kb = buckets[split].get(b, _Bucket()).keys
-                n = sum(1 for k in kb if k in ka)
-                if n:
-                    pair_counts.setdefault(f"{a}-{b}", {})[split] = n
+        writer = _Writer(tmp)
+        try:
+            for split, lang, key, text in cleaned(remember(segments), cfg, dropped, lang_drops):
+                writer.add(split, lang, key, text)
+        finally:
+            langs = list(cfg.langs) or list(first_seen)  # the source's order (bible: DEFAULT_LANGS)
+            writer.close(langs)
+        stats = {s: {lg: writer.stats[s][lg] for lg in langs} for s in SPLITS}
+        missing = [lg for lg in langs if not any(stats[s][lg]["segments"] for s in SPLITS)]
+        filtered = [lg for lg in missing if lang_drops.get(lg)]
+        if filtered:  # the text was there: a length filter dropped all of it
+            lg, n = filtered[0], lang_drops[filtered[0]]
+            why = [f"{n[k]:,} by corpus.{key}={getattr(cfg, key)} ({what})" for k, key, what in (
+                ("too_long", "max_chars", f"longer than {cfg.max_chars:,} characters: split the text into lines "
+                                          f"or raise corpus.max_chars"),
+                ("empty_or_short", "min_chars", "shorter or empty: lower corpus.min_chars"),
+                ("duplicate", "dedup", "repeats: set corpus.dedup=false")) if n.get(k)]
+            raise XlingError(f"every {lg} segment was dropped: {'; '.join(why)}")
+        if missing:
+            raise XlingError(f"no text found for language(s) {', '.join(missing)} in the {cfg.source} source; "
+                             f"check corpus.langs or the input files")
+        if not any(st["segments"] for st in stats["train"].values()):
+            raise XlingError("the train split is empty; lower corpus.valid_fraction/test_fraction or add data")
+        pair_counts = _pair_counts(tmp, langs)
         train_counts = {lg: stats["train"][lg]["segments"] for lg in langs}
         train_pairs = {p: c.get("train", 0) for p, c in pair_counts.items()}
         meta = {
