@@ -20,9 +20,12 @@ on random tokens with next-token cross-entropy and AdamW, in these variants:
                       region, fused AdamW (fullgraph proves the model has no graph breaks)
     ..., flash SDPA   the same with SDPA's default CPU (flash) kernel
     xling gpt2 fast   the fast path with FAMILIES["gpt2"], exactly HF GPT-2's architecture
-    xling fp32/bf16   the default model, eager, plain AdamW, without / with bf16 autocast
+    xling fp32/bf16   the default model, eager, plain AdamW, without / with bf16 autocast; the loss is xling's
+                      (`xling.losses.cross_entropy`, blocked when eager, F.cross_entropy when compiled)
     hf fp32/bf16      GPT2LMHeadModel (SDPA attention), plain PyTorch loop, plain AdamW
 
+xling.allocator's malloc thresholds (set by every Trainer) hold for the whole process, so the HF rows run with them
+too; in a process of their own HF runs ~3% slower (docs/measurements.md), so the ratios here are conservative.
 Steps of all variants are interleaved, one step of each per round by default (the machine is shared
 and noisy, so every variant sees the same load); each figure is the median step time over all timed
 steps. The fp32 and bf16 matmul peaks (2048^3, as many threads as training: 2) are measured in every round
@@ -55,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # xling from a 
 
 from _peak import cpu_line, matmul_peak  # noqa: E402
 
+from xling.allocator import keep_freed_memory  # noqa: E402
+from xling.losses import cross_entropy  # noqa: E402
 from xling.model import FAMILIES, ModelConfig, Transformer  # noqa: E402
 from xling.objectives import build_objectives  # noqa: E402
 from xling.progress import format_table  # noqa: E402
@@ -127,7 +132,7 @@ def xling_variant(family: str, autocast: bool, compiled: bool, fused: bool,
         # backward is slow at these sizes
         with sdpa_kernel(SDPBackend.MATH) if math_sdpa else contextlib.nullcontext():
             logits = model.lm_head(model(x))  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return cross_entropy(logits.flatten(0, 1), y.flatten())  # xling's loss: F.cross_entropy when compiled
 
     if compiled:
         loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
@@ -176,6 +181,8 @@ def main() -> None:
     global VOCAB, CTX, LAYERS, D, HEADS, BATCH
     VOCAB, CTX, LAYERS, D, HEADS, BATCH = SIZES[args.size]
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # what the Trainer sets: process-wide, so every row below runs with it
+    print(f"malloc thresholds of xling.allocator: {'set' if kept else 'left alone'}", file=sys.stderr)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocab {VOCAB}, ctx {CTX}, "
           f"{LAYERS} layers, d {D}, {HEADS} heads, batch {BATCH}", file=sys.stderr)
 

@@ -558,8 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:  # the shape of a usage error
         print(f"xling {args.command}: error: {problem} (see `xling {args.command} --help`)", file=sys.stderr)
         return 2
+    from xling.allocator import keep_freed_memory
     from xling.errors import XlingError
 
+    keep_freed_memory()  # tensors freed and allocated again in every step and batch (xling.allocator)
     try:
         return args.func(args) or 0
     except XlingError as e:

@@ -13,12 +13,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xling.batches import IGNORE, ShardView, pad_right
 from xling.distributed import unwrap
 from xling.errors import XlingError
+from xling.losses import cross_entropy
 from xling.shards import scored_prefix
 
 
@@ -59,8 +59,8 @@ def clm_eval(model: nn.Module, shards, split: str, lang: str, seq_len: int, max_
             y, _ = pad_right([w[1:] for w in ws], IGNORE, width=x.shape[1])  # (b, T) targets
             lang_ids = torch.full_like(x, d.lang_index(lang))
             hidden = model(x.to(dev), causal=True, lang_ids=lang_ids.to(dev))  # right padding: causal rows never see it
-            logits = unwrap(model).lm_head(hidden).float()  # (b, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum").item()
+            logits = unwrap(model).lm_head(hidden)  # (b, T, V)
+            total += cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum").item()
     finally:
         model.train(was_training)
     return total, chars

@@ -63,7 +63,7 @@ from xling.batches import (
 from xling.distributed import unwrap
 from xling.encode import mean_pool
 from xling.errors import XlingError
-from xling.losses import distill_loss, info_nce, span_loss
+from xling.losses import cross_entropy, distill_loss, info_nce, span_loss
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -175,7 +175,7 @@ class CLM(Objective):
         batch = _to_device(batch, model)
         hidden = _run(model, batch, causal=True)  # (B, T, D)
         logits = unwrap(model).lm_head(hidden)  # (B, T, V)
-        per_token = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none")
+        per_token = cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none")
         row_loss = per_token.view(batch["targets"].shape).mean(1)  # (B,): rows are equally long
         loss = row_loss.mean()
         # rows of a mixed batch have languages of their own: the trainer logs their losses per language
@@ -216,7 +216,7 @@ class _MaskedLM(Objective):
         chosen = batch["targets"] != IGNORE  # (B, T)
         logits = unwrap(model).lm_head(hidden[chosen])  # (n_masked, V): only chosen positions
         target = batch["targets"][chosen]
-        loss = F.cross_entropy(logits.float(), target)
+        loss = cross_entropy(logits, target)
         acc = (logits.argmax(-1) == target).float().mean()
         return loss, {"loss": loss.item(), "n_tokens": batch["n_tokens"], "n_masked": int(target.numel()),
                       "acc": acc.item()}

@@ -57,6 +57,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from xling import distributed as xdist
+from xling.allocator import keep_freed_memory
 from xling.errors import XlingError
 from xling.langs import pivot_lang
 from xling.precision import autocast_dtype
@@ -164,6 +165,7 @@ class Trainer(Resumable):
         self.probs = w / w.sum()
 
         dev = self.info.device
+        keep_freed_memory()  # every step frees and allocates the same large tensors (xling.allocator)
         self.model = model.to(dev)
         self.module = TrainModule(self.model, objectives).to(dev)
         # DDP must look for unused parameters when a step can leave an objective's head without gradient

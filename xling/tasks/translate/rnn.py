@@ -44,6 +44,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from xling.batches import pad_right
 from xling.errors import XlingError
+from xling.losses import cross_entropy
 
 PAD, EOS = 0, 2  # fixed special ids (xling.tokenizer)
 ATTENTION = ("additive", "general")
@@ -292,8 +293,8 @@ def _valid_loss(model: RNNTranslator, shards, directions, cfg: RNNConfig, n: int
 def _loss(model: RNNTranslator, batch: tuple[Tensor, ...], label_smoothing: float = 0.0) -> tuple[Tensor, int]:
     """Mean token cross-entropy of a (src, src_len, tgt_in, tgt_out) batch, and its target token count."""
     src, src_len, tgt_in, tgt_out = batch
-    logits = model(src, src_len, tgt_in).float()  # (B, T, V)
-    loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, label_smoothing=label_smoothing)
+    logits = model(src, src_len, tgt_in)  # (B, T, V)
+    loss = cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, label_smoothing=label_smoothing)
     return loss, int((tgt_out != PAD).sum())
 
 
