@@ -115,14 +115,10 @@ def lang_index(tag_id: int) -> int:
 
 
 def tag_langs(tok: Tokenizer) -> list[str]:
-    """Language codes of the tags at ids FIRST_TAG, FIRST_TAG + 1, ... (`<en>`, `<fr>`, ...)."""
+    """Language codes of the tags in id order: `<en>` = FIRST_TAG, `<fr>`, ... as trained, then any tag a language
+    extension appended after the vocabulary (xling.extend); the order is the model's language-embedding order."""
     added = tok.get_added_tokens_decoder()
-    langs = []
-    i = FIRST_TAG
-    while i in added and (m := TAG.match(added[i].content)):
-        langs.append(m.group(1))
-        i += 1
-    return langs
+    return [m.group(1) for i in sorted(added) if i >= FIRST_TAG and (m := TAG.match(added[i].content))]
 
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
@@ -252,7 +248,7 @@ def _show_progress() -> bool:
     return os.environ.get("XLING_PROGRESS", "1") != "0"
 
 
-def _new_tokenizer(cfg: TokenizerConfig, specials: list[str]) -> tuple[Tokenizer, trainers.Trainer]:
+def new_tokenizer(cfg: TokenizerConfig, specials: list[str]) -> tuple[Tokenizer, trainers.Trainer]:
     """An untrained tokenizer (normalizer, pre-tokenizer, decoder) and its trainer."""
     norm = [normalizers.NFC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
     common = dict(vocab_size=cfg.vocab_size, special_tokens=specials, show_progress=_show_progress())
@@ -309,7 +305,7 @@ def build_tokenizer(texts: list[str], cfg: TokenizerConfig, langs: list[str]) ->
     if cfg.vocab_size < floor + 16:
         raise XlingError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for {len(specials)} special "
                          f"tokens and the byte pieces; use at least {floor + 16}")
-    tok, trainer = _new_tokenizer(cfg, specials)
+    tok, trainer = new_tokenizer(cfg, specials)
     # HF draws its own bars only on a terminal; ours shows the sample being read, then the merge phase
     bar = progress(total=len(texts), desc=f"tokenizer: training {cfg.kind}", unit="sent")
 
