@@ -1,7 +1,7 @@
 """Add a language to a trained tokenizer and model without changing any existing id (issue 25, its first half).
 
     tok2, new_ids = extend_tokenizer(tok, texts_it, "it", new_pieces=1500)   # ids 0..V-1 unchanged; <it> = V
-    model2 = extend_model(model, tok, tok2, new_ids, init="mean")            # new rows initialised, old rows as they were
+    model2 = extend_model(model, tok, tok2, new_ids, init="mean")            # new rows initialised, old rows kept
 
 Tokenizer (the bpe kind, xling's default): a BPE with the run's normalizer and pre-tokenizer is trained on the new
 language's text alone; its merges are then walked in their own order and a merge is kept when both halves are
@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
-from xling.tokenizer import META_SPACE, TokenizerConfig, new_tokenizer, lang_tag, tag_langs
+from xling.tokenizer import META_SPACE, TokenizerConfig, lang_tag, new_tokenizer, tag_langs
 
 INITS = ("mean", "random")
 
