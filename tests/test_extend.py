@@ -1,5 +1,7 @@
 """xling.extend: a language added to a trained tokenizer and model keeps every existing id and weight."""
 
+import json
+
 import pytest
 import torch
 
@@ -64,7 +66,7 @@ def test_extended_model_is_the_old_model_on_old_ids(tok, extended, tie):
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=2,
                                            tie_embeddings=tie)).eval()
-    big = extend_model(model, tok, tok2, new_ids, init="mean").eval()
+    big = extend_model(model, tok, tok2, init="mean").eval()
     assert big.cfg.vocab_size == tok2.get_vocab_size() and big.cfg.n_langs == 3
     idx = torch.tensor([tok.encode(t).ids[:12] for t in (EN[0], FR[1])])
     lang = torch.tensor([[0] * 12, [1] * 12])
@@ -78,7 +80,7 @@ def test_extended_model_is_the_old_model_on_old_ids(tok, extended, tie):
 def test_mean_init_is_the_mean_of_the_old_pieces(tok, extended):
     tok2, new_ids = extended
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=2))
-    big = extend_model(model, tok, tok2, new_ids, init="mean")
+    big = extend_model(model, tok, tok2, init="mean")
     w, w2 = model.wte.weight.detach(), big.wte.weight.detach()
     tags = [tok.token_to_id(lang_tag(lg)) for lg in ("en", "fr")]
     torch.testing.assert_close(w2[new_ids[0]], (w[tags[0]] + w[tags[1]]) / 2)
@@ -93,7 +95,91 @@ def test_mean_init_is_the_mean_of_the_old_pieces(tok, extended):
             torch.testing.assert_close(w2[i], torch.stack([w[p] for p in parts]).sum(0) / len(parts))
             checked += 1
     assert checked >= 20
-    rnd = extend_model(model, tok, tok2, new_ids, init="random", seed=3)
+    rnd = extend_model(model, tok, tok2, init="random", seed=3)
     assert 0.01 < float(rnd.wte.weight.detach()[new_ids[1]:].std()) < 0.03  # N(0, 0.02)
     with pytest.raises(XlingError, match="init must be"):
-        extend_model(model, tok, tok2, new_ids, init="focus")
+        extend_model(model, tok, tok2, init="focus")
+
+
+# ---------------------------------------------------------------------------- the whole command on a tiny run
+
+TINY_RUN = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.block_size=64", "train.seq_len=32",
+            "train.batch_size=8", "train.max_minutes=0", "train.warmup_steps=5", "train.eval_every=0",
+            "train.precision=fp32", "train.lr=3e-3", "train.objectives={clm = 1.0, contrastive = 1.0}"]
+
+
+@pytest.fixture(scope="module")
+def added_run(tmp_path_factory):
+    """A base run on en + fr (40 steps), then `xling add-language --lang ru` from the same jsonl files (20 steps)."""
+    from xling.cli import main
+
+    from .conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("addlang")
+    for lg, verses in TINY.items():
+        with open(tmp / f"{lg}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(40):
+                for v, text in enumerate(verses):
+                    f.write(json.dumps({"id": f"s{i}.{v}", "lang": lg, "text": f"{text} {i}"}, ensure_ascii=False)
+                            + "\n")
+    base, out = tmp / "base", tmp / "with-ru"
+    assert main(["corpus", "--source", "jsonl", "--paths", *[str(tmp / f"{lg}.jsonl") for lg in TINY],
+                 "--langs", "en,fr", "--run", str(base), "corpus.valid_fraction=0.15",
+                 "corpus.test_fraction=0.15"]) == 0
+    assert main(["tokenizer", "--run", str(base), "tokenizer.vocab_size=300"]) == 0
+    assert main(["shard", "--run", str(base)]) == 0
+    assert main(["pretrain", "--run", str(base), *TINY_RUN, "train.max_steps=40"]) == 0
+    assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(out), "--minutes", "0",
+                 "--pieces", "60", "tokenizer.min_frequency=1", "train.max_steps=20"]) == 0
+    return base, out
+
+
+def test_add_language_makes_a_run_with_every_old_id(added_run):
+    from xling.checkpoint import load_run
+    from xling.tokenizer import load_tokenizer
+
+    base, out = added_run
+    old, new = load_tokenizer(base / "tokenizer"), load_tokenizer(out / "tokenizer")
+    v = old.get_vocab_size()
+    assert [new.id_to_token(i) for i in range(v)] == [old.id_to_token(i) for i in range(v)]
+    assert tag_langs(new) == ["en", "fr", "ru"] and new.token_to_id("<ru>") == v
+    assert new.get_vocab_size() == v + 61
+    report = json.loads((out / "tokenizer" / "report.json").read_text())
+    ext = report["extension"]["langs"]["ru"]["fertility"]
+    assert ext["after"] < ext["before"]  # the new language takes fewer tokens per word
+    model, _ = load_run(out)
+    base_model, _ = load_run(base)
+    assert model.cfg.vocab_size == base_model.cfg.vocab_size == 8000  # the tiny model's spare rows hold the new ids
+    assert json.loads((out / "corpus" / "meta.json").read_text())["langs"] == ["en", "fr", "ru"]
+
+
+def test_add_language_refuses_bad_input(added_run, tmp_path, capsys):
+    from xling.cli import main
+
+    base, out = added_run
+    assert main(["add-language", "--run", str(base), "--lang", "fr", "--out", str(tmp_path / "x")]) == 2
+    assert "already has fr" in capsys.readouterr().err
+    assert main(["add-language", "--run", str(base), "--lang", "xx1", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown language code" in capsys.readouterr().err
+    assert main(["add-language", "--run", str(tmp_path), "--lang", "ru", "--out", str(tmp_path / "x")]) == 2
+    assert "not a trained run" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_added_language_generates_and_exports(added_run, tmp_path):
+    """`generate --lang ru` uses the new tag, and the exported Hugging Face model's pipeline() greedy text is
+    xling's, over the extended vocabulary."""
+    from transformers import pipeline
+
+    from xling.checkpoint import load_run
+    from xling.cli import main
+    from xling.generate import GenerateConfig, generate
+
+    _, out = added_run
+    model, tok = load_run(out)
+    greedy = GenerateConfig(max_new_tokens=12, temperature=0.0, precision="fp32")
+    ours = generate(model, tok, ["Свет во"], "ru", greedy)[0]
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "hf")]) == 0
+    gen = pipeline("text-generation", model=str(tmp_path / "hf"))
+    text = gen("<ru>Свет во", max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    assert text == "<ru>Свет во" + ours

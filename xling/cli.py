@@ -216,6 +216,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_add_language(args) -> int:
+    """A trained run with one language more: corpus, extended tokenizer, extended model, continued pretraining."""
+    from xling.stages import run_add_language
+
+    _check_number(args.minutes, "--minutes", 0)
+    summary = run_add_language(args.run, args.lang, args.out, minutes=args.minutes, replay=args.replay,
+                               init=args.init, pieces=args.pieces, overrides=args.overrides,
+                               overwrite=args.overwrite)
+    print(f"add-language: {args.out} holds the model with {args.lang} ({summary.get('steps', '?')} steps); "
+          f"evaluate it with `xling evaluate --run {args.out}`")
+    return 0
+
+
 def cmd_score(args) -> int:
     """Score a hypothesis file against reference files (one segment per line): BLEU, chrF or ROUGE."""
     import json
@@ -406,6 +419,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "train.max_minutes, 10 in configs/demo.toml)")
     p.add_argument("--langs", help="comma-separated language codes")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("add-language", help="add a language to a trained run: corpus, extended tokenizer (every id "
+                       "kept), extended model, continued pretraining with replay")
+    _add_run(p)
+    p.add_argument("--lang", required=True, help="the language to add (an ISO 639 code the run's source has)")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--minutes", type=float, default=5.0, help="continued pretraining budget (default 5)")
+    p.add_argument("--replay", type=float, default=0.5, help="share of rows from the old languages (default 0.5)")
+    p.add_argument("--init", default="mean", choices=["mean", "random"],
+                   help="new embedding rows: mean of the old pieces each new piece splits into (default), or random")
+    p.add_argument("--pieces", type=int, default=2000, help="new vocabulary pieces (default 2000)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out built from another config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for the new run")
+    p.set_defaults(func=cmd_add_language)
 
     p = sub.add_parser("score", help="score a hypothesis file against references: BLEU, chrF (sacrebleu) or ROUGE")
     p.add_argument("--metric", required=True, choices=["bleu", "chrf", "rouge"], help="the metric")

@@ -1,7 +1,7 @@
 """Add a language to a trained tokenizer and model without changing any existing id (issue 25, its first half).
 
     tok2, new_ids = extend_tokenizer(tok, texts_it, "it", new_pieces=1500)   # ids 0..V-1 unchanged; <it> = V
-    model2 = extend_model(model, tok, tok2, new_ids, init="mean")            # new rows initialised, old rows kept
+    model2 = extend_model(model, tok, tok2, init="mean")                     # new rows initialised, old rows kept
 
 Tokenizer (the bpe kind, xling's default): a BPE with the run's normalizer and pre-tokenizer is trained on the new
 language's text alone; its merges are then walked in their own order and a merge is kept when both halves are
@@ -23,16 +23,30 @@ row, the mean of the old ones. An untied output layer gets the same treatment as
 from __future__ import annotations
 
 import json
+import time
 import unicodedata
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
+from xling.checkpoint import load_run
+from xling.corpus import Corpus
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
-from xling.tokenizer import META_SPACE, TokenizerConfig, lang_tag, new_tokenizer, tag_langs
-
-INITS = ("mean", "random")
+from xling.progress import format_table
+from xling.tokenizer import (
+    META_SPACE,
+    TokenizerConfig,
+    lang_tag,
+    load_tokenizer,
+    new_tokenizer,
+    report_split,
+    tag_langs,
+    tokenizer_report,
+    write_tokenizer,
+)
+from xling.train_config import EXTEND_INITS
 
 
 def _merge_pair(m) -> tuple[str, str]:
@@ -103,11 +117,13 @@ def piece_parts(tok_old: Tokenizer, piece: str) -> list[int]:
 
 
 def _new_rows(weight: torch.Tensor, tok_old: Tokenizer, tok_new: Tokenizer, new_ids: list[int], init: str,
-              tag_rows: list[int], gen: torch.Generator) -> torch.Tensor:
-    """(len(new_ids), D): the tag's row, then each piece's, by `init`."""
+              gen: torch.Generator) -> torch.Tensor:
+    """(len(new_ids), D): a tag's row is the mean of the old tags' rows; a piece's by `init`."""
+    tag_rows = [tok_old.token_to_id(lang_tag(lg)) for lg in tag_langs(tok_old)]
+    new_tags = {tok_new.token_to_id(lang_tag(lg)) for lg in tag_langs(tok_new)}
     rows = []
     for i in new_ids:
-        if i == new_ids[0]:
+        if i in new_tags:
             rows.append(weight[tag_rows].mean(0))
         elif init == "mean":
             rows.append(weight[piece_parts(tok_old, tok_new.id_to_token(i))].mean(0))
@@ -117,29 +133,95 @@ def _new_rows(weight: torch.Tensor, tok_old: Tokenizer, tok_new: Tokenizer, new_
 
 
 @torch.no_grad()
-def extend_model(model: Transformer, tok_old: Tokenizer, tok_new: Tokenizer, new_ids: list[int], *,
-                 init: str = "mean", seed: int = 0) -> Transformer:
-    """A copy of `model` over `tok_new`'s vocabulary (and one more language embedding when it has them): old rows
-    and every other weight unchanged, new rows by `init` (see the module docstring)."""
-    if init not in INITS:
-        raise XlingError(f"init must be one of {', '.join(INITS)}, not {init!r}")
-    old_v, new_v = model.cfg.vocab_size, tok_new.get_vocab_size()
-    if sorted(new_ids) != list(range(old_v, new_v)):
-        raise XlingError(f"the new ids must be exactly {old_v}..{new_v - 1}, the ids the extension appended; the "
-                         f"model has {old_v} rows: extend the tokenizer this model was trained with")
-    n_langs = model.cfg.n_langs + (1 if model.cfg.n_langs else 0)
-    cfg = ModelConfig(**{**vars(model.cfg), "vocab_size": new_v, "n_langs": n_langs})
+def extend_model(model: Transformer, tok_old: Tokenizer, tok_new: Tokenizer, *, init: str = "mean",
+                 seed: int = 0) -> Transformer:
+    """A copy of `model` over `tok_new`, an extension of `tok_old` (the tokenizer the model was trained with): the
+    rows of the ids `tok_new` added start by `init` (see the module docstring), every other weight as it was; a
+    language embedding is added for each new tag when the model has them. A model with spare rows past its
+    tokenizer's ids (model.vocab_size larger) keeps its size while they suffice."""
+    if init not in EXTEND_INITS:
+        raise XlingError(f"init must be one of {', '.join(EXTEND_INITS)}, not {init!r}")
+    old_v, new_v = tok_old.get_vocab_size(), tok_new.get_vocab_size()
+    moved = next((i for i in range(old_v) if tok_new.id_to_token(i) != tok_old.id_to_token(i)), None)
+    if moved is not None or new_v < old_v or model.cfg.vocab_size < old_v:
+        raise XlingError(f"the new tokenizer is not an extension of the model's (id {moved} differs, or it is "
+                         f"smaller); extend the tokenizer this model was trained with")
+    new_ids = list(range(old_v, new_v))
+    n_langs = len(tag_langs(tok_new)) if model.cfg.n_langs else 0
+    rows = max(model.cfg.vocab_size, new_v)
+    cfg = ModelConfig(**{**vars(model.cfg), "vocab_size": rows, "n_langs": n_langs})
     out = Transformer(cfg).to(next(model.parameters()).device)
     state = model.state_dict()
     gen = torch.Generator().manual_seed(seed)
-    tag_rows = [tok_old.token_to_id(lang_tag(lg)) for lg in tag_langs(tok_old)]
     for name in ("wte.weight", "lm_out.weight"):
-        if name in state:
-            old = state[name]
-            state[name] = torch.cat([old, _new_rows(old.float(), tok_old, tok_new, new_ids, init, tag_rows,
-                                                    gen).to(old.dtype)])
+        if name in state and new_ids:
+            w = state[name]
+            w = torch.cat([w, w.new_zeros(rows - len(w), w.shape[1])])  # (rows, D); spare rows kept as they were
+            w[old_v:new_v] = _new_rows(w[:old_v].float(), tok_old, tok_new, new_ids, init, gen).to(w.dtype)
+            state[name] = w
     if "lang_emb.weight" in state:
         old = state["lang_emb.weight"]
-        state["lang_emb.weight"] = torch.cat([old, old.mean(0, keepdim=True)])
+        state["lang_emb.weight"] = torch.cat([old, old.mean(0, keepdim=True).expand(n_langs - len(old), -1)])
     out.load_state_dict(state)
     return out
+
+
+def extend_run_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Path, alpha: float | None) -> dict:
+    """The tokenizer stage with `tokenizer.extend` set: the named tokenizer (a folder, or a run directory's
+    `tokenizer/`) with every corpus language it lacks added (`extend_tokenizer` on that language's train text, at
+    most `max_sentences` lines), written like a trained one. The report gains `extension`: each added language's
+    fertility and parity before and after. Returns the report."""
+    base_dir = Path(cfg.extend)
+    base_dir = base_dir / "tokenizer" if (base_dir / "tokenizer" / "tokenizer.json").is_file() else base_dir
+    base = load_tokenizer(base_dir)
+    have = tag_langs(base)
+    if have != corpus.langs[:len(have)]:
+        raise XlingError(f"tokenizer.extend: {base_dir} has the languages {', '.join(have)}; the corpus must list "
+                         f"them first and in that order ({', '.join(corpus.langs)}), then the languages to add")
+    added = corpus.langs[len(have):]
+    if not added:
+        raise XlingError(f"tokenizer.extend: the corpus has no language that {base_dir} lacks; add one to "
+                         f"corpus.langs")
+    tok = base
+    t0 = time.perf_counter()
+    for lang in added:
+        tok, _ = extend_tokenizer(tok, corpus.texts("train", lang)[:cfg.max_sentences], lang,
+                                  new_pieces=cfg.extend_pieces, min_frequency=cfg.min_frequency)
+    seconds = time.perf_counter() - t0
+    split = report_split(corpus)
+    report = tokenizer_report(tok, corpus, split)
+    before = tokenizer_report(base, corpus, split)["langs"]
+    report["extension"] = {"base": str(base_dir), "base_vocab_size": base.get_vocab_size(), "added": added,
+                           "seconds": round(seconds, 2),
+                           "langs": {lg: {k: {"before": before[lg][k], "after": report["langs"][lg][k]}
+                                          for k in ("fertility", "parity")} for lg in added}}
+    write_tokenizer(tok, corpus, cfg, out_dir, report, alpha=alpha)
+    return report
+
+
+def start_from_run(base: str | Path, model_cfg: ModelConfig, tokenizer_dir: str | Path, *, init: str = "mean",
+                   seed: int = 0) -> Transformer:
+    """`train.init_from`: the base run's trained model over this run's tokenizer, an extension of the base's
+    (`extend_model` starts the rows of the new ids); its architecture must be `model_cfg`'s."""
+    base_model, base_tok = load_run(base)
+    model = extend_model(base_model, base_tok, load_tokenizer(tokenizer_dir), init=init, seed=seed)
+    mine, theirs = vars(model_cfg), vars(model.cfg)
+    differ = [f"{k}={theirs[k]} (this run: {mine[k]})" for k in mine if mine[k] != theirs[k]]
+    if differ:
+        raise XlingError(f"train.init_from: the model of {base} differs from this run's [model]: {'; '.join(differ)}; "
+                         f"use the base run's [model] section")
+    return model.train()
+
+
+def format_extension(ext: dict) -> str:
+    """The extension's before/after table of the added languages (fertility: tokens per word; parity: tokens per
+    aligned pivot-language token)."""
+    rows = [[lg, _num(v["fertility"]["before"]), _num(v["fertility"]["after"]), _num(v["parity"]["before"]),
+             _num(v["parity"]["after"])] for lg, v in ext["langs"].items()]
+    return format_table(["language", "fertility before", "after", "parity before", "after"], rows,
+                        title=f"tokenizer: extended {ext['base']} ({ext['base_vocab_size']:,} ids kept) with "
+                              f"{', '.join(ext['added'])} in {ext['seconds']:.1f} s")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -164,8 +164,16 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         alpha = tc.alpha if tc.alpha is not None else getattr(corpus, "alpha", 0.3)
         pair_alpha = tc.pair_alpha if tc.pair_alpha is not None else getattr(corpus, "pair_alpha", 0.3)
         xdist.seed_everything(seed)
-        model = Transformer(model_cfg)
-        if tc.embed_init == "lsi" and not resume:
+        if tc.init_from and not resume:  # continued pretraining: the base run's model, its vocabulary extended
+            from xling.extend import start_from_run
+
+            model = start_from_run(tc.init_from, model_cfg, run_dir / "tokenizer", init=tc.extend_init, seed=seed)
+            if info.is_main:
+                print(f"pretrain: starting from {tc.init_from}'s model ({model_cfg.vocab_size:,} ids; new rows: "
+                      f"{tc.extend_init})", file=sys.stderr)
+        else:
+            model = Transformer(model_cfg)
+        if tc.embed_init == "lsi" and not resume and not tc.init_from:
             from xling.embed_init import init_embeddings
 
             if info.is_main:

@@ -127,8 +127,15 @@ def _tokenizer(cfg: Config, run_dir: Path, out: Path) -> dict:
     from xling.tokenizer import format_report, train_tokenizer
 
     alpha = cfg.tokenizer.alpha if cfg.tokenizer.alpha is not None else cfg.corpus.alpha
-    report = train_tokenizer(Corpus(run_dir / "corpus"), cfg.tokenizer, out, alpha=alpha)
-    print(format_report(report))
+    if cfg.tokenizer.extend:  # a trained tokenizer with the corpus languages it lacks added, every id kept
+        from xling.extend import extend_run_tokenizer, format_extension
+
+        report = extend_run_tokenizer(Corpus(run_dir / "corpus"), cfg.tokenizer, out, alpha=alpha)
+        print(format_report(report))
+        print(format_extension(report["extension"]))
+    else:
+        report = train_tokenizer(Corpus(run_dir / "corpus"), cfg.tokenizer, out, alpha=alpha)
+        print(format_report(report))
     return {"vocab_size": report.get("vocab_size")}
 
 
@@ -404,3 +411,46 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
         run_pretrain(cfg, run_dir, overwrite=overwrite)
         run_evaluate(run_dir)
         return write_report(run_dir)
+
+
+def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: float = 5.0, replay: float = 0.5,
+                     init: str = "mean", pieces: int = 2000, overrides: list[str] = (),
+                     overwrite: bool = False) -> dict:
+    """`xling add-language`: a new run `out` that is the trained run `base` with `lang` added. Its corpus is the
+    base's config with `lang` appended to corpus.langs (same source, same hashed split, so aligned text keeps the
+    base's chapters); its tokenizer is the base's with `pieces` new pieces and the tag (every id kept,
+    tokenizer.extend); its model starts from the base's (new rows by `init`, train.init_from) and trains `minutes`
+    more with the old languages replayed in `replay` of the rows (train.lang_shares = {lang: 1 - replay}). Later
+    stages (evaluate, report, export) treat it as any run. Returns the pretraining summary."""
+    from xling.checkpoint import list_checkpoints
+    from xling.corpus import Corpus
+    from xling.langs import check_lang
+    from xling.registry import load_config
+
+    base, out = Path(base), Path(out)
+    check_lang(lang, "--lang")
+    saved = RunDir(base).saved_config()
+    if saved is None or not list_checkpoints(base / "checkpoints") or not (base / "corpus").is_dir():
+        raise XlingError(f"{base} is not a trained run (no config, corpus or checkpoint); give a run that "
+                         f"`xling pretrain` (or `xling demo`) finished")
+    if not 0 <= replay < 1:
+        raise XlingError(f"--replay is the old languages' share of the rows, in [0, 1), not {replay}")
+    langs = Corpus(base / "corpus").langs
+    if lang in langs:
+        raise XlingError(f"{base} already has {lang} ({', '.join(langs)}); choose a language it lacks")
+    if out.resolve() == base.resolve():
+        raise XlingError("--out must be a new run directory, not the base run")
+    extra = [f"corpus.langs=[{', '.join(json.dumps(lg) for lg in [*langs, lang])}]",
+             f"tokenizer.extend={json.dumps(str(base))}", f"tokenizer.extend_pieces={pieces}",
+             f"train.init_from={json.dumps(str(base))}", f"train.extend_init={json.dumps(init)}",
+             f"train.max_minutes={minutes}", "train.max_steps=0", "train.max_tokens=0"]
+    cfg = load_config(None, [*extra, *overrides], base=saved)
+    with RunDir(out).lock():
+        for stage in ("corpus", "tokenizer", "shard"):
+            run_stage(stage, cfg, out, overwrite=overwrite)
+        # the base model's rows, or more when the extension passes them (spare rows of a larger model are reused)
+        vocab = max(cfg.model.vocab_size, json.loads((out / "tokenizer" / "meta.json").read_text())["vocab_size"])
+        n_langs = len(langs) + 1 if cfg.model.n_langs else 0
+        cfg = load_config(None, [*extra, f"model.vocab_size={vocab}", f"model.n_langs={n_langs}", *overrides],
+                          base=saved)
+        return run_pretrain(cfg, out, overwrite=overwrite)

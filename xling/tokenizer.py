@@ -87,6 +87,10 @@ class TokenizerConfig:
     seed: int = 1234  # seed of the training-text sample
     byte_fallback: bool = True  # bpe/unigram: unseen characters become <0xNN> byte pieces, not <unk>
     lowercase: bool = False  # lowercase before tokenizing (then decode gives lowercased text)
+    # a tokenizer folder (or a run directory) to extend instead of training one: every corpus language it lacks
+    # is added with `extend_pieces` new pieces, every existing id kept (xling.extend; `xling add-language`)
+    extend: str = ""
+    extend_pieces: int = 2000
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -101,6 +105,8 @@ class TokenizerConfig:
             raise ValueError("alpha must be >= 0 (1 keeps the natural mix, 0 is uniform) or unset")
         if self.min_frequency < 1:
             raise ValueError(f"min_frequency must be >= 1, not {self.min_frequency}")
+        if self.extend_pieces < 0:
+            raise ValueError(f"extend_pieces must be >= 0, not {self.extend_pieces}")
 
 
 # ---------------------------------------------------------------------------- names and ids
@@ -342,13 +348,24 @@ def train_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Path, a
     tok = build_tokenizer(texts, cfg, corpus.langs)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     del texts
-    split = "test" if any(corpus.texts("test", lg) for lg in corpus.langs) else "train"
-    report = tokenizer_report(tok, corpus, split)
+    report = tokenizer_report(tok, corpus, report_split(corpus))
     report["training"] = {
         "kind": cfg.kind, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # whole process
         **sample,
     }
+    write_tokenizer(tok, corpus, cfg, out_dir, report, alpha=alpha, overwrite=overwrite)
+    return report
+
+
+def report_split(corpus: Corpus) -> str:
+    """The split a tokenizer report reads: test, or train for a corpus without one."""
+    return "test" if any(corpus.texts("test", lg) for lg in corpus.langs) else "train"
+
+
+def write_tokenizer(tok: Tokenizer, corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Path, report: dict, *,
+                    alpha: float | None, overwrite: bool = True) -> None:
+    """The tokenizer folder, atomically: tokenizer.json, meta.json, report.json, report.md."""
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         meta = {
@@ -364,7 +381,6 @@ def train_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Path, a
         atomic_write_json(tmp / "meta.json", meta)
         atomic_write_json(tmp / "report.json", report)
         atomic_write_text(tmp / "report.md", format_report(report) + "\n")
-    return report
 
 
 # ---------------------------------------------------------------------------- report

