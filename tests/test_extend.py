@@ -2,13 +2,17 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from xling.encode import embed_texts, encode
 from xling.errors import XlingError
 from xling.extend import extend_model, extend_tokenizer, piece_parts
+from xling.generate import encode_prompts
 from xling.model import ModelConfig, Transformer
-from xling.tokenizer import TokenizerConfig, build_tokenizer, lang_tag, tag_langs
+from xling.tasks.translate.data import make_batch, tsv_examples
+from xling.tokenizer import FIRST_TAG, TokenizerConfig, build_tokenizer, lang_index, lang_tag, special_ids, tag_langs
 
 EN = ["the house of the king is large", "a small dog runs to the house", "the king and the queen walk home",
       "every morning the dog sleeps", "she reads a book in the garden", "we write letters to our friends"]
@@ -183,3 +187,26 @@ def test_the_added_language_generates_and_exports(added_run, tmp_path):
     gen = pipeline("text-generation", model=str(tmp_path / "hf"))
     text = gen("<ru>Свет во", max_new_tokens=12, do_sample=False)[0]["generated_text"]
     assert text == "<ru>Свет во" + ours
+
+
+def test_the_appended_tag_takes_the_next_language_row(tok, extended, tmp_path):
+    """<it> has id V (after every piece), not FIRST_TAG + 2, yet its language index is 2, the row extend_model adds;
+    the consumers feed that row to the model."""
+    tok2, new_ids = extended
+    it = new_ids[0]
+    assert it == tok.get_vocab_size() != FIRST_TAG + 2
+    assert [lang_index(tok2, lg) for lg in ("en", "fr", "it")] == [0, 1, len(tag_langs(tok))] == [0, 1, 2]
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=2)).eval()
+    big = extend_model(model, tok, tok2).eval()
+    texts = IT[:4]
+    seqs = [np.asarray(tok2.encode(t, add_special_tokens=False).ids) for t in texts]
+    kw = dict(tag=it, specials=special_ids(tok2), precision="fp32", bar=False)
+    got = embed_texts(big, tok2, texts, "it", precision="fp32")  # (4, D)
+    np.testing.assert_array_equal(got, encode(big, seqs, lang_index=2, **kw))
+    assert not np.allclose(got, encode(big, seqs, lang_index=0, **kw))  # the row matters
+    assert encode_prompts(tok2, ["la casa", "the house"], ["it", "en"])[1] == [2, 0]
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("the house\tla casa\n", encoding="utf-8")
+    batch = make_batch(tsv_examples(pairs, tok2, "en", "it")[0], pad_multiple=1)
+    assert batch["lang_ids"][0].unique().tolist() == [0, 2] and batch["lang_ids"][1, 0] == 2  # en->it, it->en

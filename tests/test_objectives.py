@@ -520,11 +520,14 @@ def test_mt_is_the_translation_fine_tune_format():
 
     shards, _ = random_shards(21)
     batch = MT(pad_multiple=1).make_batch(shards, "train", np.random.default_rng(3), 6, 64)
+    lang_of = {t: lg for lg, t in shards.lang_token_ids.items()}
     rows = []
     for r in range(6):
         ids = [t for t in batch["idx"][r].tolist() if t != PAD]
         cut = ids.index(EOS)
-        rows.append(Example(np.array(ids[1:cut]), np.array(ids[cut + 2:]), ids[0], ids[cut + 1]))
+        a, b = lang_of[ids[0]], lang_of[ids[cut + 1]]  # indices as corpus_examples takes them
+        rows.append(Example(np.array(ids[1:cut]), np.array(ids[cut + 2:]), ids[0], ids[cut + 1],
+                            shards.langs.index(a), shards.langs.index(b)))
     ref = make_batch(rows, pad_multiple=1)
     real = batch["idx"] != PAD
     for k in ("idx", "targets"):

@@ -102,9 +102,12 @@ def test_special_ids_and_language_tags(trained, corpus):
     assert meta["vocab_size"] == tok.get_vocab_size() == 400
     assert meta["langs"] == LANGS and meta["config"]["kind"] == "bpe"
     assert tag_langs(tok) == corpus.langs  # tags in corpus order, right after the specials
-    assert [lang_index(i) for i in lang_ids(tok, corpus.langs).values()] == [0, 1, 2]
-    with pytest.raises(XlingError, match=r"no tag <fr> for language 'fr' \(its languages: en, ru, ar\)"):
+    assert [lang_index(tok, lg) for lg in corpus.langs] == [0, 1, 2]  # = tag id - 5
+    unknown = r"no tag <fr> for language 'fr' \(its languages: en, ru, ar\)"
+    with pytest.raises(XlingError, match=unknown):
         lang_ids(tok, ["fr"])
+    with pytest.raises(XlingError, match=unknown):
+        lang_index(tok, "fr")
 
 
 @pytest.mark.parametrize("kind", ["bpe", "bytelevel-bpe", "unigram"])

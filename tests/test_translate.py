@@ -26,6 +26,7 @@ from xling.tokenizer import EOS_ID, TokenizerConfig, build_tokenizer
 
 LANGS = list(TINY)  # en, fr, ru: tags <en>=5, <fr>=6, <ru>=7
 EN, FR, RU = 5, 6, 7
+INDEX = {EN: 0, FR: 1, RU: 2}  # tag id -> language index (tokenizer.lang_index)
 DECODE = dict(precision="fp32", max_minutes=0, max_steps=1, no_repeat_ngram=0)  # exact search
 
 
@@ -50,7 +51,7 @@ def make(seed: int = 0, n_langs: int = 3, vocab: int = 300, scale: float = 0.3, 
 
 
 def ex(src, tgt, s=EN, t=FR) -> Example:
-    return Example(np.array(src, np.int64), np.array(tgt, np.int64), s, t)
+    return Example(np.array(src, np.int64), np.array(tgt, np.int64), s, t, INDEX[s], INDEX[t])
 
 
 def test_batch_layout_targets_only_the_target_and_final_eos():
@@ -60,7 +61,7 @@ def test_batch_layout_targets_only_the_target_and_final_eos():
     assert b["targets"][0].tolist() == [IGNORE] * 5 + [30, 31, EOS_ID]  # <fr> predicts y0 ... y1 predicts </s>
     assert b["idx"][1].tolist() == [RU, 40, EOS_ID, EN, 50, 51, 52, 0]
     assert b["targets"][1].tolist() == [IGNORE] * 3 + [50, 51, 52, EOS_ID, IGNORE]
-    # language index (tag - 5) of the source over `<src> x </s>`, of the target from `<tgt>` on
+    # language index of the source over `<src> x </s>`, of the target from `<tgt>` on
     assert b["lang_ids"][0].tolist() == [0] * 5 + [1] * 3
     assert b["lang_ids"][1].tolist()[:7] == [2] * 3 + [0] * 4
 
@@ -135,7 +136,7 @@ def test_compiled_loss_equals_the_eager_one_and_a_failed_compile_falls_back():
 def greedy_reference(model, src, s, t, n_new, prefix_lm=False):
     """Greedy by full recomputation (no cache, no padding), per-segment language ids."""
     seq = [s, *src, EOS_ID, t]
-    lang = [s - 5] * (len(src) + 2) + [t - 5]
+    lang = [INDEX[s]] * (len(src) + 2) + [INDEX[t]]
     prefix = torch.tensor([len(src) + 2]) if prefix_lm else None  # <src> x </s>
     out = []
     for _ in range(n_new):
@@ -145,7 +146,7 @@ def greedy_reference(model, src, s, t, n_new, prefix_lm=False):
             break
         out.append(w)
         seq.append(w)
-        lang.append(t - 5)
+        lang.append(INDEX[t])
     return out
 
 
@@ -155,12 +156,12 @@ def test_beam_1_equals_greedy_and_batches_equal_each_alone(n_langs, prefix_lm):
     rng = np.random.default_rng(0)
     sources = [rng.integers(10, 300, size=n).tolist() for n in (3, 9, 1, 6)]
     cfg = TranslateConfig(num_beams=1, max_new_tokens=10, prefix_lm=prefix_lm, **DECODE)
-    got = translate_ids(model, sources, RU, FR, cfg)
+    got = translate_ids(model, sources, RU, FR, cfg, lang_index=(2, 1))
     assert got == [greedy_reference(model, s, RU, FR, 10, prefix_lm) for s in sources]
     assert any(len(g) > 0 for g in got)
     cfg4 = TranslateConfig(num_beams=4, max_new_tokens=10, decode_batch=3, prefix_lm=prefix_lm, **DECODE)
-    batched = translate_ids(model, sources, RU, FR, cfg4)
-    assert batched == [translate_ids(model, [s], RU, FR, cfg4)[0] for s in sources]
+    batched = translate_ids(model, sources, RU, FR, cfg4, lang_index=(2, 1))
+    assert batched == [translate_ids(model, [s], RU, FR, cfg4, lang_index=(2, 1))[0] for s in sources]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -172,7 +173,8 @@ def test_finetune_overfits_a_tiny_parallel_set(tok, seed):
     ended (seeds 0 and 2). Checked over seeds 0-7 under the default and ATEN_CPU_CAPABILITY=avx2: 16 of 16."""
     tags = {lg: tok.token_to_id(f"<{lg}>") for lg in LANGS}
     ids = {lg: [np.array(tok.encode(t, add_special_tokens=False).ids) for t in TINY[lg]] for lg in LANGS}
-    data = [Example(ids[a][i], ids[b][i], tags[a], tags[b]) for a, b in [("en", "fr"), ("ru", "en")] for i in range(6)]
+    data = [Example(ids[a][i], ids[b][i], tags[a], tags[b], LANGS.index(a), LANGS.index(b))
+            for a, b in [("en", "fr"), ("ru", "en")] for i in range(6)]
     torch.manual_seed(seed)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=3, d_model=64,
                                            block_size=128))
@@ -207,10 +209,10 @@ def test_long_source_is_cut_from_the_left_with_a_warning():
     assert limit == 21
     long = list(range(10, 10 + limit + 7))
     with pytest.warns(UserWarning, match="cut from the left"):
-        got = translate_ids(model, [long, [11, 12]], EN, FR, cfg)
+        got = translate_ids(model, [long, [11, 12]], EN, FR, cfg, lang_index=(0, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning for sources that fit
-        assert got == translate_ids(model, [long[-limit:], [11, 12]], EN, FR, cfg)
+        assert got == translate_ids(model, [long[-limit:], [11, 12]], EN, FR, cfg, lang_index=(0, 1))
 
 
 def test_unknown_language_and_bad_config(tok):
@@ -344,7 +346,7 @@ def test_finetune_inside_a_callers_autocast_learns_as_outside(tok):
     """
     tags = {lg: tok.token_to_id(f"<{lg}>") for lg in LANGS}
     ids = {lg: [np.array(tok.encode(t, add_special_tokens=False).ids) for t in TINY[lg]] for lg in LANGS}
-    data = [Example(ids["en"][i], ids["fr"][i], tags["en"], tags["fr"]) for i in range(6)]
+    data = [Example(ids["en"][i], ids["fr"][i], tags["en"], tags["fr"], 0, 1) for i in range(6)]
     cfg = TranslateConfig(lr=3e-3, min_lr=3e-3, warmup_steps=1, batch_size=6, max_steps=30, max_minutes=0,
                           precision="bf16", weight_decay=0.0, compile=False)
 

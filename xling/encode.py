@@ -102,12 +102,11 @@ def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], lang: str, 
                 pool_specials: bool = POOL_SPECIALS, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
     """Sentence vectors (N, D) of raw texts in `lang` (its tag first, its language index when the model has one);
     precision as in `encode` ("auto": bf16 autocast where this CPU's measured table says so)."""
-    from xling.tokenizer import lang_ids, special_ids
-    from xling.tokenizer import lang_index as index_of
+    from xling.tokenizer import lang_ids, lang_index, special_ids
 
     tag = lang_ids(tokenizer, [lang])[lang]  # XlingError for a language the tokenizer does not know
     seqs = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    return encode(model, seqs, lang_index=index_of(tag), tag=tag, specials=special_ids(tokenizer),
+    return encode(model, seqs, lang_index=lang_index(tokenizer, lang), tag=tag, specials=special_ids(tokenizer),
                   layer=layer, pool_specials=pool_specials, batch_size=batch_size, desc=f"embed {lang}",
                   precision=precision)
 

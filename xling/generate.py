@@ -196,7 +196,8 @@ def encode_prompts(tokenizer, prompts: Sequence[str], lang: str | Sequence[str] 
         elif not x:
             raise XlingError("an empty prompt needs a language to start from; give --lang or some text")
         ids.append(x)
-    index = [lang_index(tags[lg]) for lg in langs] if lang is not None else None
+    rows = {lg: lang_index(tokenizer, lg) for lg in tags}  # language-embedding rows
+    index = [rows[lg] for lg in langs] if lang is not None else None
     return ids, index
 
 

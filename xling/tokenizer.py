@@ -115,16 +115,23 @@ def lang_tag(lang: str) -> str:
     return f"<{lang}>"
 
 
-def lang_index(tag_id: int) -> int:
-    """The model's language index (its language-embedding row) of a tag id: the language's position in corpus order."""
-    return tag_id - FIRST_TAG
-
-
 def tag_langs(tok: Tokenizer) -> list[str]:
     """Language codes of the tags in id order: `<en>` = FIRST_TAG, `<fr>`, ... as trained, then any tag a language
     extension appended after the vocabulary (xling.extend); the order is the model's language-embedding order."""
     added = tok.get_added_tokens_decoder()
     return [m.group(1) for i in sorted(added) if i >= FIRST_TAG and (m := TAG.match(added[i].content))]
+
+
+def lang_index(tok: Tokenizer, lang: str) -> int:
+    """The model's language index of `lang` (its language-embedding row): its position in `tag_langs(tok)`.
+
+    For a tokenizer trained by xling that is tag id - FIRST_TAG (<en> = 5 -> 0); a tag appended by xling.extend
+    (id = the old vocabulary size) gets the next row, len(old languages).
+    """
+    langs = tag_langs(tok)
+    if lang not in langs:
+        raise _unknown_lang(tok, lang)
+    return langs.index(lang)
 
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
@@ -138,11 +145,15 @@ def lang_ids(tok: Tokenizer, langs: list[str]) -> dict[str, int]:
     for lang in langs:
         i = tok.token_to_id(lang_tag(lang))
         if i is None:
-            raise XlingError(f"the tokenizer has no tag {lang_tag(lang)} for language {lang!r} (its languages: "
-                             f"{', '.join(tag_langs(tok)) or 'none'}); choose one of those, or retrain it on a "
-                             f"corpus that includes {lang} (`xling tokenizer --overwrite`)")
+            raise _unknown_lang(tok, lang)
         out[lang] = i
     return out
+
+
+def _unknown_lang(tok: Tokenizer, lang: str) -> XlingError:
+    return XlingError(f"the tokenizer has no tag {lang_tag(lang)} for language {lang!r} (its languages: "
+                      f"{', '.join(tag_langs(tok)) or 'none'}); choose one of those, or retrain it on a "
+                      f"corpus that includes {lang} (`xling tokenizer --overwrite`)")
 
 
 def _check_specials(tok: Tokenizer, where: str) -> None:

@@ -295,7 +295,7 @@ def run_model_vectors(run_dir: str | Path, out_dir: str | Path, langs: list[str]
     """
     from xling.checkpoint import load_run
     from xling.corpus import Corpus
-    from xling.tokenizer import lang_ids
+    from xling.tokenizer import lang_ids, lang_index
 
     if mode not in MODEL_MODES:
         raise XlingError(f"model vector mode must be one of {', '.join(MODEL_MODES)}, not {mode!r}")
@@ -313,7 +313,7 @@ def run_model_vectors(run_dir: str | Path, out_dir: str | Path, langs: list[str]
         texts = corpus.texts(split, lang)
         counts = word_counts(texts, cfg.lower)
         words = [w for w, c in counts.most_common(cfg.max_words or None) if c >= cfg.min_count]
-        index = list(corpus.langs).index(lang) if getattr(model.cfg, "n_langs", 0) else None
+        index = lang_index(tok, lang) if getattr(model.cfg, "n_langs", 0) else None
         vecs = model_word_vectors(model, tok, words, mode=mode, texts=texts, lang_token_id=tags[lang],
                                   lang_index=index, lower=cfg.lower)
         out[lang] = Path(out_dir) / f"{lang}.vec"

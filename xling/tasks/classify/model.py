@@ -21,7 +21,6 @@ from xling.errors import XlingError
 from xling.metrics import accuracy
 from xling.tasks.classify.config import ClassifyConfig
 from xling.tasks.classify.data import Examples
-from xling.tokenizer import lang_index
 
 # ---------------------------------------------------------------------------- encoders and the classifier
 
@@ -30,28 +29,29 @@ class XlingEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, langs: list[str]):
         super().__init__()
-        from xling.tokenizer import EOS_ID, lang_ids
+        from xling.tokenizer import EOS_ID, lang_ids, lang_index
 
         self.model, self.tokenizer = model, tokenizer
-        self.tags = lang_ids(tokenizer, list(langs))  # lang -> tag id (tokenizer.lang_index: its language index)
+        self.tags = lang_ids(tokenizer, list(langs))  # lang -> tag id
+        self.index = {lg: lang_index(tokenizer, lg) for lg in self.tags}  # lang -> language-embedding row
         self.eos = EOS_ID
         self.d_model: int = model.cfg.d_model
         self.pad_id = 0
         self.train(model.training)  # the wrapper starts in the model's mode (a new Module says training)
 
-    def _tag(self, lang: str) -> int:
+    def _known(self, lang: str) -> str:
         if lang not in self.tags:
             raise XlingError(f"language {lang!r} is not one this model knows ({', '.join(self.tags)})")
-        return self.tags[lang]
+        return lang
 
     def encode_texts(self, texts: list[str], lang: str) -> list[list[int]]:
-        tag, room = self._tag(lang), self.model.cfg.block_size - 2
+        tag, room = self.tags[self._known(lang)], self.model.cfg.block_size - 2
         return [[tag, *e.ids[:room], self.eos] for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def forward(self, idx: Tensor, pad_mask: Tensor, lang: str) -> Tensor:
         lang_ids = None
         if self.model.cfg.n_langs > 0:
-            lang_ids = torch.full_like(idx, lang_index(self._tag(lang)))
+            lang_ids = torch.full_like(idx, self.index[self._known(lang)])
         return self.model(idx, causal=False, pad_mask=pad_mask, lang_ids=lang_ids)  # (B, T, D)
 
 

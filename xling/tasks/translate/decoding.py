@@ -1,7 +1,7 @@
 """Translation by beam search over a KV cache of left-padded prompts.
 
     texts = translate(model, tokenizer, ["In the beginning was the word."], "en", "fr", cfg)
-    ids = translate_ids(model, [source_ids], src_tag, tgt_tag, cfg)   # token ids in, token ids out
+    ids = translate_ids(model, [source_ids], src_tag, tgt_tag, cfg, lang_index=(0, 1))   # ids in, ids out
 """
 
 from __future__ import annotations
@@ -67,8 +67,11 @@ def max_source_tokens(block_size: int, cfg: TranslateConfig) -> int:
 
 
 def translate_ids(model: nn.Module, sources: list[list[int]], src_tag: int, tgt_tag: int,
-                  cfg: TranslateConfig) -> list[list[int]]:
+                  cfg: TranslateConfig, *, lang_index: tuple[int, int]) -> list[list[int]]:
     """Translate token-id sources (no specials) with beam search; the output ids of each (no </s>).
+
+    lang_index: the (source, target) language indices, the model's language-embedding rows (unused without them):
+    `tokenizer.lang_index`, or the position in `shards.langs`.
 
     An empty source gives an empty output. A source longer than `max_source_tokens` loses its beginning
     (a warning says how many). The model is used as given (`for_precision` casts a copy).
@@ -81,8 +84,8 @@ def translate_ids(model: nn.Module, sources: list[list[int]], src_tag: int, tgt_
                       f"context (line(s) {', '.join(str(i + 1) for i in long[:5])}{'…' if len(long) > 5 else ''})",
                       stacklevel=2)
     n_langs = model.cfg.n_langs
-    if n_langs and lang_index(max(src_tag, tgt_tag)) >= n_langs:
-        raise XlingError(f"language tag id {max(src_tag, tgt_tag)} is outside the model's {n_langs} language "
+    if n_langs and max(lang_index) >= n_langs:
+        raise XlingError(f"language index {max(lang_index)} is outside the model's {n_langs} language "
                          f"embeddings; use the tokenizer the model was trained with")
     todo = sorted((i for i, s in enumerate(sources) if len(s)), key=lambda i: len(sources[i]))
     K = cfg.num_beams
@@ -91,7 +94,7 @@ def translate_ids(model: nn.Module, sources: list[list[int]], src_tag: int, tgt_
         prompts = [[src_tag, *list(sources[i])[-limit:], EOS_ID, tgt_tag] for i in rows]
         langs = None
         if n_langs:
-            langs = [[lang_index(src_tag)] * (len(p) - 1) + [lang_index(tgt_tag)] for p in prompts]
+            langs = [[lang_index[0]] * (len(p) - 1) + [lang_index[1]] for p in prompts]
         prefix = [len(p) - 1 for p in prompts for _ in range(K)] if cfg.prefix_lm else None  # `<src> x </s>`
         state = _Prompts(model, [p for p in prompts for _ in range(K)],
                          None if langs is None else [x for x in langs for _ in range(K)], prefix)
@@ -111,5 +114,6 @@ def translate(model: nn.Module, tokenizer, lines: list[str], src: str, tgt: str,
     cfg = cfg or TranslateConfig()
     tags = lang_ids(tokenizer, [src, tgt])
     ids = [tokenizer.encode(t, add_special_tokens=False).ids if t.strip() else [] for t in lines]
-    out = translate_ids(for_precision(model, cfg.precision), ids, tags[src], tags[tgt], cfg)
+    out = translate_ids(for_precision(model, cfg.precision), ids, tags[src], tags[tgt], cfg,
+                        lang_index=(lang_index(tokenizer, src), lang_index(tokenizer, tgt)))
     return [" ".join(tokenizer.decode(o, skip_special_tokens=True).split()) for o in out]

@@ -107,7 +107,8 @@ def eval_translation(ctx: EvalContext) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # counted above and said in the report
             out = translate_ids(model, [list(x) for x in ids], ctx.shards.lang_token_ids[a],
-                                ctx.shards.lang_token_ids[b], cfg)
+                                ctx.shards.lang_token_ids[b], cfg,
+                                lang_index=(ctx.langs.index(a), ctx.langs.index(b)))
         hyps[d] = [" ".join(ctx.tokenizer.decode(o, skip_special_tokens=True).split()) for o in out]
     rnn_hyps, rnn_summary = {}, {}
     if cfg.rnn_baseline:
