@@ -2,20 +2,27 @@
 
     d = ShardView(shards)                                   # cached token arrays, offsets and pair indices
     lang = draw(d.lang_counts("train"), 0.3, rng, "segments", "train")     # q ∝ p^alpha
+    lang = draw(counts, 0.3, rng, "segments", "train", shares={"it": 0.5}, langs=d.shards.langs)  # half it
     row = pack_stream(*d.arrays("train", lang), start, 129, d.tag(lang), d.eos)  # `<lang> s1 </s> s2 </s> ...`
     ids, mask = pad_right(seqs, d.pad, multiple=16, cap=128)  # (B, T) long, (B, T) bool
     inputs, targets = mask_tokens(ids, special, rng, mask_id=d.mask, real_ids=d.real_ids)  # 80/10/10
 
-Holds the shard view (`ShardView`), language and pair sampling (`draw`, `split_pair`, `pair_name`,
-`resolve_pairs`), packing (`pack_stream`), fitting two segments into one row (`fit_pair`), the one
-right-padding rule (`pad_right`, used by the objectives, held-out scoring, sentence encoding and the tasks),
-BERT/XLM masking (`mask_tokens`, `token_counts`, `smoothing_weights`), target spans (`target_span`) and the
-two-sided batch of separately encoded translation pairs (`sides_batch`). Randomness comes only from the numpy
-Generator passed in, so a saved rng state reproduces the data order. `xling.objectives` builds on this module.
+Holds the shard view (`ShardView`), language and pair sampling (`draw`, `with_shares`, `check_shares`,
+`split_pair`, `pair_name`, `resolve_pairs`), packing (`pack_stream`), fitting two segments into one row
+(`fit_pair`), the one right-padding rule (`pad_right`, used by the objectives, held-out scoring, sentence encoding
+and the tasks), BERT/XLM masking (`mask_tokens`, `token_counts`, `smoothing_weights`), target spans (`target_span`)
+and the two-sided batch of separately encoded translation pairs (`sides_batch`). Randomness comes only from the
+numpy Generator passed in, so a saved rng state reproduces the data order. `xling.objectives` builds on this module.
+
+Sampling: a name (a language, or a pair "a-b") is drawn with q ∝ p^alpha over counts (`xling.corpus.sampling_probs`).
+Fixed language shares (train.lang_shares, e.g. {it = 0.5} for continued pretraining of a new language with replay
+of the old ones) then set how much of that mass the names involving a language get together (`with_shares`): the
+names involving it split 50% in proportion to q, every other name splits the remaining 50% the same way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
 
@@ -119,11 +126,55 @@ def resolve_pairs(wanted: list[str], shards) -> list[str]:
     return out
 
 
+def check_shares(shares: dict[str, float], langs: Sequence[str] | None = None) -> None:
+    """One XlingError unless every share of train.lang_shares is a number in [0, 1], they sum to at most 1 and (with
+    `langs`, the run's languages) every key is one of `langs`."""
+    for k, v in shares.items():  # not (0 <= v <= 1): also nan
+        if not (isinstance(v, int | float) and 0 <= v <= 1):
+            raise XlingError(f"train.lang_shares: {k} = {v!r} is not a share in [0, 1]; e.g. {{it = 0.5}}")
+    if math.fsum(shares.values()) > 1 + 1e-9:  # 1e-9: decimal shares such as 0.1 + 0.2 + 0.7 sum to 1 up to rounding
+        raise XlingError(f"train.lang_shares sum to {math.fsum(shares.values()):g}, more than 1; lower them")
+    unknown = [k for k in shares if k not in langs] if langs is not None else []
+    if unknown:
+        raise XlingError(f"train.lang_shares: {unknown[0]!r} is not a language of this run ({', '.join(langs)}); "
+                         f"give shares only to those")
+
+
+def with_shares(probs: dict[str, float], shares: dict[str, float], langs: Sequence[str]) -> dict[str, float]:
+    """probs (name -> q, summing to 1; a name is a language or a pair "a-b" of `langs`) with fixed language shares.
+
+    The names with q > 0 that involve key k (k itself, or a pair with k on one side) form k's group, which gets
+    shares[k] of the mass in total, split in proportion to q; a pair of two keys belongs to the first of them in
+    `shares` order. The other names get the rest, 1 - sum(shares), split the same way. A group without names (a
+    language without pairs, or outside this draw) gives its mass back: the groups' masses are renormalised. No
+    shares: probs unchanged. Shares summing to 1 leave names outside every group nothing: an XlingError.
+    """
+    if not shares or not any(probs.values()):  # nothing to draw: `draw` says so
+        return probs
+    group = {}  # name -> its key, or None (the rest)
+    for name in probs:
+        involved = (name,) if name in langs else split_pair(name, langs) or ()
+        group[name] = next((k for k in shares if k in involved), None)
+    rest = 1 - math.fsum(shares.values())
+    mass = {**shares, None: rest if rest > 1e-9 else 0.0}  # a sum of 1 up to decimal rounding leaves nothing
+    total = {g: math.fsum(q for n, q in probs.items() if group[n] == g) for g in mass}  # q of each group
+    live = {g: m for g, m in mass.items() if total[g] > 0}  # groups with names: their masses, renormalised below
+    norm = math.fsum(live.values())
+    if live.get(None) == 0 or norm == 0:  # the rest has names but no mass, or every group with names has share 0
+        names = [n for n, q in probs.items() if q > 0]
+        starved = [n for n in names if group[n] is None] if live.get(None) == 0 else names
+        raise XlingError(f"train.lang_shares {shares} leave no sampling mass for {', '.join(starved)}; give them "
+                         f"a share, or lower the shares to sum below 1")
+    return {n: live[group[n]] * q / total[group[n]] / norm if q > 0 else 0.0 for n, q in probs.items()}
+
+
 def draw(counts: dict[str, int], alpha: float, rng: np.random.Generator, what: str, split: str,
-         n: int | None = None) -> str | list[str]:
+         n: int | None = None, *, shares: dict[str, float] | None = None,
+         langs: Sequence[str] = ()) -> str | list[str]:
     """One name (or a list of n, drawn independently) with probability q ∝ p^alpha (p ∝ counts), from the caller's
-    rng."""
-    probs = sampling_probs(counts, alpha)
+    rng; with `shares` (train.lang_shares) q is reweighted by `with_shares` (names are languages or pairs of
+    `langs`). No shares: exactly the draws of q."""
+    probs = with_shares(sampling_probs(counts, alpha), shares or {}, langs)
     names = [k for k, q in probs.items() if q > 0]
     if not names:
         raise XlingError(f"the {split} split has no {what} to sample from; rebuild the shards with more data")

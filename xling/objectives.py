@@ -22,9 +22,12 @@ Objectives (each an `nn.Module`; NSP owns its binary head, distill its projectio
 Randomness comes only from the numpy Generator given to `make_batch`, so the trainer reproduces the
 data order exactly from its saved rng state. Languages are drawn with q ∝ p^alpha over segment counts,
 language pairs with q ∝ p^pair_alpha over pair counts (`xling.corpus.sampling_probs`), each over the
-split asked for. Padded objectives round their length up to a multiple of `pad_multiple` (few distinct
-shapes for a compiled model) and, by default, batch by length (draw 4x the batch, sort, take a window).
-Held-out bits per character is `xling.heldout`.
+split asked for. Fixed language shares (`lang_shares={"it": 0.5}`, train.lang_shares: continued
+pretraining of a new language with replay of the old ones) give the languages, or the pairs, involving
+`it` half the mass together, in proportion to their q, and every other language or pair the other half
+(`xling.batches.with_shares`; distill draws among its pivot's pairs). Padded objectives round their
+length up to a multiple of `pad_multiple` (few distinct shapes for a compiled model) and, by default,
+batch by length (draw 4x the batch, sort, take a window). Held-out bits per character is `xling.heldout`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch import nn
 from xling.batches import (
     IGNORE,
     ShardView,
+    check_shares,
     draw,
     length_window,
     longer_side,
@@ -92,6 +96,7 @@ class Objective(nn.Module):
         self.alpha = alpha  # language (or pair) sampling exponent
         self.pairs: list[str] | None = None  # pair objectives: the pairs drawn from (None = every pair)
         self.mixed_langs = True  # monolingual streams: each row's language drawn on its own (see stream)
+        self.shares: dict[str, float] = {}  # train.lang_shares: language -> fixed share of the draws (`sample`)
         self._data: ShardView | None = None
 
     @classmethod
@@ -104,6 +109,11 @@ class Objective(nn.Module):
             self._data = ShardView(shards)
         return self._data
 
+    def sample(self, d: ShardView, counts: dict[str, int], rng: np.random.Generator, what: str, split: str,
+               n: int | None = None) -> str | list[str]:
+        """`draw` of a language or pair name (n of them if given) with this objective's alpha and shares."""
+        return draw(counts, self.alpha, rng, what, split, n, shares=self.shares, langs=d.shards.langs)
+
     def pick_lang(self, d: ShardView, split: str, rng: np.random.Generator, lang: str | None,
                   min_segments: int = 1) -> str:
         if lang is not None:
@@ -111,14 +121,14 @@ class Objective(nn.Module):
                 raise XlingError(f"objective {self.name}: language {lang!r} has too few {split} segments")
             return lang
         counts = {k: (n if n >= min_segments else 0) for k, n in d.lang_counts(split).items()}
-        return draw(counts, self.alpha, rng, "segments", split)
+        return self.sample(d, counts, rng, "segments", split)
 
     def pick_pair(self, d: ShardView, split: str, rng: np.random.Generator, pair: str | None) -> tuple[str, str]:
         if pair is None:
             counts = d.pair_counts(split)
             if self.pairs is not None:  # train.pairs: only these
                 counts = {k: counts.get(k, 0) for k in self.pairs}
-            pair = draw(counts, self.alpha, rng, "translation pairs", split)
+            pair = self.sample(d, counts, rng, "translation pairs", split)
         a, b = split_pair(pair, d.shards.langs) or (pair, "")
         if b == "" or not len(d.pairs(split, a, b)):
             raise XlingError(f"objective {self.name}: no {split} translation pairs for {pair}")
@@ -140,7 +150,7 @@ class Objective(nn.Module):
         if lang is not None or not self.mixed_langs:
             langs = [self.pick_lang(d, split, rng, lang)] * batch_size
         else:
-            langs = draw(d.lang_counts(split), self.alpha, rng, "segments", split, n=batch_size)
+            langs = self.sample(d, d.lang_counts(split), rng, "segments", split, n=batch_size)
         rows, lang_ids = packed_rows(d, split, langs, rng, length)
         return d, (langs[0] if len(set(langs)) == 1 else None), rows, lang_ids
 
@@ -475,14 +485,13 @@ class Distill(Objective):
                    *, pair: str | None = None) -> dict:
         d = self.data(shards)
         rows_by = self.pivot_rows(d, split)
-        if pair is None:
-            x = draw({k: len(v) for k, v in rows_by.items()}, self.alpha, rng,
-                      f"{self.pivot} translation pairs with teacher vectors", split)
-        else:
-            a, b = split_pair(pair, d.shards.langs) or ("", "")
-            x = b if a == self.pivot else a
-            if self.pivot not in (a, b) or x not in rows_by:
-                raise XlingError(f"objective distill: no {split} pairs of {pair} with teacher vectors")
+        if pair is None:  # drawn by pair name, so that lang_shares see both sides
+            pair = self.sample(d, {pair_name(d.shards.langs, self.pivot, x): len(v) for x, v in rows_by.items()},
+                               rng, f"{self.pivot} translation pairs with teacher vectors", split)
+        a, b = split_pair(pair, d.shards.langs) or ("", "")
+        x = b if a == self.pivot else a
+        if self.pivot not in (a, b) or x not in rows_by:
+            raise XlingError(f"objective distill: no {split} pairs of {pair} with teacher vectors")
         rows = pair_rows(d, split, self.pivot, x, rng, batch_size, longer_side(d, split, self.pivot, x),
                          self.length_batching, pairs=rows_by[x])
         out = sides_batch(d, split, self.pivot, x, rows, seq_len, self.pad_multiple)
@@ -534,11 +543,13 @@ class Settings:
 def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, pair_alpha: float = 0.3,
                      mlm_prob: float = 0.15, mlm_smoothing: float = 0.0, tau: float = 0.05,
                      margin: float = 0.0, d_model: int | None = None, length_batching: bool = True,
-                     pad_multiple: int = 16, pairs: list[str] | None = None,
-                     mixed_langs: bool = True, teacher: dict | None = None) -> dict[str, Objective]:
+                     pad_multiple: int = 16, pairs: list[str] | None = None, mixed_langs: bool = True,
+                     lang_shares: dict[str, float] | None = None, teacher: dict | None = None) -> dict[str, Objective]:
     """Objectives with a positive weight, by name (weight 0 switches one off). Checks the shards fit them.
     pairs: the language pairs the pair objectives draw from (`resolve_pairs`); None or [] = every pair.
     mixed_langs: monolingual batches (clm, mlm) draw each row's language on its own (`Objective.stream`).
+    lang_shares: language -> fixed share of every objective's draws (`xling.batches.with_shares`); keys are languages
+    with train segments (train.langs hides the others).
     teacher: distill's teacher vectors, {split: xling.teacher.TeacherVectors} (`xling.pretrain` builds them)."""
     unknown = [k for k in weights if k not in OBJECTIVES]
     if unknown:
@@ -553,6 +564,7 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
     if not 0 < mlm_prob < 1 or mlm_smoothing < 0 or tau <= 0 or pad_multiple < 1:
         raise XlingError("objective settings need 0 < mlm_prob < 1, mlm_smoothing >= 0, tau > 0 and "
                          "pad_multiple >= 1")
+    check_shares(lang_shares or {}, [lg for lg in shards.langs if shards.num_segments("train", lg)])
     needs_pairs = any(OBJECTIVES[k].uses_pairs for k in active)
     n_pairs = sum(ShardView(shards).pair_counts("train").values()) if needs_pairs else 0
     counts = token_counts(shards, "train") if mlm_smoothing > 0 and {"mlm", "tlm"} & set(active) else None
@@ -567,6 +579,7 @@ def build_objectives(weights: dict[str, float], shards, *, alpha: float = 0.3, p
                              f"drop {name} from train.objectives")
         out[name] = OBJECTIVES[name].from_settings(settings)
         out[name].mixed_langs = mixed_langs
+        out[name].shares = dict(lang_shares or {})
     if pairs and needs_pairs:
         chosen = resolve_pairs(pairs, shards)
         for obj in out.values():

@@ -188,7 +188,7 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
                                       mlm_smoothing=tc.mlm_smoothing, tau=tc.tau, margin=tc.margin,
                                       d_model=model_cfg.d_model, length_batching=tc.length_batching,
                                       pad_multiple=tc.pad_multiple, pairs=tc.pairs, mixed_langs=tc.mixed_langs,
-                                      teacher=targets)
+                                      lang_shares=tc.lang_shares, teacher=targets)
         # every check passed: only now is anything of an earlier run deleted
         if info.is_main:
             if not resume:

@@ -176,8 +176,9 @@ def _stage_config(cfg: Config, name: str) -> dict:
     if name == "pretrain":
         for k in BUDGET_KEYS:
             d["train"].pop(k, None)
-        if not d["train"].get("pairs"):  # added later; empty = every pair, as before: runs stay up to date
-            d["train"].pop("pairs", None)
+        for k in ("pairs", "lang_shares"):  # added later; empty = as before (every pair, alpha alone): runs stay
+            if not d["train"].get(k):  # up to date
+                d["train"].pop(k, None)
         if not d["train"].get("objectives", {}).get("distill"):  # distill's settings matter only with it
             d["train"].pop("teacher", None)
             d["train"].pop("distill_max_segments", None)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from xling.batches import check_shares
 from xling.distributed import DIST_MODES
 from xling.precision import PRECISIONS
 
@@ -76,6 +77,10 @@ class TrainConfig:
     # (the output layer no longer swings between one language's distribution and the next); false: one language
     # per batch, as XLM
     mixed_langs: bool = True
+    # fixed language shares of every objective's draws, e.g. {it = 0.5} to continue pretraining on a new language
+    # with replay of the old ones: the languages (or pairs) involving it get 50% in proportion to their alpha
+    # probabilities, the others the other 50%; a pair of two keys counts for the first key. Empty = alpha alone
+    lang_shares: dict[str, float] = field(default_factory=dict)
     mlm_prob: float = 0.15  # mlm/tlm: share of positions chosen for prediction
     mlm_smoothing: float = 0.0  # mlm/tlm: XLM sample_alpha, rare tokens chosen more often (0 = off)
     # token embeddings at the start: normal = N(0, 0.02); lsi = cross-language LSI of the aligned training
@@ -129,6 +134,7 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas}")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, not {self.seed}")
+        check_shares(self.lang_shares)  # finite, in [0, 1], sum <= 1 (the languages: `build_objectives`)
 
 
 def compiles(cfg: TrainConfig) -> bool:
