@@ -444,7 +444,8 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
     extra = [f"corpus.langs=[{', '.join(json.dumps(lg) for lg in [*langs, lang])}]",
              f"tokenizer.extend={json.dumps(str(base))}", f"tokenizer.extend_pieces={pieces}",
              f"train.init_from={json.dumps(str(base))}", f"train.extend_init={json.dumps(init)}",
-             f"train.max_minutes={minutes}", "train.max_steps=0", "train.max_tokens=0"]
+             f"train.max_minutes={minutes}", "train.max_steps=0", "train.max_tokens=0",
+             f"train.lang_shares={{{json.dumps(lang)} = {1 - replay}}}"]
     cfg = load_config(None, [*extra, *overrides], base=saved)
     with RunDir(out).lock():
         for stage in ("corpus", "tokenizer", "shard"):
