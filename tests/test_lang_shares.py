@@ -63,9 +63,9 @@ def test_codes_with_hyphens_are_whole_languages():
                  {"en-pt": 0.75, "en-pt-BR": 0.15, "pt-pt-BR": 0.1})
 
 
-def test_shares_leaving_names_nothing_are_one_clear_error():
-    with pytest.raises(XlingError, match=r"leave no sampling mass for en; give them a share"):
-        with_shares(MONO, {"fr": 0.5, "ru": 0.5}, LANGS)
+def test_shares_of_one_leave_the_rest_nothing_and_none_left_is_one_clear_error():
+    # no replay: the keyed languages take everything (MONO's fr and ru split 0.5 each as their shares say)
+    assert close(with_shares(MONO, {"fr": 0.5, "ru": 0.5}, LANGS), {"en": 0.0, "fr": 0.5, "ru": 0.5})
     with pytest.raises(XlingError, match=r"leave no sampling mass for en-ru, fr-ru"):  # share 0 and no rest
         with_shares({"en-fr": 0.0, "en-ru": 0.6, "fr-ru": 0.4}, {"ru": 0.0}, LANGS)
     with pytest.raises(XlingError, match="the train split has no segments"):  # nothing at all: draw's own error

@@ -147,7 +147,8 @@ def with_shares(probs: dict[str, float], shares: dict[str, float], langs: Sequen
     shares[k] of the mass in total, split in proportion to q; a pair of two keys belongs to the first of them in
     `shares` order. The other names get the rest, 1 - sum(shares), split the same way. A group without names (a
     language without pairs, or outside this draw) gives its mass back: the groups' masses are renormalised. No
-    shares: probs unchanged. Shares summing to 1 leave names outside every group nothing: an XlingError.
+    shares: probs unchanged. Shares summing to 1 leave the names outside every group nothing (no replay); shares
+    that leave every name nothing are an XlingError.
     """
     if not shares or not any(probs.values()):  # nothing to draw: `draw` says so
         return probs
@@ -160,10 +161,9 @@ def with_shares(probs: dict[str, float], shares: dict[str, float], langs: Sequen
     total = {g: math.fsum(q for n, q in probs.items() if group[n] == g) for g in mass}  # q of each group
     live = {g: m for g, m in mass.items() if total[g] > 0}  # groups with names: their masses, renormalised below
     norm = math.fsum(live.values())
-    if live.get(None) == 0 or norm == 0:  # the rest has names but no mass, or every group with names has share 0
+    if norm == 0:  # every group with names has share 0
         names = [n for n, q in probs.items() if q > 0]
-        starved = [n for n in names if group[n] is None] if live.get(None) == 0 else names
-        raise XlingError(f"train.lang_shares {shares} leave no sampling mass for {', '.join(starved)}; give them "
+        raise XlingError(f"train.lang_shares {shares} leave no sampling mass for {', '.join(names)}; give them "
                          f"a share, or lower the shares to sum below 1")
     return {n: live[group[n]] * q / total[group[n]] / norm if q > 0 else 0.0 for n, q in probs.items()}
 
