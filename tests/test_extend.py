@@ -227,3 +227,34 @@ def test_the_appended_tag_takes_the_next_language_row(tok, extended, tmp_path):
     pairs.write_text("the house\tla casa\n", encoding="utf-8")
     batch = make_batch(tsv_examples(pairs, tok2, "en", "it")[0], pad_multiple=1)
     assert batch["lang_ids"][0].unique().tolist() == [0, 2] and batch["lang_ids"][1, 0] == 2  # en->it, it->en
+
+
+def _corpus_with(tmp_path, fake_source, ru_texts):
+    from xling.corpus import Corpus, CorpusConfig, build_corpus
+    from xling.sources import Segment
+
+    from .conftest import tiny_segments
+
+    segs = [s for s in tiny_segments(30) if s.lang != "ru"]
+    segs += [Segment("ru", f"43.{i}.1", t, f"43.{i}") for i, t in enumerate(ru_texts, 1)]
+    fake_source(segs)
+    build_corpus(CorpusConfig(langs=["en", "fr", "ru"], valid_fraction=0.1, test_fraction=0.1), tmp_path / "c")
+    return Corpus(tmp_path / "c")
+
+
+def test_the_tokenizer_stage_refuses_a_tiny_language_and_warns_of_a_foreign_script(tok, tmp_path, fake_source,
+                                                                                   capsys):
+    from xling.extend import MIN_LINES, extend_run_tokenizer
+
+    tok.save(str(tmp_path / "tokenizer.json"))
+    cfg = TokenizerConfig(extend=str(tmp_path), extend_pieces=20, min_frequency=1)
+    corpus = _corpus_with(tmp_path, fake_source, [f"Свет во тьме {i}" for i in range(5)])
+    with pytest.raises(XlingError, match=rf"train line\(s\) of ru; adding a language needs at least {MIN_LINES}"):
+        extend_run_tokenizer(corpus, cfg, tmp_path / "out", alpha=0.3)
+    assert not (tmp_path / "out").exists()
+    latin = [f"svet vo tme svetit i tma ego ne obyala {i}" for i in range(200)]  # transliterated: Latin letters
+    (tmp_path / "c").rename(tmp_path / "c-tiny")
+    corpus = _corpus_with(tmp_path, fake_source, latin)
+    report = extend_run_tokenizer(corpus, cfg, tmp_path / "out", alpha=0.3)
+    assert "100% of the letters of the ru text are not in Cyrillic" in capsys.readouterr().err
+    assert report["extension"]["added"] == ["ru"] and (tmp_path / "out" / "tokenizer.json").is_file()

@@ -23,6 +23,7 @@ row, the mean of the old ones. An untied output layer gets the same treatment as
 from __future__ import annotations
 
 import json
+import sys
 import time
 import unicodedata
 from pathlib import Path
@@ -33,8 +34,10 @@ from tokenizers import Tokenizer
 from xling.checkpoint import load_run
 from xling.corpus import Corpus
 from xling.errors import XlingError
+from xling.langs import lang_scripts
 from xling.model import ModelConfig, Transformer
 from xling.progress import format_table
+from xling.textmetrics import script_purity
 from xling.tokenizer import (
     META_SPACE,
     TokenizerConfig,
@@ -47,6 +50,8 @@ from xling.tokenizer import (
     write_tokenizer,
 )
 from xling.train_config import EXTEND_INITS
+
+MIN_LINES = 100  # train lines of a language to add, at the least: fewer teach no pieces worth a vocabulary row
 
 
 def _merge_pair(m) -> tuple[str, str]:
@@ -185,8 +190,16 @@ def extend_run_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Pa
     tok = base
     t0 = time.perf_counter()
     for lang in added:
-        tok, _ = extend_tokenizer(tok, corpus.texts("train", lang)[:cfg.max_sentences], lang,
-                                  new_pieces=cfg.extend_pieces, min_frequency=cfg.min_frequency)
+        texts = corpus.texts("train", lang)[:cfg.max_sentences]
+        if len(texts) < MIN_LINES:
+            raise XlingError(f"the corpus has {len(texts)} train line(s) of {lang}; adding a language needs at least "
+                             f"{MIN_LINES} to learn its pieces from: give more text")
+        purity = script_purity("\n".join(texts[:2000]), lang)
+        if purity is not None and purity < 0.8:
+            print(f"tokenizer: warning: {1 - purity:.0%} of the letters of the {lang} text are not in "
+                  f"{', '.join(lang_scripts(lang))}, the script(s) {lang} is written in; check that the text is {lang}",
+                  file=sys.stderr)
+        tok, _ = extend_tokenizer(tok, texts, lang, new_pieces=cfg.extend_pieces, min_frequency=cfg.min_frequency)
     seconds = time.perf_counter() - t0
     split = report_split(corpus)
     report = tokenizer_report(tok, corpus, split)
