@@ -258,3 +258,34 @@ def test_the_tokenizer_stage_refuses_a_tiny_language_and_warns_of_a_foreign_scri
     report = extend_run_tokenizer(corpus, cfg, tmp_path / "out", alpha=0.3)
     assert "100% of the letters of the ru text are not in Cyrillic" in capsys.readouterr().err
     assert report["extension"]["added"] == ["ru"] and (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_procrustes_recovers_a_scaled_rotation():
+    from xling.extend import procrustes
+
+    g = np.random.default_rng(0)
+    w0, _ = np.linalg.qr(g.standard_normal((8, 8)))  # a random orthogonal map
+    x = g.standard_normal((50, 8))
+    fit = procrustes(x, 0.3 * x @ w0 + 1.5)
+    new = g.standard_normal((5, 8))
+    np.testing.assert_allclose(fit(new), 0.3 * new @ w0 + 1.5, atol=1e-10)
+
+
+def test_lsi_rows_start_only_the_new_pieces_the_aligned_text_covers(added_run):
+    from xling.checkpoint import load_run
+    from xling.extend import extend_model, lsi_rows
+    from xling.shards import Shards
+    from xling.tokenizer import load_tokenizer
+
+    base, out, _ = added_run
+    model, tok = load_run(base)
+    tok2 = load_tokenizer(out / "tokenizer")
+    big = extend_model(model, tok, tok2, init="mean")
+    before = big.wte.weight.detach().clone()
+    new_ids = list(range(tok.get_vocab_size(), tok2.get_vocab_size()))
+    stats = lsi_rows(big, Shards(out / "shards"), new_ids)
+    after = big.wte.weight.detach()
+    changed = (after != before).any(1)
+    assert stats["mapped"] >= len(new_ids) // 2 and stats["fitted"] > 40  # of 61 new, of the tiny 312-id vocabulary
+    assert int(changed.sum()) == stats["mapped"] and bool(changed[new_ids].sum() == stats["mapped"])
+    assert torch.isfinite(after).all() and float(after[new_ids].std()) < 10 * float(after[:new_ids[0]].std())

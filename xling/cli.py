@@ -427,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--minutes", type=float, default=5.0, help="continued pretraining budget (default 5)")
     p.add_argument("--replay", type=float, default=0.5, help="share of rows from the old languages (default 0.5)")
-    p.add_argument("--init", default="mean", choices=["mean", "random"],
-                   help="new embedding rows: mean of the old pieces each new piece splits into (default), or random")
+    p.add_argument("--init", default="mean", choices=["mean", "random", "lsi"],
+                   help="new embedding rows: mean of the old pieces each new piece splits into (default), random, "
+                        "or cross-language LSI of the aligned text mapped into the trained embeddings")
     p.add_argument("--pieces", type=int, default=2000, help="new vocabulary pieces (default 2000)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out built from another config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for the new run")

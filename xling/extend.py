@@ -28,6 +28,7 @@ import time
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -144,8 +145,8 @@ def extend_model(model: Transformer, tok_old: Tokenizer, tok_new: Tokenizer, *, 
     rows of the ids `tok_new` added start by `init` (see the module docstring), every other weight as it was; a
     language embedding is added for each new tag when the model has them. A model with spare rows past its
     tokenizer's ids (model.vocab_size larger) keeps its size while they suffice."""
-    if init not in EXTEND_INITS:
-        raise XlingError(f"init must be one of {', '.join(EXTEND_INITS)}, not {init!r}")
+    if init not in ("mean", "random"):  # "lsi" needs the aligned text: `start_from_run`
+        raise XlingError(f"init must be mean or random, not {init!r}")
     old_v, new_v = tok_old.get_vocab_size(), tok_new.get_vocab_size()
     moved = next((i for i in range(old_v) if tok_new.id_to_token(i) != tok_old.id_to_token(i)), None)
     if moved is not None or new_v < old_v or model.cfg.vocab_size < old_v:
@@ -213,18 +214,61 @@ def extend_run_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Pa
 
 
 def start_from_run(base: str | Path, model_cfg: ModelConfig, tokenizer_dir: str | Path, *, init: str = "mean",
-                   seed: int = 0) -> Transformer:
+                   seed: int = 0, shards=None, langs: list[str] | None = None) -> Transformer:
     """`train.init_from`: the base run's trained model over this run's tokenizer, an extension of the base's
-    (`extend_model` starts the rows of the new ids); its architecture must be `model_cfg`'s."""
+    (`extend_model` starts the rows of the new ids; init "lsi" then maps `shards`' aligned LSI onto them, see
+    `lsi_rows`); its architecture must be `model_cfg`'s."""
+    if init not in EXTEND_INITS:
+        raise XlingError(f"train.extend_init must be one of {', '.join(EXTEND_INITS)}, not {init!r}")
     base_model, base_tok = load_run(base)
-    model = extend_model(base_model, base_tok, load_tokenizer(tokenizer_dir), init=init, seed=seed)
+    tok = load_tokenizer(tokenizer_dir)
+    model = extend_model(base_model, base_tok, tok, init="mean" if init == "lsi" else init, seed=seed)
     mine, theirs = vars(model_cfg), vars(model.cfg)
     differ = [f"{k}={theirs[k]} (this run: {mine[k]})" for k in mine if mine[k] != theirs[k]]
     if differ:
         raise XlingError(f"train.init_from: the model of {base} differs from this run's [model]: {'; '.join(differ)}; "
                          f"use the base run's [model] section")
+    if init == "lsi" and tok.get_vocab_size() > base_tok.get_vocab_size():
+        lsi_rows(model, shards, list(range(base_tok.get_vocab_size(), tok.get_vocab_size())), langs=langs, seed=seed)
     return model.train()
 
+
+@torch.no_grad()
+def lsi_rows(model: Transformer, shards, new_ids: list[int], *, langs: list[str] | None = None,
+             seed: int = 0) -> dict:
+    """Start the rows of `new_ids` from cross-language LSI (`xling.embed_init.aligned_lsi` over the shards' aligned
+    training text, new language included), mapped into the trained model's embedding space: a scaled orthogonal
+    Procrustes map from the LSI vectors of the old tokens to their trained rows, fitted for each embedding matrix
+    (the input embeddings, and an untied output layer) and applied to the new tokens the aligned text covers (the
+    others keep their rows). A new Italian piece lands beside the trained pieces that share its verses in any
+    language. Returns {tokens mapped, old tokens fitted}."""
+    from xling.embed_init import aligned_lsi
+    from xling.langs import pivot_lang
+
+    langs = list(langs or shards.langs)
+    vecs, _ = aligned_lsi(shards, model.cfg.vocab_size, model.cfg.d_model, pivot=pivot_lang(langs), langs=langs,
+                          seed=seed)
+    seen = np.abs(vecs).sum(1) > 0  # (V,)
+    new = np.zeros(len(seen), bool)
+    new[new_ids] = True
+    old = seen & ~new
+    old[new_ids[0]:] = False  # spare rows past the old tokenizer were never trained
+    targets = [model.wte.weight] + ([model.lm_out.weight] if model.lm_out is not None else [])
+    for weight in targets:
+        fit = procrustes(vecs[old], weight[torch.from_numpy(old)].double().numpy())
+        weight[torch.from_numpy(seen & new)] = torch.from_numpy(fit(vecs[seen & new])).to(weight.dtype)
+    return {"mapped": int((seen & new).sum()), "fitted": int(old.sum())}
+
+
+def procrustes(x: np.ndarray, y: np.ndarray):
+    """The scaled orthogonal map that best takes rows x (n, D) to rows y (n, D) after centring both (Schoenemann:
+    W = U V^T from the SVD of x_c^T y_c, scale = sum of its singular values / |x_c|^2); returns it as a function of
+    new rows (m, D) -> (m, D)."""
+    x = x.astype(np.float64)
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    u, sv, vt = np.linalg.svd((x - x_mean).T @ (y - y_mean))
+    w, scale = u @ vt, sv.sum() / ((x - x_mean) ** 2).sum()
+    return lambda rows: (rows.astype(np.float64) - x_mean) @ w * scale + y_mean
 
 def format_extension(ext: dict) -> str:
     """The extension's before/after table of the added languages (fertility: tokens per word; parity: tokens per

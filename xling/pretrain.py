@@ -167,7 +167,8 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         if tc.init_from and not resume:  # continued pretraining: the base run's model, its vocabulary extended
             from xling.extend import start_from_run
 
-            model = start_from_run(tc.init_from, model_cfg, run_dir / "tokenizer", init=tc.extend_init, seed=seed)
+            model = start_from_run(tc.init_from, model_cfg, run_dir / "tokenizer", init=tc.extend_init, seed=seed,
+                                   shards=view, langs=langs)
             if info.is_main:
                 print(f"pretrain: starting from {tc.init_from}'s model ({model_cfg.vocab_size:,} ids; new rows: "
                       f"{tc.extend_init})", file=sys.stderr)

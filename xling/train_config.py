@@ -22,7 +22,7 @@ from xling.distributed import DIST_MODES
 from xling.precision import PRECISIONS
 
 EMBED_INITS = ("normal", "lsi")
-EXTEND_INITS = ("mean", "random")  # new vocabulary rows of an extended model (xling.extend)
+EXTEND_INITS = ("mean", "random", "lsi")  # new vocabulary rows of an extended model (xling.extend)
 # train.compile = "auto" compiles a run whose every budget is at least this long: a cold compile of the demo's two
 # objectives costs ~1 minute on 2 cores, and a 1.6x faster step repays it within ~3 minutes of training
 COMPILE_MIN_MINUTES = 3.0
@@ -88,7 +88,8 @@ class TrainConfig:
     embed_init: str = "normal"
     # continued pretraining: start from this run directory's trained model instead of a fresh one (embed_init is
     # then unused); its tokenizer may be extended (tokenizer.extend), the new rows start by extend_init:
-    # mean = of the old pieces each new piece splits into, random = N(0, 0.02) (xling.extend)
+    # mean = of the old pieces each new piece splits into, random = N(0, 0.02), lsi = cross-language LSI of the
+    # aligned training text mapped into the trained embeddings (mean where a piece is not in it) (xling.extend)
     init_from: str = ""
     extend_init: str = "mean"
     tau: float = 0.05  # contrastive temperature
