@@ -32,6 +32,7 @@ from xling.generate import (
     lm_beam_search,
     no_repeat_ngram,
     stream,
+    stream_steps,
     top_k_filter,
     top_p_filter,
 )
@@ -343,6 +344,13 @@ def test_streaming_pieces_concatenate_to_the_output(toks, kind):
             assert "".join(pieces) == generate(model, tok, [prompt], lang, cfg)[0]
             assert all(pieces) and not any(p.endswith("\ufffd") for p in pieces[:-1])
             n_pieces += len(pieces)
+            # step by step: one item per generated token (the ids generate_ids chooses), the same text
+            steps = list(stream_steps(model, tok, prompt, lang, cfg))
+            assert "".join(s.text for s in steps) == "".join(pieces)
+            if not cfg.stop:
+                ids, index = encode_prompts(tok, [prompt], lang)
+                want = generate_ids(model, ids, cfg, lang_index=index, stop_ids=[EOS_ID])[0]
+                assert [s.token for s in steps if s.token is not None] == want
     assert n_pieces > 12  # it streamed: many pieces, not one block per output
 
 

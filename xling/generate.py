@@ -7,6 +7,8 @@
     texts = generate(model, tok, ["In the beginning", "Au commencement"], lang=["en", "fr"], cfg=cfg)
     for piece in stream(model, tok, "In the beginning", lang="en", cfg=cfg):
         print(piece, end="", flush=True)                       # complete text only, as it is produced
+    for step in stream_steps(model, tok, "In the beginning", lang="en", cfg=cfg):   # one item per token
+        n_tokens += step.token is not None                     # (xling serve counts, times and cancels by it)
     hyps = beam_search(step, batch_size=2, num_beams=4, max_new_tokens=50, eos_ids=[2], n_best=4)
 
 Language control: generation in language L feeds `<L>` as the first token (the causal-LM objective
@@ -47,6 +49,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -333,6 +336,24 @@ def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
     if cfg.num_beams > 1:
         yield from generate(model, tokenizer, [prompt], lang, cfg, vocab)
         return
+    for piece in stream_steps(model, tokenizer, prompt, lang, cfg, vocab):
+        if piece.text:
+            yield piece.text
+
+
+class Step(NamedTuple):
+    text: str  # the text this step completed ("" while a character or a possible stop string is unfinished)
+    token: int | None  # the token chosen at this step; None for the last item, the text held back until the end
+
+
+def stream_steps(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
+                 cfg: GenerateConfig | None = None, vocab: LangVocab | None = None) -> Iterator[Step]:
+    """`stream` one decoding step at a time: a `Step` for every generated token (the stop token excluded), then
+    one with token None for the text held back to the end, if any. A caller can count and time tokens and stop
+    between any two steps (closing the generator ends decoding; `xling serve` does both). Sampling/greedy only."""
+    cfg = cfg or GenerateConfig()
+    if cfg.num_beams > 1:
+        raise ValueError("beam search cannot stream step by step; use generate or stream")
     ids, index = encode_prompts(tokenizer, [prompt], lang)
     stop_ids = set(stop_token_ids(tokenizer, cfg.stop_tokens))
     allowed = lang_vocab_mask(cfg, vocab, lang, 1, model.cfg.vocab_size, sorted(stop_ids))
@@ -345,14 +366,12 @@ def stream(model: nn.Module, tokenizer, prompt: str, lang: str | None = None,
             t = int(tok[0])
             if t in stop_ids:
                 break
-            piece = dec.push(t)
-            if piece:
-                yield piece
+            yield Step(dec.push(t), t)
             if dec.stopped:
                 break
     piece = dec.flush()
     if piece:
-        yield piece
+        yield Step(piece, None)
 
 
 # ---------------------------------------------------------------------------- beam search
