@@ -4,8 +4,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xling"
-# the entry points that dispatch to the tasks, and the registry that lists their config sections and evaluations
-MAY_IMPORT_TASKS = {"xling.cli", "xling.stages", "xling.registry"}
+# the entry points that dispatch to the tasks (the CLI, the playground server: top layers), and the registry that
+# lists their config sections and evaluations
+MAY_IMPORT_TASKS = {"xling.cli", "xling.stages", "xling.registry", "xling.serve.server", "xling.serve.playground",
+                    "xling.serve.search"}
 
 
 def _imports(path: Path) -> set[str]:

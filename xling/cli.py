@@ -5,6 +5,7 @@
     xling shard --run runs/demo                       # encode to token shards
     xling demo                                        # every stage on the embedded default
     xling config --config configs/demo.toml model.n_layer=4   # print a resolved config
+    xling serve --run runs/demo                       # the playground at http://127.0.0.1:8000/
 
 One vocabulary: every command names its run with `--run DIR` and takes settings as dotted `KEY=VALUE`
 arguments (`corpus.alpha=0.5`); the config is resolved as: defaults <- the run's saved config.toml <-
@@ -213,6 +214,7 @@ def cmd_demo(args) -> int:
                    overwrite=args.overwrite)
     print("\n" + summary(args.run) + "\n")
     print(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min; report: {out / 'report.html'}")
+    print(f"demo: try the model in your browser: xling serve --run {args.run}   (then open http://127.0.0.1:8000/)")
     return 0
 
 
@@ -356,6 +358,14 @@ def cmd_import(args) -> int:
     print(f"import: wrote {step_dir} and {Path(args.run) / 'tokenizer'}; try `xling generate --run {args.run} "
           f"--lang LANG TEXT`" + ("" if args.corpus else " (pass --corpus DIR to also evaluate it)"))
     return 0
+
+
+def cmd_serve(args) -> int:
+    """The playground: one page and a JSON API over a trained run, loaded once."""
+    from xling.serve.server import serve
+
+    _check_number(args.max_verses, "--max-verses", 1)
+    return serve(args.run, host=args.host, port=args.port, max_verses=args.max_verses)
 
 
 def cmd_classify(args) -> int:
@@ -564,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p, "settings, e.g. classify.finetune=full classify.epochs=5 (before --data, which takes every "
                       "file after it)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("serve", help="a local playground in the browser: generate, translate, search across "
+                                     "languages, the report; and a JSON API (see README)")
+    _add_run(p, f"trained run to serve (default {DEFAULT_RUN})")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
+                                                       "only; another host is served with a warning)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = a free one)")
+    p.add_argument("--max-verses", type=int, default=2000, help=argparse.SUPPRESS)  # test verses a language searched
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
