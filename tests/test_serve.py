@@ -367,9 +367,9 @@ def test_serve_refuses_to_start_in_one_line(tmp_path, run, capsys):
 
 # ---------------------------------------------------------------------------- the page, in a browser
 
+@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install "
+                                                    "chromium; .ci/run does it when it runs as root)")
 def test_the_page_streams_text_and_finds_verses_in_chromium(served, run):
-    if find_chromium() is None:
-        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium; .ci/run does it as root)")
     _, server = served
     with Chromium(height=1000) as browser:
         page = browser.open(f"http://127.0.0.1:{server.server_port}/")

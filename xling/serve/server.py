@@ -100,8 +100,11 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.loopback_only:
             return True
         host = self.headers.get("Host", "")
-        name = urllib.parse.urlsplit(f"//{host}").hostname or ""
-        if is_loopback(name):
+        try:
+            name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+        except ValueError:  # e.g. an unbalanced "[" in the header
+            name = "?"
+        if not host or is_loopback(name):  # a browser always sends Host; a client without one is no page
             return True
         self._error(403, f"Host {host!r} is not this server's; open http://127.0.0.1:{self.server.server_port}/")
         return False
