@@ -123,7 +123,7 @@ class Chromium:
     def open(self, url: str) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        page = Page(self, session)
+        page = Page(self, session, target)
         page.send("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height,
                                                          "deviceScaleFactor": 1, "mobile": False})
         page.send("Page.enable")
@@ -155,8 +155,12 @@ class Chromium:
 class Page:
     """One tab, attached in flat mode (its commands carry the session id)."""
 
-    def __init__(self, browser: Chromium, session: str):
-        self.browser, self.session = browser, session
+    def __init__(self, browser: Chromium, session: str, target: str):
+        self.browser, self.session, self.target = browser, session, target
+
+    def close(self) -> None:
+        """Close the tab, as a person closing it would (its connections go with it)."""
+        self.browser.send("Target.closeTarget", {"targetId": self.target})
 
     def send(self, method: str, params: dict | None = None) -> dict:
         return self.browser.send(method, params, self.session)

@@ -375,13 +375,34 @@ def test_serve_refuses_to_start_in_one_line(tmp_path, run, capsys):
 
 @pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install "
                                                     "chromium; .ci/run does it when it runs as root)")
-def test_the_page_streams_text_and_finds_verses_in_chromium(served, run):
-    _, server = served
+def test_the_page_streams_text_and_finds_verses_in_chromium(served, run, monkeypatch):
+    pg, server = served
     with Chromium(height=1000) as browser:
+        # closing the page mid-generation stops the decoding
+        page = browser.open(f"http://127.0.0.1:{server.server_port}/")
+        page.wait("document.getElementById('run-line').textContent.includes('step')")
+        with monkeypatch.context() as m:
+            m.setattr(pg, "lock", SlowLock(0.04))  # ~2 s for the whole generation
+            before = server.cancelled
+            page.type("#gen-prompt", "In")
+            page.type("#gen-temperature", "0")
+            page.click("#gen-go")
+            page.wait("document.getElementById('gen-stats').textContent.includes('tokens/s')")
+            page.close()
+            t0 = time.perf_counter()
+            while server.cancelled == before and time.perf_counter() - t0 < 5:
+                time.sleep(0.01)
+            assert server.cancelled == before + 1 and time.perf_counter() - t0 < 1
+            while pg.busy():
+                time.sleep(0.01)
+
         page = browser.open(f"http://127.0.0.1:{server.server_port}/")
         # count the changes to the output while it is written: streamed text arrives in many
         page.js("window.changes = 0; new MutationObserver(() => window.changes++)"
                 ".observe(document.getElementById('gen-text'), {childList: true, characterData: true, subtree: true})")
+        page.wait("document.getElementById('run-line').textContent.includes('step')")
+        page.click("#gen-go")  # an empty prompt: the server's one line, shown on the page
+        page.wait("document.getElementById('gen-notes').textContent.includes('prompt is empty')")
         page.type("#gen-temperature", "0")
         try_every_tab(page, prompt="In the", query=None, max_tokens=30)
         text = page.js("document.getElementById('gen-text').textContent")

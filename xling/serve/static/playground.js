@@ -1,5 +1,7 @@
 // The xling playground: one client of the server's JSON API (GET /api/info, POST /api/generate, /api/translate,
-// /api/search). No framework, no build step, nothing loaded from elsewhere.
+// /api/search). No framework, no build step, nothing loaded from elsewhere. The forms do no checking of their own
+// (novalidate): the server checks every field and its one-line answer is shown, e.g. a max tokens beyond the
+// model's context is clamped by the server and the note says so.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -230,7 +232,6 @@ async function start() {
   $("gen-temperature").value = info.defaults.temperature;
   $("gen-top-k").value = info.defaults.top_k;
   $("gen-max-tokens").value = info.defaults.max_tokens;
-  $("gen-max-tokens").max = info.context;
 
   if (!info.translate.available) {
     show($("tr-note"), info.translate.note);
