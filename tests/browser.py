@@ -243,13 +243,20 @@ def try_every_tab(page: Page, prompt: str, query: str | None = None, max_tokens:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m tests.browser URL OUT_DIR", file=sys.stderr)
-        return 2
-    with Chromium(height=1000) as browser:
-        page = browser.open(argv[0])
-        try_every_tab(page, prompt="In the beginning")
-        for path in tab_screenshots(page, argv[1]):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.browser", description="use every tab of a running xling "
+                                 "serve in headless Chromium, then write a screenshot of each: OUT_DIR/<tab>.png")
+    ap.add_argument("url")
+    ap.add_argument("out_dir")
+    ap.add_argument("--prompt", default="In the beginning", help="the text to continue (and to translate)")
+    ap.add_argument("--query", help="the sentence to search for (default: one of the run's test verses)")
+    ap.add_argument("--height", type=int, default=1000, help="the window's height in pixels")
+    args = ap.parse_args(argv)
+    with Chromium(height=args.height) as browser:
+        page = browser.open(args.url)
+        try_every_tab(page, prompt=args.prompt, query=args.query)
+        for path in tab_screenshots(page, args.out_dir):
             print(path)
     return 0
 

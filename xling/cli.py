@@ -576,7 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("serve", help="a local playground in the browser: generate, translate, search across "
-                                     "languages, the report; and a JSON API (see README)")
+                                     "languages, the report; and a JSON API (see README)",
+                       description="Load a trained run once and serve a page (Generate, Translate, Search across "
+                                   "languages, Report) and its JSON API: GET /api/info, POST /api/generate, "
+                                   "/api/translate, /api/search. Works offline; the README has curl examples.")
     _add_run(p, f"trained run to serve (default {DEFAULT_RUN})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
                                                        "only; another host is served with a warning)")
