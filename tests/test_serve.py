@@ -341,6 +341,21 @@ def test_report_is_linked_and_served(served, run):
         assert status == 200 and b"https://" not in body and b"http://" not in body
 
 
+def test_the_page_files_are_package_data_and_all_served():
+    """The page's files ship in the wheel (pyproject's package-data) and are exactly what /static/ serves."""
+    import fnmatch
+    import tomllib
+
+    import xling.serve
+    from xling.serve.server import STATIC
+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["xling.serve"]
+    files = {p.name for p in (Path(xling.serve.__file__).parent / "static").iterdir()}
+    assert files == STATIC
+    assert all(any(fnmatch.fnmatch(f"static/{f}", g) for g in globs) for f in files)
+
+
 # ---------------------------------------------------------------------------- the command
 
 def test_serve_refuses_to_start_in_one_line(tmp_path, run, capsys):
