@@ -386,6 +386,16 @@ def test_serve_refuses_to_start_in_one_line(tmp_path, run, capsys):
     assert "--port 70000 is not a port number" in capsys.readouterr().err
 
 
+def test_the_demo_ends_with_the_serve_command(tmp_path, monkeypatch, capsys):
+    from xling.cli import main
+
+    monkeypatch.setattr("xling.stages.run_demo", lambda run, **kw: Path(run) / "report")
+    monkeypatch.setattr("xling.report.summary", lambda run: "(the summary)")
+    assert main(["demo", "--run", str(tmp_path / "d")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"xling serve --run {tmp_path / 'd'}" in last and "http://127.0.0.1:8000/" in last
+
+
 # ---------------------------------------------------------------------------- the page, in a browser
 
 @pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install "
