@@ -104,7 +104,7 @@ def test_dedup_and_length_filters():
     buckets, dropped = clean_segments(segs, CorpusConfig(langs=["en"], max_chars=20, valid_fraction=0,
                                                          test_fraction=0))
     assert buckets["train"]["en"].texts == ["same text", "ok"]
-    assert dropped == {"empty_or_short": 1, "too_long": 1, "duplicate": 1}
+    assert dropped == {"empty_or_short": 1, "too_long": 1, "duplicate": 1, "wrong_language": 0}
     kept, _ = clean_segments(segs, CorpusConfig(langs=["en"], max_chars=20, valid_fraction=0, test_fraction=0,
                                                 dedup=False))
     assert kept["train"]["en"].texts == ["same text", "same text", "ok"]

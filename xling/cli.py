@@ -129,6 +129,8 @@ def _corpus_overrides(args) -> list[str]:
         out.append(f"corpus.langs={args.langs}")
     if getattr(args, "paths", None):
         out.append("corpus.paths=[" + ", ".join(_quote(p) for p in args.paths) + "]")
+    if getattr(args, "workers", None) is not None:
+        out.append(f"corpus.workers={args.workers}")
     return out
 
 
@@ -379,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="bible | text | tsv | jsonl | parquet | hf | po (corpus.source)")
     p.add_argument("--langs", help="comma-separated language codes (corpus.langs)")
     p.add_argument("--paths", nargs="+", help="input files or folders (corpus.paths)")
+    p.add_argument("--workers", type=int, help="processes reading and cleaning the source (corpus.workers; "
+                                               "0 = one per core; the output is the same)")
     p.set_defaults(func=cmd_stage("corpus"))
 
     p = _stage_parser(sub, "tokenizer", "train the shared subword tokenizer with language tags; fertility/parity")
