@@ -55,6 +55,23 @@ def test_clean_text_normalises_and_collapses_space():
     assert clean_text(decomposed, "none") == "e\u0301te\u0301 la"
 
 
+def test_clean_text_fast_path_equals_the_pattern():
+    """Printable text takes str.split; the result must be the whitespace/control pattern's, on random strings
+    over ASCII, Latin, the Unicode spaces and separators, and control characters."""
+    import random
+
+    from xling.corpus import _SPACE
+
+    pool = [chr(c) for c in [*range(0x250), *range(0x2000, 0x2030), 0x3000, 0x85, 0xA0, 0x1680, 0x205F, 0xFEFF]]
+    rng = random.Random(0)
+    printable = 0
+    for _ in range(20_000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(0, 10)))
+        printable += s.isprintable()
+        assert clean_text(s, "none") == _SPACE.sub(" ", s).strip()
+    assert printable > 5_000  # both paths ran
+
+
 def test_count_words_keeps_combining_marks():
     # Devanagari: \w in `re` breaks words at vowel signs; the regex pattern keeps each word whole
     assert count_words("नमस्ते दुनिया") == 2

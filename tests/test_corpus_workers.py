@@ -2,6 +2,7 @@
 equal to a one-segment-at-a-time pass; the compact hash set against Python's set; errors from a worker."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -141,3 +142,28 @@ def test_langid_filter_drops_and_counts_per_language(tmp_path):
     assert meta["dropped"]["wrong_language"] == 1 and meta["dropped_by_lang"] == {"en": {"wrong_language": 1}}
     assert fr not in (tmp_path / "out" / "train" / "en.txt").read_text(encoding="utf-8")
     assert meta["splits"]["train"]["en"]["segments"] == 4
+
+
+def _exit_on_three(x):
+    if x == 3:
+        os._exit(1)  # what the kernel's out-of-memory killer leaves: no exception, no message
+    return x * x
+
+
+def test_a_killed_worker_is_one_line_and_nothing_is_written(tmp_path, monkeypatch):
+    from xling.workers import ordered_map
+
+    assert list(ordered_map(_exit_on_three, [0, 1, 2], workers=2)) == [0, 1, 4]
+    with pytest.raises(XlingError, match="a test worker process died .* run the command again"):
+        list(ordered_map(_exit_on_three, range(6), workers=2, what="a test worker"))
+
+
+def test_too_little_disk_is_said_before_writing(tmp_path, monkeypatch):
+    import shutil
+
+    _jsonl(tmp_path / "a.jsonl", 50, 0)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(XlingError, match=r"needs about 0.00 GB but .* has 0.00 GB free; free .* another disk"):
+        build_corpus(CorpusConfig(source="jsonl", paths=[str(tmp_path / "a.jsonl")]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ import numpy as np
 import regex
 
 from xling.errors import XlingError
-from xling.files import atomic_dir, atomic_write_json
+from xling.files import atomic_dir, atomic_write_json, check_free_space
 from xling.hashset import HashSet64
 from xling.langs import check_langs
 from xling.sources import Segment, read_unit, source_units
@@ -109,6 +109,8 @@ def clean_text(text: str, normalize: str = "NFC") -> str:
     """Unicode-normalise; collapse whitespace and control characters (newlines, tabs, \x1c) to single spaces."""
     if normalize != "none":
         text = unicodedata.normalize(normalize, text)
+    if text.isprintable():  # no control, separator or whitespace character but " ": the same, 10x faster
+        return " ".join(text.split())
     return _SPACE.sub(" ", text).strip()
 
 
@@ -367,6 +369,15 @@ def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
 UNIT_BYTES = 16 << 20  # a worker's share of a large text or JSON Lines file
 
 
+def _input_bytes(cfg: CorpusConfig) -> int:
+    """Bytes of the input files named by corpus.paths (the corpus written from them is rarely larger)."""
+    total = 0
+    for p in map(Path, cfg.paths):
+        files = (f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
 def _prepare_unit(cfg: CorpusConfig, unit) -> list[Prepared]:
     """One unit of the source read and cleaned, in a worker."""
     return list(prepared_batches(read_unit(cfg, unit), cfg))
@@ -379,6 +390,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
     deduplication and writes in source order: the output is byte for byte the one-process output. Returns meta."""
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
+    check_free_space(out_dir, int(1.2 * _input_bytes(cfg)), f"the corpus of {', '.join(cfg.paths) or cfg.source}")
     workers = cfg.workers or os.cpu_count() or 1
     units = source_units(cfg, UNIT_BYTES if workers > 1 else None)
     if workers > 1:

@@ -90,6 +90,18 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+def check_free_space(path: str | Path, need: int, what: str) -> None:
+    """One XlingError before any writing when the filesystem of `path` (or its nearest existing parent) has less
+    than `need` bytes free."""
+    where = Path(path).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise XlingError(f"{what} needs about {need / 1e9:.2f} GB but {where} has {free / 1e9:.2f} GB free; "
+                         f"free {(need - free) / 1e9:.2f} GB or write the run to another disk (--run)")
+
+
 # byte-order marks of the encodings a Windows editor or PowerShell (`>` is UTF-16 there) writes; UTF-32 first:
 # its little-endian mark starts with UTF-16's
 _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32 BE", "UTF-32"),
