@@ -130,7 +130,7 @@ def _corpus_overrides(args) -> list[str]:
     if getattr(args, "paths", None):
         out.append("corpus.paths=[" + ", ".join(_quote(p) for p in args.paths) + "]")
     if getattr(args, "workers", None) is not None:
-        out.append(f"corpus.workers={args.workers}")
+        out.append(f"{args.command}.workers={args.workers}")
     return out
 
 
@@ -144,7 +144,7 @@ def cmd_stage(name: str) -> Callable:
     def run(args) -> int:
         from xling.stages import run_stage
 
-        extra = _corpus_overrides(args) if name == "corpus" else []
+        extra = _corpus_overrides(args) if name in ("corpus", "shard") else []
         cfg = _resolve(args, extra)
         run_stage(name, cfg, args.run, overwrite=args.overwrite, force=args.force)
         return 0
@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stage("tokenizer"))
 
     p = _stage_parser(sub, "shard", "encode the corpus to memory-mapped token shards")
+    p.add_argument("--workers", type=int, help="processes encoding files side by side (shard.workers; 0 = one per "
+                                               "core; the output is the same)")
     p.set_defaults(func=cmd_stage("shard"))
 
     p = _stage_parser(sub, "pretrain", "train the Transformer on the shards with the configured objectives")

@@ -179,6 +179,8 @@ def _stage_config(cfg: Config, name: str) -> dict:
     d = {s: dict(cfg.to_dict()[s]) for s in STAGES[name].sections}
     if name == "corpus":
         d["corpus"].pop("workers", None)  # how many processes built it does not change the output
+    if name == "shard":
+        d["shard"].pop("workers", None)
         if not d["corpus"].get("langid"):  # added later; off = as before: corpora stay up to date
             d["corpus"].pop("langid", None)
     if name == "pretrain":
