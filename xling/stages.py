@@ -177,12 +177,11 @@ def input_fingerprint(cfg: Config) -> str:
 
 def _stage_config(cfg: Config, name: str) -> dict:
     d = {s: dict(cfg.to_dict()[s]) for s in STAGES[name].sections}
-    if name == "corpus":
-        d["corpus"].pop("workers", None)  # how many processes built it does not change the output
-    if name == "shard":
-        d["shard"].pop("workers", None)
-        if not d["corpus"].get("langid"):  # added later; off = as before: corpora stay up to date
-            d["corpus"].pop("langid", None)
+    for section in ("corpus", "shard"):
+        if section in d:
+            d[section].pop("workers", None)  # how many processes built it does not change the output
+    if name == "corpus" and not d["corpus"].get("langid"):  # added later; off = as before: corpora stay up to date
+        d["corpus"].pop("langid", None)
     if name == "pretrain":
         for k in BUDGET_KEYS:
             d["train"].pop(k, None)
