@@ -18,6 +18,7 @@ from xling import distributed as xdist
 from xling.checkpoint import load_training, save_training
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes
+from xling.train_config import sharded_checkpoints
 
 
 class Resumable:
@@ -47,7 +48,7 @@ class Resumable:
                  "layout": {"slots": self.n_slots, "batch_size": self.cfg.batch_size}}
         path = save_training(self.run_dir / "checkpoints", self.step_no, self.wrapped, self.optimizer, state,
                              config=self.config, tokenizer_sha256=self.tokenizer_sha256,
-                             keep=self.cfg.keep_checkpoints)
+                             keep=self.cfg.keep_checkpoints, sharded=sharded_checkpoints(self.cfg))
         self._last_saved = self.step_no
         self._carry += time.perf_counter() - t0
         return path
@@ -56,7 +57,7 @@ class Resumable:
         """Resume from a checkpoint (a step dir or checkpoints/): weights, optimizer, RNG, data position."""
         state = load_training(path, self.wrapped, self.optimizer, model_cfg=self.config.get("model", {}),
                               tokenizer_sha256=self.tokenizer_sha256, check=self._check_state,
-                              model_state=None if self.info.distributed else self.model.state_dict())
+                              model_state=self.model.state_dict())  # under FSDP: DTensors, of full shape
         self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
         self.elapsed, self.skipped = float(state["elapsed"]), int(state["skipped"])
         self.warmup_frac = state["warmup_frac"]
@@ -80,9 +81,16 @@ class Resumable:
             raise XlingError(f"checkpoint {ckpt.path} trained objectives {', '.join(names)}, the config has "
                              f"{', '.join(self.names)}; resume with the same train.objectives or start a new run")
         if layout["slots"] != self.n_slots or layout["batch_size"] != self.cfg.batch_size:
+            # another number of processes is fine when processes x grad_accum stays: every slot's data and dropout
+            # streams are saved by slot, and each rank takes back the slots it now runs
+            world = self.info.world_size
+            fix = f"train.grad_accum={layout['slots'] // world} with {world} process(es)" \
+                if layout["slots"] % world == 0 and layout["batch_size"] == self.cfg.batch_size else \
+                f"train.batch_size={layout['batch_size']} and processes x train.grad_accum = {layout['slots']}"
             raise XlingError(f"checkpoint {ckpt.path} was trained with {layout['slots']} micro-batches of "
                              f"{layout['batch_size']} per step (processes x grad_accum); this run has "
-                             f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume")
+                             f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume "
+                             f"({fix})")
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep only the metrics lines of steps <= `step` (the checkpoint resumed from): the killed run's later
