@@ -7,9 +7,9 @@ Tolerance: the 2-process losses must match the single process (grad_accum 2 = 2 
 relative 1e-5 and the final weights to 1e-5 absolute; the only difference is the order of the gradient
 sum (all-reduce vs accumulation), observed at ~1e-7. A distributed resume is exact (bit for bit), and so are
 the weights a sharded checkpoint gives back in one process. Across a change of the number of processes the
-continuation's losses are held to the same relative 1e-5: the first step after loading computes the same
-loss from the same weights and batches (its gradient is summed in another order), the next ones carry that
-~1e-7 difference on.
+continuation's losses are held to the same relative 1e-5 and its weights to 1e-5 absolute, for the same reason
+(the gradient of the 2 micro-batches is summed by a reduce-scatter on one side, accumulated on the other);
+observed: 0.0, bit for bit, with the default and the avx2 kernels (2 terms, divided by powers of two).
 """
 
 from __future__ import annotations
@@ -294,3 +294,23 @@ def test_later_stages_read_a_sharded_checkpoint_as_a_full_one(shards_dir, tmp_pa
         assert (run / "checkpoints" / "step_00000001" / "dcp").is_dir() == (fmt == "sharded")
         got, ref = load_run(run)[0].state_dict(), tr.model.state_dict()
         assert got.keys() == ref.keys() and all(torch.equal(got[k], v) for k, v in ref.items())
+
+
+def test_a_failed_sharded_save_leaves_nothing_half_written(tmp_path, torch_one_thread):
+    from xling.checkpoint import save_training
+    from xling.model import ModelConfig, Transformer
+    from xling.trainer import TrainModule
+
+    module = TrainModule(Transformer(ModelConfig.preset("tiny", vocab_size=50, n_langs=0)), {})
+    opt = torch.optim.AdamW(module.parameters())
+    kw = dict(config={}, tokenizer_sha256="", keep=0, sharded=True)
+    save_training(tmp_path, 1, module, opt, {"step": 1}, **kw)
+
+    class NotAState:  # torch.save pickles it, then the write breaks midway
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_training(tmp_path, 2, module, opt, {"step": 2, "x": NotAState()}, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001"]  # no temporary dir left
+    assert load_checkpoint(tmp_path).step == 1

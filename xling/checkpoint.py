@@ -424,19 +424,33 @@ def _save_sharded(root: Path, step: int, module: torch.nn.Module, optimizer: tor
             raise XlingError(error)
         tmp = Path(tmp)
         rest = save_shards(tmp / SHARDS, module, optimizer)
-        shard_files = sorted(f"{SHARDS}/{p.name}" for p in (tmp / SHARDS).iterdir())
-        records = {f: r for part in xdist.all_gather_objects({f: _file_record(tmp / f)
-                                                              for f in shard_files[rank::world]})
-                   for f, r in part.items()}  # each rank hashes a share: no rank reads every shard
         shapes = rest.pop("shapes")
+        # each rank hashes a share of the shard files: no rank reads every shard
+        try:
+            shard_files = sorted(f"{SHARDS}/{p.name}" for p in (tmp / SHARDS).iterdir())
+            mine: dict | str = {f: _file_record(tmp / f) for f in shard_files[rank::world]}
+        except OSError as e:
+            mine = f"rank {rank} cannot read the shard files it hashes ({e})"
+        parts = xdist.all_gather_objects(mine)
+        if error := next((p for p in parts if isinstance(p, str)), None):
+            raise XlingError(f"checkpoint {root / name} was not written: {error}")
+        records = {f: r for part in parts for f, r in part.items()}
+        failure = None
         if rank == 0:
-            torch.save({**train_state, "optimizer": rest}, tmp / "state.pt")
-            atomic_write_json(tmp / "config.json", config or {})
-            records.update({f: _file_record(tmp / f) for f in ("state.pt", "config.json")})
-            meta = {"step": step, "format": SHARDED, "processes": world, "tokenizer_sha256": tokenizer_sha256,
-                    "xling_version": __version__, "files": dict(sorted(records.items())),
-                    "shapes": shapes}
-            atomic_write_json(tmp / "meta.json", meta)
+            try:
+                torch.save({**train_state, "optimizer": rest}, tmp / "state.pt")
+                atomic_write_json(tmp / "config.json", config or {})
+                records.update({f: _file_record(tmp / f) for f in ("state.pt", "config.json")})
+                meta = {"step": step, "format": SHARDED, "processes": world, "tokenizer_sha256": tokenizer_sha256,
+                        "xling_version": __version__, "files": dict(sorted(records.items())), "shapes": shapes}
+                atomic_write_json(tmp / "meta.json", meta)
+            except Exception as e:  # every rank must leave this call (the others would wait at a collective)
+                failure = e
+        error = xdist.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if error:
+            raise XlingError(f"checkpoint {root / name} was not written: rank 0 failed ({error})")
     path = _finish(root, name, keep) if rank == 0 else None
     xdist.barrier()
     return path

@@ -1,11 +1,13 @@
 """The trainer's side of a checkpoint: what one step's state is, how it is saved, and how a run resumes it exactly.
 
-    trainer.save()                              # <run>/checkpoints/step_N (every rank calls; rank 0 writes)
+    trainer.save()                              # <run>/checkpoints/step_N (every rank calls; rank 0 writes, or
+                                                # each rank its shards: train.ckpt_format)
     step = trainer.load("runs/demo/checkpoints")  # weights, optimizer, RNG and data position; metrics.jsonl trimmed
 
 The state beside the weights: step, tokens, elapsed time, skipped steps, where the cosine starts, the objective
 generator and every slot's generators (all ranks' slots, so a run resumes with the same global batch layout),
-and the objectives trained. The files and their checks are `xling.checkpoint`'s.
+and the objectives trained. The files and their checks are `xling.checkpoint`'s. A sharded checkpoint resumes in
+another number of processes when processes x grad_accum stays: each rank takes back the slots it now runs.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class Resumable:
                 dsd.get_optimizer_state_dict(self.wrapped, self.optimizer, options=opts))
 
     def save(self) -> Path | None:
-        """Checkpoint the current step under <run>/checkpoints (every rank calls; rank 0 writes)."""
+        """Checkpoint the current step under <run>/checkpoints (every rank calls; rank 0 writes, or every rank its
+        shards of an FSDP model: `train_config.sharded_checkpoints`)."""
         if self.run_dir is None:
             return None
         t0 = time.perf_counter()
