@@ -14,6 +14,9 @@ says where the piece sits in the full tensor (`DCP_SHARDING_INFO`: key -> saved_
 `objectives.*` (the TrainModule's weights, as its state_dict names them) and `optimizer.<parameter>.<name>` (AdamW's
 exp_avg, exp_avg_sq, step). A tensor every rank holds whole (AdamW's step under FSDP) is written by one rank only.
 Loading, DCP plans which pieces of which files each rank's shards overlap, so the number of processes may change.
+Memory: a save holds one copy of the rank's own shard (the safetensors file is built in memory), a load reads into
+the rank's tensors in place (bench/ckpt_sharded.py: 266 MiB and 2 MiB per rank for a 46M-parameter model + AdamW
+on 2 processes, where gathering took 685-713 and 283 MiB on rank 0).
 
 No pickle is read. DCP's default `FileSystemWriter` keeps its metadata in a `.metadata` file that
 `FileSystemReader.read_metadata` loads with `pickle.load`: code would run on load, and a sha256 recorded in
