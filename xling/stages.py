@@ -185,6 +185,7 @@ def _stage_config(cfg: Config, name: str) -> dict:
     if name == "pretrain":
         for k in BUDGET_KEYS:
             d["train"].pop(k, None)
+        d["train"].pop("ckpt_format", None)  # how checkpoints are written, not what is trained (either loads)
         for k in ("pairs", "lang_shares"):  # added later; empty = as before (every pair, alpha alone): runs stay
             if not d["train"].get(k):  # up to date
                 d["train"].pop(k, None)
