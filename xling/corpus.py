@@ -366,7 +366,7 @@ def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
-UNIT_BYTES = 16 << 20  # a worker's share of a large text or JSON Lines file
+UNIT_BYTES = 4 << 20  # a worker's share of a large text or JSON Lines file: 4 of them in flight, ~40 MB each
 
 
 def _input_bytes(cfg: CorpusConfig) -> int:
@@ -386,7 +386,7 @@ def _prepare_unit(cfg: CorpusConfig, unit) -> list[Prepared]:
 def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True) -> dict:
     """Read the configured source and write the corpus directory atomically, a batch at a time (memory: the
     dedup hashes and a few batches, not the text). With corpus.workers > 1, worker processes read and clean
-    pieces of the source (files, 16 MB stretches of a file, Bible translations) and this process applies
+    pieces of the source (files, 4 MB stretches of a file, Bible translations) and this process applies
     deduplication and writes in source order: the output is byte for byte the one-process output. Returns meta."""
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
