@@ -366,7 +366,7 @@ def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
-UNIT_BYTES = 4 << 20  # a worker's share of a large text or JSON Lines file: 4 of them in flight, ~40 MB each
+UNIT_BYTES = 4 << 20  # a worker's share of a large text or JSON Lines file (2 a worker in flight, ~10 MB each)
 
 
 def _input_bytes(cfg: CorpusConfig) -> int:
