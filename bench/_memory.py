@@ -9,7 +9,13 @@ import time
 
 
 class PeakRSS:
-    """Largest resident-set growth (MiB) of this process while the block runs (polled every 2 ms)."""
+    """Largest resident-set growth (MiB) of this process while the block runs (polled every 2 ms).
+
+    anonymous=True: only memory no file backs (resident minus shared pages): a file read through mmap (safetensors)
+    counts in the resident set while mapped, but its pages are page cache the kernel may drop at any time."""
+
+    def __init__(self, anonymous: bool = False):
+        self.anonymous = anonymous
 
     def __enter__(self):
         gc.collect()
@@ -30,7 +36,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._rss())
             time.sleep(0.002)
 
-    @staticmethod
-    def _rss() -> int:
+    def _rss(self) -> int:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            pages = f.read().split()
+        return (int(pages[1]) - (int(pages[2]) if self.anonymous else 0)) * os.sysconf("SC_PAGE_SIZE")

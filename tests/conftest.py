@@ -52,6 +52,7 @@ def fake_source(monkeypatch):
     """Make `build_corpus` read the given segments instead of a real source."""
 
     def use(segments):
-        monkeypatch.setattr("xling.corpus.read_source", lambda cfg: iter(segments))
+        monkeypatch.setattr("xling.corpus.source_units", lambda cfg, size=None: [None])
+        monkeypatch.setattr("xling.corpus.read_unit", lambda cfg, unit: iter(segments))
 
     return use

@@ -93,7 +93,8 @@ def tiny_shards(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("shares")
     mp = pytest.MonkeyPatch()
-    mp.setattr("xling.corpus.read_source", lambda cfg: iter(tiny_segments(20)))
+    mp.setattr("xling.corpus.source_units", lambda cfg, size=None: [None])
+    mp.setattr("xling.corpus.read_unit", lambda cfg, unit: iter(tiny_segments(20)))
     try:
         build_corpus(CorpusConfig(source="text", langs=LANGS, valid_fraction=0.1, test_fraction=0.1), root / "corpus")
     finally:

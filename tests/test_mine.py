@@ -53,7 +53,8 @@ def build_tiny_run(root: Path, chapters: int = 20) -> Path:
     from xling.tokenizer import TokenizerConfig, tokenizer_hash, train_tokenizer
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("xling.corpus.read_source", lambda cfg: iter(tiny_segments(chapters)))
+        mp.setattr("xling.corpus.source_units", lambda cfg, size=None: [None])
+        mp.setattr("xling.corpus.read_unit", lambda cfg, unit: iter(tiny_segments(chapters)))
         build_corpus(CorpusConfig(langs=["en", "fr", "ru"], valid_fraction=0.2, test_fraction=0.2),
                      root / "corpus")
     corpus = Corpus(root / "corpus")

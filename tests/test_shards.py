@@ -255,3 +255,15 @@ def test_encoding_uses_rust_threads_even_when_the_env_disables_them(built, tmp_p
     before, after, flag = out.split("THREADS")[1].split()
     assert int(after) >= int(before) + 2  # the rayon pool started (2 workers); the env value is back
     assert flag == "false"
+
+
+def test_two_workers_write_what_one_writes(built, tmp_path):
+    root, corpus, _, meta = built
+    meta2 = build_shards(corpus, root / "tokenizer", ShardConfig(batch_size=5, workers=2), tmp_path / "s2")
+    one = {str(p.relative_to(root / "shards")): p.read_bytes() for p in (root / "shards").rglob("*") if p.is_file()}
+    two = {str(p.relative_to(tmp_path / "s2")): p.read_bytes() for p in (tmp_path / "s2").rglob("*") if p.is_file()}
+    assert one.pop("meta.json") and two.pop("meta.json")
+    assert one == two and len(one) > 3 * len(SPLITS) * len(LANGS)
+    for m in (meta, meta2):
+        m.pop("throughput")
+    assert meta == meta2

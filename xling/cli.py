@@ -130,6 +130,8 @@ def _corpus_overrides(args) -> list[str]:
         out.append(f"corpus.langs={args.langs}")
     if getattr(args, "paths", None):
         out.append("corpus.paths=[" + ", ".join(_quote(p) for p in args.paths) + "]")
+    if getattr(args, "workers", None) is not None:
+        out.append(f"{args.command}.workers={args.workers}")
     return out
 
 
@@ -143,7 +145,7 @@ def cmd_stage(name: str) -> Callable:
     def run(args) -> int:
         from xling.stages import run_stage
 
-        extra = _corpus_overrides(args) if name == "corpus" else []
+        extra = _corpus_overrides(args) if name in ("corpus", "shard") else []
         cfg = _resolve(args, extra)
         run_stage(name, cfg, args.run, overwrite=args.overwrite, force=args.force)
         return 0
@@ -389,12 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="bible | text | tsv | jsonl | parquet | hf | po (corpus.source)")
     p.add_argument("--langs", help="comma-separated language codes (corpus.langs)")
     p.add_argument("--paths", nargs="+", help="input files or folders (corpus.paths)")
+    p.add_argument("--workers", type=int, help="processes reading and cleaning the source (corpus.workers; "
+                                               "0 = one per core; the output is the same)")
     p.set_defaults(func=cmd_stage("corpus"))
 
     p = _stage_parser(sub, "tokenizer", "train the shared subword tokenizer with language tags; fertility/parity")
     p.set_defaults(func=cmd_stage("tokenizer"))
 
     p = _stage_parser(sub, "shard", "encode the corpus to memory-mapped token shards")
+    p.add_argument("--workers", type=int, help="processes encoding files side by side (shard.workers; 0 = one per "
+                                               "core; the output is the same)")
     p.set_defaults(func=cmd_stage("shard"))
 
     p = _stage_parser(sub, "pretrain", "train the Transformer on the shards with the configured objectives")

@@ -21,18 +21,23 @@ for monolingual segments and translation pairs separately.
 from __future__ import annotations
 
 import hashlib
+import os
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import regex
 
 from xling.errors import XlingError
-from xling.files import atomic_dir, atomic_write_json
+from xling.files import atomic_dir, atomic_write_json, check_free_space
+from xling.hashset import HashSet64
 from xling.langs import check_langs
-from xling.sources import Segment, read_source
+from xling.sources import Segment, read_unit, source_units
+from xling.workers import ordered_map
 
 SPLITS = ("train", "valid", "test")
 WORD = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}]*")  # \w splits Devanagari at vowel signs; this does not
@@ -61,6 +66,8 @@ class CorpusConfig:
     test_fraction: float = 0.02  # ... and for test
     alpha: float = 0.3  # monolingual language sampling exponent (XLM-R 0.3)
     pair_alpha: float = 0.3  # the same for translation pairs
+    langid: bool = False  # drop segments py3langid does not label as their declared language (counted per language)
+    workers: int = 1  # processes reading and cleaning pieces of the source (0 = one per CPU core); same output
 
     def __post_init__(self):
         if self.normalize not in ("NFC", "NFKC", "none"):
@@ -75,6 +82,8 @@ class CorpusConfig:
             raise ValueError(f"corpus.max_segments={self.max_segments} is negative; give 0 (no cap) or a count")
         if self.alpha < 0 or self.pair_alpha < 0:
             raise ValueError("alpha must be >= 0 (1 keeps the natural mix, 0 is uniform)")
+        if self.workers < 0:
+            raise ValueError(f"corpus.workers={self.workers} is negative; give 1 (one process), N, or 0 (one per core)")
         check_langs(self.langs, "corpus.langs")
 
 
@@ -100,6 +109,8 @@ def clean_text(text: str, normalize: str = "NFC") -> str:
     """Unicode-normalise; collapse whitespace and control characters (newlines, tabs, \x1c) to single spaces."""
     if normalize != "none":
         text = unicodedata.normalize(normalize, text)
+    if text.isprintable():  # no control, separator or whitespace character but " ": the same, 10x faster
+        return " ".join(text.split())
     return _SPACE.sub(" ", text).strip()
 
 
@@ -129,64 +140,177 @@ class _Bucket:
     keys: list[str] = field(default_factory=list)
 
 
-def cleaned(segments: Iterable[Segment], cfg: CorpusConfig, dropped: dict[str, int],
-            lang_drops: dict[str, dict[str, int]] | None = None) -> Iterator[tuple[str, str, str, str]]:
-    """(split, lang, key, text) of every segment kept: cleaned, filtered, deduplicated and given its split, one at a
-    time. `dropped` counts what was left out and why; `lang_drops`, when given, the same per language (what an error
-    about a language left empty names). Memory: two 64-bit hashes per kept segment (its text, its key)."""
+_WHY = ("", "empty_or_short", "too_long", "wrong_language")  # what cleaning one segment can drop it for
+
+
+@dataclass
+class Prepared:
+    """Segments of one stretch of the source, cleaned one by one, in source order: what a worker hands back. A
+    segment a per-segment filter dropped keeps its place (its language still counts) with no text or key.
+
+    lang, split, why   (n,) int8/int16 indices into lang_names, SPLITS, _WHY
+    text_hash, key_hash (n,) uint64 (`text_hash`; 0 where not computed)
+    key_bad            (n,) bool: the key is empty or holds a line break
+    words, chars       (n,) int64 counts of the cleaned text
+    """
+
+    lang_names: list[str]
+    lang: np.ndarray
+    split: np.ndarray
+    why: np.ndarray
+    keys: list[str]
+    texts: list[str]
+    text_hash: np.ndarray
+    key_hash: np.ndarray
+    key_bad: np.ndarray
+    words: np.ndarray
+    chars: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def prepare(segments: Iterable[Segment], cfg: CorpusConfig) -> Prepared:
+    """Everything about each segment that does not depend on the others: cleaning, the length and language
+    filters, the split, hashes and counts. The part of the stage that runs in parallel."""
     wanted = set(cfg.langs)
-    seen: dict[str, set[int]] = {}  # hashes of the texts kept, per language: 8 bytes a text, not the text
-    seen_keys: dict[str, set[int]] = {}  # hashes of the keys kept, per language
-    per_lang: dict[str, int] = {}
+    langid = _language_filter(cfg)
+    names: dict[str, int] = {}
+    cols: tuple[list, ...] = tuple([] for _ in range(10))
+    lang, split, why, keys, texts, th, kh, bad, words, chars = cols
     for seg in segments:
         if wanted and seg.lang not in wanted:
             continue
         text = clean_text(seg.text, cfg.normalize)
-        lang_seen = seen.setdefault(seg.lang, set())
-        digest = text_hash(text) if cfg.dedup else 0
-        why = "empty_or_short" if len(text) < max(cfg.min_chars, 1) else "too_long" if len(text) > cfg.max_chars \
-            else "duplicate" if cfg.dedup and digest in lang_seen else None
-        if why:
-            dropped[why] += 1
-            if lang_drops is not None:
-                counts = lang_drops.setdefault(seg.lang, {})
-                counts[why] = counts.get(why, 0) + 1
+        w = 1 if len(text) < max(cfg.min_chars, 1) else 2 if len(text) > cfg.max_chars else 0
+        if not w and langid and not langid(text, seg.lang):
+            w = 3
+        lang.append(names.setdefault(seg.lang, len(names)))
+        why.append(w)
+        if w:
+            for col, empty in ((split, 0), (keys, ""), (texts, ""), (th, 0), (kh, 0), (bad, False), (words, 0),
+                               (chars, 0)):
+                col.append(empty)
             continue
-        if seg.key.splitlines() != [seg.key]:  # keys are stored one a line: a line break desynchronised them
-            raise XlingError(f"the alignment key {seg.key!r} of a {seg.lang} segment is empty or holds a line break; "
-                             f"give every segment a one-line id")
-        keys = seen_keys.setdefault(seg.lang, set())
-        key_digest = text_hash(seg.key)
-        if key_digest in keys:
-            raise XlingError(f"two {seg.lang} segments share the alignment key {seg.key!r}; "
-                             f"give every segment of a language its own id")
-        if cfg.max_segments and per_lang.get(seg.lang, 0) >= cfg.max_segments:
-            continue
-        keys.add(key_digest)
-        if cfg.dedup:
-            lang_seen.add(digest)
-        per_lang[seg.lang] = per_lang.get(seg.lang, 0) + 1
-        yield split_of(seg.group, cfg.valid_fraction, cfg.test_fraction), seg.lang, seg.key, text
+        split.append(SPLITS.index(split_of(seg.group, cfg.valid_fraction, cfg.test_fraction)))
+        keys.append(seg.key)
+        texts.append(text)
+        th.append(text_hash(text) if cfg.dedup else 0)
+        kh.append(text_hash(seg.key))
+        bad.append(seg.key.splitlines() != [seg.key])  # keys are stored one a line
+        words.append(count_words(text))
+        chars.append(len(text))
+    return Prepared(list(names), np.array(lang, np.int16), np.array(split, np.int8), np.array(why, np.int8), keys,
+                    texts, np.array(th, np.uint64), np.array(kh, np.uint64), np.array(bad, bool),
+                    np.array(words, np.int64), np.array(chars, np.int64))
+
+
+def _language_filter(cfg: CorpusConfig):
+    """(text, lang) -> keep?, when corpus.langid is on: py3langid's label over its full language set must be the
+    declared language (a text without letters is kept: there is nothing to identify)."""
+    if not cfg.langid:
+        return None
+    from xling.textmetrics import LETTER, langid_label, langid_labels  # noqa: PLC0415 (py3langid loads its model)
+
+    return lambda text, lang: not LETTER.search(text) or langid_labels([text])[0] == langid_label(lang)
 
 
 def new_drops() -> dict[str, int]:
-    return {"empty_or_short": 0, "too_long": 0, "duplicate": 0}
+    return {"empty_or_short": 0, "too_long": 0, "duplicate": 0, "wrong_language": 0}
+
+
+class Admit:
+    """The sequential part of cleaning: exact deduplication within a language (first occurrence wins), unique
+    alignment keys and the per-language cap, applied to `Prepared` batches in source order, with the same outcome
+    as one segment at a time. Memory: two 64-bit hashes per kept segment (`HashSet64`), not the texts.
+
+    `dropped` counts what was left out and why; `lang_drops` the same per language (what an error about a
+    language left empty names); `first_seen` the languages in the order the source gave them."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self.cfg = cfg
+        self.seen: dict[str, HashSet64] = {}
+        self.seen_keys: dict[str, HashSet64] = {}
+        self.count: dict[str, int] = {}
+        self.dropped = new_drops()
+        self.lang_drops: dict[str, dict[str, int]] = {}
+        self.first_seen: dict[str, None] = {}
+
+    def __call__(self, p: Prepared) -> np.ndarray:
+        """Indices of the segments of `p` kept, ascending."""
+        kept = []
+        for li, lang in enumerate(p.lang_names):
+            self.first_seen.setdefault(lang)
+            idx = np.flatnonzero(p.lang == li)
+            for code in range(1, len(_WHY)):
+                self._drop(lang, _WHY[code], int(np.count_nonzero(p.why[idx] == code)))
+            kept.append(self._admit(p, lang, idx[p.why[idx] == 0]))
+        return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+
+    def _admit(self, p: Prepared, lang: str, cand: np.ndarray) -> np.ndarray:
+        seen = self.seen.setdefault(lang, HashSet64())
+        h = p.text_hash[cand]
+        new = seen.first_new(h) if self.cfg.dedup else np.ones(len(cand), bool)
+        pos = np.flatnonzero(new)
+        room = self.cfg.max_segments - self.count.get(lang, 0) if self.cfg.max_segments else len(pos)
+        cut = pos[room] if len(pos) > room else len(cand)  # from here on the language is full
+        keep = cand[pos[:room]]
+        self._drop(lang, "duplicate", cut - len(keep))
+        self._check_keys(p, lang, keep, add=True)
+        if self.cfg.dedup:
+            seen.add(h[pos[:room]])
+        if cut < len(cand):  # past the cap: repeats of kept text still count as duplicates; the rest is skipped
+            dup = seen.contains(h[cut:]) if self.cfg.dedup else np.zeros(len(cand) - cut, bool)
+            self._drop(lang, "duplicate", int(dup.sum()))
+            self._check_keys(p, lang, cand[cut:][~dup], add=False)
+        self.count[lang] = self.count.get(lang, 0) + len(keep)
+        return keep
+
+    def _check_keys(self, p: Prepared, lang: str, idx: np.ndarray, add: bool) -> None:
+        for i in idx[p.key_bad[idx]][:1]:
+            raise XlingError(f"the alignment key {p.keys[i]!r} of a {lang} segment is empty or holds a line break; "
+                             f"give every segment a one-line id")
+        keys = self.seen_keys.setdefault(lang, HashSet64())
+        new = keys.first_new(p.key_hash[idx])
+        for i in idx[~new][:1]:
+            raise XlingError(f"two {lang} segments share the alignment key {p.keys[i]!r}; "
+                             f"give every segment of a language its own id")
+        if add:
+            keys.add(p.key_hash[idx])
+
+    def _drop(self, lang: str, why: str, n: int) -> None:
+        if n:
+            self.dropped[why] += n
+            counts = self.lang_drops.setdefault(lang, {})
+            counts[why] = counts.get(why, 0) + n
+
+
+BATCH = 20_000  # segments cleaned together: a Prepared batch's memory, and the pace of the progress bar
+
+
+def prepared_batches(segments: Iterable[Segment], cfg: CorpusConfig) -> Iterator[Prepared]:
+    it = iter(segments)
+    while chunk := list(islice(it, BATCH)):
+        yield prepare(chunk, cfg)
 
 
 def clean_segments(segments: Iterable[Segment], cfg: CorpusConfig,
                    lang_drops: dict[str, dict[str, int]] | None = None) -> tuple[dict, dict]:
-    """`cleaned` collected in memory: ({split: {lang: _Bucket}}, drop counts), for small inputs and tests."""
+    """Cleaning collected in memory: ({split: {lang: _Bucket}}, drop counts), for small inputs and tests."""
     buckets: dict[str, dict[str, _Bucket]] = {s: {} for s in SPLITS}
-    dropped = new_drops()
-    for split, lang, key, text in cleaned(segments, cfg, dropped, lang_drops):
-        b = buckets[split].setdefault(lang, _Bucket())
-        b.texts.append(text)
-        b.keys.append(key)
-    return buckets, dropped
+    admit = Admit(cfg)
+    for p in prepared_batches(segments, cfg):
+        for i in admit(p):
+            b = buckets[SPLITS[p.split[i]]].setdefault(p.lang_names[p.lang[i]], _Bucket())
+            b.texts.append(p.texts[i])
+            b.keys.append(p.keys[i])
+    if lang_drops is not None:
+        lang_drops.update(admit.lang_drops)
+    return buckets, admit.dropped
 
 
 class _Writer:
-    """The corpus files, written as segments arrive: `<split>/<lang>.txt` and `.keys`, with counts per file."""
+    """The corpus files, written as batches arrive: `<split>/<lang>.txt` and `.keys`, with counts per file."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -200,14 +324,21 @@ class _Writer:
             self.stats[split][lang] = {"segments": 0, "words": 0, "chars": 0}
         return self.files[split, lang]
 
-    def add(self, split: str, lang: str, key: str, text: str) -> None:
-        txt, keys = self._open(split, lang)
-        txt.write(text + "\n")
-        keys.write(key + "\n")
-        st = self.stats[split][lang]
-        st["segments"] += 1
-        st["words"] += count_words(text)
-        st["chars"] += len(text)
+    def add(self, p: Prepared, kept: np.ndarray) -> None:
+        """Append the kept segments of `p` to their files, in source order."""
+        for li, lang in enumerate(p.lang_names):
+            mine = kept[p.lang[kept] == li]
+            for si, split in enumerate(SPLITS):
+                sel = mine[p.split[mine] == si]
+                if not len(sel):
+                    continue
+                txt, keys = self._open(split, lang)
+                txt.write("".join(p.texts[i] + "\n" for i in sel))
+                keys.write("".join(p.keys[i] + "\n" for i in sel))
+                st = self.stats[split][lang]
+                st["segments"] += len(sel)
+                st["words"] += int(p.words[sel].sum())
+                st["chars"] += int(p.chars[sel].sum())
 
     def close(self, langs: list[str]) -> None:
         """Close every file; a language with no segment in a split gets empty files there."""
@@ -235,31 +366,52 @@ def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
+UNIT_BYTES = 4 << 20  # a worker's share of a large text or JSON Lines file (2 a worker in flight, ~10 MB each)
+
+
+def _input_bytes(cfg: CorpusConfig) -> int:
+    """Bytes of the input files named by corpus.paths (the corpus written from them is rarely larger)."""
+    total = 0
+    for p in map(Path, cfg.paths):
+        files = (f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
+def _prepare_unit(cfg: CorpusConfig, unit) -> list[Prepared]:
+    """One unit of the source read and cleaned, in a worker."""
+    return list(prepared_batches(read_unit(cfg, unit), cfg))
+
+
 def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True) -> dict:
-    """Read the configured source and write the corpus directory atomically, a segment at a time (memory: the
-    dedup hashes, not the text). Returns meta."""
+    """Read the configured source and write the corpus directory atomically, a batch at a time (memory: the
+    dedup hashes and a few batches, not the text). With corpus.workers > 1, worker processes read and clean
+    pieces of the source (files, 4 MB stretches of a file, Bible translations) and this process applies
+    deduplication and writes in source order: the output is byte for byte the one-process output. Returns meta."""
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
-    segments = progress(read_source(cfg), desc=f"corpus: reading {cfg.source}", unit="seg")
-    first_seen: dict[str, None] = {}
-
-    def remember(segs):
-        for seg in segs:
-            first_seen.setdefault(seg.lang)
-            yield seg
-
-    lang_drops: dict[str, dict[str, int]] = {}
-    dropped = new_drops()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    check_free_space(out_dir, int(1.2 * _input_bytes(cfg)), f"the corpus of {', '.join(cfg.paths) or cfg.source}")
+    workers = cfg.workers or os.cpu_count() or 1
+    units = source_units(cfg, UNIT_BYTES if workers > 1 else None)
+    if workers > 1:
+        batches = chain.from_iterable(ordered_map(partial(_prepare_unit, cfg), units, workers,
+                                                  what="a corpus worker"))
+    else:
+        batches = chain.from_iterable(prepared_batches(read_unit(cfg, u), cfg) for u in units)
+    admit = Admit(cfg)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
+            progress(desc=f"corpus: reading {cfg.source}", unit="seg") as bar:
         for split in SPLITS:
             (tmp / split).mkdir()
         writer = _Writer(tmp)
         try:
-            for split, lang, key, text in cleaned(remember(segments), cfg, dropped, lang_drops):
-                writer.add(split, lang, key, text)
+            for p in batches:
+                writer.add(p, admit(p))
+                bar.update(len(p))
         finally:
-            langs = list(cfg.langs) or list(first_seen)  # the source's order (bible: DEFAULT_LANGS)
+            langs = list(cfg.langs) or list(admit.first_seen)  # the source's order (bible: DEFAULT_LANGS)
             writer.close(langs)
+        dropped, lang_drops = admit.dropped, admit.lang_drops
         stats = {s: {lg: writer.stats[s][lg] for lg in langs} for s in SPLITS}
         missing = [lg for lg in langs if not any(stats[s][lg]["segments"] for s in SPLITS)]
         filtered = [lg for lg in missing if lang_drops.get(lg)]
@@ -269,7 +421,9 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
                 ("too_long", "max_chars", f"longer than {cfg.max_chars:,} characters: split the text into lines "
                                           f"or raise corpus.max_chars"),
                 ("empty_or_short", "min_chars", "shorter or empty: lower corpus.min_chars"),
-                ("duplicate", "dedup", "repeats: set corpus.dedup=false")) if n.get(k)]
+                ("duplicate", "dedup", "repeats: set corpus.dedup=false"),
+                ("wrong_language", "langid", f"not identified as {lg}: check the text or set corpus.langid=false"))
+                if n.get(k)]
             raise XlingError(f"every {lg} segment was dropped: {'; '.join(why)}")
         if missing:
             raise XlingError(f"no text found for language(s) {', '.join(missing)} in the {cfg.source} source; "
@@ -285,6 +439,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
             "splits": stats,
             "pairs": pair_counts,
             "dropped": dropped,
+            "dropped_by_lang": {lg: lang_drops[lg] for lg in langs if lang_drops.get(lg)},
             "sampling": {
                 "alpha": cfg.alpha,
                 "p": sampling_probs(train_counts, 1.0),

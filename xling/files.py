@@ -90,6 +90,18 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+def check_free_space(path: str | Path, need: int, what: str) -> None:
+    """One XlingError before any writing when the filesystem of `path` (or its nearest existing parent) has less
+    than `need` bytes free."""
+    where = Path(path).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise XlingError(f"{what} needs about {need / 1e9:.2f} GB but {where} has {free / 1e9:.2f} GB free; "
+                         f"free {(need - free) / 1e9:.2f} GB or write the run to another disk (--run)")
+
+
 # byte-order marks of the encodings a Windows editor or PowerShell (`>` is UTF-16 there) writes; UTF-32 first:
 # its little-endian mark starts with UTF-16's
 _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 LE", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32 BE", "UTF-32"),
@@ -160,23 +172,32 @@ def read_lines(path: str | Path, what: str = "file") -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def iter_lines(path: str | Path, what: str = "file") -> Iterator[str]:
+def iter_lines(path: str | Path, what: str = "file", span: tuple[int, int | None, int] | None = None) -> Iterator[str]:
     """`read_lines` one line at a time, in memory bounded by the longest line: for corpus files of any size.
 
     The same checks and messages (missing, a directory, not UTF-8, NUL bytes, empty), each naming the line. An
     error at line n comes after lines 1..n-1 were yielded: a caller that writes must write into a temporary
     place (the corpus stage builds its folder under a temporary name, so nothing half-written is left).
+
+    `span` = (start byte, end byte or None, number of the line at start), from `line_spans`: only the lines that
+    begin in [start, end), numbered from there; what a worker reads. A part of a file is not checked for being
+    empty (its file may have text elsewhere).
     """
     path = Path(path)
     if not path.exists():
         raise XlingError(f"{what} {path} does not exist; check the path")
     if path.is_dir():
         raise XlingError(f"{what} {path} is a directory; give a file")
+    start, end, first = span or (0, None, 1)
     has_text = False
     with open(path, "rb") as f:
         head = f.read(4096)  # what `not_utf8_fix` reads to name the encoding
-        f.seek(0)
-        for n, raw in enumerate(f, 1):
+        f.seek(start)
+        pos = start
+        for n, raw in enumerate(f, first):
+            if end is not None and pos >= end:
+                break
+            pos += len(raw)
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
@@ -191,8 +212,24 @@ def iter_lines(path: str | Path, what: str = "file") -> Iterator[str]:
             line = line[:-1] if line.endswith("\r") and raw.endswith(b"\r\n") else line
             has_text = has_text or bool(line.strip())
             yield line
-    if not has_text:
+    if not has_text and span is None:
         raise XlingError(f"{what} {path} is empty; give a file with at least one line of text")
+
+
+def line_spans(path: str | Path, size: int) -> Iterator[tuple[int, int | None, int]]:
+    """(start, end, first line number) of consecutive stretches of about `size` bytes of a file, each starting at
+    a line start, for `iter_lines(span=...)`; lazily, reading the file `size` bytes at a time to count lines."""
+    start, line = 0, 1
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(size)
+            if not block:
+                return
+            rest = b"" if block.endswith(b"\n") else f.readline()  # finish the line the block cut
+            end = start + len(block) + len(rest)
+            yield start, end, line
+            line += block.count(b"\n") + rest.count(b"\n")
+            start = end
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -1,11 +1,13 @@
 """The trainer's side of a checkpoint: what one step's state is, how it is saved, and how a run resumes it exactly.
 
-    trainer.save()                              # <run>/checkpoints/step_N (every rank calls; rank 0 writes)
+    trainer.save()                              # <run>/checkpoints/step_N (every rank calls; rank 0 writes, or
+                                                # each rank its shards: train.ckpt_format)
     step = trainer.load("runs/demo/checkpoints")  # weights, optimizer, RNG and data position; metrics.jsonl trimmed
 
 The state beside the weights: step, tokens, elapsed time, skipped steps, where the cosine starts, the objective
 generator and every slot's generators (all ranks' slots, so a run resumes with the same global batch layout),
-and the objectives trained. The files and their checks are `xling.checkpoint`'s.
+and the objectives trained. The files and their checks are `xling.checkpoint`'s. A sharded checkpoint resumes in
+another number of processes when processes x grad_accum stays: each rank takes back the slots it now runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from xling import distributed as xdist
 from xling.checkpoint import load_training, save_training
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes
+from xling.train_config import sharded_checkpoints
 
 
 class Resumable:
@@ -36,7 +39,8 @@ class Resumable:
                 dsd.get_optimizer_state_dict(self.wrapped, self.optimizer, options=opts))
 
     def save(self) -> Path | None:
-        """Checkpoint the current step under <run>/checkpoints (every rank calls; rank 0 writes)."""
+        """Checkpoint the current step under <run>/checkpoints (every rank calls; rank 0 writes, or every rank its
+        shards of an FSDP model: `train_config.sharded_checkpoints`)."""
         if self.run_dir is None:
             return None
         t0 = time.perf_counter()
@@ -47,7 +51,7 @@ class Resumable:
                  "layout": {"slots": self.n_slots, "batch_size": self.cfg.batch_size}}
         path = save_training(self.run_dir / "checkpoints", self.step_no, self.wrapped, self.optimizer, state,
                              config=self.config, tokenizer_sha256=self.tokenizer_sha256,
-                             keep=self.cfg.keep_checkpoints)
+                             keep=self.cfg.keep_checkpoints, sharded=sharded_checkpoints(self.cfg))
         self._last_saved = self.step_no
         self._carry += time.perf_counter() - t0
         return path
@@ -56,7 +60,7 @@ class Resumable:
         """Resume from a checkpoint (a step dir or checkpoints/): weights, optimizer, RNG, data position."""
         state = load_training(path, self.wrapped, self.optimizer, model_cfg=self.config.get("model", {}),
                               tokenizer_sha256=self.tokenizer_sha256, check=self._check_state,
-                              model_state=None if self.info.distributed else self.model.state_dict())
+                              model_state=self.model.state_dict())  # under FSDP: DTensors, of full shape
         self.step_no, self.tokens = int(state["step"]), int(state["tokens"])
         self.elapsed, self.skipped = float(state["elapsed"]), int(state["skipped"])
         self.warmup_frac = state["warmup_frac"]
@@ -80,9 +84,16 @@ class Resumable:
             raise XlingError(f"checkpoint {ckpt.path} trained objectives {', '.join(names)}, the config has "
                              f"{', '.join(self.names)}; resume with the same train.objectives or start a new run")
         if layout["slots"] != self.n_slots or layout["batch_size"] != self.cfg.batch_size:
+            # another number of processes is fine when processes x grad_accum stays: every slot's data and dropout
+            # streams are saved by slot, and each rank takes back the slots it now runs
+            world = self.info.world_size
+            fix = f"train.grad_accum={layout['slots'] // world} with {world} process(es)" \
+                if layout["slots"] % world == 0 and layout["batch_size"] == self.cfg.batch_size else \
+                f"train.batch_size={layout['batch_size']} and processes x train.grad_accum = {layout['slots']}"
             raise XlingError(f"checkpoint {ckpt.path} was trained with {layout['slots']} micro-batches of "
                              f"{layout['batch_size']} per step (processes x grad_accum); this run has "
-                             f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume")
+                             f"{self.n_slots} of {self.cfg.batch_size}: keep the global batch layout to resume "
+                             f"({fix})")
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep only the metrics lines of steps <= `step` (the checkpoint resumed from): the killed run's later

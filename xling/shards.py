@@ -32,6 +32,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, combinations, islice
 from pathlib import Path
 
@@ -49,10 +50,13 @@ _FALSE = ("", "0", "f", "false", "n", "no", "off")  # what HF tokenizers reads a
 class ShardConfig:
     batch_size: int = 2048  # lines per encode_batch call: large enough to keep every core busy, small for memory
     dtype: str = "auto"  # token dtype on disk: auto (uint16 if vocab <= 65536, else uint32) | uint16 | uint32
+    workers: int = 1  # processes encoding files (split x language) side by side (0 = one per core); same output
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = one per core), not {self.workers}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
@@ -183,15 +187,39 @@ def _key_index(keys: list[str], path: Path) -> dict[str, int]:
     return index
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _encode_job(tokenizer_dir: Path, dtype: np.dtype, batch_size: int, threads: int,
+                job: tuple[Path, int, Path, str]) -> tuple[dict[str, int], float]:
+    """One corpus file encoded in a worker process: (counts, seconds)."""
+    from xling.tokenizer import load_tokenizer
+
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # the encoder's thread pool, before its first use
+    tok = load_tokenizer(tokenizer_dir)
+    t0 = time.perf_counter()
+    with _Parallelism():
+        counts = _encode_language(tok, *job[:2], dtype, batch_size, *job[2:], _NoBar())
+    return counts, time.perf_counter() - t0
+
+
 def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, out_dir: str | Path) -> dict:
-    """Encode every split and language of `corpus` into `out_dir` (atomically). Returns meta."""
+    """Encode every split and language of `corpus` into `out_dir` (atomically). Returns meta.
+
+    With shard.workers > 1, that many processes encode different files (split x language) at once, each with
+    its share of the cores for the Rust encoder; every file is encoded as one process would, so the output is
+    the same."""
     from xling.progress import progress
+    from xling.workers import ordered_map
 
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     langs = list(corpus.langs)
     tok, tok_sha, specials, tags = _tokenizer_info(tokenizer_dir, langs)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size, cfg.dtype)
+    workers = cfg.workers or os.cpu_count() or 1
 
     files = {(s, lg): corpus.path / s / f"{lg}.txt" for s in SPLITS for lg in langs}
     for p in files.values():
@@ -201,24 +229,34 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
                                  f"`xling corpus --run {corpus.path.parent} --overwrite`")
     total_bytes = sum(p.stat().st_size for p in files.values())
 
-    counts: dict[str, dict[str, dict[str, int]]] = {}
+    counts: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SPLITS}
     pair_counts: dict[str, dict[str, int]] = {}
     seconds = 0.0
     with atomic_dir(out_dir) as tmp, _Parallelism(), \
             progress(desc="shard: encoding", total=total_bytes, unit="B") as bar:
-        for split in SPLITS:
-            (tmp / split).mkdir()
-            counts[split] = {}
-            keys: dict[str, list[str]] = {}
-            for lang in langs:
-                key_path = files[split, lang].with_suffix(".keys")
-                keys[lang] = corpus.keys(split, lang)
-                shutil.copyfile(key_path, tmp / split / f"{lang}.keys")
+        jobs = []
+        for split, lang in files:
+            (tmp / split).mkdir(exist_ok=True)
+            key_path = files[split, lang].with_suffix(".keys")
+            shutil.copyfile(key_path, tmp / split / f"{lang}.keys")
+            jobs.append((files[split, lang], _count_lines(key_path), tmp / split, lang))
+        if workers > 1:
+            t0 = time.perf_counter()
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            encode = partial(_encode_job, tokenizer_dir, dtype, cfg.batch_size, threads)
+            for (split, lang), (c, _) in zip(files, ordered_map(encode, jobs, workers, what="a shard worker"),
+                                             strict=True):
+                counts[split][lang] = c
+                bar.update(files[split, lang].stat().st_size)
+            seconds = time.perf_counter() - t0
+        else:
+            for (split, lang), job in zip(files, jobs, strict=True):
                 bar.set_postfix_str(f"{split}/{lang}")
                 t0 = time.perf_counter()
-                counts[split][lang] = _encode_language(tok, files[split, lang], len(keys[lang]), dtype,
-                                                       cfg.batch_size, tmp / split, lang, bar)
+                counts[split][lang] = _encode_language(tok, *job[:2], dtype, cfg.batch_size, *job[2:], bar)
                 seconds += time.perf_counter() - t0
+        for split in SPLITS:
+            keys = {lg: corpus.keys(split, lg) for lg in langs}
             index = {lg: _key_index(keys[lg], files[split, lg].with_suffix(".keys")) for lg in langs}
             for a, b in combinations(langs, 2):
                 rows = _pair_index(keys[a], index[b])
@@ -240,7 +278,7 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
             "throughput": {"text_mb": round(mb, 3), "encode_seconds": round(seconds, 3),
                            "mb_per_s": round(mb / max(seconds, 1e-9), 3),
                            "tokens_per_s": round(ntok / max(seconds, 1e-9), 1),
-                           "batch_size": cfg.batch_size, "cpus": os.cpu_count()},
+                           "batch_size": cfg.batch_size, "cpus": os.cpu_count(), "workers": workers},
         }
         atomic_write_json(tmp / "meta.json", meta)
     print(f"shard: encoded {mb:.3g} MB ({ntok:,} tokens) in {seconds:.1f} s = {mb / max(seconds, 1e-9):.2f} MB/s")

@@ -119,6 +119,10 @@ def _corpus(cfg: Config, run_dir: Path, out: Path) -> dict:
                              f"(p = natural share, q = sampled share with alpha {cfg.corpus.alpha})"))
     pairs = sum(c.get("train", 0) for c in meta["pairs"].values())
     print(f"translation pairs (train, all language pairs): {pairs:,}; dropped: {meta['dropped']}")
+    if cfg.corpus.langid:
+        by_lang = meta["dropped_by_lang"]
+        print("not identified as their language (py3langid, dropped): " + ", ".join(
+            f"{lg} {by_lang.get(lg, {}).get('wrong_language', 0):,}" for lg in meta["langs"]))
     return {"langs": meta["langs"], "train_pairs": pairs}
 
 
@@ -173,9 +177,15 @@ def input_fingerprint(cfg: Config) -> str:
 
 def _stage_config(cfg: Config, name: str) -> dict:
     d = {s: dict(cfg.to_dict()[s]) for s in STAGES[name].sections}
+    for section in ("corpus", "shard"):
+        if section in d:
+            d[section].pop("workers", None)  # how many processes built it does not change the output
+    if name == "corpus" and not d["corpus"].get("langid"):  # added later; off = as before: corpora stay up to date
+        d["corpus"].pop("langid", None)
     if name == "pretrain":
         for k in BUDGET_KEYS:
             d["train"].pop(k, None)
+        d["train"].pop("ckpt_format", None)  # how checkpoints are written, not what is trained (either loads)
         for k in ("pairs", "lang_shares"):  # added later; empty = as before (every pair, alpha alone): runs stay
             if not d["train"].get(k):  # up to date
                 d["train"].pop(k, None)

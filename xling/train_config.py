@@ -21,6 +21,7 @@ from xling.batches import check_shares
 from xling.distributed import DIST_MODES
 from xling.precision import PRECISIONS
 
+CKPT_FORMATS = ("auto", "full", "sharded")
 EMBED_INITS = ("normal", "lsi")
 EXTEND_INITS = ("mean", "random", "lsi")  # new vocabulary rows of an extended model (xling.extend)
 # train.compile = "auto" compiles a run whose every budget is at least this long: a cold compile of the demo's two
@@ -65,6 +66,10 @@ class TrainConfig:
     eval_retrieval: int = 200  # valid verse pairs per language scored for top-1 retrieval vs en (0 = off)
     log_every: int = 10  # steps between metrics.jsonl lines (and progress-bar updates of the loss)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
+    # full: rank 0 gathers and writes model.safetensors + state.pt; sharded: every process writes its own shards
+    # (torch.distributed.checkpoint, no gather; resumes in another number of processes); auto: sharded for
+    # dist = "fsdp", else full. Either format loads in later stages and export (xling.checkpoint)
+    ckpt_format: str = "auto"
     keep_checkpoints: int = 3  # newest checkpoints kept on disk (0 = all)
     seed: int | None = None  # seed of init, data order and dropout; None = [run].seed
     langs: list[str] = field(default_factory=list)  # languages to train on; empty = every shard language
@@ -115,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"extend_init must be one of {', '.join(EXTEND_INITS)}, not {self.extend_init!r}")
         if self.dist not in DIST_MODES:
             raise ValueError(f"dist must be one of {', '.join(DIST_MODES)}, not {self.dist!r}")
+        if self.ckpt_format not in CKPT_FORMATS:
+            raise ValueError(f"ckpt_format must be one of {', '.join(CKPT_FORMATS)}, not {self.ckpt_format!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if any(b < 1 for b in self.batch_sizes.values()):
@@ -136,6 +143,12 @@ class TrainConfig:
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, not {self.seed}")
         check_shares(self.lang_shares)  # finite, in [0, 1], sum <= 1 (the languages: `build_objectives`)
+
+
+def sharded_checkpoints(cfg: TrainConfig) -> bool:
+    """Whether the run writes sharded checkpoints: train.ckpt_format as set, "auto" = sharded for FSDP runs (also
+    when one process runs them: a run's format follows its config, not the number of processes it has now)."""
+    return cfg.ckpt_format == "sharded" or (cfg.ckpt_format == "auto" and cfg.dist == "fsdp")
 
 
 def compiles(cfg: TrainConfig) -> bool:

@@ -16,7 +16,7 @@ knows nothing of tokenizers or models. `read_source` picks the reader named by
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,8 +55,24 @@ READERS = {
 }
 
 
-def read_source(cfg: CorpusConfig) -> Iterator[Segment]:
+def _reader(cfg: CorpusConfig):
     if cfg.source not in READERS:
         raise XlingError(f"unknown corpus source {cfg.source!r}; choose one of: {', '.join(READERS)}")
-    module = importlib.import_module(READERS[cfg.source])
-    return module.read(cfg)
+    return importlib.import_module(READERS[cfg.source])
+
+
+def read_source(cfg: CorpusConfig) -> Iterator[Segment]:
+    return _reader(cfg).read(cfg)
+
+
+def source_units(cfg: CorpusConfig, size: int | None = None) -> Iterable:
+    """The pieces of the source that workers read independently, in reading order (a reader with `units`: its
+    files, stretches of about `size` bytes, or Bible translations); one piece, None, for the others. Reading every
+    unit in order with `read_unit` gives `read_source`'s segments in its order."""
+    module = _reader(cfg)
+    return module.units(cfg, size) if hasattr(module, "units") else [None]
+
+
+def read_unit(cfg: CorpusConfig, unit) -> Iterator[Segment]:
+    module = _reader(cfg)
+    return module.read(cfg) if unit is None else module.read_unit(cfg, unit)

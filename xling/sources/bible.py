@@ -65,6 +65,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -389,13 +390,22 @@ def _check_books(books: list[int]) -> list[int]:
 
 def read(cfg: CorpusConfig) -> Iterator[Segment]:
     """One segment per verse and language; key "book.chapter.verse", group "book.chapter"."""
+    return chain.from_iterable(read_unit(cfg, u) for u in units(cfg))
+
+
+def units(cfg: CorpusConfig, size: int | None = None) -> list[tuple[str, str]]:
+    """(language, translation code) in reading order: a worker reads one translation (`size` is not used)."""
     versions = choose_versions(cfg.langs, dict(cfg.bible_versions))
-    books = _check_books(list(cfg.bible_books))
-    con = open_db(find_db())
+    _check_books(list(cfg.bible_books))
+    find_db()
     warning = licence_warning(list(versions.values()))
     if warning:
         print(warning, file=sys.stderr)
-    return _segments(con, versions, books)
+    return list(versions.items())
+
+
+def read_unit(cfg: CorpusConfig, unit: tuple[str, str]) -> Iterator[Segment]:
+    return _segments(open_db(find_db()), dict([unit]), _check_books(list(cfg.bible_books)))
 
 
 def _segments(con: sqlite3.Connection, versions: dict[str, str], books: list[int]) -> Iterator[Segment]:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xling.errors import XlingError
-from xling.files import iter_lines
+from xling.files import iter_lines, line_spans
 from xling.langs import check_lang
 from xling.sources import Segment
 
@@ -87,28 +88,35 @@ def missing_column(where: str, column: str, option: str, have) -> XlingError:
 
 
 def read(cfg: CorpusConfig) -> Iterator[Segment]:
-    files = list_files(cfg.paths, "*.jsonl", "JSON Lines")
-    return _segments(files, cfg)
-
-
-def _segments(files: list[Path], cfg: CorpusConfig) -> Iterator[Segment]:
     check = RecordChecker(cfg)
-    for path in files:
-        for n, line in enumerate(iter_lines(path, "JSON Lines file"), 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise XlingError(f"{where}: bad JSON ({e.msg} at column {e.colno}); "
-                                 f"write one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise XlingError(f"{where}: expected a JSON object, found {type(obj).__name__}")
-            for column, option in ((cfg.text_column, "text_column"), (cfg.lang_column, "lang_column")):
-                if column not in obj:
-                    raise missing_column(where, column, option, obj)
-            seg = check.segment(obj[cfg.text_column], obj[cfg.lang_column], obj.get(cfg.id_column),
-                                f"{path.name}:{n}", where)
-            if seg is not None:
-                yield seg
+    return chain.from_iterable(read_unit(cfg, u, check) for u in units(cfg))
+
+
+def units(cfg: CorpusConfig, size: int | None = None) -> Iterator[tuple[str, tuple | None]]:
+    """(file, span) pieces in reading order: whole files, or with `size` stretches of about `size` bytes."""
+    for path in list_files(cfg.paths, "*.jsonl", "JSON Lines"):
+        yield from ((str(path), span) for span in (line_spans(path, size) if size else [None]))
+
+
+def read_unit(cfg: CorpusConfig, unit: tuple[str, tuple | None],
+              check: RecordChecker | None = None) -> Iterator[Segment]:
+    path, span = Path(unit[0]), unit[1]
+    check = check or RecordChecker(cfg)
+    for n, line in enumerate(iter_lines(path, "JSON Lines file", span), span[2] if span else 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise XlingError(f"{where}: bad JSON ({e.msg} at column {e.colno}); "
+                             f"write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise XlingError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+        for column, option in ((cfg.text_column, "text_column"), (cfg.lang_column, "lang_column")):
+            if column not in obj:
+                raise missing_column(where, column, option, obj)
+        seg = check.segment(obj[cfg.text_column], obj[cfg.lang_column], obj.get(cfg.id_column),
+                            f"{path.name}:{n}", where)
+        if seg is not None:
+            yield seg

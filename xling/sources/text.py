@@ -16,11 +16,12 @@ across languages, so every line is its own group.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xling.errors import XlingError
-from xling.files import iter_lines, read_lines
+from xling.files import iter_lines, line_spans, read_lines
 from xling.langs import check_lang
 from xling.sources import Segment
 
@@ -79,15 +80,24 @@ def list_files(paths: list[str]) -> list[tuple[Path, str]]:
 
 
 def read(cfg: CorpusConfig) -> Iterator[Segment]:
+    return chain.from_iterable(read_unit(cfg, u) for u in units(cfg))
+
+
+def units(cfg: CorpusConfig, size: int | None = None) -> Iterator[tuple[str, str, tuple | None]]:
+    """(file, lang, span) pieces in reading order: whole files, or with `size` stretches of about `size` bytes
+    (`files.line_spans`) that workers read independently."""
     files = list_files(cfg.paths)  # errors about names and paths come before any reading
     wanted = set(cfg.langs)
-    return _segments([(f, lang) for f, lang in files if not wanted or lang in wanted])
-
-
-def _segments(files: list[tuple[Path, str]]) -> Iterator[Segment]:
     for path, lang in files:
-        stem = path.name[:-4] if path.name.endswith(".txt") else path.name
-        for n, line in enumerate(iter_lines(path, "text file"), 1):
-            if line.strip():
-                key = f"{stem}:{n}"
-                yield Segment(lang=lang, key=key, text=line, group=key)
+        if not wanted or lang in wanted:
+            spans = line_spans(path, size) if size and path.is_file() else [None]
+            yield from ((str(path), lang, span) for span in spans)
+
+
+def read_unit(cfg: CorpusConfig, unit: tuple[str, str, tuple | None]) -> Iterator[Segment]:
+    path, lang, span = Path(unit[0]), unit[1], unit[2]
+    stem = path.name[:-4] if path.name.endswith(".txt") else path.name
+    for n, line in enumerate(iter_lines(path, "text file", span), span[2] if span else 1):
+        if line.strip():
+            key = f"{stem}:{n}"
+            yield Segment(lang=lang, key=key, text=line, group=key)
