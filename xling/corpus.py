@@ -351,16 +351,17 @@ class _Writer:
 
 
 def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
-    """{"a-b": {split: translations}}: keys shared by two languages, from the written .keys files, one
-    language's key hashes in memory at a time."""
+    """{"a-b": {split: translations}}: keys shared by two languages, from the written .keys files: each file's key
+    hashes read once into a sorted uint64 array (8 bytes a segment, one split at a time), pairs intersected."""
     out: dict[str, dict[str, int]] = {}
     for split in SPLITS:
+        hashes = {}
+        for lang in langs:
+            with open(root / split / f"{lang}.keys", encoding="utf-8") as f:
+                hashes[lang] = np.unique(np.fromiter((text_hash(line.rstrip("\n")) for line in f), np.uint64))
         for i, a in enumerate(langs[:-1]):
-            with open(root / split / f"{a}.keys", encoding="utf-8") as f:
-                ka = {text_hash(line.rstrip("\n")) for line in f}
             for b in langs[i + 1:]:
-                with open(root / split / f"{b}.keys", encoding="utf-8") as f:
-                    n = sum(1 for line in f if text_hash(line.rstrip("\n")) in ka)
+                n = len(np.intersect1d(hashes[a], hashes[b], assume_unique=True))
                 if n:
                     out.setdefault(f"{a}-{b}", {})[split] = n
     return out
@@ -412,6 +413,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
             langs = list(cfg.langs) or list(admit.first_seen)  # the source's order (bible: DEFAULT_LANGS)
             writer.close(langs)
         dropped, lang_drops = admit.dropped, admit.lang_drops
+        del admit  # its hash sets (16 bytes a segment) before the pair count takes 8 a segment of one split
         stats = {s: {lg: writer.stats[s][lg] for lg in langs} for s in SPLITS}
         missing = [lg for lg in langs if not any(stats[s][lg]["segments"] for s in SPLITS)]
         filtered = [lg for lg in missing if lang_drops.get(lg)]
