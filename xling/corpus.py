@@ -178,6 +178,7 @@ def prepare(segments: Iterable[Segment], cfg: CorpusConfig) -> Prepared:
     names: dict[str, int] = {}
     cols: tuple[list, ...] = tuple([] for _ in range(10))
     lang, split, why, keys, texts, th, kh, bad, words, chars = cols
+    last_group, last_split = None, 0
     for seg in segments:
         if wanted and seg.lang not in wanted:
             continue
@@ -192,7 +193,10 @@ def prepare(segments: Iterable[Segment], cfg: CorpusConfig) -> Prepared:
                                (chars, 0)):
                 col.append(empty)
             continue
-        split.append(SPLITS.index(split_of(seg.group, cfg.valid_fraction, cfg.test_fraction)))
+        if seg.group != last_group:  # aligned sources give a group's segments together (a chapter's verses)
+            last_group, last_split = seg.group, SPLITS.index(split_of(seg.group, cfg.valid_fraction,
+                                                                      cfg.test_fraction))
+        split.append(last_split)
         keys.append(seg.key)
         texts.append(text)
         th.append(text_hash(text) if cfg.dedup else 0)
