@@ -48,7 +48,7 @@ from xling.encode import (
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_text, read_lines
 
-BACKENDS = ("exact", "faiss")
+BACKENDS = ("exact", "faiss", "ivf")
 FORMATS = ("tsv", "jsonl")
 
 
@@ -56,11 +56,9 @@ FORMATS = ("tsv", "jsonl")
 
 def faiss_search(queries: np.ndarray, docs: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The same as `nearest` through a FAISS flat inner-product index (exact; needs `faiss` installed)."""
-    try:
-        import faiss
-    except ImportError:
-        raise XlingError("backend faiss needs the faiss package (`pip install faiss-cpu`); "
-                         "or use the exact backend") from None
+    from xling.tasks.retrieval.ann import import_faiss
+
+    faiss = import_faiss("faiss")
     q, d = as_matrix(queries, "queries"), as_matrix(docs, "documents")
     check_dims(q, d)
     k = min(k, len(d))
@@ -74,11 +72,16 @@ def faiss_search(queries: np.ndarray, docs: np.ndarray, k: int = 1) -> tuple[np.
 
 def search(queries: np.ndarray, docs: np.ndarray, k: int = 5, *, backend: str = "exact",
            max_bytes: int = MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by cosine: backend "exact" (chunked BLAS + torch.topk) or "faiss" (flat inner-product index)."""
+    """Top-k by cosine: backend "exact" (chunked BLAS + torch.topk), "faiss" (flat inner-product index, exact) or
+    "ivf" (approximate: `ann.ivf_search`, an IVF index of 8-bit codes, candidates re-scored exactly)."""
     if backend not in BACKENDS:
         raise XlingError(f"unknown search backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "faiss":
         return faiss_search(queries, docs, k)
+    if backend == "ivf":
+        from xling.tasks.retrieval.ann import ivf_search
+
+        return ivf_search(queries, docs, k)
     return nearest(queries, docs, k, max_bytes=max_bytes)
 
 
