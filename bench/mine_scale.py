@@ -3,6 +3,7 @@
     .venv/bin/python bench/mine_scale.py                          # 10k, 100k, 1M per side, d = 256
     .venv/bin/python bench/mine_scale.py --sizes 10000,100000 --recall-sample 2000
     .venv/bin/python bench/mine_scale.py --compare 100000         # IVF-Flat vs IVF-SQ8 vs HNSW32 (the choice)
+    .venv/bin/python bench/mine_scale.py --run runs/demo --pairs en-fr,en-de   # F1 on a run's test verses
 
 Data: random-projection sentence vectors with the shape of real ones. A latent vector z (r = 128 dimensions,
 a decaying spectrum) is a topic centre (sqrt(N) topics) plus an equal share of within-topic spread; a sentence
@@ -22,6 +23,9 @@ memory-mapped vector pages it touched as well as the index) is its own:
          by N / rows (stated as such in the table).
 recall@4 = mean |approximate top-4 ∩ exact top-4| / 4 over the sampled rows, each direction. F1 against the
 planted pairs. The last line is machine-readable key=value pairs.
+
+--run: the demo's mining evaluation (`mine_eval_run`: a run's held-out test verses, target side shuffled, gold =
+shared verse key) with each backend on the same vectors: F1 exact vs ivf, and the ivf neighbours' recall@4.
 """
 
 from __future__ import annotations
@@ -176,6 +180,29 @@ def compare(n: int, recall_rows: int) -> None:
                              f"nlist {nlist}, faiss threads {faiss.omp_get_max_threads()}"))
 
 
+def run_f1(run: str, pairs: list[str], nprobe: int | None) -> None:
+    """Mining F1 on a run's test verses, exact beside ivf (each language encoded once)."""
+    from xling.tasks.retrieval import mine as mining
+
+    rows, kv = [], {}
+    langs = list(dict.fromkeys(lg for pair in pairs for lg in pair.split("-")))
+    vecs, keys, _, _ = mining.run_split_vectors(run, langs, max_segments=10**9)  # every test verse, encoded once
+    for pair in pairs:
+        src, tgt = pair.split("-")
+        gold = mining.gold_pairs(keys[src], keys[tgt])
+        got = {"exact": mining.mine_eval(vecs[src], vecs[tgt], gold),
+               "ivf": mining.mine_eval(vecs[src], vecs[tgt], gold, backend="ivf", nprobe=nprobe,
+                                       recall_sample=len(vecs[src]))}
+        e, a = got["exact"], got["ivf"]
+        rows.append([pair, e["gold"], f"{a['nlist_target']} / {a['nprobe']}", round(e["f1"], 4), round(a["f1"], 4),
+                     round(a["f1"] - e["f1"], 4), f"{a['recall_src_tgt']:.4f} / {a['recall_tgt_src']:.4f}"])
+        kv[f"f1_{pair}_exact"], kv[f"f1_{pair}_ivf"] = round(e["f1"], 4), round(a["f1"], 4)
+    print(format_table(["pair", "test verses", "nlist / nprobe", "F1 exact", "F1 ivf", "ivf - exact",
+                        "recall@4 src->tgt / tgt->src (all rows)"], rows,
+                       title=f"Mining F1 on the test verses of {run} (LASER margin k 4, intersection, threshold 1.0)"))
+    print(" ".join(f"{k}={v}" for k, v in kv.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="sentences per side")
@@ -184,12 +211,16 @@ def main() -> None:
     ap.add_argument("--exact-max", type=int, default=10000, help="largest N mined exactly in full")
     ap.add_argument("--exact-rows", type=int, default=2000, help="source rows timed to extrapolate exact above it")
     ap.add_argument("--compare", type=int, help="compare index kinds on this many vectors instead")
+    ap.add_argument("--run", help="mining F1 on this run's test verses instead (exact vs ivf)")
+    ap.add_argument("--pairs", default="en-fr,en-de,en-ru", help="with --run: language pairs")
     ap.add_argument("--child", choices=["ivf", "exact"], help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("XLING_PROGRESS", "0")
     if args.child:
         return child(args)
+    if args.run:
+        return run_f1(args.run, args.pairs.split(","), args.nprobe)
     if args.compare:
         return compare(args.compare, min(args.recall_sample, args.compare))
     rows, kv = [], {}

@@ -236,26 +236,36 @@ def _split_segments(shards, split: str, lang: str, cap: int) -> list[np.ndarray]
     return [np.asarray(shards.segment(split, lang, i), np.int64) for i in range(n)]
 
 
-def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", layer: int | None = None,
-                  pool_specials: bool | None = None, max_segments: int = 1000, **kw) -> dict:
-    """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
+def run_split_vectors(run: str | Path, langs: list[str], *, split: str = "test", layer: int | None = None,
+                      pool_specials: bool | None = None,
+                      max_segments: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, list[str]], int, bool]:
+    """Sentence vectors and verse keys of a run's held-out segments (the first `max_segments` of each language):
+    ({lang: (N, D)}, {lang: keys}, layer, pool_specials)."""
     from xling.encode import POOL_SPECIALS, encode
     from xling.shards import Shards
     from xling.tasks.retrieval.retrieve import load_encoder, resolve_layer
 
     model, _ = load_encoder(run)
     shards = Shards(Path(run) / "shards")
-    for lg in (src, tgt):
+    for lg in langs:
         if lg not in shards.langs:
             raise XlingError(f"language {lg!r} is not in {run}; choose from {', '.join(shards.langs)}")
     layer = resolve_layer(run, model, layer)
     pool = POOL_SPECIALS if pool_specials is None else pool_specials
     vecs, keys = {}, {}
-    for lg in (src, tgt):
+    for lg in langs:
         seqs = _split_segments(shards, split, lg, max_segments)
         vecs[lg] = encode(model, seqs, lang_index=shards.langs.index(lg), tag=shards.lang_token_ids[lg],
                           specials=shards.specials, layer=layer, pool_specials=pool, desc=f"encode {lg}")
         keys[lg] = shards.keys(split, lg)[: len(seqs)]
+    return vecs, keys, layer, pool
+
+
+def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", layer: int | None = None,
+                  pool_specials: bool | None = None, max_segments: int = 1000, **kw) -> dict:
+    """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
+    vecs, keys, layer, pool = run_split_vectors(run, list(dict.fromkeys([src, tgt])), split=split, layer=layer,
+                                                pool_specials=pool_specials, max_segments=max_segments)
     out = mine_eval(vecs[src], vecs[tgt], gold_pairs(keys[src], keys[tgt]), **kw)
     return {**out, "layer": layer, "pool_specials": pool, "split": split}
 

@@ -2,7 +2,7 @@
 
     vecs = encode(model, seqs, lang_index=2, tag=7, specials=specials, layer=3)   # (N, D), L2-normalised
     acc = top1_accuracy(src_vecs, tgt_vecs)    # row i of src should find row i of tgt (XTREME Tatoeba)
-    scores, idx = search(queries, docs, k=5)   # exact top-k by cosine, chunked (or backend="faiss")
+    scores, idx = search(queries, docs, k=5)   # exact top-k by cosine, chunked (or backend="faiss" / "ivf")
     vecs = embed_texts(model, tok, ["In the beginning", ...], "en", layer=2, pool_specials=True)
 
 CLI (`xling embed`, `xling retrieve`):
@@ -23,7 +23,8 @@ faster than `np.argpartition` here). With `faiss` importable, backend="faiss" us
 index (also exact: the same neighbours up to ties and float rounding); it needs the least memory, but
 was slower than the chunked search here. bench/retrieve.py (1k queries, d 256, a loaded 2-core machine):
 10k documents 3,930 queries/s (38 MiB) vs 1,628 (153 MiB) for a full `q @ d.T` + argpartition and 2,293
-(6 MiB) for FAISS; 100k documents 300/s (256 MiB) vs 125/s (1,526 MiB) and 156/s (98 MiB).
+(6 MiB) for FAISS; 100k documents 300/s (256 MiB) vs 125/s (1,526 MiB) and 156/s (98 MiB). For millions of
+documents, backend="ivf" is approximate (`ann.py`: an IVF index of 8-bit codes, candidates re-scored exactly).
 """
 
 from __future__ import annotations
