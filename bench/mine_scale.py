@@ -52,7 +52,7 @@ DIM, LATENT = 256, 128
 CHUNK = 1 << 16
 
 
-def write_pair_vectors(n: int, folder: Path, seed: int = 0, paired: float = 0.5) -> np.ndarray:
+def write_pair_vectors(n: int, folder: Path, seed: int = 0, paired: float = 0.5, within: float = 1.0) -> np.ndarray:
     """src.npy and tgt.npy (n, DIM) float32 unit rows in `folder`; returns gold (G, 2) (source row, target row)."""
     from numpy.lib.format import open_memmap
 
@@ -70,7 +70,8 @@ def write_pair_vectors(n: int, folder: Path, seed: int = 0, paired: float = 0.5)
     tgt = open_memmap(folder / "tgt.npy", mode="w+", dtype=np.float32, shape=(n, DIM))
 
     def latent(r: np.random.Generator, m: int) -> np.ndarray:
-        return topics[r.integers(0, len(topics), m)] + r.standard_normal((m, LATENT), dtype=np.float32) * spec
+        centre = topics[r.integers(0, len(topics), m)]
+        return centre + within * r.standard_normal((m, LATENT), dtype=np.float32) * spec  # spread around it
 
     def sentence(r: np.random.Generator, z: np.ndarray, shift: np.ndarray | float) -> np.ndarray:
         v = z @ proj + common + shift + 0.2 * r.standard_normal((len(z), DIM), dtype=np.float32)
@@ -131,7 +132,7 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
-def compare(n: int, recall_rows: int) -> None:
+def compare(n: int, recall_rows: int, within: float = 1.0) -> None:
     """IVF-Flat, IVF-SQ8 (+ exact re-scoring) and HNSW32 on one side of n vectors: build, recall@4, speed, size."""
     import faiss
 
@@ -139,7 +140,7 @@ def compare(n: int, recall_rows: int) -> None:
     from xling.tasks.retrieval.ann import NITER, TRAIN_PER_LIST, default_nlist, ivf_search, recall_at_k
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_pair_vectors(n, Path(tmp))
+        write_pair_vectors(n, Path(tmp), within=within)
         x, y = np.load(Path(tmp) / "src.npy"), np.load(Path(tmp) / "tgt.npy")
     q = x[:recall_rows]
     _, exact = nearest(q, y, 4)
@@ -176,7 +177,8 @@ def compare(n: int, recall_rows: int) -> None:
             rows.append([name, f"{'efSearch' if name.startswith('HNSW') else 'nprobe'} {p}", round(build, 1),
                          round(size_mb), round(recall_at_k(idx, exact), 4), round(len(q) / sec)])
     print(format_table(["index", "search setting", "build s", "index MiB", "recall@4", "queries/s"], rows,
-                       title=f"Approximate 4-NN on {n:,} target vectors (d {DIM}), {len(q):,} source queries, "
+                       title=f"Approximate 4-NN on {n:,} target vectors (d {DIM}, within-topic spread {within}), "
+                             f"{len(q):,} source queries, "
                              f"nlist {nlist}, faiss threads {faiss.omp_get_max_threads()}"))
 
 
@@ -211,6 +213,8 @@ def main() -> None:
     ap.add_argument("--exact-max", type=int, default=10000, help="largest N mined exactly in full")
     ap.add_argument("--exact-rows", type=int, default=2000, help="source rows timed to extrapolate exact above it")
     ap.add_argument("--compare", type=int, help="compare index kinds on this many vectors instead")
+    ap.add_argument("--within", type=float, default=1.0,
+                    help="--compare: within-topic spread relative to the topics' (higher: neighbours stand out less)")
     ap.add_argument("--run", help="mining F1 on this run's test verses instead (exact vs ivf)")
     ap.add_argument("--pairs", default="en-fr,en-de,en-ru", help="with --run: language pairs")
     ap.add_argument("--child", choices=["ivf", "exact"], help=argparse.SUPPRESS)
@@ -222,7 +226,7 @@ def main() -> None:
     if args.run:
         return run_f1(args.run, args.pairs.split(","), args.nprobe)
     if args.compare:
-        return compare(args.compare, min(args.recall_sample, args.compare))
+        return compare(args.compare, min(args.recall_sample, args.compare), args.within)
     rows, kv = [], {}
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(dir=os.environ.get("XLING_BENCH_TMP")) as tmp:

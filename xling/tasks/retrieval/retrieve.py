@@ -278,6 +278,12 @@ def run_retrieve(model_dir: str | Path, queries: str | Path, docs: str | Path, *
         raise XlingError(f"unknown format {fmt!r}; choose tsv or jsonl")
     if k < 1:
         raise XlingError(f"-k must be >= 1, not {k}")
+    if backend not in BACKENDS:
+        raise XlingError(f"unknown search backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "exact":
+        from xling.tasks.retrieval.ann import import_faiss
+
+        import_faiss(backend)  # before any model is loaded or text embedded
     sides = [InputFile(queries, "queries"), InputFile(docs, "documents")]
     langs = resolve_languages(model_dir, sides, [src, tgt], ["--src", "--tgt"])
     qv, dv = side_vectors(model_dir, sides, langs, layer=layer, pool_specials=pool_specials)
