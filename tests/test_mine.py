@@ -313,7 +313,7 @@ def test_laser_rule_backends_equal_the_reference_in_every_mode():
 
 def test_approximate_mining_against_exact_on_memory_mapped_vectors(tmp_path):
     _needs_faiss()
-    from xling.tasks.retrieval.ann import NPROBE, default_nlist
+    from xling.tasks.retrieval.ann import default_nlist
     from xling.tasks.retrieval.retrieve import read_vectors, write_vectors
 
     n = 6000
@@ -321,16 +321,23 @@ def test_approximate_mining_against_exact_on_memory_mapped_vectors(tmp_path):
     write_vectors(tmp_path / "x", x, [str(i) for i in range(n)])
     write_vectors(tmp_path / "y", y, [str(i) for i in range(n)])
     xm, ym = read_vectors(tmp_path / "x.npy")[0], read_vectors(tmp_path / "y.npy")[0]
-    assert isinstance(xm, np.memmap) and default_nlist(n) == 310 > 10 * NPROBE  # a real approximation
+    assert isinstance(xm, np.memmap) and default_nlist(n) == 310
     exact = mine_eval(x, y, gold)
     approx = mine_eval(xm, ym, gold, backend="ivf", recall_sample=1000)
-    assert approx["recall_src_tgt"] >= 0.95 and approx["recall_tgt_src"] >= 0.95
+    for way in ("src_tgt", "tgt_src"):  # nprobe tuned on 1,000 rows to recall@4 >= 0.95, far below every list
+        assert approx[way]["tune_recall"] >= 0.95 and approx[way]["nprobe"] <= 32
+    assert approx["recall_src_tgt"] >= 0.95 and approx["recall_tgt_src"] >= 0.95  # on 1,000 other rows
     assert approx["recall_src_tgt"] < 1 or approx["recall_tgt_src"] < 1  # some neighbours are missed ...
     assert abs(approx["f1"] - exact["f1"]) <= 0.01 and exact["f1"] > 0.9  # ... without changing what is mined
     # the same index settings on in-memory arrays give the same pairs
     a = mine(xm, ym, backend="ivf")
     b = mine(x, y, backend="ivf")
     assert np.array_equal(a.src, b.src) and np.array_equal(a.tgt, b.tgt)
+    # a higher target tunes a larger nprobe (or every list), and a fixed nprobe is used as given
+    hi = mine(x, y, backend="ivf", recall_target=1.0)
+    assert hi.info["src_tgt"]["nprobe"] > approx["src_tgt"]["nprobe"] and hi.info["src_tgt"]["tune_recall"] > 0.99
+    fixed = mine(x, y, backend="ivf", nprobe=2)
+    assert fixed.info["src_tgt"] == {"nlist": 310, "nprobe": 2}
 
 
 def test_mine_command_ivf_backend_prints_recall(tmp_path, capsys):
@@ -345,7 +352,7 @@ def test_mine_command_ivf_backend_prints_recall(tmp_path, capsys):
     assert main([*argv, "--backend", "ivf", "--recall-sample", "500", "--out", str(tmp_path / "ivf.tsv")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("mine: ") and "backend exact" in err[0]
-    assert "backend ivf, nprobe 16, nlist 219/219" in err[1]
+    assert "backend ivf; source->target nlist 219, nprobe " in err[1] and "tuned: recall 0.9" in err[1]
     recalls = [float(v.split()[0]) for v in err[2].split("source->target ")[1].split("target->source ")]
     assert "500 sampled rows" in err[2] and min(recalls) >= 0.95
 
@@ -373,6 +380,7 @@ def test_mine_without_faiss_says_how_to_install_and_exact_still_works(tmp_path, 
     assert not (tmp_path / "o.tsv").exists()
     assert main(argv) == 0 and len((tmp_path / "o.tsv").read_text().splitlines()) > 150
     capsys.readouterr()
-    for bad, needle in ((["--nprobe", "0"], "--nprobe"), (["--recall-sample", "-1"], "--recall-sample")):
+    for bad, needle in ((["--nprobe", "0"], "--nprobe"), (["--recall-sample", "-1"], "--recall-sample"),
+                        (["--recall-target", "1.5"], "--recall-target"), (["--recall-target", "nan"], "finite")):
         assert main([*argv, "--backend", "ivf", *bad]) == 2
         assert needle in _one_line(capsys.readouterr().err)

@@ -294,11 +294,13 @@ def cmd_mine(args) -> int:
     from xling.tasks.retrieval.mine import run_mine, summary
 
     _check_number(args.threshold, "--threshold")
+    _check_number(args.recall_target, "--recall-target")
     if args.out:
         check_writable(args.out, "--out")
     found = run_mine(args.run, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
                      threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials,
-                     backend=args.backend, nprobe=args.nprobe, recall_sample=args.recall_sample)
+                     backend=args.backend, nprobe=args.nprobe, recall_target=args.recall_target,
+                     recall_sample=args.recall_sample)
     print("\n".join(summary(found)), file=sys.stderr)
     return 0
 
@@ -502,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: margin over all pairs (default); faiss: LASER's rule (best of the k neighbours, "
                         "flat index); ivf: the same on approximate neighbours from an IVF index, for millions of "
                         "sentences (faiss and ivf need faiss: pip install 'xling[faiss]')")
-    p.add_argument("--nprobe", type=int, help="ivf: inverted lists visited per query (default 16; more: slower, "
-                                              "higher recall)")
+    p.add_argument("--nprobe", type=int, help="ivf: inverted lists visited per query (default: tuned, 8, 16, 32, "
+                                              "..., until --recall-target is met on 1,000 sampled rows)")
+    p.add_argument("--recall-target", type=float,
+                   help="ivf: recall@k against exact search that the tuned nprobe must reach (default 0.95)")
     p.add_argument("--recall-sample", type=int, default=1000,
                    help="ivf: rows per direction also searched exactly, to print the recall (default 1000; 0: skip)")
     p.add_argument("--out", help="output TSV (default stdout)")

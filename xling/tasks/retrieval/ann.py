@@ -36,7 +36,9 @@ import numpy as np
 from xling.encode import as_matrix, check_dims
 from xling.errors import XlingError
 
-NPROBE = 16  # lists visited per query (bench/mine_scale.py: recall@4 >= 0.95 at 1M on its vectors)
+NPROBE_START = 8  # the first nprobe tried when tuning (doubled until the recall target is met)
+RECALL_TARGET = 0.95  # recall@k the tuned nprobe must reach on the tuning sample
+TUNE_ROWS = 1000  # queries searched exactly to tune nprobe
 REFINE = 2  # candidates re-scored exactly per wanted neighbour (SQ8 codes misrank near-ties)
 TRAIN_PER_LIST = 40  # k-means sample: rows per list (FAISS warns below 39)
 NITER = 10  # k-means iterations (FAISS's default 25 took 2.5x as long for the same recall here)
@@ -84,25 +86,12 @@ def build_ivf(docs: np.ndarray, *, nlist: int | None = None, seed: int = 0):
     return index
 
 
-def ivf_search(queries: np.ndarray, docs: np.ndarray, k: int = 4, *, nprobe: int = NPROBE,
-               nlist: int | None = None, refine: int = REFINE, seed: int = 0,
-               index=None) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-k by cosine: (scores (Q, k) float32, rows (Q, k) int64), best first.
-
-    Scores are exact cosines of the rows found. A query whose visited lists hold fewer than k rows gets row -1
-    and score -inf in the missing places. `index`: one from `build_ivf(docs)`, to reuse.
-    """
-    if nprobe < 1:
-        raise XlingError(f"nprobe must be >= 1, not {nprobe}")
-    check_dims(queries, docs)
-    k = min(k, len(docs))
+def _search(index, queries: np.ndarray, docs: np.ndarray, k: int, nprobe: int,
+            refine: int) -> tuple[np.ndarray, np.ndarray]:
+    """`index`'s top-k at `nprobe`, its REFINE * k candidates re-scored from `docs` (see ivf_search)."""
     nq = len(queries)
-    scores = np.full((nq, max(k, 0)), -np.inf, dtype=np.float32)
-    found = np.full((nq, max(k, 0)), -1, dtype=np.int64)
-    if k < 1 or nq == 0:
-        return scores, found
-    if index is None:
-        index = build_ivf(docs, nlist=nlist, seed=seed)
+    scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    found = np.full((nq, k), -1, dtype=np.int64)
     index.nprobe = min(nprobe, index.nlist)
     kk = min(len(docs), k * max(refine, 1))  # candidates per query
     chunk = max(1, min(CHUNK, GATHER_BYTES // (kk * docs.shape[1] * 4)))
@@ -119,6 +108,55 @@ def ivf_search(queries: np.ndarray, docs: np.ndarray, k: int = 4, *, nprobe: int
     return scores, found
 
 
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """`size` distinct rows of n (all when size >= n), sorted: sequential reads from a memory-mapped file."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
+
+
+def tune_nprobe(index, queries: np.ndarray, docs: np.ndarray, k: int, *, target: float = RECALL_TARGET,
+                rows: int = TUNE_ROWS, refine: int = REFINE, seed: int = 0) -> tuple[int, float]:
+    """(nprobe, its recall@k): the first of NPROBE_START, twice that, ... (up to every list) whose recall@k against
+    exact search on `rows` sampled queries reaches `target`."""
+    from xling.encode import nearest
+
+    q = as_matrix(queries[sample_rows(len(queries), rows, seed)], "queries")
+    _, exact = nearest(q, docs, k)
+    nprobe = min(NPROBE_START, index.nlist)
+    while True:
+        recall = recall_at_k(_search(index, q, docs, k, nprobe, refine)[1], exact)
+        if recall >= target or nprobe >= index.nlist:
+            return nprobe, recall
+        nprobe = min(2 * nprobe, index.nlist)
+
+
+def ivf_search(queries: np.ndarray, docs: np.ndarray, k: int = 4, *, nprobe: int | None = None,
+               target: float = RECALL_TARGET, nlist: int | None = None, refine: int = REFINE, seed: int = 0,
+               index=None, info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-k by cosine: (scores (Q, k) float32, rows (Q, k) int64), best first.
+
+    nprobe None: tuned (`tune_nprobe`) to reach a recall@k of `target` on a sample of the queries. Scores are
+    exact cosines of the rows found. A query whose visited lists hold fewer than k rows gets row -1 and score
+    -inf in the missing places. `index`: one from `build_ivf(docs)`, to reuse. `info` (a dict) receives nlist,
+    nprobe and, when tuned, the tuning sample's recall.
+    """
+    if nprobe is not None and nprobe < 1:
+        raise XlingError(f"nprobe must be >= 1, not {nprobe}")
+    check_dims(queries, docs)
+    k = min(k, len(docs))
+    nq = len(queries)
+    if k < 1 or nq == 0:
+        return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
+    if index is None:
+        index = build_ivf(docs, nlist=nlist, seed=seed)
+    tuned = None
+    if nprobe is None:
+        nprobe, tuned = tune_nprobe(index, queries, docs, k, target=target, refine=refine, seed=seed)
+    nprobe = min(nprobe, index.nlist)
+    if info is not None:
+        info.update(nlist=index.nlist, nprobe=nprobe, **({"tune_recall": tuned} if tuned is not None else {}))
+    return _search(index, queries, docs, k, nprobe, refine)
+
+
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean over rows of |approx top-k ∩ exact top-k| / k (FAISS's k-recall@k; 1.0 = the same neighbours)."""
     approx, exact = np.asarray(approx), np.asarray(exact)
@@ -132,10 +170,11 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def sample_recall(queries: np.ndarray, docs: np.ndarray, approx_idx: np.ndarray, *, n: int = 1000,
-                  seed: int = 0) -> float:
-    """recall_at_k of `approx_idx` (all queries' approximate top-k in `docs`) against exact search, on `n` rows."""
+                  seed: int = 1) -> float:
+    """recall_at_k of `approx_idx` (all queries' approximate top-k in `docs`) against exact search, on `n` rows
+    (seed 1: other rows than the tuning sample's, seed 0, where they can be)."""
     from xling.encode import nearest
 
-    rows = np.sort(np.random.default_rng(seed).choice(len(queries), min(n, len(queries)), replace=False))
+    rows = sample_rows(len(queries), n, seed)
     _, exact = nearest(as_matrix(queries[rows], "queries"), docs, approx_idx.shape[1])
     return recall_at_k(approx_idx[rows], exact)

@@ -118,15 +118,16 @@ def best_of_neighbours(scores: np.ndarray, index: np.ndarray, rx: np.ndarray,
     return index[rows, j], margin[rows, j].astype(np.float32)
 
 
-def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int, backend: str, *, nprobe: int,
-                   nlist: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N, k), rows (N, k)): the k nearest rows of y for each row of x by the backend's search."""
+def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int, backend: str, *, nprobe: int | None, target: float,
+                   nlist: int | None, seed: int, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, k), rows (N, k)): the k nearest rows of y for each row of x by the backend's search
+    (ivf: its nlist, nprobe and tuning recall into `info`)."""
     from xling.tasks.retrieval.ann import ivf_search
     from xling.tasks.retrieval.retrieve import faiss_search
 
     if backend == "faiss":
         return faiss_search(x, y, k)
-    return ivf_search(x, y, k, nprobe=nprobe, nlist=nlist, seed=seed)
+    return ivf_search(x, y, k, nprobe=nprobe, target=target, nlist=nlist, seed=seed, info=info)
 
 
 def _mean_valid(scores: np.ndarray) -> np.ndarray:
@@ -138,15 +139,17 @@ def _mean_valid(scores: np.ndarray) -> np.ndarray:
 
 def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersection",
          threshold: float = THRESHOLD, backend: str = "exact", nprobe: int | None = None,
-         nlist: int | None = None, recall_sample: int = 0, seed: int = 0) -> Mined:
+         recall_target: float | None = None, nlist: int | None = None, recall_sample: int = 0,
+         seed: int = 0) -> Mined:
     """Mine translation pairs between L2-normalised source (N, D) and target (M, D) vectors.
 
-    backend: "exact", "faiss" or "ivf" (module docstring); nprobe, nlist: the IVF index's (defaults:
-    `ann.NPROBE`, `ann.default_nlist`); recall_sample: with an approximate backend, this many rows per direction
-    are searched exactly too and the recall@k of the neighbours goes into `Mined.info`. src and tgt may be
-    memory-mapped arrays: every backend reads them a block of rows at a time.
+    backend: "exact", "faiss" or "ivf" (module docstring). ivf: nlist (default `ann.default_nlist`), nprobe
+    (default: tuned per direction until the recall@k on a sample of rows reaches `recall_target`, default
+    `ann.RECALL_TARGET`); recall_sample: this many other rows per direction are searched exactly too and the
+    recall@k of the neighbours goes into `Mined.info`. src and tgt may be memory-mapped arrays: every backend
+    reads them a block of rows at a time.
     """
-    from xling.tasks.retrieval.ann import NPROBE, sample_recall
+    from xling.tasks.retrieval.ann import RECALL_TARGET, sample_recall
 
     if mode not in MODES:
         raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")
@@ -154,9 +157,11 @@ def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersect
         raise XlingError(f"unknown mining backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if k < 1:
         raise XlingError(f"k must be >= 1, not {k}")
-    nprobe = NPROBE if nprobe is None else nprobe
-    if nprobe < 1:
+    if nprobe is not None and nprobe < 1:
         raise XlingError(f"nprobe must be >= 1, not {nprobe}")
+    target = RECALL_TARGET if recall_target is None else recall_target
+    if not 0 < target <= 1:
+        raise XlingError(f"the recall target must be in (0, 1], not {target}")
     x, y = as_matrix(src, "source vectors"), as_matrix(tgt, "target vectors")
     if x.shape[1] != y.shape[1]:
         raise XlingError(f"source vectors have dimension {x.shape[1]} but target vectors {y.shape[1]}; "
@@ -172,21 +177,20 @@ def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersect
         if mode in ("backward", "intersection"):
             bwd, bwd_score = best_by_margin(y, x, ry, rx)  # target j -> source bwd[j]
     else:
-        if backend == "ivf":
-            from xling.tasks.retrieval.ann import default_nlist
-
-            info.update(nprobe=nprobe, nlist_target=nlist or default_nlist(len(y)),
-                        nlist_source=nlist or default_nlist(len(x)))
-        xs, xi = neighbourhoods(x, y, k, backend, nprobe=nprobe, nlist=nlist, seed=seed)  # NN_k(x) in y
-        ys, yi = neighbourhoods(y, x, k, backend, nprobe=nprobe, nlist=nlist, seed=seed)  # NN_k(y) in x
+        opts = {"nprobe": nprobe, "target": target, "nlist": nlist, "seed": seed}
+        info["src_tgt"], info["tgt_src"] = {}, {}  # ivf: each index's nlist, nprobe, tuning recall
+        xs, xi = neighbourhoods(x, y, k, backend, info=info["src_tgt"], **opts)  # NN_k(x) in y
+        ys, yi = neighbourhoods(y, x, k, backend, info=info["tgt_src"], **opts)  # NN_k(y) in x
+        if backend == "faiss":
+            del info["src_tgt"], info["tgt_src"]
         rx, ry = _mean_valid(xs), _mean_valid(ys)
         fwd, fwd_score = best_of_neighbours(xs, xi, rx, ry)
         bwd, bwd_score = best_of_neighbours(ys, yi, ry, rx)
         if recall_sample > 0 and backend == "ivf":
             t0 = time.perf_counter()
             info["recall_sample"] = min(recall_sample, len(x)), min(recall_sample, len(y))
-            info["recall_src_tgt"] = sample_recall(x, y, xi, n=recall_sample, seed=seed)
-            info["recall_tgt_src"] = sample_recall(y, x, yi, n=recall_sample, seed=seed)
+            info["recall_src_tgt"] = sample_recall(x, y, xi, n=recall_sample, seed=seed + 1)  # not the tuning rows
+            info["recall_tgt_src"] = sample_recall(y, x, yi, n=recall_sample, seed=seed + 1)
             info["recall_seconds"] = time.perf_counter() - t0  # the exact check, not part of mining
     if mode == "forward":
         i, j, s = np.arange(len(x)), fwd, fwd_score
@@ -323,7 +327,8 @@ def eval_mining(ctx: EvalContext) -> dict:
 def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, *, src: str | None = None,
              tgt: str | None = None, k: int = K, mode: str = "intersection", threshold: float = THRESHOLD,
              out: str | Path | None = None, layer: int | None = None, pool_specials: bool | None = None,
-             backend: str = "exact", nprobe: int | None = None, recall_sample: int = RECALL_SAMPLE) -> Mined:
+             backend: str = "exact", nprobe: int | None = None, recall_target: float | None = None,
+             recall_sample: int = RECALL_SAMPLE) -> Mined:
     """`xling mine`: aligned pairs `score  src_id  tgt_id  src  tgt` (TSV with a header), best first.
 
     PREFIX.npy inputs are memory-mapped (`read_vectors`); returns what `mine` found (its `info` for the summary).
@@ -340,6 +345,8 @@ def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, 
         raise XlingError(f"--nprobe must be >= 1, not {nprobe}")
     if recall_sample < 0:
         raise XlingError(f"--recall-sample must be >= 0, not {recall_sample}")
+    if recall_target is not None and not 0 < recall_target <= 1:
+        raise XlingError(f"--recall-target must be in (0, 1], not {recall_target}")
     if backend != "exact":
         from xling.tasks.retrieval.ann import import_faiss
 
@@ -348,7 +355,7 @@ def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, 
     langs = resolve_languages(model_dir, sides, [src, tgt], ["--src", "--tgt"])
     sv, tv = side_vectors(model_dir, sides, langs, layer=layer, pool_specials=pool_specials)
     found = mine(sv, tv, k=k, mode=mode, threshold=threshold, backend=backend, nprobe=nprobe,
-                 recall_sample=recall_sample)
+                 recall_target=recall_target, recall_sample=recall_sample)
     s, t = sides
     lines = ["score\tsrc_id\ttgt_id\tsrc\ttgt"]
     lines += [f"{sc:.6f}\t{s.ids[i]}\t{t.ids[j]}\t{tsv_cell(s.text(i))}\t{tsv_cell(t.text(j))}"
@@ -358,11 +365,14 @@ def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, 
 
 
 def summary(found: Mined) -> list[str]:
-    """The lines `xling mine` prints on stderr: pairs, backend, and an approximate backend's recall."""
+    """The lines `xling mine` prints on stderr: pairs, backend, and an approximate backend's settings and recall."""
     info = found.info
     line = f"mine: {len(found):,} pairs (backend {info.get('backend', 'exact')}"
-    if "nprobe" in info:
-        line += f", nprobe {info['nprobe']}, nlist {info['nlist_source']:,}/{info['nlist_target']:,}"
+    for way, name in (("src_tgt", "source->target"), ("tgt_src", "target->source")):
+        if info.get(way):
+            d = info[way]
+            tuned = f", tuned: recall {d['tune_recall']:.3f} on its sample" if "tune_recall" in d else ""
+            line += f"; {name} nlist {d['nlist']:,}, nprobe {d['nprobe']}{tuned}"
     lines = [line + ")"]
     if "recall_src_tgt" in info:
         k, (ns, nt) = info["k"], info["recall_sample"]
@@ -370,6 +380,5 @@ def summary(found: Mined) -> list[str]:
         lines.append(f"mine: recall@{k} of the approximate neighbours against exact search: source->target "
                      f"{r1:.3f} ({ns:,} sampled rows), target->source {r2:.3f} ({nt:,})")
         if min(r1, r2) < 0.95:
-            lines.append(f"warning: recall@{k} below 0.95: raise --nprobe (now {info['nprobe']}) or use "
-                         f"--backend exact")
+            lines.append(f"warning: recall@{k} below 0.95: raise --recall-target or --nprobe, or use --backend exact")
     return lines
