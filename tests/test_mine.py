@@ -324,8 +324,8 @@ def test_approximate_mining_against_exact_on_memory_mapped_vectors(tmp_path):
     assert isinstance(xm, np.memmap) and default_nlist(n) == 310
     exact = mine_eval(x, y, gold)
     approx = mine_eval(xm, ym, gold, backend="ivf", recall_sample=1000)
-    for way in ("src_tgt", "tgt_src"):  # nprobe tuned on 1,000 rows to recall@4 >= 0.95, far below every list
-        assert approx[way]["tune_recall"] >= 0.95 and approx[way]["nprobe"] <= 32
+    for way in ("src_tgt", "tgt_src"):  # nprobe tuned on 1,000 rows to recall@4 >= 0.98, far below every list
+        assert approx[way]["tune_recall"] >= 0.98 and approx[way]["nprobe"] <= 64
     assert approx["recall_src_tgt"] >= 0.95 and approx["recall_tgt_src"] >= 0.95  # on 1,000 other rows
     assert approx["recall_src_tgt"] < 1 or approx["recall_tgt_src"] < 1  # some neighbours are missed ...
     assert abs(approx["f1"] - exact["f1"]) <= 0.01 and exact["f1"] > 0.9  # ... without changing what is mined

@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=int, help="ivf: inverted lists visited per query (default: tuned, 8, 16, 32, "
                                               "..., until --recall-target is met on 1,000 sampled rows)")
     p.add_argument("--recall-target", type=float,
-                   help="ivf: recall@k against exact search that the tuned nprobe must reach (default 0.95)")
+                   help="ivf: recall@k against exact search that the tuned nprobe must reach (default 0.98)")
     p.add_argument("--recall-sample", type=int, default=1000,
                    help="ivf: rows per direction also searched exactly, to print the recall (default 1000; 0: skip)")
     p.add_argument("--out", help="output TSV (default stdout)")
