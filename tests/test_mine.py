@@ -240,3 +240,148 @@ def test_mine_command_bad_input(tiny_run, tmp_path, capsys):
         code = main(["mine", *argv, "--run", str(tiny_run)])
         assert code == 2
         assert needle in _one_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------- approximate neighbours (ivf backend)
+
+def _needs_faiss():
+    return pytest.importorskip("faiss", reason="faiss is not installed (pip install 'xling[faiss]'); the ivf and "
+                                               "faiss backends are untested here")
+
+
+def _clustered_pairs(n: int, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Topic-clustered unit vectors x and their noisy translations y in shuffled order; gold (n, 2)."""
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((int(np.sqrt(n)), d))
+    x = topics[rng.integers(0, len(topics), n)] + rng.standard_normal((n, d))
+    perm = rng.permutation(n)  # target row r is the translation of source perm[r]
+    y = x[perm] + 0.35 * rng.standard_normal((n, d)) + 0.3 * rng.standard_normal(d)  # + a language shift
+    return _unit(x), _unit(y), np.stack([perm, np.arange(n)], 1)[np.argsort(perm)]
+
+
+def _laser_reference(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """LASER's mine_bitexts: the margin-best of each side's k cosine neighbours (fwd (N,), bwd (M,))."""
+    ref = _reference_margin(x, y, k)
+    cos = x @ y.T
+    nn_x = np.argsort(-cos, 1, kind="stable")[:, :k]  # k nearest targets of each source
+    nn_y = np.argsort(-cos.T, 1, kind="stable")[:, :k]
+    fwd = nn_x[np.arange(len(x)), ref[np.arange(len(x))[:, None], nn_x].argmax(1)]
+    bwd = nn_y[np.arange(len(y)), ref.T[np.arange(len(y))[:, None], nn_y].argmax(1)]
+    return fwd, bwd
+
+
+def test_recall_at_k_counts_shared_neighbours():
+    from xling.tasks.retrieval.ann import recall_at_k
+
+    exact = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert recall_at_k(exact, exact) == 1.0
+    assert recall_at_k(np.array([[3, 2, 1, 9], [4, 8, 8, 8]]), exact) == pytest.approx((3 + 1) / 8)  # order-free
+
+
+def test_ivf_visiting_every_list_finds_the_exact_neighbours():
+    _needs_faiss()
+    from xling.encode import nearest
+    from xling.tasks.retrieval.ann import build_ivf, ivf_search
+
+    x, y, _ = _clustered_pairs(2000)
+    index = build_ivf(y)
+    assert index.nlist == 179 and index.ntotal == 2000  # 4 sqrt(N) lists
+    scores, idx = ivf_search(x, y, 4, nprobe=index.nlist, index=index)
+    ref_scores, ref_idx = nearest(x, y, 4)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)  # exact cosines, re-scored from the vectors
+
+
+def test_laser_rule_backends_equal_the_reference_in_every_mode():
+    _needs_faiss()
+    rng = np.random.default_rng(3)
+    x, y = _unit(rng.standard_normal((60, 8))), _unit(rng.standard_normal((45, 8)))
+    fwd, bwd = _laser_reference(x, y, 4)
+    ref = _reference_margin(x, y, 4)
+    def pairs(m):
+        return sorted(zip(m.src.tolist(), m.tgt.tolist(), strict=True))
+
+    for backend, extra in (("faiss", {}), ("ivf", {"nprobe": 1000})):  # ivf visiting every list: exact neighbours
+        f = mine(x, y, mode="forward", threshold=-np.inf, backend=backend, **extra)
+        assert pairs(f) == [(i, int(fwd[i])) for i in range(60)]
+        np.testing.assert_allclose(f.score, ref[f.src, f.tgt], rtol=1e-5)  # margins over the k neighbours
+        b = mine(x, y, mode="backward", threshold=-np.inf, backend=backend, **extra)
+        assert pairs(b) == sorted((int(bwd[j]), j) for j in range(45))
+        both = mine(x, y, threshold=-np.inf, backend=backend, **extra)
+        mutual = [(i, int(fwd[i])) for i in range(60) if bwd[fwd[i]] == i]
+        assert pairs(both) == mutual and len(mutual) > 5
+
+
+def test_approximate_mining_against_exact_on_memory_mapped_vectors(tmp_path):
+    _needs_faiss()
+    from xling.tasks.retrieval.ann import default_nlist
+    from xling.tasks.retrieval.retrieve import read_vectors, write_vectors
+
+    n = 6000
+    x, y, gold = _clustered_pairs(n)
+    write_vectors(tmp_path / "x", x, [str(i) for i in range(n)])
+    write_vectors(tmp_path / "y", y, [str(i) for i in range(n)])
+    xm, ym = read_vectors(tmp_path / "x.npy")[0], read_vectors(tmp_path / "y.npy")[0]
+    assert isinstance(xm, np.memmap) and default_nlist(n) == 310
+    exact = mine_eval(x, y, gold)
+    approx = mine_eval(xm, ym, gold, backend="ivf", recall_sample=1000)
+    for way in ("src_tgt", "tgt_src"):  # nprobe tuned on 1,000 rows to recall@4 >= 0.98, far below every list
+        assert approx[way]["tune_recall"] >= 0.98 and approx[way]["nprobe"] <= 64
+    assert approx["recall_src_tgt"] >= 0.95 and approx["recall_tgt_src"] >= 0.95  # on 1,000 other rows
+    assert approx["recall_src_tgt"] < 1 or approx["recall_tgt_src"] < 1  # some neighbours are missed ...
+    assert abs(approx["f1"] - exact["f1"]) <= 0.01 and exact["f1"] > 0.9  # ... without changing what is mined
+    # the same index settings on in-memory arrays give the same pairs
+    a = mine(xm, ym, backend="ivf")
+    b = mine(x, y, backend="ivf")
+    assert np.array_equal(a.src, b.src) and np.array_equal(a.tgt, b.tgt)
+    # a higher target tunes a larger nprobe (or every list), and a fixed nprobe is used as given
+    hi = mine(x, y, backend="ivf", recall_target=1.0)
+    assert hi.info["src_tgt"]["nprobe"] > approx["src_tgt"]["nprobe"] and hi.info["src_tgt"]["tune_recall"] > 0.99
+    fixed = mine(x, y, backend="ivf", nprobe=2)
+    assert fixed.info["src_tgt"] == {"nlist": 310, "nprobe": 2}
+
+
+def test_mine_command_ivf_backend_prints_recall(tmp_path, capsys):
+    _needs_faiss()
+    from xling.tasks.retrieval.retrieve import write_vectors
+
+    x, y, gold = _clustered_pairs(3000, seed=1)
+    write_vectors(tmp_path / "x", x, [f"s{i}" for i in range(3000)])
+    write_vectors(tmp_path / "y", y, [f"t{i}" for i in range(3000)])
+    argv = ["mine", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--run", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "exact.tsv")]) == 0  # vectors only: no model is loaded
+    assert main([*argv, "--backend", "ivf", "--recall-sample", "500", "--out", str(tmp_path / "ivf.tsv")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("mine: ") and "backend exact" in err[0]
+    assert "backend ivf; source->target nlist 219, nprobe " in err[1] and "tuned: recall 0.9" in err[1]
+    recalls = [float(v.split()[0]) for v in err[2].split("source->target ")[1].split("target->source ")]
+    assert "500 sampled rows" in err[2] and min(recalls) >= 0.95
+
+    def pairs(name):
+        return {tuple(r.split("\t")[1:3]) for r in (tmp_path / name).read_text().splitlines()[1:]}
+
+    truth = {(f"s{i}", f"t{j}") for i, j in gold.tolist()}
+    exact, ivf = pairs("exact.tsv"), pairs("ivf.tsv")
+    assert len(exact & truth) >= 0.95 * 3000 and len(ivf ^ exact) <= 0.01 * 3000
+
+
+def test_mine_without_faiss_says_how_to_install_and_exact_still_works(tmp_path, capsys, monkeypatch):
+    from xling.tasks.retrieval.retrieve import write_vectors
+
+    x, y, _ = _clustered_pairs(200, seed=2)
+    write_vectors(tmp_path / "x", x, [str(i) for i in range(200)])
+    write_vectors(tmp_path / "y", y, [str(i) for i in range(200)])
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # `import faiss` raises ImportError
+    argv = ["mine", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--run", str(tmp_path), "--out",
+            str(tmp_path / "o.tsv")]
+    for backend in ("ivf", "faiss"):
+        assert main([*argv, "--backend", backend]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert f"backend {backend} needs faiss: pip install 'xling[faiss]'" in line and "exact" in line
+    assert not (tmp_path / "o.tsv").exists()
+    assert main(argv) == 0 and len((tmp_path / "o.tsv").read_text().splitlines()) > 150
+    capsys.readouterr()
+    for bad, needle in ((["--nprobe", "0"], "--nprobe"), (["--recall-sample", "-1"], "--recall-sample"),
+                        (["--recall-target", "1.5"], "--recall-target"), (["--recall-target", "nan"], "finite")):
+        assert main([*argv, "--backend", "ivf", *bad]) == 2
+        assert needle in _one_line(capsys.readouterr().err)

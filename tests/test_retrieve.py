@@ -106,6 +106,24 @@ def test_faiss_flat_index_gives_the_same_neighbours():
     np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
 
 
+def test_ivf_backend_finds_most_of_the_exact_neighbours():
+    pytest.importorskip("faiss", reason="faiss is not installed (pip install 'xling[faiss]')")
+    from xling.tasks.retrieval.ann import recall_at_k
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((40, 32))
+    docs = centres[rng.integers(0, 40, 3000)] + rng.standard_normal((3000, 32))
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
+    q = docs[:200] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact_scores, exact_idx = search(q, docs, k=5)
+    scores, idx = search(q, docs, k=5, backend="ivf")  # 219 lists, 16 visited
+    assert 0.9 <= recall_at_k(idx, exact_idx) < 1.0
+    assert np.array_equal(idx[:, 0], exact_idx[:, 0])  # the nearest (the query's own row) is always found
+    same = idx == exact_idx
+    np.testing.assert_allclose(scores[same], exact_scores[same], atol=1e-5)  # re-scored: exact cosines
+
+
 def test_vector_files_round_trip(tmp_path):
     rng = np.random.default_rng(5)
     v = _unit(rng, 4, 8)

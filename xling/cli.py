@@ -295,14 +295,17 @@ def cmd_retrieve(args) -> int:
 
 def cmd_mine(args) -> int:
     from xling.files import check_writable
-    from xling.tasks.retrieval.mine import run_mine
+    from xling.tasks.retrieval.mine import run_mine, summary
 
     _check_number(args.threshold, "--threshold")
+    _check_number(args.recall_target, "--recall-target")
     if args.out:
         check_writable(args.out, "--out")
-    n = run_mine(args.run, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
-                 threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials)
-    print(f"mine: {n:,} pairs", file=sys.stderr)
+    found = run_mine(args.run, args.src_file, args.tgt_file, src=args.src, tgt=args.tgt, k=args.k, mode=args.mode,
+                     threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials,
+                     backend=args.backend, nprobe=args.nprobe, recall_target=args.recall_target,
+                     recall_sample=args.recall_sample)
+    print("\n".join(summary(found)), file=sys.stderr)
     return 0
 
 
@@ -497,8 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", help="language of the documents (default: detected)")
     p.add_argument("-k", type=int, default=5, help="documents per query (default 5)")
     p.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="output format (default tsv)")
-    p.add_argument("--backend", choices=["exact", "faiss"], default="exact",
-                   help="exact chunked search (default), or a FAISS flat index (needs faiss; least memory)")
+    p.add_argument("--backend", choices=["exact", "faiss", "ivf"], default="exact",
+                   help="exact chunked search (default), a FAISS flat index (exact; least memory), or an "
+                        "approximate FAISS IVF index for millions of documents (faiss and ivf need faiss)")
     p.add_argument("--out", help="output file (default stdout)")
     p.set_defaults(func=cmd_retrieve)
 
@@ -512,6 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["forward", "backward", "intersection"], default="intersection",
                    help="best target per source, best source per target, or pairs both agree on (default)")
     p.add_argument("--threshold", type=float, default=1.0, help="keep pairs with margin >= this (default 1.0)")
+    p.add_argument("--backend", choices=["exact", "faiss", "ivf"], default="exact",
+                   help="exact: margin over all pairs (default); faiss: LASER's rule (best of the k neighbours, "
+                        "flat index); ivf: the same on approximate neighbours from an IVF index, for millions of "
+                        "sentences (faiss and ivf need faiss: pip install 'xling[faiss]')")
+    p.add_argument("--nprobe", type=int, help="ivf: inverted lists visited per query (default: tuned, 8, 16, 32, "
+                                              "..., until --recall-target is met on 1,000 sampled rows)")
+    p.add_argument("--recall-target", type=float,
+                   help="ivf: recall@k against exact search that the tuned nprobe must reach (default 0.98)")
+    p.add_argument("--recall-sample", type=int, default=1000,
+                   help="ivf: rows per direction also searched exactly, to print the recall (default 1000; 0: skip)")
     p.add_argument("--out", help="output TSV (default stdout)")
     p.set_defaults(func=cmd_mine)
 

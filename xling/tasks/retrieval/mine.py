@@ -4,8 +4,8 @@
     result = mine_eval(src_vecs, tgt_vecs, gold)       # precision / recall / F1 against known pairs
     result = mine_eval_run("runs/demo", "en", "fr")     # the same on the run's held-out test verses
 
-CLI: `xling mine en.txt fr.txt --run runs/demo --src en --tgt fr [--mode intersection] [--threshold 1.0]`
-writes TSV lines `score  src_id  tgt_id  src  tgt` (ids = line numbers), best first. Inputs may also be
+CLI: `xling mine en.txt fr.txt --run runs/demo --src en --tgt fr [--mode intersection] [--threshold 1.0]
+[--backend ivf]` writes TSV lines `score  src_id  tgt_id  src  tgt` (ids = line numbers), best first. Inputs may also be
 PREFIX.npy vectors from `xling embed`.
 
 Score (Artetxe & Schwenk 2019, "Margin-based parallel corpus mining"; LASER's mine_bitexts, BUCC):
@@ -16,9 +16,20 @@ NN_k(x) = the k nearest target sentences of source x by cosine, NN_k(y) = the k 
 target y; k = 4. Dividing by the neighbourhood's mean cosine discounts "hubs" that are close to everything.
 Modes: forward = each source sentence with its best target by margin; backward = each target with its best
 source; intersection = the pairs both directions agree on (mutual best). A pair is kept when its margin is
->= threshold. The best candidate is the argmax over *all* sentences of the other side (computed in chunks,
-bounded memory), where LASER rescored only the k cosine neighbours: the two agree unless the margin-best
-sentence is not among the k cosine-nearest, and ours is then the true argmax of the score.
+>= threshold.
+
+Backends (`backend=`, `xling mine --backend`):
+  exact  (default) NN_k by exact chunked search; the best candidate is the argmax of the margin over *all*
+         sentences of the other side (computed in chunks, bounded memory), where LASER rescored only the k
+         cosine neighbours: the two agree unless the margin-best sentence is not among the k cosine-nearest, and
+         ours is then the true argmax of the score. O(N M) products.
+  faiss  LASER's own procedure (mine_bitexts with a flat FAISS index): NN_k exact, the best candidate is the
+         margin-best of the k neighbours.
+  ivf    the same on approximate neighbours (`ann.ivf_search`: FAISS IVF, 8-bit codes, candidates re-scored
+         exactly): the neighbourhood means and the candidates both come from the k neighbours found, as when
+         LASER mines with an approximate index. One index at a time is built (target side, then source side),
+         from inputs that may be memory-mapped .npy files; `recall_sample` rows per direction are checked
+         against exact search and the recall@k goes into `Mined.info`.
 
 Evaluation (`mine_eval`, the demo's `mining.f1.<src>-<tgt>`): the held-out test verses of two languages, the
 target side shuffled with a fixed seed; the truth is the shared verse key. Precision = correct / mined,
@@ -27,7 +38,8 @@ recall = correct / gold pairs, F1 their harmonic mean.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +50,8 @@ from xling.evaluate import EvalContext, evaluation, skipped
 from xling.langs import pivot_lang
 
 MODES = ("forward", "backward", "intersection")
+BACKENDS = ("exact", "faiss", "ivf")
+RECALL_SAMPLE = 1000  # rows per direction whose approximate neighbours `xling mine` checks against exact search
 K = 4  # neighbourhood size of the margin (LASER, BUCC)
 THRESHOLD = 1.0  # default margin: a pair's cosine must reach its neighbourhoods' mean (raise it for noisy piles)
 EPS = 1e-6  # floor of the margin's denominator (a neighbourhood mean cosine <= 0 would flip the sign)
@@ -48,6 +62,7 @@ class Mined:
     src: np.ndarray  # (P,) int64 row of each mined pair in the source vectors
     tgt: np.ndarray  # (P,) int64 row in the target vectors
     score: np.ndarray  # (P,) float32 margin, sorted best first
+    info: dict = field(default_factory=dict)  # backend settings; recall@k against exact search (approximate)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -87,36 +102,109 @@ def best_by_margin(x: np.ndarray, y: np.ndarray, rx: np.ndarray, ry: np.ndarray,
     return best, score
 
 
+def best_of_neighbours(scores: np.ndarray, index: np.ndarray, rx: np.ndarray,
+                       ry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LASER's candidate rule: for each row of x, the margin-best of its k neighbours in y (row -1: none).
+
+    scores, index: (N, k) cosines and rows of x's neighbours in y; rx (N,), ry (M,): neighbourhood means.
+    Returns (best row of y (N,), its margin (N,)); a row of x with no neighbour gets -1 and -inf.
+    """
+    valid = index >= 0
+    safe = np.where(valid, index, 0)
+    margin = scores / np.maximum((rx[:, None] + ry[safe]) / 2, EPS)  # (N, k)
+    margin[~valid] = -np.inf
+    j = margin.argmax(1)
+    rows = np.arange(len(index))
+    return index[rows, j], margin[rows, j].astype(np.float32)
+
+
+def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int, backend: str, *, nprobe: int | None, target: float,
+                   nlist: int | None, seed: int, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, k), rows (N, k)): the k nearest rows of y for each row of x by the backend's search
+    (ivf: its nlist, nprobe and tuning recall into `info`)."""
+    from xling.tasks.retrieval.ann import ivf_search
+    from xling.tasks.retrieval.retrieve import faiss_search
+
+    if backend == "faiss":
+        return faiss_search(x, y, k)
+    return ivf_search(x, y, k, nprobe=nprobe, target=target, nlist=nlist, seed=seed, info=info)
+
+
+def _mean_valid(scores: np.ndarray) -> np.ndarray:
+    """(N,) mean of each row's finite scores (the neighbours found); nan for a row with none."""
+    ok = np.isfinite(scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, scores, 0).sum(1) / ok.sum(1)
+
+
 def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersection",
-         threshold: float = THRESHOLD) -> Mined:
-    """Mine translation pairs between L2-normalised source (N, D) and target (M, D) vectors."""
+         threshold: float = THRESHOLD, backend: str = "exact", nprobe: int | None = None,
+         recall_target: float | None = None, nlist: int | None = None, recall_sample: int = 0,
+         seed: int = 0) -> Mined:
+    """Mine translation pairs between L2-normalised source (N, D) and target (M, D) vectors.
+
+    backend: "exact", "faiss" or "ivf" (module docstring). ivf: nlist (default `ann.default_nlist`), nprobe
+    (default: tuned per direction until the recall@k on a sample of rows reaches `recall_target`, default
+    `ann.RECALL_TARGET`); recall_sample: this many other rows per direction are searched exactly too and the
+    recall@k of the neighbours goes into `Mined.info`. src and tgt may be memory-mapped arrays: every backend
+    reads them a block of rows at a time.
+    """
+    from xling.tasks.retrieval.ann import RECALL_TARGET, sample_recall
+
     if mode not in MODES:
         raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")
+    if backend not in BACKENDS:
+        raise XlingError(f"unknown mining backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if k < 1:
         raise XlingError(f"k must be >= 1, not {k}")
+    if nprobe is not None and nprobe < 1:
+        raise XlingError(f"nprobe must be >= 1, not {nprobe}")
+    target = RECALL_TARGET if recall_target is None else recall_target
+    if not 0 < target <= 1:
+        raise XlingError(f"the recall target must be in (0, 1], not {target}")
     x, y = as_matrix(src, "source vectors"), as_matrix(tgt, "target vectors")
     if x.shape[1] != y.shape[1]:
         raise XlingError(f"source vectors have dimension {x.shape[1]} but target vectors {y.shape[1]}; "
                          f"embed both with the same model (and layer)")
+    info: dict = {"backend": backend, "k": min(k, len(x), len(y))}
     if not len(x) or not len(y):
         empty = np.empty(0, np.int64)
-        return Mined(empty, empty, np.empty(0, np.float32))
-    rx, ry = knn_mean(x, y, k), knn_mean(y, x, k)
-    if mode in ("forward", "intersection"):
-        fwd, fwd_score = best_by_margin(x, y, rx, ry)  # source i -> target fwd[i]
-    if mode in ("backward", "intersection"):
-        bwd, bwd_score = best_by_margin(y, x, ry, rx)  # target j -> source bwd[j]
+        return Mined(empty, empty, np.empty(0, np.float32), info)
+    if backend == "exact":
+        rx, ry = knn_mean(x, y, k), knn_mean(y, x, k)
+        if mode in ("forward", "intersection"):
+            fwd, fwd_score = best_by_margin(x, y, rx, ry)  # source i -> target fwd[i]
+        if mode in ("backward", "intersection"):
+            bwd, bwd_score = best_by_margin(y, x, ry, rx)  # target j -> source bwd[j]
+    else:
+        opts = {"nprobe": nprobe, "target": target, "nlist": nlist, "seed": seed}
+        info["src_tgt"], info["tgt_src"] = {}, {}  # ivf: each index's nlist, nprobe, tuning recall
+        xs, xi = neighbourhoods(x, y, k, backend, info=info["src_tgt"], **opts)  # NN_k(x) in y
+        ys, yi = neighbourhoods(y, x, k, backend, info=info["tgt_src"], **opts)  # NN_k(y) in x
+        if backend == "faiss":
+            del info["src_tgt"], info["tgt_src"]
+        rx, ry = _mean_valid(xs), _mean_valid(ys)
+        fwd, fwd_score = best_of_neighbours(xs, xi, rx, ry)
+        bwd, bwd_score = best_of_neighbours(ys, yi, ry, rx)
+        if recall_sample > 0 and backend == "ivf":
+            t0 = time.perf_counter()
+            info["recall_sample"] = min(recall_sample, len(x)), min(recall_sample, len(y))
+            info["recall_src_tgt"] = sample_recall(x, y, xi, n=recall_sample, seed=seed + 1)  # not the tuning rows
+            info["recall_tgt_src"] = sample_recall(y, x, yi, n=recall_sample, seed=seed + 1)
+            info["recall_seconds"] = time.perf_counter() - t0  # the exact check, not part of mining
     if mode == "forward":
         i, j, s = np.arange(len(x)), fwd, fwd_score
     elif mode == "backward":
         i, j, s = bwd, np.arange(len(y)), bwd_score
     else:
-        i = np.flatnonzero(bwd[fwd] == np.arange(len(x)))  # mutual best: i -> j and j -> i
+        ok = fwd >= 0
+        i = np.flatnonzero(ok)
+        i = i[bwd[fwd[i]] == i]  # mutual best: i -> j and j -> i
         j, s = fwd[i], fwd_score[i]
-    keep = s >= threshold
+    keep = (s >= threshold) & (i >= 0) & (j >= 0)
     i, j, s = i[keep], j[keep], s[keep]
     order = np.lexsort((j, i, -s))  # best first; ties by source then target row
-    return Mined(i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float32))
+    return Mined(i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float32), info)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -129,14 +217,14 @@ def gold_pairs(src_keys: list[str], tgt_keys: list[str]) -> np.ndarray:
 
 
 def mine_eval(src: np.ndarray, tgt: np.ndarray, gold: np.ndarray, *, k: int = K, mode: str = "intersection",
-              threshold: float = THRESHOLD, seed: int = 0) -> dict:
+              threshold: float = THRESHOLD, seed: int = 0, **backend) -> dict:
     """Precision / recall / F1 of mining src against a shuffled tgt, gold = (G, 2) true (src row, tgt row).
 
     The target rows are permuted with `seed` before mining and mapped back after, so the answer cannot
-    come from the order of the rows.
+    come from the order of the rows. `backend`: mine's backend, nprobe, nlist, recall_sample.
     """
     perm = np.random.default_rng(seed).permutation(len(tgt))  # shuffled row r = original row perm[r]
-    found = mine(src, np.asarray(tgt)[perm], k=k, mode=mode, threshold=threshold)
+    found = mine(src, np.asarray(tgt)[perm], k=k, mode=mode, threshold=threshold, **backend)
     mined = set(zip(found.src.tolist(), perm[found.tgt].tolist(), strict=True))
     truth = set(map(tuple, np.asarray(gold).tolist()))
     correct = len(mined & truth)
@@ -144,7 +232,7 @@ def mine_eval(src: np.ndarray, tgt: np.ndarray, gold: np.ndarray, *, k: int = K,
     r = correct / len(truth) if truth else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     return {"precision": p, "recall": r, "f1": f1, "mined": len(mined), "gold": len(truth), "correct": correct,
-            "mode": mode, "threshold": threshold, "k": k}
+            "mode": mode, "threshold": threshold, "k": k, **found.info}
 
 
 def _split_segments(shards, split: str, lang: str, cap: int) -> list[np.ndarray]:
@@ -152,26 +240,36 @@ def _split_segments(shards, split: str, lang: str, cap: int) -> list[np.ndarray]
     return [np.asarray(shards.segment(split, lang, i), np.int64) for i in range(n)]
 
 
-def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", layer: int | None = None,
-                  pool_specials: bool | None = None, max_segments: int = 1000, **kw) -> dict:
-    """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
+def run_split_vectors(run: str | Path, langs: list[str], *, split: str = "test", layer: int | None = None,
+                      pool_specials: bool | None = None,
+                      max_segments: int = 1000) -> tuple[dict[str, np.ndarray], dict[str, list[str]], int, bool]:
+    """Sentence vectors and verse keys of a run's held-out segments (the first `max_segments` of each language):
+    ({lang: (N, D)}, {lang: keys}, layer, pool_specials)."""
     from xling.encode import POOL_SPECIALS, encode
     from xling.shards import Shards
     from xling.tasks.retrieval.retrieve import load_encoder, resolve_layer
 
     model, _ = load_encoder(run)
     shards = Shards(Path(run) / "shards")
-    for lg in (src, tgt):
+    for lg in langs:
         if lg not in shards.langs:
             raise XlingError(f"language {lg!r} is not in {run}; choose from {', '.join(shards.langs)}")
     layer = resolve_layer(run, model, layer)
     pool = POOL_SPECIALS if pool_specials is None else pool_specials
     vecs, keys = {}, {}
-    for lg in (src, tgt):
+    for lg in langs:
         seqs = _split_segments(shards, split, lg, max_segments)
         vecs[lg] = encode(model, seqs, lang_index=shards.langs.index(lg), tag=shards.lang_token_ids[lg],
                           specials=shards.specials, layer=layer, pool_specials=pool, desc=f"encode {lg}")
         keys[lg] = shards.keys(split, lg)[: len(seqs)]
+    return vecs, keys, layer, pool
+
+
+def mine_eval_run(run: str | Path, src: str, tgt: str, *, split: str = "test", layer: int | None = None,
+                  pool_specials: bool | None = None, max_segments: int = 1000, **kw) -> dict:
+    """`mine_eval` on a run's held-out verses of two languages (the first `max_segments` of each)."""
+    vecs, keys, layer, pool = run_split_vectors(run, list(dict.fromkeys([src, tgt])), split=split, layer=layer,
+                                                pool_specials=pool_specials, max_segments=max_segments)
     out = mine_eval(vecs[src], vecs[tgt], gold_pairs(keys[src], keys[tgt]), **kw)
     return {**out, "layer": layer, "pool_specials": pool, "split": split}
 
@@ -228,21 +326,59 @@ def eval_mining(ctx: EvalContext) -> dict:
 
 def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, *, src: str | None = None,
              tgt: str | None = None, k: int = K, mode: str = "intersection", threshold: float = THRESHOLD,
-             out: str | Path | None = None, layer: int | None = None, pool_specials: bool | None = None) -> int:
-    """`xling mine`: aligned pairs `score  src_id  tgt_id  src  tgt` (TSV with a header), best first."""
+             out: str | Path | None = None, layer: int | None = None, pool_specials: bool | None = None,
+             backend: str = "exact", nprobe: int | None = None, recall_target: float | None = None,
+             recall_sample: int = RECALL_SAMPLE) -> Mined:
+    """`xling mine`: aligned pairs `score  src_id  tgt_id  src  tgt` (TSV with a header), best first.
+
+    PREFIX.npy inputs are memory-mapped (`read_vectors`); returns what `mine` found (its `info` for the summary).
+    """
     from xling.tasks.retrieval.retrieve import InputFile, emit, resolve_languages, side_vectors, tsv_cell
 
     if mode not in MODES:
         raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")
+    if backend not in BACKENDS:
+        raise XlingError(f"unknown mining backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if k < 1:
         raise XlingError(f"-k must be >= 1, not {k}")
+    if nprobe is not None and nprobe < 1:
+        raise XlingError(f"--nprobe must be >= 1, not {nprobe}")
+    if recall_sample < 0:
+        raise XlingError(f"--recall-sample must be >= 0, not {recall_sample}")
+    if recall_target is not None and not 0 < recall_target <= 1:
+        raise XlingError(f"--recall-target must be in (0, 1], not {recall_target}")
+    if backend != "exact":
+        from xling.tasks.retrieval.ann import import_faiss
+
+        import_faiss(backend)  # before any model is loaded or text embedded
     sides = [InputFile(src_file, "source"), InputFile(tgt_file, "target")]
     langs = resolve_languages(model_dir, sides, [src, tgt], ["--src", "--tgt"])
     sv, tv = side_vectors(model_dir, sides, langs, layer=layer, pool_specials=pool_specials)
-    found = mine(sv, tv, k=k, mode=mode, threshold=threshold)
+    found = mine(sv, tv, k=k, mode=mode, threshold=threshold, backend=backend, nprobe=nprobe,
+                 recall_target=recall_target, recall_sample=recall_sample)
     s, t = sides
     lines = ["score\tsrc_id\ttgt_id\tsrc\ttgt"]
     lines += [f"{sc:.6f}\t{s.ids[i]}\t{t.ids[j]}\t{tsv_cell(s.text(i))}\t{tsv_cell(t.text(j))}"
               for i, j, sc in zip(found.src.tolist(), found.tgt.tolist(), found.score.tolist(), strict=True)]
     emit(lines, out)
-    return len(found)
+    return found
+
+
+def summary(found: Mined) -> list[str]:
+    """The lines `xling mine` prints on stderr: pairs, backend, and an approximate backend's settings and recall."""
+    info = found.info
+    line = f"mine: {len(found):,} pairs (backend {info.get('backend', 'exact')}"
+    for way, name in (("src_tgt", "source->target"), ("tgt_src", "target->source")):
+        if info.get(way):
+            d = info[way]
+            tuned = f", tuned: recall {d['tune_recall']:.3f} on its sample" if "tune_recall" in d else ""
+            line += f"; {name} nlist {d['nlist']:,}, nprobe {d['nprobe']}{tuned}"
+    lines = [line + ")"]
+    if "recall_src_tgt" in info:
+        k, (ns, nt) = info["k"], info["recall_sample"]
+        r1, r2 = info["recall_src_tgt"], info["recall_tgt_src"]
+        lines.append(f"mine: recall@{k} of the approximate neighbours against exact search: source->target "
+                     f"{r1:.3f} ({ns:,} sampled rows), target->source {r2:.3f} ({nt:,})")
+        if min(r1, r2) < 0.95:
+            lines.append(f"warning: recall@{k} below 0.95: raise --recall-target or --nprobe, or use --backend exact")
+    return lines

@@ -2,7 +2,7 @@
 
     vecs = encode(model, seqs, lang_index=2, tag=7, specials=specials, layer=3)   # (N, D), L2-normalised
     acc = top1_accuracy(src_vecs, tgt_vecs)    # row i of src should find row i of tgt (XTREME Tatoeba)
-    scores, idx = search(queries, docs, k=5)   # exact top-k by cosine, chunked (or backend="faiss")
+    scores, idx = search(queries, docs, k=5)   # exact top-k by cosine, chunked (or backend="faiss" / "ivf")
     vecs = embed_texts(model, tok, ["In the beginning", ...], "en", layer=2, pool_specials=True)
 
 CLI (`xling embed`, `xling retrieve`):
@@ -23,7 +23,8 @@ faster than `np.argpartition` here). With `faiss` importable, backend="faiss" us
 index (also exact: the same neighbours up to ties and float rounding); it needs the least memory, but
 was slower than the chunked search here. bench/retrieve.py (1k queries, d 256, a loaded 2-core machine):
 10k documents 3,930 queries/s (38 MiB) vs 1,628 (153 MiB) for a full `q @ d.T` + argpartition and 2,293
-(6 MiB) for FAISS; 100k documents 300/s (256 MiB) vs 125/s (1,526 MiB) and 156/s (98 MiB).
+(6 MiB) for FAISS; 100k documents 300/s (256 MiB) vs 125/s (1,526 MiB) and 156/s (98 MiB). For millions of
+documents, backend="ivf" is approximate (`ann.py`: an IVF index of 8-bit codes, candidates re-scored exactly).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from xling.encode import (
 from xling.errors import XlingError
 from xling.files import atomic_write_bytes, atomic_write_text, read_lines
 
-BACKENDS = ("exact", "faiss")
+BACKENDS = ("exact", "faiss", "ivf")
 FORMATS = ("tsv", "jsonl")
 
 
@@ -56,11 +57,9 @@ FORMATS = ("tsv", "jsonl")
 
 def faiss_search(queries: np.ndarray, docs: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The same as `nearest` through a FAISS flat inner-product index (exact; needs `faiss` installed)."""
-    try:
-        import faiss
-    except ImportError:
-        raise XlingError("backend faiss needs the faiss package (`pip install faiss-cpu`); "
-                         "or use the exact backend") from None
+    from xling.tasks.retrieval.ann import import_faiss
+
+    faiss = import_faiss("faiss")
     q, d = as_matrix(queries, "queries"), as_matrix(docs, "documents")
     check_dims(q, d)
     k = min(k, len(d))
@@ -74,11 +73,16 @@ def faiss_search(queries: np.ndarray, docs: np.ndarray, k: int = 1) -> tuple[np.
 
 def search(queries: np.ndarray, docs: np.ndarray, k: int = 5, *, backend: str = "exact",
            max_bytes: int = MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by cosine: backend "exact" (chunked BLAS + torch.topk) or "faiss" (flat inner-product index)."""
+    """Top-k by cosine: backend "exact" (chunked BLAS + torch.topk), "faiss" (flat inner-product index, exact) or
+    "ivf" (approximate: `ann.ivf_search`, an IVF index of 8-bit codes, candidates re-scored exactly)."""
     if backend not in BACKENDS:
         raise XlingError(f"unknown search backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "faiss":
         return faiss_search(queries, docs, k)
+    if backend == "ivf":
+        from xling.tasks.retrieval.ann import ivf_search
+
+        return ivf_search(queries, docs, k)
     return nearest(queries, docs, k, max_bytes=max_bytes)
 
 
@@ -274,6 +278,12 @@ def run_retrieve(model_dir: str | Path, queries: str | Path, docs: str | Path, *
         raise XlingError(f"unknown format {fmt!r}; choose tsv or jsonl")
     if k < 1:
         raise XlingError(f"-k must be >= 1, not {k}")
+    if backend not in BACKENDS:
+        raise XlingError(f"unknown search backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "exact":
+        from xling.tasks.retrieval.ann import import_faiss
+
+        import_faiss(backend)  # before any model is loaded or text embedded
     sides = [InputFile(queries, "queries"), InputFile(docs, "documents")]
     langs = resolve_languages(model_dir, sides, [src, tgt], ["--src", "--tgt"])
     qv, dv = side_vectors(model_dir, sides, langs, layer=layer, pool_specials=pool_specials)
