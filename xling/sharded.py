@@ -39,11 +39,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint import state_dict as dsd
 from torch.distributed.checkpoint.api import CheckpointException
 
 from xling.errors import XlingError
+
+try:  # DCP's safetensors storage is newer than the torch floor in pyproject.toml (fully_shard, 2.6)
+    from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+except ImportError:  # pragma: no cover (the tested torch has it)
+    raise XlingError(f"sharded checkpoints need torch.distributed.checkpoint's safetensors storage, which torch "
+                     f"{torch.__version__} lacks; upgrade torch (`pip install -U torch`) or set "
+                     f"train.ckpt_format=full") from None
 
 OPTIM = "optimizer."  # key prefix of the optimizer's tensors
 _SHARDED = dsd.StateDictOptions(full_state_dict=False)  # each rank its own DTensor shards (whole tensors unwrapped)
