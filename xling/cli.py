@@ -631,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     from xling.allocator import keep_freed_memory
     from xling.errors import XlingError
 
-    keep_freed_memory()  # tensors freed and allocated again in every step and batch (xling.allocator)
+    if args.command not in ("corpus", "tokenizer", "shard"):  # the data stages hold no tensors from step to step
+        keep_freed_memory()  # tensors freed and allocated again in every step and batch (xling.allocator)
     try:
         return args.func(args) or 0
     except XlingError as e:
