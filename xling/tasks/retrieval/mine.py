@@ -28,8 +28,9 @@ Backends (`backend=`, `xling mine --backend`):
   ivf    the same on approximate neighbours (`ann.ivf_search`: FAISS IVF, 8-bit codes, candidates re-scored
          exactly): the neighbourhood means and the candidates both come from the k neighbours found, as when
          LASER mines with an approximate index. One index at a time is built (target side, then source side),
-         from inputs that may be memory-mapped .npy files; `recall_sample` rows per direction are checked
-         against exact search and the recall@k goes into `Mined.info`.
+         from inputs that may be memory-mapped .npy files; each index's nprobe is tuned until recall@k against
+         exact search on a sample reaches `ann.RECALL_TARGET` (0.98), and `recall_sample` other rows per
+         direction are checked the same way, the recall@k going into `Mined.info`.
 
 Evaluation (`mine_eval`, the demo's `mining.f1.<src>-<tgt>`): the held-out test verses of two languages, the
 target side shuffled with a fixed seed; the truth is the shared verse key. Precision = correct / mined,
