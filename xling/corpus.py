@@ -355,19 +355,33 @@ class _Writer:
 
 
 def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
-    """{"a-b": {split: translations}}: keys shared by two languages, from the written .keys files: each file's key
-    hashes read once into a sorted uint64 array (8 bytes a segment, one split at a time), pairs intersected."""
+    """{"a-b": {split: translations}}: keys shared by two languages, from the written .keys files. Each file's key
+    hashes are read once into a sorted uint64 array kept on disk (`.hashes-<lang>.npy`, removed after) and
+    memory-mapped; a pair is counted by looking up the second language's hashes in the first's, a block at a time,
+    so memory holds one language's array at a time, not every language's."""
     out: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        hashes = {}
+        files = {}
         for lang in langs:
             with open(root / split / f"{lang}.keys", encoding="utf-8") as f:
-                hashes[lang] = np.unique(np.fromiter((text_hash(line.rstrip("\n")) for line in f), np.uint64))
+                h = np.unique(np.fromiter((text_hash(line.rstrip("\n")) for line in f), np.uint64))
+            files[lang] = root / f".hashes-{lang}.npy"
+            np.save(files[lang], h)
+            del h
         for i, a in enumerate(langs[:-1]):
+            ha = np.load(files[a], mmap_mode="r")
             for b in langs[i + 1:]:
-                n = len(np.intersect1d(hashes[a], hashes[b], assume_unique=True))
+                hb = np.load(files[b], mmap_mode="r")
+                n = 0
+                for start in range(0, len(hb), 1 << 20):
+                    block = np.asarray(hb[start:start + (1 << 20)])
+                    at = np.searchsorted(ha, block).clip(max=max(len(ha) - 1, 0))
+                    n += int(np.count_nonzero(ha[at] == block)) if len(ha) else 0
                 if n:
                     out.setdefault(f"{a}-{b}", {})[split] = n
+            del ha, hb
+        for path in files.values():
+            path.unlink()
     return out
 
 
@@ -417,7 +431,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
             langs = list(cfg.langs) or list(admit.first_seen)  # the source's order (bible: DEFAULT_LANGS)
             writer.close(langs)
         dropped, lang_drops = admit.dropped, admit.lang_drops
-        del admit  # its hash sets (16 bytes a segment) before the pair count takes 8 a segment of one split
+        del admit  # its hash sets (16 bytes a segment) before the pair count reads key hashes back
         stats = {s: {lg: writer.stats[s][lg] for lg in langs} for s in SPLITS}
         missing = [lg for lg in langs if not any(stats[s][lg]["segments"] for s in SPLITS)]
         filtered = [lg for lg in missing if lang_drops.get(lg)]
