@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,17 @@ def fake_source(monkeypatch):
         monkeypatch.setattr("xling.corpus.read_unit", lambda cfg, unit: iter(segments))
 
     return use
+
+
+def tiny_jsonl_corpus(folder: Path, n: int = 120) -> list[str]:
+    """TINY's verses as one JSON Lines file a language under `folder` (`n` numbered lines each, ids shared across
+    languages): the --paths of `xling corpus --source jsonl` for a tiny aligned run."""
+    paths = []
+    for lg, verses in TINY.items():
+        path = folder / f"{lg}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for i in range(n):
+                f.write(json.dumps({"id": f"s{i}", "lang": lg, "text": f"{verses[i % 6]} {i // 6}"},
+                                   ensure_ascii=False) + "\n")
+        paths.append(str(path))
+    return paths

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.browser import Chromium, find_chromium, tab_screenshots, try_every_tab
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_jsonl_corpus
 from xling.serve.playground import FairLock, Playground
 from xling.serve.server import MAX_BODY, make_server
 
@@ -35,14 +35,10 @@ def run(tmp_path_factory) -> Path:
     from xling.cli import main
 
     tmp = tmp_path_factory.mktemp("serve")
-    for lg, verses in TINY.items():
-        with open(tmp / f"{lg}.jsonl", "w", encoding="utf-8") as f:
-            for i in range(120):
-                f.write(json.dumps({"id": f"s{i}", "lang": lg, "text": f"{verses[i % 6]} {i // 6}"},
-                                   ensure_ascii=False) + "\n")
+    paths = tiny_jsonl_corpus(tmp)
     rd = tmp / "run"
     common = ["--run", str(rd)]
-    assert main(["corpus", "--source", "jsonl", "--paths", *[str(tmp / f"{lg}.jsonl") for lg in TINY],
+    assert main(["corpus", "--source", "jsonl", "--paths", *paths,
                  "--langs", ",".join(LANGS), *common, "corpus.valid_fraction=0.15", "corpus.test_fraction=0.15"]) == 0
     assert main(["tokenizer", *common, "tokenizer.vocab_size=400"]) == 0
     assert main(["shard", *common]) == 0

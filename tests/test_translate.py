@@ -5,7 +5,6 @@ round trip on a tiny run and the demo evaluation's cache.
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_jsonl_corpus
 from xling.batches import IGNORE
 from xling.errors import XlingError
 from xling.model import ModelConfig, Transformer
@@ -253,14 +252,10 @@ def tiny_run(tmp_path_factory):
     from xling.cli import main
 
     tmp = tmp_path_factory.mktemp("mt")
-    for lg, verses in TINY.items():
-        with open(tmp / f"{lg}.jsonl", "w", encoding="utf-8") as f:
-            for i in range(120):
-                f.write(json.dumps({"id": f"s{i}", "lang": lg, "text": f"{verses[i % 6]} {i // 6}"},
-                                   ensure_ascii=False) + "\n")
+    paths = tiny_jsonl_corpus(tmp)
     rd = tmp / "run"
     common = ["--run", str(rd)]
-    assert main(["corpus", "--source", "jsonl", "--paths", *[str(tmp / f"{lg}.jsonl") for lg in TINY],
+    assert main(["corpus", "--source", "jsonl", "--paths", *paths,
                  "--langs", "en,fr,ru", *common, "corpus.valid_fraction=0.15", "corpus.test_fraction=0.15"]) == 0
     assert main(["tokenizer", *common, "tokenizer.vocab_size=400"]) == 0
     assert main(["shard", *common]) == 0
