@@ -323,8 +323,9 @@ class _Writer:
 
     def _open(self, split: str, lang: str) -> tuple:
         if (split, lang) not in self.files:
-            self.files[split, lang] = tuple(open(self.root / split / f"{lang}{ext}", "w", encoding="utf-8",
-                                                 newline="\n") for ext in (".txt", ".keys"))
+            self.files[split, lang] = (*(open(self.root / split / f"{lang}{ext}", "w", encoding="utf-8",
+                                              newline="\n") for ext in (".txt", ".keys")),
+                                       open(self.root / split / f".{lang}.key-hashes", "wb"))
             self.stats[split][lang] = {"segments": 0, "words": 0, "chars": 0}
         return self.files[split, lang]
 
@@ -336,9 +337,10 @@ class _Writer:
                 sel = mine[p.split[mine] == si]
                 if not len(sel):
                     continue
-                txt, keys = self._open(split, lang)
+                txt, keys, hashes = self._open(split, lang)
                 txt.write("".join(p.texts[i] + "\n" for i in sel))
                 keys.write("".join(p.keys[i] + "\n" for i in sel))
+                hashes.write(p.key_hash[sel].tobytes())  # for the pair count: the workers hashed the keys
                 st = self.stats[split][lang]
                 st["segments"] += len(sel)
                 st["words"] += int(p.words[sel].sum())
@@ -355,19 +357,18 @@ class _Writer:
 
 
 def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
-    """{"a-b": {split: translations}}: keys shared by two languages, from the written .keys files. Each file's key
-    hashes are read once into a sorted uint64 array kept on disk (`.hashes-<lang>.npy`, removed after) and
-    memory-mapped; a pair is counted by looking up the second language's hashes in the first's, a block at a time,
-    so memory holds one language's array at a time, not every language's."""
+    """{"a-b": {split: translations}}: keys shared by two languages, from the key hashes `_Writer` wrote beside each
+    .keys file (`.<lang>.key-hashes`), each sorted into a uint64 array kept on disk (`.hashes-<lang>.npy`) and
+    memory-mapped (both removed after); a pair is counted by looking up the second language's hashes in the first's,
+    a block at a time, so memory holds one language's array at a time, not every language's."""
     out: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         files = {}
         for lang in langs:
-            with open(root / split / f"{lang}.keys", encoding="utf-8") as f:
-                h = np.unique(np.fromiter((text_hash(line.rstrip("\n")) for line in f), np.uint64))
+            raw = root / split / f".{lang}.key-hashes"
             files[lang] = root / f".hashes-{lang}.npy"
-            np.save(files[lang], h)
-            del h
+            np.save(files[lang], np.unique(np.fromfile(raw, dtype=np.uint64)))
+            raw.unlink()
         for i, a in enumerate(langs[:-1]):
             ha = np.load(files[a], mmap_mode="r")
             for b in langs[i + 1:]:
