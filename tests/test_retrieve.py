@@ -2,6 +2,7 @@
 vector files; the embed/retrieve commands and their one-line errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,7 @@ def _one_line(err: str) -> str:
 
 def test_embed_keeps_input_order_despite_length_sorting(tiny_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XLING_PRECISION_TABLE", "fp32")  # exact: bf16 kernels may round differently per batch shape
+    monkeypatch.setattr("xling.tasks.retrieval.embed.BLOCK", 2)  # the file embedded 2 lines at a time
     texts = ["In the beginning was the word, and the word was with God, and the word was God.", "Light.",
              "He came to his own, and his own did not receive him.", "", "Grace and truth (7)."]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
@@ -264,3 +266,67 @@ def test_retrieve_backend_faiss_equals_exact_or_says_how_to_install(tmp_path, ca
         return
     assert code == 0
     assert [r.split("\t")[:3] for r in out.splitlines()] == [r.split("\t")[:3] for r in exact.splitlines()]
+
+
+# ---------------------------------------------------------------------------- embed in several processes
+
+def _embed_worker(rank: int, world: int, port: int, run: str, src: str, out: str, result: str) -> None:
+    import os
+
+    from xling.tasks.retrieval.embed import run_embed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), XLING_PROGRESS="0", XLING_PRECISION_TABLE="fp32")
+    torch.set_num_threads(1)
+    try:
+        summary, error = run_embed(run, "en", src, out, layer=1, batch_size=3), None
+    except XlingError as e:
+        summary, error = None, str(e)
+    Path(f"{result}.{rank}").write_text(json.dumps({"summary": summary, "error": error}), encoding="utf-8")
+
+
+def _embed_in_two_processes(run: Path, src: Path, out: Path) -> list[dict]:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = out.parent / "result"
+    mp.spawn(_embed_worker, args=(2, port, str(run), str(src), str(out), str(result)), nprocs=2, join=True)
+    return [json.loads(Path(f"{result}.{r}").read_text(encoding="utf-8")) for r in range(2)]
+
+
+def test_embed_in_two_processes_writes_the_one_process_file(tiny_run, tmp_path, monkeypatch):
+    from xling.corpus import Corpus
+    from xling.tasks.retrieval.embed import run_embed
+
+    monkeypatch.setenv("XLING_PRECISION_TABLE", "fp32")
+    texts = Corpus(tiny_run / "corpus").texts("test", "en")[:30]
+    texts[7] = ""  # a blank line is a row too
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts), encoding="utf-8")  # no newline after the last line
+    one = run_embed(tiny_run, "en", src, tmp_path / "one" / "en", layer=1, batch_size=3)
+    results = _embed_in_two_processes(tiny_run, src, tmp_path / "two" / "en")
+    assert [r["error"] for r in results] == [None, None]
+    assert results[0]["summary"]["n"] == one["n"] == 30 and results[0]["summary"]["processes"] == 2
+    v1, ids1 = read_vectors(tmp_path / "one" / "en")
+    v2, ids2 = read_vectors(tmp_path / "two" / "en")
+    assert ids1 == ids2 == [str(i) for i in range(1, 31)]
+    # each process sorts and batches its own half: other padding, other summation order, the same vectors
+    np.testing.assert_allclose(v2, v1, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["en.ids", "en.npy"]  # the parts are gone
+
+
+def test_embed_error_in_one_process_is_every_process_error_and_leaves_nothing(tiny_run, tmp_path):
+    from xling.corpus import Corpus
+
+    texts = Corpus(tiny_run / "corpus").texts("test", "en")[:20]
+    src = tmp_path / "in.txt"
+    src.write_bytes(("\n".join(texts[:-1]) + "\n").encode() + b"caf\xe9\n")  # Latin-1 in the second half
+    (tmp_path / "two").mkdir()
+    results = _embed_in_two_processes(tiny_run, src, tmp_path / "two" / "en")
+    errors = [r["error"] for r in results]
+    assert errors[0] == errors[1] and "line 20: bytes are not UTF-8" in errors[0] and "iconv" in errors[0]
+    assert list((tmp_path / "two").iterdir()) == []

@@ -270,15 +270,18 @@ def cmd_translate_train(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from xling.distributed import launch_rank
     from xling.files import check_writable
-    from xling.tasks.retrieval.retrieve import run_embed
+    from xling.tasks.retrieval.embed import run_embed
 
     _check_number(args.batch_size, "--batch-size", 1)
     check_writable(f"{args.out}.npy", "--out")
     r = run_embed(args.run, args.lang, args.input, args.out, ids_path=args.ids, layer=args.layer,
                   pool_specials=args.pool_specials, batch_size=args.batch_size)
-    print(f"embed: {r['n']:,} vectors of dimension {r['dim']} (layer {r['layer']}, specials "
-          f"{'pooled' if r['pool_specials'] else 'not pooled'}) -> {r['vectors']}, {r['ids']}", file=sys.stderr)
+    if launch_rank() == 0:
+        print(f"embed: {r['n']:,} vectors of dimension {r['dim']} (layer {r['layer']}, specials "
+              f"{'pooled' if r['pool_specials'] else 'not pooled'}, {r['processes']} process(es)) -> "
+              f"{r['vectors']}, {r['ids']}", file=sys.stderr)
     return 0
 
 

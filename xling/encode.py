@@ -99,7 +99,8 @@ def encode(model: torch.nn.Module, seqs: list[np.ndarray], *, lang_index: int | 
 
 
 def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], lang: str, *, layer: int = DEFAULT_LAYER,
-                pool_specials: bool = POOL_SPECIALS, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
+                pool_specials: bool = POOL_SPECIALS, batch_size: int = 64, precision: str = "auto",
+                bar: bool = True) -> np.ndarray:
     """Sentence vectors (N, D) of raw texts in `lang` (its tag first, its language index when the model has one);
     precision as in `encode` ("auto": bf16 autocast where this CPU's measured table says so)."""
     from xling.tokenizer import lang_ids, lang_index, special_ids
@@ -108,7 +109,7 @@ def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], lang: str, 
     seqs = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     return encode(model, seqs, lang_index=lang_index(tokenizer, lang), tag=tag, specials=special_ids(tokenizer),
                   layer=layer, pool_specials=pool_specials, batch_size=batch_size, desc=f"embed {lang}",
-                  precision=precision)
+                  precision=precision, bar=bar)
 
 
 def as_matrix(x: np.ndarray, what: str) -> np.ndarray:

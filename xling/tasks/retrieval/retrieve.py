@@ -93,14 +93,19 @@ def _prefix(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".npy", ".ids") else p
 
 
+def vector_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """(PREFIX.npy, PREFIX.ids) of an output prefix (given with or without either suffix)."""
+    prefix = _prefix(prefix)
+    return prefix.with_name(prefix.name + ".npy"), prefix.with_name(prefix.name + ".ids")
+
+
 def write_vectors(prefix: str | Path, vecs: np.ndarray, ids: list[str]) -> tuple[Path, Path]:
     """PREFIX.npy (float32 (N, D)) and PREFIX.ids (one id a line), each written atomically."""
-    prefix = _prefix(prefix)
     if len(ids) != len(vecs):
         raise ValueError(f"{len(ids)} ids for {len(vecs)} vectors")
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(vecs, dtype=np.float32), allow_pickle=False)
-    npy, ids_path = prefix.with_name(prefix.name + ".npy"), prefix.with_name(prefix.name + ".ids")
+    npy, ids_path = vector_paths(prefix)
     atomic_write_bytes(npy, buf.getvalue())
     atomic_write_text(ids_path, "".join(f"{i}\n" for i in ids))
     return npy, ids_path
@@ -111,8 +116,8 @@ def read_vectors(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
     The array is memory-mapped, not read whole: search reads it a block of queries at a time, so a document
     set larger than memory is paged in as the products need it."""
+    npy, ids_path = vector_paths(path)
     prefix = _prefix(path)
-    npy, ids_path = prefix.with_name(prefix.name + ".npy"), prefix.with_name(prefix.name + ".ids")
     if not npy.is_file():
         raise XlingError(f"vector file {npy} does not exist; write it with `xling embed --out {prefix}`")
     try:
@@ -156,31 +161,6 @@ def resolve_layer(run: str | Path, model: torch.nn.Module, layer: int | None) ->
         raise XlingError(f"--layer {layer} is out of range: the model has {n} hidden states (0 = embeddings, "
                          f"{n - 1} = last block; negative counts from the end)")
     return layer % n
-
-
-def _ids(path: str | Path | None, n: int) -> list[str]:
-    if path is None:
-        return [str(i) for i in range(1, n + 1)]
-    ids = read_lines(path, "ids file")
-    if len(ids) != n:
-        raise XlingError(f"ids file {path} has {len(ids)} lines but the input has {n}; give one id a line")
-    return ids
-
-
-def run_embed(model_dir: str | Path, lang: str, input_path: str | Path, out_prefix: str | Path, *,
-              ids_path: str | Path | None = None, layer: int | None = None, pool_specials: bool | None = None,
-              batch_size: int = 64) -> dict:
-    """`xling embed`: vectors of every line of a text file -> PREFIX.npy + PREFIX.ids; returns a summary."""
-    texts = read_lines(input_path, "input file")
-    ids = _ids(ids_path, len(texts))
-    check_languages(model_dir, [lang])
-    model, tok = load_encoder(model_dir)
-    layer = resolve_layer(model_dir, model, layer)
-    pool = POOL_SPECIALS if pool_specials is None else pool_specials
-    vecs = embed_texts(model, tok, texts, lang, layer=layer, pool_specials=pool, batch_size=batch_size)
-    npy, ids_file = write_vectors(out_prefix, vecs, ids)
-    return {"vectors": str(npy), "ids": str(ids_file), "n": len(vecs), "dim": int(vecs.shape[1]), "layer": layer,
-            "pool_specials": pool}
 
 
 class InputFile:
