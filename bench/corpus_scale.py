@@ -6,15 +6,16 @@
 Each run is `xling corpus --source jsonl` in a process of its own; its peak resident memory is the largest sum,
 over its process tree (workers included), of VmRSS, polled every 50 ms. The input is written to a temporary
 folder (never kept): one object per line, 3 languages, ids on two lines of three, sentences of 4-30 words (two
-halves of 2-15) from a Zipf-like 50,000-word vocabulary, 5% exact repeats. The speed-up table runs the same input with 1 and 2
-workers and checks the two outputs are byte for byte equal. Last line: `name=value` pairs.
+halves of 2-15) from a Zipf-like 50,000-word vocabulary, 5% exact repeats. The speed-up table runs the same
+input with 1 and 2 workers and checks the two outputs are byte for byte equal; then the shard stage on that
+corpus (a tokenizer trained on the default sample), 1 and 2 workers, outputs compared the same way. Last line:
+`name=value` pairs.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,14 @@ def run_corpus(src: Path, run: Path, workers: int, poll: bool = True) -> tuple[f
     return seconds, peak
 
 
+def run_shard(run: Path, workers: int) -> float:
+    """Wall seconds of one `xling shard` run over the corpus and tokenizer in `run`."""
+    t0 = time.perf_counter()
+    subprocess.run([*XLING, "shard", "--run", str(run), "--workers", str(workers), "--force", "--overwrite"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def tree_digest(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
@@ -140,6 +149,18 @@ def main() -> None:
                   f"(best of 2 each): {best[1] / best[2]:.2f}x; outputs equal: {digests[1] == digests[2]}")
             out.update(speedup=round(best[1] / best[2], 3), same_output=digests[1] == digests[2],
                        mb_per_s_1=round(args.speedup_mb / best[1], 2), mb_per_s_2=round(args.speedup_mb / best[2], 2))
+            # the shard stage on that corpus: a tokenizer trained on its default sample, then 1 vs 2 workers
+            run = tmp / "run1"
+            subprocess.run([*XLING, "tokenizer", "--run", str(run), "--force", "--overwrite"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times, digests = {}, {}
+            for workers in (1, 2, 1, 2):
+                times.setdefault(workers, []).append(run_shard(run, workers))
+                digests[workers] = tree_digest(run / "shards")
+            best = {w: min(t) for w, t in times.items()}
+            print(f"shard stage on that corpus: 1 worker {best[1]:.1f} s, 2 workers {best[2]:.1f} s: "
+                  f"{best[1] / best[2]:.2f}x; outputs equal: {digests[1] == digests[2]}")
+            out.update(shard_speedup=round(best[1] / best[2], 3), shard_same_output=digests[1] == digests[2])
     print(" ".join(f"{k}={v}" for k, v in out.items()))
 
 

@@ -293,7 +293,7 @@ def _embed_in_two_processes(run: Path, src: Path, out: Path) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = out.parent / "result"
+    result = out.parent.parent / f"{out.parent.name}-result"  # beside the output folder, not in it
     mp.spawn(_embed_worker, args=(2, port, str(run), str(src), str(out), str(result)), nprocs=2, join=True)
     return [json.loads(Path(f"{result}.{r}").read_text(encoding="utf-8")) for r in range(2)]
 
@@ -303,17 +303,18 @@ def test_embed_in_two_processes_writes_the_one_process_file(tiny_run, tmp_path, 
     from xling.tasks.retrieval.embed import run_embed
 
     monkeypatch.setenv("XLING_PRECISION_TABLE", "fp32")
-    texts = Corpus(tiny_run / "corpus").texts("test", "en")[:30]
+    corpus = Corpus(tiny_run / "corpus")
+    texts = corpus.texts("test", "en") + corpus.texts("valid", "en")
     texts[7] = ""  # a blank line is a row too
     src = tmp_path / "in.txt"
     src.write_text("\n".join(texts), encoding="utf-8")  # no newline after the last line
     one = run_embed(tiny_run, "en", src, tmp_path / "one" / "en", layer=1, batch_size=3)
     results = _embed_in_two_processes(tiny_run, src, tmp_path / "two" / "en")
     assert [r["error"] for r in results] == [None, None]
-    assert results[0]["summary"]["n"] == one["n"] == 30 and results[0]["summary"]["processes"] == 2
+    assert results[0]["summary"]["n"] == one["n"] == len(texts) > 20 and results[0]["summary"]["processes"] == 2
     v1, ids1 = read_vectors(tmp_path / "one" / "en")
     v2, ids2 = read_vectors(tmp_path / "two" / "en")
-    assert ids1 == ids2 == [str(i) for i in range(1, 31)]
+    assert ids1 == ids2 == [str(i) for i in range(1, len(texts) + 1)]
     # each process sorts and batches its own half: other padding, other summation order, the same vectors
     np.testing.assert_allclose(v2, v1, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["en.ids", "en.npy"]  # the parts are gone
@@ -322,11 +323,11 @@ def test_embed_in_two_processes_writes_the_one_process_file(tiny_run, tmp_path, 
 def test_embed_error_in_one_process_is_every_process_error_and_leaves_nothing(tiny_run, tmp_path):
     from xling.corpus import Corpus
 
-    texts = Corpus(tiny_run / "corpus").texts("test", "en")[:20]
+    texts = Corpus(tiny_run / "corpus").texts("test", "en")
     src = tmp_path / "in.txt"
     src.write_bytes(("\n".join(texts[:-1]) + "\n").encode() + b"caf\xe9\n")  # Latin-1 in the second half
     (tmp_path / "two").mkdir()
     results = _embed_in_two_processes(tiny_run, src, tmp_path / "two" / "en")
     errors = [r["error"] for r in results]
-    assert errors[0] == errors[1] and "line 20: bytes are not UTF-8" in errors[0] and "iconv" in errors[0]
+    assert errors[0] == errors[1] and f"line {len(texts)}: bytes are not UTF-8" in errors[0] and "iconv" in errors[0]
     assert list((tmp_path / "two").iterdir()) == []

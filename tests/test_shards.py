@@ -3,6 +3,7 @@ index aligns equal keys in both argument orders; the reader memory-maps; bad inp
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from itertools import combinations
@@ -209,7 +210,8 @@ def test_corrupt_shards_and_corpus_are_reported(built, tmp_path):
     with pytest.raises(XlingError, match=r"ru\.txt has 3 lines but its \.keys file has 2"):
         build_shards(Corpus(bad), root / "tokenizer", ShardConfig(), copy)
     assert (copy / "meta.json").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "shards"]  # no temporary directory left
+    # no temporary directory left but the hidden one holding the files encoded before the error, for a re-run
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".shards.partial-")) == ["bad", "shards"]
     with pytest.raises(XlingError, match="no tokenizer at .*missing-tokenizer"):
         build_shards(corpus, tmp_path / "missing-tokenizer", ShardConfig(), tmp_path / "x")
 
@@ -267,3 +269,48 @@ def test_two_workers_write_what_one_writes(built, tmp_path):
     for m in (meta, meta2):
         m.pop("throughput")
     assert meta == meta2
+
+
+def test_a_stopped_run_leaves_no_output_and_the_next_encodes_only_what_is_missing(built, tmp_path, monkeypatch):
+    import xling.shards as shards_mod
+
+    root, _, _, meta = built
+    shutil.copytree(root / "corpus", tmp_path / "corpus")
+    corpus = Corpus(tmp_path / "corpus")
+    encode, calls = shards_mod._encode_language, []
+
+    class Stop(Exception):  # the process stopped in the middle of the fourth file
+        pass
+
+    armed = []  # stop once, at the fourth file of a run, when armed
+
+    def stop_at_fourth(*args, **kw):
+        calls.append(args[-2])
+        if armed and len(calls) == 4:
+            armed.clear()
+            raise Stop
+        return encode(*args, **kw)
+
+    monkeypatch.setattr(shards_mod, "_encode_language", stop_at_fourth)
+    armed.append(True)
+    with pytest.raises(Stop):
+        build_shards(corpus, root / "tokenizer", ShardConfig(batch_size=5), tmp_path / "s")
+    assert not (tmp_path / "s").exists() and len(list(tmp_path.glob(".s.partial-*"))) == 1
+    calls.clear()
+    build_shards(corpus, root / "tokenizer", ShardConfig(batch_size=5), tmp_path / "s")
+    n_files = len(SPLITS) * len(LANGS)
+    assert len(calls) == n_files - 3  # the three finished files were kept
+    one = {str(p.relative_to(root / "shards")): p.read_bytes() for p in (root / "shards").rglob("*") if p.is_file()}
+    two = {str(p.relative_to(tmp_path / "s")): p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    assert one.pop("meta.json") and two.pop("meta.json") and one == two  # no marker or partial file left in it
+    assert not list(tmp_path.glob(".s.*"))
+    # changed inputs (a corpus file rewritten) are a new stamp: everything is encoded again
+    armed.append(True)
+    with pytest.raises(Stop):
+        calls.clear()
+        build_shards(corpus, root / "tokenizer", ShardConfig(batch_size=5), tmp_path / "t")
+    text = tmp_path / "corpus" / "train" / f"{LANGS[0]}.txt"
+    os.utime(text, ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))
+    calls.clear()
+    build_shards(corpus, root / "tokenizer", ShardConfig(batch_size=5), tmp_path / "t")
+    assert len(calls) == n_files and not list(tmp_path.glob(".t.*"))

@@ -62,15 +62,22 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(path: str | Path, overwrite: bool = True, keep: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path`.
 
-    On any exception the temporary directory is removed and `path` is untouched.
+    On any exception `path` is untouched and the temporary directory is removed, unless `keep` names the work:
+    then it is `.<name>.partial-<keep>`, kept on failure and handed back to the next call with the same `keep`
+    (what a stage that can tell finished pieces from unfinished ones resumes from; a partial directory of other
+    work is removed once this one succeeds).
     """
     path = check_writable(path, "output directory", directory=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        if keep is None:
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        else:
+            tmp = path.with_name(f".{path.name}.partial-{keep}")
+            tmp.mkdir(exist_ok=True)
     except OSError as e:  # a race or a filesystem refusing: still one line, not a traceback
         raise XlingError(f"cannot write {path}: {e.strerror}; choose another path") from None
     try:
@@ -85,8 +92,11 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        for stale in path.parent.glob(f".{path.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

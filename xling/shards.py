@@ -25,10 +25,12 @@ index). The reader memory-maps everything and copies nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -205,12 +207,24 @@ def _encode_job(tokenizer_dir: Path, dtype: np.dtype, batch_size: int, threads: 
     return counts, time.perf_counter() - t0
 
 
+def _inputs_stamp(files: dict[tuple[str, str], Path], tok_sha: str, dtype: np.dtype, batch_size: int) -> str:
+    """What the shards are made from (the tokenizer, the token type, each corpus file's size and modification
+    time; the batch size, which changes no output, too): files encoded by a run with the same stamp are reused."""
+    parts = [tok_sha, dtype.name, str(batch_size)]
+    for path in files.values():
+        for f in (path, path.with_suffix(".keys")):
+            st = f.stat()
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, out_dir: str | Path) -> dict:
     """Encode every split and language of `corpus` into `out_dir` (atomically). Returns meta.
 
     With shard.workers > 1, that many processes encode different files (split x language) at once, each with
     its share of the cores for the Rust encoder; every file is encoded as one process would, so the output is
-    the same."""
+    the same. A run that stops (a worker killed, an error, Ctrl-C) leaves its finished files in a hidden partial
+    folder beside `out_dir`; the next run over the same inputs encodes only the others."""
     from xling.progress import progress
     from xling.workers import ordered_map
 
@@ -231,30 +245,43 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
 
     counts: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SPLITS}
     pair_counts: dict[str, dict[str, int]] = {}
-    seconds = 0.0
-    with atomic_dir(out_dir) as tmp, _Parallelism(), \
+    seconds, encoded_bytes = 0.0, 0
+    stamp = _inputs_stamp(files, tok_sha, dtype, cfg.batch_size)
+    with atomic_dir(out_dir, keep=stamp) as tmp, _Parallelism(), \
             progress(desc="shard: encoding", total=total_bytes, unit="B") as bar:
-        jobs = []
+        jobs, todo = [], []
         for split, lang in files:
             (tmp / split).mkdir(exist_ok=True)
+            done = tmp / split / f".{lang}.done.json"
+            if done.is_file():  # encoded by an earlier run of the same inputs that stopped before the end
+                counts[split][lang] = json.loads(done.read_text(encoding="utf-8"))
+                bar.update(files[split, lang].stat().st_size)
+                continue
             key_path = files[split, lang].with_suffix(".keys")
             shutil.copyfile(key_path, tmp / split / f"{lang}.keys")
             jobs.append((files[split, lang], _count_lines(key_path), tmp / split, lang))
+            todo.append((split, lang))
+        if len(todo) < len(files):
+            print(f"shard: {len(files) - len(todo)} of {len(files)} files were encoded by an earlier run that "
+                  f"stopped; encoding the other {len(todo)}", file=sys.stderr)
+        t0 = time.perf_counter()
         if workers > 1:
-            t0 = time.perf_counter()
             threads = max(1, (os.cpu_count() or 1) // workers)
             encode = partial(_encode_job, tokenizer_dir, dtype, cfg.batch_size, threads)
-            for (split, lang), (c, _) in zip(files, ordered_map(encode, jobs, workers, what="a shard worker"),
-                                             strict=True):
-                counts[split][lang] = c
-                bar.update(files[split, lang].stat().st_size)
-            seconds = time.perf_counter() - t0
+            results = (c for c, _ in ordered_map(encode, jobs, workers, what="a shard worker",
+                                                 after="the files encoded so far are kept for the next run: run "
+                                                       "the command again to encode the rest"))
         else:
-            for (split, lang), job in zip(files, jobs, strict=True):
-                bar.set_postfix_str(f"{split}/{lang}")
-                t0 = time.perf_counter()
-                counts[split][lang] = _encode_language(tok, *job[:2], dtype, cfg.batch_size, *job[2:], bar)
-                seconds += time.perf_counter() - t0
+            results = (_encode_language(tok, *job[:2], dtype, cfg.batch_size, *job[2:], bar) for job in jobs)
+        for (split, lang), c in zip(todo, results, strict=True):
+            counts[split][lang] = c
+            atomic_write_json(tmp / split / f".{lang}.done.json", c)
+            encoded_bytes += files[split, lang].stat().st_size
+            if workers > 1:
+                bar.update(files[split, lang].stat().st_size)
+        seconds = time.perf_counter() - t0
+        for split, lang in files:
+            (tmp / split / f".{lang}.done.json").unlink()
         for split in SPLITS:
             keys = {lg: corpus.keys(split, lg) for lg in langs}
             index = {lg: _key_index(keys[lg], files[split, lg].with_suffix(".keys")) for lg in langs}
@@ -264,8 +291,8 @@ def build_shards(corpus: Corpus, tokenizer_dir: str | Path, cfg: ShardConfig, ou
                     (tmp / split / "pairs").mkdir(exist_ok=True)
                     np.save(tmp / split / "pairs" / f"{a}-{b}.npy", rows)
                     pair_counts.setdefault(f"{a}-{b}", {})[split] = len(rows)
-        mb = total_bytes / 1e6
-        ntok = sum(c["tokens"] for s in counts.values() for c in s.values())
+        mb = encoded_bytes / 1e6  # what this run encoded (all of it, unless an earlier run had done some)
+        ntok = sum(counts[s][lg]["tokens"] for s, lg in todo)
         meta = {
             "dtype": dtype.name,
             "vocab_size": vocab_size,

@@ -24,9 +24,10 @@ from xling.errors import XlingError
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable, workers: int, ahead: int = 2,
-                what: str = "a worker") -> Iterator:
+                what: str = "a worker", after: str = "nothing was written: run the command again") -> Iterator:
     """fn(item) for each item, in order, computed by `workers` processes. `fn` and the items must pickle (a
-    module-level function, or functools.partial of one)."""
+    module-level function, or functools.partial of one). `after`: what the error for a killed worker says was
+    left and what to do."""
     if workers <= 1:
         yield from map(fn, items)
         return
@@ -38,8 +39,8 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable, workers: int, ahead: 
             try:
                 result = pending.popleft().result()
             except BrokenProcessPool:
-                raise XlingError(f"{what} process died (killed by the system, out of memory?); nothing was "
-                                 f"written: run the command again, with fewer workers if memory is short") from None
+                raise XlingError(f"{what} process died (killed by the system, out of memory?); {after}, with "
+                                 f"fewer workers if memory is short") from None
             pending.extend(pool.submit(fn, item) for item in islice(it, 1))
             yield result
     finally:
