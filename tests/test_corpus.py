@@ -192,3 +192,47 @@ def test_control_characters_never_split_a_segment(tmp_path, fake_source):
     c = Corpus(tmp_path / "c")
     assert c.texts("train", "en") == ["one two three four", "five"]
     assert c.keys("train", "en") == ["1", "2"]
+
+
+def test_a_base_corpus_is_kept_as_it_is_and_another_source_adds_a_language(tmp_path):
+    """corpus.base: the base's files come first, unchanged; a TSV of en-it pairs adds it (aligned with the pivot
+    lines it adds to en) and the en line that repeats base text is dropped as a duplicate."""
+    import shutil
+
+    from xling.corpus import build_corpus
+
+    en = [f"The first book, chapter {i}, says a thing of its own." for i in range(60)]
+    fr = [f"Le premier livre, chapitre {i}, dit une chose." for i in range(60)]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "en.txt").write_text("\n".join(en) + "\n", encoding="utf-8")
+    (tmp_path / "src" / "fr.txt").write_text("\n".join(fr) + "\n", encoding="utf-8")
+    build_corpus(CorpusConfig(source="text", paths=[str(tmp_path / "src")], langs=["en", "fr"],
+                              valid_fraction=0.2, test_fraction=0.2), tmp_path / "base")
+    pairs = [(f"An English line number {i} for the new language.", f"Una riga italiana numero {i}.")
+             for i in range(40)] + [(en[3], "Il primo libro, capitolo 3.")]
+    (tmp_path / "it.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    before = {p.relative_to(tmp_path / "base"): p.read_bytes() for p in (tmp_path / "base").rglob("*.*")}
+    meta = build_corpus(CorpusConfig(source="tsv", paths=[str(tmp_path / "it.tsv")], pair_langs=["en", "it"],
+                                     langs=["en", "fr", "it"], base=str(tmp_path / "base"),
+                                     valid_fraction=0.2, test_fraction=0.2), tmp_path / "new")
+    new = Corpus(tmp_path / "new")
+    assert new.langs == ["en", "fr", "it"] and meta["base"] == str(tmp_path / "base")
+    for rel, data in before.items():
+        if rel.name == "meta.json":
+            continue
+        now = (tmp_path / "new" / rel).read_bytes()
+        assert now.startswith(data) and (now == data or rel.parts[-1].startswith("en."))  # fr untouched, en grown
+    assert meta["dropped"]["duplicate"] == 1  # en[3] again, on the pivot side
+    it_keys = {k for s in SPLITS for k in new.keys(s, "it")}
+    assert len(it_keys) == 41
+    for split in SPLITS:  # every it line has its en line in the same split, and the pair count says so
+        got = new.pairs(split, "en", "it")
+        assert len(got) == meta["pairs"].get("en-it", {}).get(split, 0) == len(new.texts(split, "it")) - (
+            "pair:41" in new.keys(split, "it"))
+        assert all(a.startswith("An English line number") for a, _ in got)
+        assert meta["splits"][split]["fr"] == Corpus(tmp_path / "base").meta["splits"][split]["fr"]
+    shutil.rmtree(tmp_path / "new")
+    with pytest.raises(XlingError, match="must list them first and in that order"):
+        build_corpus(CorpusConfig(source="tsv", paths=[str(tmp_path / "it.tsv")], pair_langs=["en", "it"],
+                                  langs=["fr", "en", "it"], base=str(tmp_path / "base")), tmp_path / "new")
+    assert not (tmp_path / "new").exists()

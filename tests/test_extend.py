@@ -184,7 +184,38 @@ def test_add_language_refuses_bad_input(added_run, tmp_path, capsys):
     assert "unknown language code" in capsys.readouterr().err
     assert main(["add-language", "--run", str(tmp_path), "--lang", "ru", "--out", str(tmp_path / "x")]) == 2
     assert "not a trained run" in capsys.readouterr().err
+    assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(tmp_path / "x"), "--source",
+                 "text"]) == 2
+    assert "give --source and --paths together" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_language_from_another_source_joins_the_base_corpus_as_it_is(added_run, tmp_path):
+    """`--source tsv --paths ru-en pairs`: the base's corpus files come first, unchanged; the pairs add ru and
+    their English side to en, aligned; the tokenizer and model are extended as from the base's own source."""
+    from xling.cli import main
+    from xling.corpus import SPLITS, Corpus
+
+    from .conftest import TINY
+
+    base = added_run[0]
+    pairs = [(f"{en} (new {i})", f"{ru} ({i})") for i in range(30) for en, ru in zip(TINY["en"], TINY["ru"],
+                                                                                    strict=True)]
+    (tmp_path / "ru.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    out = tmp_path / "ru-from-tsv"
+    assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(out), "--minutes", "0",
+                 "--pieces", "60", "corpus.pair_langs=[\"en\", \"ru\"]", "tokenizer.min_frequency=1",
+                 "train.max_steps=3", "--source", "tsv", "--paths", str(tmp_path / "ru.tsv")]) == 0
+    old, new = Corpus(base / "corpus"), Corpus(out / "corpus")
+    assert new.langs == ["en", "fr", "ru"] and new.meta["source"] == "tsv"
+    for split in SPLITS:
+        assert new.texts(split, "fr") == old.texts(split, "fr")
+        assert new.texts(split, "en")[:len(old.texts(split, "en"))] == old.texts(split, "en")
+        assert len(new.pairs(split, "en", "ru")) == len(new.texts(split, "ru"))  # every ru line has its English
+    assert sum(len(new.texts(s, "ru")) for s in SPLITS) == len(pairs)
+    assert json.loads((out / "tokenizer" / "meta.json").read_text())["vocab_size"] > \
+        json.loads((base / "tokenizer" / "meta.json").read_text())["vocab_size"]
+    assert (out / "checkpoints").is_dir()
 
 
 def test_the_added_language_generates_and_exports(added_run, tmp_path):

@@ -226,8 +226,8 @@ def cmd_add_language(args) -> int:
 
     _check_number(args.minutes, "--minutes", 0)
     summary = run_add_language(args.run, args.lang, args.out, minutes=args.minutes, replay=args.replay,
-                               init=args.init, pieces=args.pieces, overrides=args.overrides,
-                               overwrite=args.overwrite)
+                               init=args.init, pieces=args.pieces, source=args.source, paths=args.paths or (),
+                               overrides=args.overrides, overwrite=args.overwrite)
     print(f"add-language: {args.out} holds the model with {args.lang} ({summary.get('steps', '?')} steps); "
           f"evaluate it with `xling evaluate --run {args.out}`")
     return 0
@@ -445,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add-language", help="add a language to a trained run: corpus, extended tokenizer (every id "
                        "kept), extended model, continued pretraining with replay")
     _add_run(p)
-    p.add_argument("--lang", required=True, help="the language to add (an ISO 639 code the run's source has)")
+    p.add_argument("--lang", required=True, help="the language to add (an ISO 639 code)")
+    p.add_argument("--source", help="where its text comes from, if not the run's own source: text, jsonl, tsv (pairs "
+                                    "with an old language: set corpus.pair_langs), parquet, po, bible")
+    p.add_argument("--paths", nargs="+", help="input files or folders of --source (after any KEY=VALUE settings)")
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--minutes", type=float, default=5.0, help="continued pretraining budget (default 5)")
     p.add_argument("--replay", type=float, default=0.5, help="share of rows from the old languages (default 0.5)")

@@ -68,6 +68,9 @@ class CorpusConfig:
     pair_alpha: float = 0.3  # the same for translation pairs
     langid: bool = False  # drop segments py3langid does not label as their declared language (counted per language)
     workers: int = 1  # processes reading and cleaning pieces of the source (0 = one per CPU core); same output
+    # a built corpus (or a run directory holding corpus/) kept as it is: the source adds languages after its own,
+    # and lines to a language it shares (the pivot side of translation pairs; repeats of its text are dropped)
+    base: str = ""
 
     def __post_init__(self):
         if self.normalize not in ("NFC", "NFKC", "none"):
@@ -240,6 +243,15 @@ class Admit:
         self.lang_drops: dict[str, dict[str, int]] = {}
         self.first_seen: dict[str, None] = {}
 
+    def remember(self, lang: str, text_hashes: np.ndarray, key_hashes: np.ndarray) -> None:
+        """Segments of `lang` kept before this source was read (a base corpus): later repeats of their text are
+        duplicates, later uses of their keys errors, and they count towards the cap."""
+        self.first_seen.setdefault(lang)
+        if self.cfg.dedup:
+            self.seen.setdefault(lang, HashSet64()).add(np.unique(text_hashes))
+        self.seen_keys.setdefault(lang, HashSet64()).add(np.unique(key_hashes))
+        self.count[lang] = self.count.get(lang, 0) + len(key_hashes)
+
     def __call__(self, p: Prepared) -> np.ndarray:
         """Indices of the segments of `p` kept, ascending."""
         kept = []
@@ -346,6 +358,25 @@ class _Writer:
                 st["words"] += int(p.words[sel].sum())
                 st["chars"] += int(p.chars[sel].sum())
 
+    def copy_base(self, base: Corpus, admit: Admit) -> None:
+        """Every file of a built corpus first, as it is (a block of lines at a time), its segments remembered by
+        `admit`."""
+        for lang in base.langs:
+            for split in SPLITS:
+                txt, keys, hashes = self._open(split, lang)
+                base._check(split, lang)
+                with open(base.path / split / f"{lang}.txt", encoding="utf-8", newline="\n") as t, \
+                        open(base.path / split / f"{lang}.keys", encoding="utf-8", newline="\n") as k:
+                    lines = zip(t, k, strict=True)  # a ValueError where one file ends first: see build_corpus
+                    while block := list(islice(lines, 65_536)):
+                        texts, key_list = [a[:-1] for a, _ in block], [b[:-1] for _, b in block]
+                        txt.write("".join(a for a, _ in block))
+                        keys.write("".join(b for _, b in block))
+                        kh = np.fromiter(map(text_hash, key_list), np.uint64, len(key_list))
+                        hashes.write(kh.tobytes())
+                        admit.remember(lang, np.fromiter(map(text_hash, texts), np.uint64, len(texts)), kh)
+                self.stats[split][lang] = dict(base.meta["splits"][split][lang])
+
     def close(self, langs: list[str]) -> None:
         """Close every file; a language with no segment in a split gets empty files there."""
         for split in SPLITS:
@@ -398,6 +429,18 @@ def _input_bytes(cfg: CorpusConfig) -> int:
     return total
 
 
+def _base_corpus(cfg: CorpusConfig) -> Corpus | None:
+    """The corpus named by corpus.base, checked: corpus.langs lists its languages first, in its order."""
+    if not cfg.base:
+        return None
+    path = Path(cfg.base)
+    base = Corpus(path / "corpus" if (path / "corpus" / "meta.json").is_file() else path)
+    if cfg.langs and list(cfg.langs[:len(base.langs)]) != base.langs:
+        raise XlingError(f"corpus.base: {base.path} has the languages {', '.join(base.langs)}; corpus.langs must "
+                         f"list them first and in that order ({', '.join(cfg.langs)}), then the languages to add")
+    return base
+
+
 def _prepare_unit(cfg: CorpusConfig, unit) -> list[Prepared]:
     """One unit of the source read and cleaned, in a worker."""
     return list(prepared_batches(read_unit(cfg, unit), cfg))
@@ -410,6 +453,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
     deduplication and writes in source order: the output is byte for byte the one-process output. Returns meta."""
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
+    base = _base_corpus(cfg)
     check_free_space(out_dir, int(1.2 * _input_bytes(cfg)), f"the corpus of {', '.join(cfg.paths) or cfg.source}")
     workers = cfg.workers or os.cpu_count() or 1
     units = source_units(cfg, UNIT_BYTES if workers > 1 else None)
@@ -424,6 +468,12 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
         for split in SPLITS:
             (tmp / split).mkdir()
         writer = _Writer(tmp)
+        if base is not None:
+            try:
+                writer.copy_base(base, admit)
+            except ValueError:
+                raise XlingError(f"corpus.base: the text and .keys files of {base.path} differ in length; rebuild "
+                                 f"that corpus") from None
         try:
             for p in batches:
                 writer.add(p, admit(p))
@@ -456,6 +506,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
         train_pairs = {p: c.get("train", 0) for p, c in pair_counts.items()}
         meta = {
             "source": cfg.source,
+            **({"base": str(base.path)} if base is not None else {}),
             "langs": langs,
             "splits": stats,
             "pairs": pair_counts,

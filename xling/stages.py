@@ -425,11 +425,13 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
 
 
 def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: float = 5.0, replay: float = 0.5,
-                     init: str = "mean", pieces: int = 2000, overrides: list[str] = (),
-                     overwrite: bool = False) -> dict:
+                     init: str = "mean", pieces: int = 2000, source: str | None = None,
+                     paths: list[str] = (), overrides: list[str] = (), overwrite: bool = False) -> dict:
     """`xling add-language`: a new run `out` that is the trained run `base` with `lang` added. Its corpus is the
     base's config with `lang` appended to corpus.langs (same source, same hashed split, so aligned text keeps the
-    base's chapters); its tokenizer is the base's with `pieces` new pieces and the tag (every id kept,
+    base's chapters), or, with `source` and `paths`, the base's corpus kept as it is with the new language read
+    from that source (corpus.base; a TSV of pairs with an old language adds that side to it, aligned); its
+    tokenizer is the base's with `pieces` new pieces and the tag (every id kept,
     tokenizer.extend); its model starts from the base's (new rows by `init`, train.init_from) and trains `minutes`
     more with the old languages replayed in `replay` of the rows (train.lang_shares = {lang: 1 - replay}). Later
     stages (evaluate, report, export) treat it as any run. Returns the pretraining summary."""
@@ -451,7 +453,12 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
         raise XlingError(f"{base} already has {lang} ({', '.join(langs)}); choose a language it lacks")
     if out.resolve() == base.resolve():
         raise XlingError("--out must be a new run directory, not the base run")
-    extra = [f"corpus.langs=[{', '.join(json.dumps(lg) for lg in [*langs, lang])}]",
+    if bool(source) != bool(paths):
+        raise XlingError("give --source and --paths together (the new language's text from another source), or "
+                         "neither (read it from the base run's source)")
+    from_source = [f"corpus.source={json.dumps(source)}", f"corpus.paths={json.dumps([str(p) for p in paths])}",
+                   f"corpus.base={json.dumps(str(base / 'corpus'))}"] if source else []
+    extra = [*from_source, f"corpus.langs=[{', '.join(json.dumps(lg) for lg in [*langs, lang])}]",
              f"tokenizer.extend={json.dumps(str(base))}", f"tokenizer.extend_pieces={pieces}",
              f"train.init_from={json.dumps(str(base))}", f"train.extend_init={json.dumps(init)}",
              f"train.max_minutes={minutes}", "train.max_steps=0", "train.max_tokens=0",
