@@ -320,3 +320,25 @@ def test_lsi_rows_start_only_the_new_pieces_the_aligned_text_covers(added_run):
     assert stats["mapped"] >= len(new_ids) // 2 and stats["fitted"] > 40  # of 61 new, of the tiny 312-id vocabulary
     assert int(changed.sum()) == stats["mapped"] and bool(changed[new_ids].sum() == stats["mapped"])
     assert torch.isfinite(after).all() and float(after[new_ids].std()) < 10 * float(after[:new_ids[0]].std())
+
+
+def test_the_same_command_with_a_larger_budget_continues_the_new_run(added_run, tmp_path, capsys):
+    """Training an added language more: the same `add-language` command with a larger budget finds its corpus,
+    tokenizer and shards up to date and resumes --out's pretraining where it stopped."""
+    import shutil
+
+    from xling.checkpoint import list_checkpoints
+    from xling.cli import main
+
+    base, out, _ = added_run
+    again = tmp_path / "with-ru"
+    shutil.copytree(out, again)
+    capsys.readouterr()
+    assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(again), "--minutes", "0",
+                 "--pieces", "60", "tokenizer.min_frequency=1", "train.max_steps=44"]) == 0
+    printed = capsys.readouterr()
+    assert all(f"{stage}: up to date" in printed.out for stage in ("corpus", "tokenizer", "shard")), printed.out
+    assert "resumed from step 40" in printed.err
+    steps = [json.loads(line).get("step") for line in (again / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 44
+    assert int(list_checkpoints(again / "checkpoints")[-1].name.split("_")[1]) == 44

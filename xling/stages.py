@@ -450,7 +450,9 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
         raise XlingError(f"--replay is the old languages' share of the rows, in [0, 1), not {replay}")
     langs = Corpus(base / "corpus").langs
     if lang in langs:
-        raise XlingError(f"{base} already has {lang} ({', '.join(langs)}); choose a language it lacks")
+        raise XlingError(f"{base} already has {lang} ({', '.join(langs)}); choose a language it lacks (to train a "
+                         f"language you added more, run the same add-language command again with a larger "
+                         f"--minutes: it continues its --out run)")
     if out.resolve() == base.resolve():
         raise XlingError("--out must be a new run directory, not the base run")
     if bool(source) != bool(paths):
