@@ -115,6 +115,21 @@ def test_corpus_layout_pairs_and_meta(tmp_path, fake_source):
     assert sum(meta["sampling"]["pair_q"].values()) == pytest.approx(1.0)
 
 
+def test_hash_sets_on_disk_and_a_pair_count_in_parts_write_the_same_corpus(tmp_path, fake_source, monkeypatch):
+    import xling.corpus as corpus_mod
+
+    segments = tiny_segments(chapters=30)
+    fake_source(segments + segments[:40])  # repeats: the dedup sets are consulted
+    build_corpus(CorpusConfig(langs=["en", "fr", "ru"]), tmp_path / "memory")
+    monkeypatch.setattr(corpus_mod, "SPILL_RUN", 4)  # every run of 4 hashes and more goes to a file
+    monkeypatch.setattr(corpus_mod, "PAIR_PART", 3)  # the pair count in dozens of parts
+    meta = build_corpus(CorpusConfig(langs=["en", "fr", "ru"]), tmp_path / "disk")
+    files = [p.relative_to(tmp_path / "memory") for p in sorted((tmp_path / "memory").rglob("*")) if p.is_file()]
+    assert files == [p.relative_to(tmp_path / "disk") for p in sorted((tmp_path / "disk").rglob("*")) if p.is_file()]
+    assert all((tmp_path / "memory" / f).read_bytes() == (tmp_path / "disk" / f).read_bytes() for f in files)
+    assert meta["dropped"]["duplicate"] == 40 and meta["pairs"]["en-ru"]["train"] > 50
+
+
 def test_dedup_and_length_filters():
     segs = [Segment("en", "1", "same text", "g1"), Segment("en", "2", "same  text", "g2"),
             Segment("en", "3", "x" * 50, "g3"), Segment("en", "4", "   ", "g4"), Segment("en", "5", "ok", "g5")]

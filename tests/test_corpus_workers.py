@@ -167,3 +167,26 @@ def test_too_little_disk_is_said_before_writing(tmp_path, monkeypatch):
     with pytest.raises(XlingError, match=r"needs about 0.00 GB but .* has 0.00 GB free; free .* another disk"):
         build_corpus(CorpusConfig(source="jsonl", paths=[str(tmp_path / "a.jsonl")]), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_hashset_with_runs_on_disk_matches_python_set(tmp_path):
+    """Runs of 64 hashes and more go to files; lookups, first_new and len are those of a Python set; close
+    removes the files."""
+    rng = np.random.default_rng(1)
+    hs, ref = HashSet64(spill=tmp_path / "runs", in_memory=64), set()
+    for _ in range(40):
+        h = rng.integers(0, 20_000, size=int(rng.integers(1, 300)), dtype=np.uint64)
+        new = hs.first_new(h)
+        want, seen_here = [], set()
+        for x in h.tolist():
+            want.append(x not in ref and x not in seen_here)
+            seen_here.add(x)
+        assert new.tolist() == want
+        hs.add(h[new])
+        ref |= set(h.tolist())
+        probe = rng.integers(0, 25_000, size=500, dtype=np.uint64)
+        assert hs.contains(probe).tolist() == [x in ref for x in probe.tolist()]
+    assert len(hs) == len(ref) and len(hs.files) >= 5 and hs.nbytes < 8 * 128
+    assert all(len(r) < 64 for r in hs.runs)
+    hs.close()
+    assert list((tmp_path / "runs").iterdir()) == []

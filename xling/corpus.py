@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -226,16 +227,20 @@ def new_drops() -> dict[str, int]:
     return {"empty_or_short": 0, "too_long": 0, "duplicate": 0, "wrong_language": 0}
 
 
+SPILL_RUN = 1 << 20  # hashes a run of a deduplication set holds before it goes to disk (8 MB)
+
+
 class Admit:
     """The sequential part of cleaning: exact deduplication within a language (first occurrence wins), unique
     alignment keys and the per-language cap, applied to `Prepared` batches in source order, with the same outcome
-    as one segment at a time. Memory: two 64-bit hashes per kept segment (`HashSet64`), not the texts.
+    as one segment at a time. Memory: two 64-bit hashes per kept segment (`HashSet64`), not the texts; with
+    `spill`, the sets' large runs live in files there and memory stays flat.
 
     `dropped` counts what was left out and why; `lang_drops` the same per language (what an error about a
     language left empty names); `first_seen` the languages in the order the source gave them."""
 
-    def __init__(self, cfg: CorpusConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: CorpusConfig, spill: Path | None = None):
+        self.cfg, self.spill = cfg, spill  # spill: a folder for the hash sets' large runs (HashSet64)
         self.seen: dict[str, HashSet64] = {}
         self.seen_keys: dict[str, HashSet64] = {}
         self.count: dict[str, int] = {}
@@ -248,8 +253,8 @@ class Admit:
         duplicates, later uses of their keys errors, and they count towards the cap."""
         self.first_seen.setdefault(lang)
         if self.cfg.dedup:
-            self.seen.setdefault(lang, HashSet64()).add(np.unique(text_hashes))
-        self.seen_keys.setdefault(lang, HashSet64()).add(np.unique(key_hashes))
+            self.seen.setdefault(lang, HashSet64(self.spill, SPILL_RUN)).add(np.unique(text_hashes))
+        self.seen_keys.setdefault(lang, HashSet64(self.spill, SPILL_RUN)).add(np.unique(key_hashes))
         self.count[lang] = self.count.get(lang, 0) + len(key_hashes)
 
     def __call__(self, p: Prepared) -> np.ndarray:
@@ -264,7 +269,7 @@ class Admit:
         return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
 
     def _admit(self, p: Prepared, lang: str, cand: np.ndarray) -> np.ndarray:
-        seen = self.seen.setdefault(lang, HashSet64())
+        seen = self.seen.setdefault(lang, HashSet64(self.spill, SPILL_RUN))
         h = p.text_hash[cand]
         new = seen.first_new(h) if self.cfg.dedup else np.ones(len(cand), bool)
         pos = np.flatnonzero(new)
@@ -286,13 +291,20 @@ class Admit:
         for i in idx[p.key_bad[idx]][:1]:
             raise XlingError(f"the alignment key {p.keys[i]!r} of a {lang} segment is empty or holds a line break; "
                              f"give every segment a one-line id")
-        keys = self.seen_keys.setdefault(lang, HashSet64())
+        keys = self.seen_keys.setdefault(lang, HashSet64(self.spill, SPILL_RUN))
         new = keys.first_new(p.key_hash[idx])
         for i in idx[~new][:1]:
             raise XlingError(f"two {lang} segments share the alignment key {p.keys[i]!r}; "
                              f"give every segment of a language its own id")
         if add:
             keys.add(p.key_hash[idx])
+
+    def close(self) -> None:
+        """Free the hash sets (their files on disk included)."""
+        for sets in (self.seen, self.seen_keys):
+            for hs in sets.values():
+                hs.close()
+            sets.clear()
 
     def _drop(self, lang: str, why: str, n: int) -> None:
         if n:
@@ -387,34 +399,42 @@ class _Writer:
                 f.close()
 
 
+PAIR_PART = 1 << 20  # key hashes of one language held at once by the pair count (8 MB)
+
+
 def _pair_counts(root: Path, langs: list[str]) -> dict[str, dict[str, int]]:
     """{"a-b": {split: translations}}: keys shared by two languages, from the key hashes `_Writer` wrote beside each
-    .keys file (`.<lang>.key-hashes`), each sorted into a uint64 array kept on disk (`.hashes-<lang>.npy`) and
-    memory-mapped (both removed after); a pair is counted by looking up the second language's hashes in the first's,
-    a block at a time, so memory holds one language's array at a time, not every language's."""
+    .keys file (`.<lang>.key-hashes`, removed after). The hashes are counted a partition at a time (hash mod P,
+    P chosen so a language's share is ~PAIR_PART hashes), each language's share read from its file, made unique
+    and looked up in the others': memory stays flat whatever the corpus size."""
     out: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        files = {}
-        for lang in langs:
-            raw = root / split / f".{lang}.key-hashes"
-            files[lang] = root / f".hashes-{lang}.npy"
-            np.save(files[lang], np.unique(np.fromfile(raw, dtype=np.uint64)))
-            raw.unlink()
-        for i, a in enumerate(langs[:-1]):
-            ha = np.load(files[a], mmap_mode="r")
-            for b in langs[i + 1:]:
-                hb = np.load(files[b], mmap_mode="r")
-                n = 0
-                for start in range(0, len(hb), 1 << 20):
-                    block = np.asarray(hb[start:start + (1 << 20)])
-                    at = np.searchsorted(ha, block).clip(max=max(len(ha) - 1, 0))
-                    n += int(np.count_nonzero(ha[at] == block)) if len(ha) else 0
-                if n:
-                    out.setdefault(f"{a}-{b}", {})[split] = n
-            del ha, hb
-        for path in files.values():
-            path.unlink()
+        files = {lang: root / split / f".{lang}.key-hashes" for lang in langs}
+        parts = max(1, -(-max(f.stat().st_size // 8 for f in files.values()) // PAIR_PART))
+        counts: dict[str, int] = {}
+        for part in range(parts):
+            share = {lang: _hash_share(f, part, parts) for lang, f in files.items()}
+            for i, a in enumerate(langs[:-1]):
+                for b in langs[i + 1:]:
+                    ha, hb = share[a], share[b]
+                    if len(ha) and len(hb):
+                        at = np.searchsorted(ha, hb).clip(max=len(ha) - 1)
+                        counts[f"{a}-{b}"] = counts.get(f"{a}-{b}", 0) + int(np.count_nonzero(ha[at] == hb))
+        for pair, n in counts.items():
+            if n:
+                out.setdefault(pair, {})[split] = n
+        for f in files.values():
+            f.unlink()
     return out
+
+
+def _hash_share(path: Path, part: int, parts: int) -> np.ndarray:
+    """The sorted unique hashes h of a raw uint64 file with h mod `parts` == `part`, read a block at a time."""
+    pieces = []
+    with open(path, "rb") as f:
+        while len(block := np.fromfile(f, dtype=np.uint64, count=PAIR_PART)):
+            pieces.append(block if parts == 1 else block[block % np.uint64(parts) == part])
+    return np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, np.uint64)
 
 
 UNIT_BYTES = 4 << 20  # a worker's share of a large text or JSON Lines file (2 a worker in flight, ~10 MB each)
@@ -462,11 +482,11 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
                                                   what="a corpus worker"))
     else:
         batches = chain.from_iterable(prepared_batches(read_unit(cfg, u), cfg) for u in units)
-    admit = Admit(cfg)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
             progress(desc=f"corpus: reading {cfg.source}", unit="seg") as bar:
         for split in SPLITS:
             (tmp / split).mkdir()
+        admit = Admit(cfg, spill=tmp / ".dedup")  # sets past 2^20 hashes a run go to disk: flat memory
         writer = _Writer(tmp)
         if base is not None:
             try:
@@ -482,7 +502,8 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
             langs = list(cfg.langs) or list(admit.first_seen)  # the source's order (bible: DEFAULT_LANGS)
             writer.close(langs)
         dropped, lang_drops = admit.dropped, admit.lang_drops
-        del admit  # its hash sets (16 bytes a segment) before the pair count reads key hashes back
+        admit.close()  # its hash sets (16 bytes a segment) before the pair count reads key hashes back
+        shutil.rmtree(tmp / ".dedup", ignore_errors=True)
         stats = {s: {lg: writer.stats[s][lg] for lg in langs} for s in SPLITS}
         missing = [lg for lg in langs if not any(stats[s][lg]["segments"] for s in SPLITS)]
         filtered = [lg for lg in missing if lang_drops.get(lg)]
