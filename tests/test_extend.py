@@ -342,3 +342,38 @@ def test_the_same_command_with_a_larger_budget_continues_the_new_run(added_run, 
     steps = [json.loads(line).get("step") for line in (again / "train" / "metrics.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 44
     assert int(list_checkpoints(again / "checkpoints")[-1].name.split("_")[1]) == 44
+
+
+def test_back_translation_adds_synthetic_pairs_for_a_language_with_text_only(added_run, tmp_path):
+    """`--back-translate` on monolingual ru text: phase 1 (a run beside --out), a translation fine-tune on the base's
+    en-fr pairs, ru train lines translated into en, and --out trained on phase 1's corpus plus those lines, which
+    pair with the ru lines they came from and are counted as synthetic; phase 1's tokenizer kept as it is."""
+    from xling.cli import main
+    from xling.corpus import SPLITS, Corpus
+    from xling.tokenizer import tokenizer_hash
+
+    from .conftest import TINY
+
+    base = added_run[0]
+    (tmp_path / "ru.txt").write_text("".join(f"{v} ({i})\n" for i in range(40) for v in TINY["ru"]),
+                                     encoding="utf-8")
+    out = tmp_path / "ru-bt"
+    assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(out), "--minutes", "0",
+                 "--pieces", "60", "--back-translate", "--bt-lines", "25", "tokenizer.min_frequency=1",
+                 "train.max_steps=3", "translate.max_steps=2", "translate.max_minutes=0", "translate.compile=false",
+                 "translate.max_new_tokens=8", "--source", "text", "--paths", str(tmp_path / "ru.txt")]) == 0
+    phase1 = tmp_path / "ru-bt.phase1"
+    synthetic = [json.loads(line) for line in (phase1 / "back-translated.en.jsonl").read_text().splitlines()]
+    before, after = Corpus(phase1 / "corpus"), Corpus(out / "corpus")
+    assert 0 < len(synthetic) <= 25 and all(r["lang"] == "en" for r in synthetic)
+    assert before.meta["pairs"].get("en-ru") is None  # monolingual: no pair before
+    assert after.meta["synthetic"] == {"en": {"train": len(synthetic), "valid": 0, "test": 0}}
+    assert after.meta["pairs"]["en-ru"] == {"train": len(synthetic)}
+    ru_by_key = dict(zip(after.keys("train", "ru"), after.texts("train", "ru"), strict=True))
+    got = after.pairs("train", "en", "ru")
+    assert [ru for _, ru in got] == [ru_by_key[r["id"]] for r in synthetic]  # each translation beside its source
+    for split in SPLITS:
+        assert after.texts(split, "en")[:len(before.texts(split, "en"))] == before.texts(split, "en")
+        assert after.texts(split, "ru") == before.texts(split, "ru")
+    assert tokenizer_hash(out / "tokenizer") == tokenizer_hash(phase1 / "tokenizer")
+    assert (out / "checkpoints").is_dir() and (phase1 / "translate").is_dir()

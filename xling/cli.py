@@ -227,7 +227,8 @@ def cmd_add_language(args) -> int:
     _check_number(args.minutes, "--minutes", 0)
     summary = run_add_language(args.run, args.lang, args.out, minutes=args.minutes, replay=args.replay,
                                init=args.init, pieces=args.pieces, source=args.source, paths=args.paths or (),
-                               overrides=args.overrides, overwrite=args.overwrite)
+                               overrides=args.overrides, overwrite=args.overwrite,
+                               back_translate=args.back_translate, pivot=args.pivot, bt_lines=args.bt_lines)
     print(f"add-language: {args.out} holds the model with {args.lang} ({summary.get('steps', '?')} steps); "
           f"evaluate it with `xling evaluate --run {args.out}`")
     return 0
@@ -449,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="where its text comes from, if not the run's own source: text, jsonl, tsv (pairs "
                                     "with an old language: set corpus.pair_langs), parquet, po, bible")
     p.add_argument("--paths", nargs="+", help="input files or folders of --source (after any KEY=VALUE settings)")
+    p.add_argument("--back-translate", action="store_true",
+                   help="for text without translations: half the budget, a translation fine-tune, the new language's "
+                        "train text translated into --pivot, then the other half with those synthetic pairs")
+    p.add_argument("--pivot", help="the language to back-translate into (default: the run's first language)")
+    p.add_argument("--bt-lines", type=int, default=2000, help="train lines to back-translate (default 2000)")
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--minutes", type=float, default=5.0, help="continued pretraining budget (default 5)")
     p.add_argument("--replay", type=float, default=0.5, help="share of rows from the old languages (default 0.5)")

@@ -72,6 +72,7 @@ class CorpusConfig:
     # a built corpus (or a run directory holding corpus/) kept as it is: the source adds languages after its own,
     # and lines to a language it shares (the pivot side of translation pairs; repeats of its text are dropped)
     base: str = ""
+    synthetic: bool = False  # the source is machine-made (back-translation): meta["synthetic"] counts its segments
 
     def __post_init__(self):
         if self.normalize not in ("NFC", "NFKC", "none"):
@@ -525,9 +526,13 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
         pair_counts = _pair_counts(tmp, langs)
         train_counts = {lg: stats["train"][lg]["segments"] for lg in langs}
         train_pairs = {p: c.get("train", 0) for p, c in pair_counts.items()}
+        synthetic = {lg: {s: stats[s][lg]["segments"] - (base.meta["splits"][s][lg]["segments"] if base is not None
+                                                          and lg in base.langs else 0) for s in SPLITS}
+                     for lg in langs} if cfg.synthetic else {}
         meta = {
             "source": cfg.source,
             **({"base": str(base.path)} if base is not None else {}),
+            **({"synthetic": {lg: n for lg, n in synthetic.items() if any(n.values())}} if cfg.synthetic else {}),
             "langs": langs,
             "splits": stats,
             "pairs": pair_counts,

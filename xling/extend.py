@@ -185,9 +185,9 @@ def extend_run_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Pa
         raise XlingError(f"tokenizer.extend: {base_dir} has the languages {', '.join(have)}; the corpus must list "
                          f"them first and in that order ({', '.join(corpus.langs)}), then the languages to add")
     added = corpus.langs[len(have):]
-    if not added:
-        raise XlingError(f"tokenizer.extend: the corpus has no language that {base_dir} lacks; add one to "
-                         f"corpus.langs")
+    if not added:  # the same languages: the tokenizer as it is (a run continued on more text of them)
+        print(f"tokenizer: tokenizer.extend: the corpus has no language that {base_dir} lacks; its tokenizer is "
+              f"kept as it is", file=sys.stderr)
     tok = base
     t0 = time.perf_counter()
     for lang in added:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import inspect
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -426,7 +427,8 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
 
 def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: float = 5.0, replay: float = 0.5,
                      init: str = "mean", pieces: int = 2000, source: str | None = None,
-                     paths: list[str] = (), overrides: list[str] = (), overwrite: bool = False) -> dict:
+                     paths: list[str] = (), overrides: list[str] = (), overwrite: bool = False,
+                     back_translate: bool = False, pivot: str | None = None, bt_lines: int = 2000) -> dict:
     """`xling add-language`: a new run `out` that is the trained run `base` with `lang` added. Its corpus is the
     base's config with `lang` appended to corpus.langs (same source, same hashed split, so aligned text keeps the
     base's chapters), or, with `source` and `paths`, the base's corpus kept as it is with the new language read
@@ -434,7 +436,8 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
     tokenizer is the base's with `pieces` new pieces and the tag (every id kept,
     tokenizer.extend); its model starts from the base's (new rows by `init`, train.init_from) and trains `minutes`
     more with the old languages replayed in `replay` of the rows (train.lang_shares = {lang: 1 - replay}). Later
-    stages (evaluate, report, export) treat it as any run. Returns the pretraining summary."""
+    stages (evaluate, report, export) treat it as any run. With `back_translate`, see `_add_back_translated`.
+    Returns the pretraining summary."""
     from xling.checkpoint import list_checkpoints
     from xling.corpus import Corpus
     from xling.langs import check_lang
@@ -455,6 +458,10 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
                          f"--minutes: it continues its --out run)")
     if out.resolve() == base.resolve():
         raise XlingError("--out must be a new run directory, not the base run")
+    if back_translate:
+        return _add_back_translated(base, lang, out, minutes=minutes, replay=replay, init=init, pieces=pieces,
+                                    source=source, paths=paths, overrides=overrides, overwrite=overwrite, pivot=pivot,
+                                    bt_lines=bt_lines, langs=langs)
     if bool(source) != bool(paths):
         raise XlingError("give --source and --paths together (the new language's text from another source), or "
                          "neither (read it from the base run's source)")
@@ -475,3 +482,59 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
         cfg = load_config(None, [*extra, f"model.vocab_size={vocab}", f"model.n_langs={n_langs}", *overrides],
                           base=saved)
         return run_pretrain(cfg, out, overwrite=overwrite)
+
+
+def _add_back_translated(base: Path, lang: str, out: Path, *, minutes: float, replay: float, init: str, pieces: int,
+                         source: str | None, paths: list[str], overrides: list[str], overwrite: bool,
+                         pivot: str | None, bt_lines: int, langs: list[str]) -> dict:
+    """`add-language --back-translate`, for a language with monolingual text only, in three steps:
+    1. half the budget: `lang` added as without back-translation, into the run `<out>.phase1` (kept beside `out`);
+    2. that run fine-tuned for translation on its corpus's pairs with `pivot` (translate-train), then `bt_lines`
+       of its `lang` train text translated into `pivot` (`<out>.phase1/back-translated.<pivot>.jsonl`);
+    3. `out`: phase 1's corpus with those translations added to `pivot` under the original lines' keys (pairs,
+       counted in the corpus meta as synthetic; not deduplicated: two lines may share a translation), phase 1's tokenizer as it is, and the other half of the budget
+       continuing phase 1's model with the old languages replayed."""
+    from dataclasses import replace
+
+    from xling.corpus import Corpus
+    from xling.registry import load_config
+    from xling.tasks.translate.backtranslate import back_translate as translate_back
+    from xling.tasks.translate.command import finetune_run
+
+    pivot = pivot or langs[0]
+    if pivot not in langs:
+        raise XlingError(f"--pivot {pivot} is not a language of {base} ({', '.join(langs)}); choose one of them")
+    if bt_lines < 1:
+        raise XlingError(f"--bt-lines must be at least 1, not {bt_lines}")
+    phase1 = out.with_name(f"{out.name}.phase1")
+    run_add_language(base, lang, phase1, minutes=minutes / 2, replay=replay, init=init, pieces=pieces,
+                     source=source, paths=paths, overrides=overrides, overwrite=overwrite)
+    pairs = Corpus(phase1 / "corpus").meta["pairs"]
+    with_pivot = [lg for lg in langs if lg != pivot and any(
+        pairs.get(name, {}).get("train") for name in (f"{lg}-{pivot}", f"{pivot}-{lg}"))]
+    if not with_pivot:
+        raise XlingError(f"back-translation fine-tunes translation on the run's {pivot} pairs, and {base}'s corpus "
+                         f"has none; choose a --pivot with translations (--pivot)")
+    saved = load_config(None, list(overrides), base=RunDir(phase1).saved_config())
+    tcfg = replace(saved.translate, directions=[d for lg in with_pivot for d in (f"{lg}-{pivot}", f"{pivot}-{lg}")])
+    finetune_run(phase1, tcfg)
+    synthetic = phase1 / f"back-translated.{pivot}.jsonl"
+    counts = translate_back(phase1, lang, pivot, synthetic, max_lines=bt_lines, cfg=tcfg)
+    if not counts["written"]:
+        raise XlingError(f"back-translation: the fine-tuned model of {phase1} translated every {lang} line into "
+                         f"nothing; give it a larger budget (--minutes, translate.max_minutes)")
+    print(f"add-language: {counts['written']:,} of {counts['translated']:,} {lang} train lines back-translated "
+          f"into {pivot} -> {synthetic}", file=sys.stderr)
+    extra = ['corpus.source="jsonl"', f"corpus.paths={json.dumps([str(synthetic)])}",
+             f"corpus.base={json.dumps(str(phase1 / 'corpus'))}", "corpus.synthetic=true",
+             "corpus.dedup=false",  # two lines may share a translation: each is a pair of its own
+             'corpus.text_column="text"', 'corpus.lang_column="lang"', 'corpus.id_column="id"',
+             f"tokenizer.extend={json.dumps(str(phase1))}", f"train.init_from={json.dumps(str(phase1))}",
+             f"train.max_minutes={minutes / 2}", "train.max_steps=0", "train.max_tokens=0",
+             f"train.lang_shares={{{json.dumps(lang)} = {1 - replay}}}"]
+    cfg = load_config(None, [*extra, *overrides], base=RunDir(phase1).saved_config())
+    with RunDir(out).lock():
+        for stage in ("corpus", "tokenizer", "shard"):
+            run_stage(stage, cfg, out, overwrite=overwrite)
+        summary = run_pretrain(cfg, out, overwrite=overwrite)
+    return {**summary, "back_translation": counts}
