@@ -492,8 +492,9 @@ def _add_back_translated(base: Path, lang: str, out: Path, *, minutes: float, re
     2. that run fine-tuned for translation on its corpus's pairs with `pivot` (translate-train), then `bt_lines`
        of its `lang` train text translated into `pivot` (`<out>.phase1/back-translated.<pivot>.jsonl`);
     3. `out`: phase 1's corpus with those translations added to `pivot` under the original lines' keys (pairs,
-       counted in the corpus meta as synthetic; not deduplicated: two lines may share a translation), phase 1's tokenizer as it is, and the other half of the budget
-       continuing phase 1's model with the old languages replayed."""
+       counted in the corpus meta as synthetic; not deduplicated: two lines may share a translation), phase 1's
+       tokenizer as it is, and the other half of the budget continuing phase 1's model with the old languages
+       replayed."""
     from dataclasses import replace
 
     from xling.corpus import Corpus
