@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -105,11 +106,17 @@ def run_shard(run: Path, workers: int) -> float:
 
 
 def tree_digest(root: Path) -> str:
+    """A digest of every file under `root`; meta.json without its "throughput" (the shards' timings)."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
+            data = p.read_bytes()
+            if p.name == "meta.json":
+                meta = json.loads(data)
+                meta.pop("throughput", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+            h.update(data)
     return h.hexdigest()[:16]
 
 
