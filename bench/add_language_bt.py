@@ -55,18 +55,19 @@ def main() -> None:
     corpus = Corpus(held / "corpus")
     text = work / f"{args.lang}.txt"
     text.write_text("".join(t + "\n" for t in corpus.texts("train", args.lang)), encoding="utf-8")
-    common = ["--run", str(base), "--lang", args.lang, "--minutes", "0", "train.eval_every=0",
-              "translate.compile=false", "translate.max_minutes=0", "translate.max_steps=60"]
+    common = ["--run", str(base), "--lang", args.lang, "--minutes", "0"]
+    settings = ["train.eval_every=0", "translate.compile=false", "translate.max_minutes=0", "translate.max_steps=60"]
+    source = ["--source", "text", "--paths", str(text)]  # last: --paths takes every word after it
     runs = {"without": work / "without", "with back-translation": work / "with-bt"}
     seconds = {}
     if not (runs["without"] / "checkpoints").is_dir():
-        seconds["without"] = sh("add-language", *common, "--out", str(runs["without"]),
-                                f"train.max_steps={args.steps}", "--source", "text", "--paths", str(text))
+        seconds["without"] = sh("add-language", *common, "--out", str(runs["without"]), *settings,
+                                f"train.max_steps={args.steps}", *source)
     if not (runs["with back-translation"] / "checkpoints").is_dir():
         seconds["with back-translation"] = sh(
             "add-language", *common, "--out", str(runs["with back-translation"]), "--back-translate",
-            "--pivot", args.pivot, "--bt-lines", str(args.bt_lines), f"train.max_steps={args.steps // 2}",
-            "--source", "text", "--paths", str(text))
+            "--pivot", args.pivot, "--bt-lines", str(args.bt_lines), *settings, f"train.max_steps={args.steps // 2}",
+            *source)
 
     def aligned(a: str, b: str) -> tuple[list[str], list[str]]:
         by_key = dict(zip(corpus.keys("test", b), corpus.texts("test", b), strict=True))
