@@ -33,15 +33,17 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable, workers: int, ahead: 
         return
     it = iter(items)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: deque = deque()
     try:
-        pending = deque(pool.submit(fn, item) for item in islice(it, workers * ahead))
-        while pending:
-            try:
+        while True:
+            try:  # a dead worker breaks the pool: waiting for a result or submitting the next item says so
+                pending.extend(pool.submit(fn, item) for item in islice(it, workers * ahead - len(pending)))
+                if not pending:
+                    return
                 result = pending.popleft().result()
             except BrokenProcessPool:
                 raise XlingError(f"{what} process died (killed by the system, out of memory?); {after}, with "
                                  f"fewer workers if memory is short") from None
-            pending.extend(pool.submit(fn, item) for item in islice(it, 1))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -79,6 +79,7 @@ def run_embed(model_dir: str | Path, lang: str, input_path: str | Path, out_pref
             except XlingError as e:
                 error = str(e)
         error = xdist.broadcast_object(error)
+        xdist.barrier()  # every process has received rank 0's word before any leaves the group (gloo aborts else)
         if error:
             raise XlingError(error)
         return {"vectors": str(npy), "ids": str(ids_out), "n": sum(c for _, c, _ in done), "dim": dim,
