@@ -187,7 +187,12 @@ def test_add_language_refuses_bad_input(added_run, tmp_path, capsys):
     assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(tmp_path / "x"), "--source",
                  "text"]) == 2
     assert "give --source and --paths together" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+    bt = ["add-language", "--run", str(base), "--lang", "ru", "--out", str(tmp_path / "x"), "--back-translate"]
+    assert main([*bt, "--pivot", "de"]) == 2
+    assert "--pivot de is not a language of" in capsys.readouterr().err
+    assert main([*bt, "--bt-lines", "0"]) == 2
+    assert "--bt-lines must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.phase1").exists()
 
 
 def test_a_language_from_another_source_joins_the_base_corpus_as_it_is(added_run, tmp_path):
