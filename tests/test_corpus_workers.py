@@ -98,11 +98,12 @@ def test_batched_dedup_equals_one_at_a_time(monkeypatch, seed, max_segments):
                 assert b.keys == [k for s, lg, k, _ in want if (s, lg) == (split, lang)]
 
 
-def test_hashset_matches_python_set():
-    rng = np.random.default_rng(0)
-    hs, ref = HashSet64(), set()
-    for _ in range(50):
-        h = rng.integers(0, 5_000, size=int(rng.integers(1, 400)), dtype=np.uint64)
+def _against_python_set(hs: HashSet64, seed: int, high: int, rounds: int) -> set:
+    """Random batches through first_new/add/contains of `hs` beside a Python set; returns the set."""
+    rng = np.random.default_rng(seed)
+    ref = set()
+    for _ in range(rounds):
+        h = rng.integers(0, high, size=int(rng.integers(1, 400)), dtype=np.uint64)
         new = hs.first_new(h)
         want, seen_here = [], set()
         for x in h.tolist():
@@ -111,8 +112,14 @@ def test_hashset_matches_python_set():
         assert new.tolist() == want
         hs.add(h[new])
         ref |= set(h.tolist())
-        probe = rng.integers(0, 6_000, size=300, dtype=np.uint64)
+        probe = rng.integers(0, high + high // 5, size=300, dtype=np.uint64)
         assert hs.contains(probe).tolist() == [x in ref for x in probe.tolist()]
+    return ref
+
+
+def test_hashset_matches_python_set():
+    hs = HashSet64()
+    ref = _against_python_set(hs, seed=0, high=5_000, rounds=50)
     assert len(hs) == len(ref) and hs.nbytes == 8 * len(ref)
     assert len(hs.runs) <= int(np.log2(len(ref))) + 1
     assert all(np.all(r[1:] > r[:-1]) for r in hs.runs)  # sorted, no entry twice
@@ -172,20 +179,8 @@ def test_too_little_disk_is_said_before_writing(tmp_path, monkeypatch):
 def test_hashset_with_runs_on_disk_matches_python_set(tmp_path):
     """Runs of 64 hashes and more go to files; lookups, first_new and len are those of a Python set; close
     removes the files."""
-    rng = np.random.default_rng(1)
-    hs, ref = HashSet64(spill=tmp_path / "runs", in_memory=64), set()
-    for _ in range(40):
-        h = rng.integers(0, 20_000, size=int(rng.integers(1, 300)), dtype=np.uint64)
-        new = hs.first_new(h)
-        want, seen_here = [], set()
-        for x in h.tolist():
-            want.append(x not in ref and x not in seen_here)
-            seen_here.add(x)
-        assert new.tolist() == want
-        hs.add(h[new])
-        ref |= set(h.tolist())
-        probe = rng.integers(0, 25_000, size=500, dtype=np.uint64)
-        assert hs.contains(probe).tolist() == [x in ref for x in probe.tolist()]
+    hs = HashSet64(spill=tmp_path / "runs", in_memory=64)
+    ref = _against_python_set(hs, seed=1, high=20_000, rounds=40)
     assert len(hs) == len(ref) and len(hs.files) >= 5 and hs.nbytes < 8 * 128
     assert all(len(r) < 64 for r in hs.runs)
     hs.close()
