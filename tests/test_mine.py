@@ -385,3 +385,62 @@ def test_mine_without_faiss_says_how_to_install_and_exact_still_works(tmp_path, 
                         (["--recall-target", "1.5"], "--recall-target"), (["--recall-target", "nan"], "finite")):
         assert main([*argv, "--backend", "ivf", *bad]) == 2
         assert needle in _one_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------- mining in several processes
+
+def _recalls(info: dict) -> dict:
+    """The sampled recall of a mining's info, without its timing."""
+    return {k: v for k, v in info.items() if k.startswith("recall_") and k != "recall_seconds"}
+
+
+def _mine_worker(rank: int, world: int, port: int, root: str) -> None:
+    import json
+    import os
+
+    from xling.tasks.retrieval.mine import run_mine
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), XLING_PROGRESS="0")
+    torch.set_num_threads(1)
+    out = {}
+    for backend, mode in (("exact", "intersection"), ("exact", "forward"), ("ivf", "intersection")):
+        found = run_mine(root, f"{root}/x.npy", f"{root}/y.npy", backend=backend, mode=mode, recall_sample=700,
+                         out=f"{root}/two-{backend}-{mode}.tsv")
+        out[f"{backend}-{mode}"] = _recalls(found.info)
+    Path(f"{root}/result.{rank}").write_text(json.dumps(out), encoding="utf-8")
+
+
+def test_mining_in_two_processes_writes_what_one_process_writes(tmp_path):
+    """`torchrun -m xling -- mine`: each process searches half the rows of both sides (3,001 and 2,999: uneven
+    halves), rank 0 writes the pairs; the same pairs, scores and sampled recall as one process."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from xling.tasks.retrieval.mine import run_mine
+    from xling.tasks.retrieval.retrieve import write_vectors
+
+    _needs_faiss()
+    x, y, _ = _clustered_pairs(3001, seed=4)
+    y = y[:2999]
+    write_vectors(tmp_path / "x", x, [f"s{i}" for i in range(len(x))])
+    write_vectors(tmp_path / "y", y, [f"t{i}" for i in range(len(y))])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_mine_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"result.{r}").read_text(encoding="utf-8")) for r in range(2)]
+    assert results[0] == results[1]  # every process returns the same
+    for backend, mode in (("exact", "intersection"), ("exact", "forward"), ("ivf", "intersection")):
+        one = run_mine(tmp_path, tmp_path / "x.npy", tmp_path / "y.npy", backend=backend, mode=mode,
+                       recall_sample=700, out=tmp_path / f"one-{backend}-{mode}.tsv")
+        rows = [[r.split("\t") for r in (tmp_path / f"{n}-{backend}-{mode}.tsv").read_text().splitlines()[1:]]
+                for n in ("one", "two")]
+        assert [r[1:] for r in rows[0]] == [r[1:] for r in rows[1]] and len(rows[0]) > 2000
+        np.testing.assert_allclose([float(r[0]) for r in rows[1]], [float(r[0]) for r in rows[0]], atol=2e-6)
+        recall = json.loads(json.dumps(_recalls(one.info)))
+        assert results[0][f"{backend}-{mode}"] == recall
+        if backend == "ivf":
+            assert 0.9 <= recall["recall_src_tgt"] <= 1 and recall["recall_sample"] == [700, 700]

@@ -298,6 +298,7 @@ def cmd_retrieve(args) -> int:
 
 
 def cmd_mine(args) -> int:
+    from xling.distributed import launch_rank
     from xling.files import check_writable
     from xling.tasks.retrieval.mine import run_mine, summary
 
@@ -309,7 +310,8 @@ def cmd_mine(args) -> int:
                      threshold=args.threshold, out=args.out, layer=args.layer, pool_specials=args.pool_specials,
                      backend=args.backend, nprobe=args.nprobe, recall_target=args.recall_target,
                      recall_sample=args.recall_sample)
-    print("\n".join(summary(found)), file=sys.stderr)
+    if launch_rank() == 0:
+        print("\n".join(summary(found)), file=sys.stderr)
     return 0
 
 

@@ -133,19 +133,20 @@ def tune_nprobe(index, queries: np.ndarray, docs: np.ndarray, k: int, *, target:
 
 def ivf_search(queries: np.ndarray, docs: np.ndarray, k: int = 4, *, nprobe: int | None = None,
                target: float = RECALL_TARGET, nlist: int | None = None, refine: int = REFINE, seed: int = 0,
-               index=None, info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+               index=None, info: dict | None = None, part: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-k by cosine: (scores (Q, k) float32, rows (Q, k) int64), best first.
 
     nprobe None: tuned (`tune_nprobe`) to reach a recall@k of `target` on a sample of the queries. Scores are
     exact cosines of the rows found. A query whose visited lists hold fewer than k rows gets row -1 and score
     -inf in the missing places. `index`: one from `build_ivf(docs)`, to reuse. `info` (a dict) receives nlist,
-    nprobe and, when tuned, the tuning sample's recall.
+    nprobe and, when tuned, the tuning sample's recall. `part`: search only queries[part] (Q = its rows), nprobe
+    still tuned on a sample of all the queries, so the processes of a spread search agree on it.
     """
     if nprobe is not None and nprobe < 1:
         raise XlingError(f"nprobe must be >= 1, not {nprobe}")
     check_dims(queries, docs)
     k = min(k, len(docs))
-    nq = len(queries)
+    nq = len(range(len(queries))[part]) if part is not None else len(queries)
     if k < 1 or nq == 0:
         return np.full((nq, max(k, 0)), -np.inf, np.float32), np.full((nq, max(k, 0)), -1, np.int64)
     if index is None:
@@ -156,7 +157,7 @@ def ivf_search(queries: np.ndarray, docs: np.ndarray, k: int = 4, *, nprobe: int
     nprobe = min(nprobe, index.nlist)
     if info is not None:
         info.update(nlist=index.nlist, nprobe=nprobe, **({"tune_recall": tuned} if tuned is not None else {}))
-    return _search(index, queries, docs, k, nprobe, refine)
+    return _search(index, queries if part is None else queries[part], docs, k, nprobe, refine)
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -164,19 +165,34 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     approx, exact = np.asarray(approx), np.asarray(exact)
     if approx.shape != exact.shape:
         raise ValueError(f"neighbour arrays of shapes {approx.shape} and {exact.shape}")
-    if exact.size == 0:
-        return 1.0
-    k = exact.shape[1]
-    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
-    return hits / (len(exact) * k)
+    return _hits(approx, exact) / exact.size if exact.size else 1.0
+
+
+def _hits(approx: np.ndarray, exact: np.ndarray) -> int:
+    """Neighbours of the exact top-k (Q, k) that the approximate top-k (Q, k) found, summed over rows."""
+    return sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
 
 
 def sample_recall(queries: np.ndarray, docs: np.ndarray, approx_idx: np.ndarray, *, n: int = 1000,
                   seed: int = 1) -> float:
     """recall_at_k of `approx_idx` (all queries' approximate top-k in `docs`) against exact search, on `n` rows
     (seed 1: other rows than the tuning sample's, seed 0, where they can be)."""
+    hits, rows = sample_hits(queries, docs, approx_idx, n=n, seed=seed)
+    return hits / (rows * approx_idx.shape[1]) if rows else 1.0
+
+
+def sample_hits(queries: np.ndarray, docs: np.ndarray, approx_idx: np.ndarray, *, n: int = 1000, seed: int = 1,
+                part: slice | None = None) -> tuple[int, int]:
+    """(neighbours found, rows checked) for `sample_recall`'s sample rows that fall in queries[part], whose
+    approximate top-k are `approx_idx` (one row each of queries[part]): summed over the parts of a spread search,
+    the sample's recall@k is hits / (rows * k), the same as one process computes."""
     from xling.encode import nearest
 
+    start = 0 if part is None else range(len(queries))[part].start
+    stop = len(queries) if part is None else start + len(approx_idx)
     rows = sample_rows(len(queries), n, seed)
+    rows = rows[(rows >= start) & (rows < stop)]
+    if not len(rows):
+        return 0, 0
     _, exact = nearest(as_matrix(queries[rows], "queries"), docs, approx_idx.shape[1])
-    return recall_at_k(approx_idx[rows], exact)
+    return _hits(approx_idx[rows - start], exact), len(rows)

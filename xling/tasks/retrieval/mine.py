@@ -6,7 +6,8 @@
 
 CLI: `xling mine en.txt fr.txt --run runs/demo --src en --tgt fr [--mode intersection] [--threshold 1.0]
 [--backend ivf]` writes TSV lines `score  src_id  tgt_id  src  tgt` (ids = line numbers), best first. Inputs may also be
-PREFIX.npy vectors from `xling embed`.
+PREFIX.npy vectors from `xling embed`. `torchrun --nproc-per-node N -m xling -- mine ...` spreads the search over N
+processes (`mine(distributed=True)`) and writes the same pairs.
 
 Score (Artetxe & Schwenk 2019, "Margin-based parallel corpus mining"; LASER's mine_bitexts, BUCC):
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from xling.encode import MAX_BYTES, as_matrix, nearest
 from xling.errors import XlingError
@@ -119,16 +121,21 @@ def best_of_neighbours(scores: np.ndarray, index: np.ndarray, rx: np.ndarray,
     return index[rows, j], margin[rows, j].astype(np.float32)
 
 
-def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int, backend: str, *, nprobe: int | None, target: float,
-                   nlist: int | None, seed: int, info: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N, k), rows (N, k)): the k nearest rows of y for each row of x by the backend's search
-    (ivf: its nlist, nprobe and tuning recall into `info`)."""
+def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int, backend: str, *, part: slice, nprobe: int | None,
+                   target: float, nlist: int | None, seed: int, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (n, k), rows (n, k)): the k nearest rows of y for each row of x[part] by the backend's search
+    (ivf: its nlist, nprobe and tuning recall into `info`; nprobe tuned on a sample of all of x)."""
     from xling.tasks.retrieval.ann import ivf_search
     from xling.tasks.retrieval.retrieve import faiss_search
 
     if backend == "faiss":
-        return faiss_search(x, y, k)
-    return ivf_search(x, y, k, nprobe=nprobe, target=target, nlist=nlist, seed=seed, info=info)
+        return faiss_search(x[part], y, k)
+    return ivf_search(x, y, k, nprobe=nprobe, target=target, nlist=nlist, seed=seed, info=info, part=part)
+
+
+def _share(n: int, rank: int, world: int) -> slice:
+    """Rows [n rank / world, n (rank + 1) / world): one process's part of n rows."""
+    return slice(n * rank // world, n * (rank + 1) // world)
 
 
 def _mean_valid(scores: np.ndarray) -> np.ndarray:
@@ -141,7 +148,7 @@ def _mean_valid(scores: np.ndarray) -> np.ndarray:
 def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersection",
          threshold: float = THRESHOLD, backend: str = "exact", nprobe: int | None = None,
          recall_target: float | None = None, nlist: int | None = None, recall_sample: int = 0,
-         seed: int = 0) -> Mined:
+         seed: int = 0, distributed: bool = False) -> Mined:
     """Mine translation pairs between L2-normalised source (N, D) and target (M, D) vectors.
 
     backend: "exact", "faiss" or "ivf" (module docstring). ivf: nlist (default `ann.default_nlist`), nprobe
@@ -149,8 +156,14 @@ def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersect
     `ann.RECALL_TARGET`); recall_sample: this many other rows per direction are searched exactly too and the
     recall@k of the neighbours goes into `Mined.info`. src and tgt may be memory-mapped arrays: every backend
     reads them a block of rows at a time.
+
+    distributed: every process of the initialised torch.distributed group calls mine with the same inputs; each
+    searches the neighbours and best candidates of its share of the rows of both sides (an ivf index is built in
+    each, from the same rows and seed), the shares are exchanged, and every process returns what one process
+    would (`torchrun ... -m xling -- mine`).
     """
-    from xling.tasks.retrieval.ann import RECALL_TARGET, sample_recall
+    from xling import distributed as xdist
+    from xling.tasks.retrieval.ann import RECALL_TARGET, sample_hits
 
     if mode not in MODES:
         raise XlingError(f"unknown mining mode {mode!r}; choose from {', '.join(MODES)}")
@@ -171,28 +184,44 @@ def mine(src: np.ndarray, tgt: np.ndarray, *, k: int = K, mode: str = "intersect
     if not len(x) or not len(y):
         empty = np.empty(0, np.int64)
         return Mined(empty, empty, np.empty(0, np.float32), info)
+    rank, world = (xdist.rank(), xdist.world_size()) if distributed else (0, 1)
+    sx, sy = _share(len(x), rank, world), _share(len(y), rank, world)  # this process's rows of each side
+
+    def joined(*parts: np.ndarray) -> list[np.ndarray]:
+        """Each array of this process's share, joined with the other processes' in rank order."""
+        if world == 1:
+            return list(parts)
+        every = xdist.all_gather_objects(parts)
+        return [np.concatenate([p[i] for p in every]) for i in range(len(parts))]
+
+    none = np.empty(0, np.int64), np.empty(0, np.float32)
+    fwd, fwd_score = bwd, bwd_score = none  # a direction the mode does not need stays empty
     if backend == "exact":
-        rx, ry = knn_mean(x, y, k), knn_mean(y, x, k)
-        if mode in ("forward", "intersection"):
-            fwd, fwd_score = best_by_margin(x, y, rx, ry)  # source i -> target fwd[i]
-        if mode in ("backward", "intersection"):
-            bwd, bwd_score = best_by_margin(y, x, ry, rx)  # target j -> source bwd[j]
+        rx, ry = joined(knn_mean(x[sx], y, k), knn_mean(y[sy], x, k))
+        if mode != "backward":
+            fwd, fwd_score = best_by_margin(x[sx], y, rx[sx], ry)  # source i -> target fwd[i]
+        if mode != "forward":
+            bwd, bwd_score = best_by_margin(y[sy], x, ry[sy], rx)  # target j -> source bwd[j]
     else:
         opts = {"nprobe": nprobe, "target": target, "nlist": nlist, "seed": seed}
         info["src_tgt"], info["tgt_src"] = {}, {}  # ivf: each index's nlist, nprobe, tuning recall
-        xs, xi = neighbourhoods(x, y, k, backend, info=info["src_tgt"], **opts)  # NN_k(x) in y
-        ys, yi = neighbourhoods(y, x, k, backend, info=info["tgt_src"], **opts)  # NN_k(y) in x
+        xs, xi = neighbourhoods(x, y, k, backend, part=sx, info=info["src_tgt"], **opts)  # NN_k(x) in y
+        ys, yi = neighbourhoods(y, x, k, backend, part=sy, info=info["tgt_src"], **opts)  # NN_k(y) in x
         if backend == "faiss":
             del info["src_tgt"], info["tgt_src"]
-        rx, ry = _mean_valid(xs), _mean_valid(ys)
-        fwd, fwd_score = best_of_neighbours(xs, xi, rx, ry)
-        bwd, bwd_score = best_of_neighbours(ys, yi, ry, rx)
+        rx, ry = joined(_mean_valid(xs), _mean_valid(ys))
+        fwd, fwd_score = best_of_neighbours(xs, xi, rx[sx], ry)
+        bwd, bwd_score = best_of_neighbours(ys, yi, ry[sy], rx)
         if recall_sample > 0 and backend == "ivf":
             t0 = time.perf_counter()
             info["recall_sample"] = min(recall_sample, len(x)), min(recall_sample, len(y))
-            info["recall_src_tgt"] = sample_recall(x, y, xi, n=recall_sample, seed=seed + 1)  # not the tuning rows
-            info["recall_tgt_src"] = sample_recall(y, x, yi, n=recall_sample, seed=seed + 1)
+            hits = np.array([*sample_hits(x, y, xi, n=recall_sample, seed=seed + 1, part=sx),  # not the tuning
+                             *sample_hits(y, x, yi, n=recall_sample, seed=seed + 1, part=sy)])  # rows
+            found, rows, back_found, back_rows = np.sum(xdist.all_gather_objects(hits), axis=0)
+            info["recall_src_tgt"] = found / max(rows * xi.shape[1], 1)
+            info["recall_tgt_src"] = back_found / max(back_rows * yi.shape[1], 1)
             info["recall_seconds"] = time.perf_counter() - t0  # the exact check, not part of mining
+    fwd, fwd_score, bwd, bwd_score = joined(fwd, fwd_score, bwd, bwd_score)
     if mode == "forward":
         i, j, s = np.arange(len(x)), fwd, fwd_score
     elif mode == "backward":
@@ -333,7 +362,10 @@ def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, 
     """`xling mine`: aligned pairs `score  src_id  tgt_id  src  tgt` (TSV with a header), best first.
 
     PREFIX.npy inputs are memory-mapped (`read_vectors`); returns what `mine` found (its `info` for the summary).
+    Under torchrun every process searches its share of the rows (`mine(distributed=True)`) and rank 0 writes the
+    pairs; give vectors from `xling embed` (text inputs are embedded whole by every process).
     """
+    from xling import distributed as xdist
     from xling.tasks.retrieval.retrieve import InputFile, emit, resolve_languages, side_vectors, tsv_cell
 
     if mode not in MODES:
@@ -355,14 +387,31 @@ def run_mine(model_dir: str | Path, src_file: str | Path, tgt_file: str | Path, 
     sides = [InputFile(src_file, "source"), InputFile(tgt_file, "target")]
     langs = resolve_languages(model_dir, sides, [src, tgt], ["--src", "--tgt"])
     sv, tv = side_vectors(model_dir, sides, langs, layer=layer, pool_specials=pool_specials)
-    found = mine(sv, tv, k=k, mode=mode, threshold=threshold, backend=backend, nprobe=nprobe,
-                 recall_target=recall_target, recall_sample=recall_sample)
-    s, t = sides
-    lines = ["score\tsrc_id\ttgt_id\tsrc\ttgt"]
-    lines += [f"{sc:.6f}\t{s.ids[i]}\t{t.ids[j]}\t{tsv_cell(s.text(i))}\t{tsv_cell(t.text(j))}"
-              for i, j, sc in zip(found.src.tolist(), found.tgt.tolist(), found.score.tolist(), strict=True)]
-    emit(lines, out)
-    return found
+    joined = not dist.is_initialized()
+    info = xdist.init_distributed(device="cpu")  # every process reads the inputs; errors so far are everyone's
+    try:
+        found = mine(sv, tv, k=k, mode=mode, threshold=threshold, backend=backend, nprobe=nprobe,
+                     recall_target=recall_target, recall_sample=recall_sample, distributed=info.distributed)
+        error = None
+        if info.is_main:
+            s, t = sides
+            lines = ["score\tsrc_id\ttgt_id\tsrc\ttgt"]
+            lines += [f"{sc:.6f}\t{s.ids[i]}\t{t.ids[j]}\t{tsv_cell(s.text(i))}\t{tsv_cell(t.text(j))}"
+                      for i, j, sc in zip(found.src.tolist(), found.tgt.tolist(), found.score.tolist(), strict=True)]
+            try:
+                emit(lines, out)
+            except XlingError as e:
+                error = str(e)
+            except OSError as e:  # said to every process before raising: they wait for rank 0's word
+                error = f"cannot write {out}: {e.strerror or e}; free space or choose another --out"
+        error = xdist.broadcast_object(error)
+        xdist.barrier()  # every process has rank 0's word before any leaves the group
+        if error:
+            raise XlingError(error)
+        return found
+    finally:
+        if joined:
+            xdist.destroy()
 
 
 def summary(found: Mined) -> list[str]:
