@@ -349,12 +349,26 @@ def test_the_same_command_with_a_larger_budget_continues_the_new_run(added_run, 
     assert int(list_checkpoints(again / "checkpoints")[-1].name.split("_")[1]) == 44
 
 
-def test_back_translation_adds_synthetic_pairs_for_a_language_with_text_only(added_run, tmp_path):
+def test_back_translation_keeps_distinct_translations_of_a_plausible_length():
+    from xling.tasks.translate.backtranslate import keep_translations
+
+    sources = ["abcdefghij", "klmnopqrst", "uvwxyzabcd", "efghijklmn", "opqrstuvwx", "yzabcdefgh", "ijklmnopqr"]
+    outputs = ["The end.", "  ", "The end.", "a fair translation", "ok", "x" * 41, " The king went up. "]
+    keep, dropped = keep_translations(sources, outputs, ratio=1.5)  # kept: 7.5 to 30 characters for 10
+    assert keep == [False, False, False, True, False, False, True]
+    assert dropped == {"empty": 1, "repeated": 2, "length": 2}
+    assert keep_translations(sources[:2], ["x" * 8, "x" * 30 + "y"], ratio=1.5)[0] == [True, False]
+
+
+def test_back_translation_adds_synthetic_pairs_for_a_language_with_text_only(added_run, tmp_path, monkeypatch):
     """`--back-translate` on monolingual ru text: phase 1 (a run beside --out), a translation fine-tune on the base's
     en-fr pairs, ru train lines translated into en, and --out trained on phase 1's corpus plus those lines, which
-    pair with the ru lines they came from and are counted as synthetic; phase 1's tokenizer kept as it is."""
+    pair with the ru lines they came from and are counted as synthetic; phase 1's tokenizer kept as it is. The
+    tiny model's own translations are one sentence for every line, all left out (checked at the end); the stage
+    runs on a translator that writes each line's English verse."""
     from xling.cli import main
     from xling.corpus import SPLITS, Corpus
+    from xling.tasks.translate import backtranslate
     from xling.tokenizer import tokenizer_hash
 
     from .conftest import TINY
@@ -362,6 +376,9 @@ def test_back_translation_adds_synthetic_pairs_for_a_language_with_text_only(add
     base = added_run[0]
     (tmp_path / "ru.txt").write_text("".join(f"{v} ({i})\n" for i in range(40) for v in TINY["ru"]),
                                      encoding="utf-8")
+    english = {f"{ru} ({i})": f"{en} ({i})" for i in range(40) for ru, en in zip(TINY["ru"], TINY["en"], strict=True)}
+    real = backtranslate.translate
+    monkeypatch.setattr(backtranslate, "translate", lambda model, tok, texts, *a: [english[t] for t in texts])
     out = tmp_path / "ru-bt"
     assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(out), "--minutes", "0",
                  "--pieces", "60", "--back-translate", "--bt-lines", "25", "tokenizer.min_frequency=1",
@@ -382,3 +399,9 @@ def test_back_translation_adds_synthetic_pairs_for_a_language_with_text_only(add
         assert after.texts(split, "ru") == before.texts(split, "ru")
     assert tokenizer_hash(out / "tokenizer") == tokenizer_hash(phase1 / "tokenizer")
     assert (out / "checkpoints").is_dir() and (phase1 / "translate").is_dir()
+    assert [r["text"] for r in synthetic] == [english[ru] for ru in before.texts("train", "ru")[:25]]
+    monkeypatch.setattr(backtranslate, "translate", real)  # the fine-tuned tiny model itself
+    counts = backtranslate.back_translate(phase1, "ru", "en", tmp_path / "real.jsonl", max_lines=25)
+    assert counts["translated"] == 25 and counts["written"] + counts["repeated"] + counts["length"] == 25
+    assert counts["repeated"] >= 20 and counts["empty"] == 0  # what 2 steps of fine-tuning write: one sentence
+    assert len((tmp_path / "real.jsonl").read_text().splitlines()) == counts["written"]

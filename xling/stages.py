@@ -492,7 +492,8 @@ def _add_back_translated(base: Path, lang: str, out: Path, *, minutes: float, re
     2. that run fine-tuned for translation on its corpus's pairs with `pivot` (translate-train), then `bt_lines`
        of its `lang` train text translated into `pivot` (`<out>.phase1/back-translated.<pivot>.jsonl`);
     3. `out`: phase 1's corpus with those translations added to `pivot` under the original lines' keys (pairs,
-       counted in the corpus meta as synthetic; not deduplicated: two lines may share a translation), phase 1's
+       counted in the corpus meta as synthetic; not deduplicated: a translation may repeat a line of the corpus,
+       and is still a pair; `backtranslate.keep_translations` says which are written), phase 1's
        tokenizer as it is, and the other half of the budget continuing phase 1's model with the old languages
        replayed."""
     from dataclasses import replace
@@ -521,14 +522,17 @@ def _add_back_translated(base: Path, lang: str, out: Path, *, minutes: float, re
     finetune_run(phase1, tcfg)
     synthetic = phase1 / f"back-translated.{pivot}.jsonl"
     counts = translate_back(phase1, lang, pivot, synthetic, max_lines=bt_lines, cfg=tcfg)
+    dropped = (f"{counts['empty']:,} empty, {counts['repeated']:,} written for several lines, {counts['length']:,} "
+               f"off the usual length ratio {counts['ratio']}")
     if not counts["written"]:
-        raise XlingError(f"back-translation: the fine-tuned model of {phase1} translated every {lang} line into "
-                         f"nothing; give it a larger budget (--minutes, translate.max_minutes)")
+        raise XlingError(f"back-translation: the fine-tuned model of {phase1} wrote no usable translation of "
+                         f"{counts['translated']:,} {lang} lines ({dropped}); give it a larger budget (--minutes, "
+                         f"translate.max_minutes)")
     print(f"add-language: {counts['written']:,} of {counts['translated']:,} {lang} train lines back-translated "
-          f"into {pivot} -> {synthetic}", file=sys.stderr)
+          f"into {pivot} -> {synthetic} (left out: {dropped})", file=sys.stderr)
     extra = ['corpus.source="jsonl"', f"corpus.paths={json.dumps([str(synthetic)])}",
              f"corpus.base={json.dumps(str(phase1 / 'corpus'))}", "corpus.synthetic=true",
-             "corpus.dedup=false",  # two lines may share a translation: each is a pair of its own
+             "corpus.dedup=false",  # a translation that repeats a corpus line is still a pair of its own
              'corpus.text_column="text"', 'corpus.lang_column="lang"', 'corpus.id_column="id"',
              f"tokenizer.extend={json.dumps(str(phase1))}", f"train.init_from={json.dumps(str(phase1))}",
              f"train.max_minutes={minutes / 2}", "train.max_steps=0", "train.max_tokens=0",
