@@ -4,6 +4,7 @@ equal to a one-segment-at-a-time pass; the compact hash set against Python's set
 import json
 import os
 import random
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,67 @@ def test_a_workers_error_is_the_stages_error(tmp_path, monkeypatch):
     lines = (tmp_path / "a.jsonl").read_bytes().count(b"\n")
     with pytest.raises(XlingError, match=rf"a.jsonl line {lines}: bad JSON"):
         build_corpus(CorpusConfig(source="jsonl", paths=[str(tmp_path / "a.jsonl")], workers=2), tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]  # nothing half-written, nothing kept: the
+    # input is at fault, and fixing it changes what a re-run would resume from
+
+
+class _Stop(Exception):
+    """The process stopped (killed, Ctrl-C) in the middle of a piece."""
+
+
+def test_a_stopped_run_resumes_after_the_pieces_it_finished(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(corpus_mod, "UNIT_BYTES", 700)
+    _jsonl(tmp_path / "a.jsonl", 400, 1)
+    _jsonl(tmp_path / "b.jsonl", 150, 2)
+    cfg = CorpusConfig(source="jsonl", paths=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+                       valid_fraction=0.2, test_fraction=0.2)
+    read, calls = corpus_mod.read_unit, []
+    stop_at = []  # the piece (1-based) to stop in, once
+
+    def reading(c, unit):
+        calls.append(unit)
+        if stop_at and len(calls) == stop_at[0]:
+            stop_at.clear()
+            yield from islice(read(c, unit), 5)  # a few segments of the piece, then the stop
+            raise _Stop
+        yield from read(c, unit)
+
+    monkeypatch.setattr(corpus_mod, "read_unit", reading)
+    build_corpus(cfg, tmp_path / "clean")
+    want, every = _files(tmp_path / "clean"), list(calls)
+    assert len(every) > 20  # pieces of 700 bytes
+    calls.clear()
+    stop_at.append(9)
+    with pytest.raises(_Stop):
+        build_corpus(cfg, tmp_path / "out")
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
+    assert not (tmp_path / "out").exists() and len(partial) == 1
+    assert json.loads((partial[0] / ".progress.json").read_text())["units"] == 8
+    with open(partial[0] / "train" / "en.txt", "a", encoding="utf-8") as f:
+        f.write("written after the checkpoint, before the process died\n")
+    calls.clear()
+    build_corpus(cfg, tmp_path / "out")
+    assert calls == every[8:]  # only the pieces not finished
+    assert "continuing after the first 8 pieces" in capsys.readouterr().err
+    assert _files(tmp_path / "out") == want  # byte for byte: texts, keys, meta (counts, drops, pairs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "clean", "out"]
+    # stopped again, resumed by 2 workers (the pieces do not depend on the number of workers)
+    stop_at.append(3)
+    calls.clear()
+    with pytest.raises(_Stop):
+        build_corpus(cfg, tmp_path / "two")
+    build_corpus(CorpusConfig(**{**cfg.__dict__, "workers": 2}), tmp_path / "two")
+    assert _files(tmp_path / "two") == want
+    # a changed input is another corpus: read from the start; the stale partial folder goes once it succeeds
+    stop_at.append(3)
+    calls.clear()
+    with pytest.raises(_Stop):
+        build_corpus(cfg, tmp_path / "three")
+    os.utime(tmp_path / "b.jsonl", ns=(0, (tmp_path / "b.jsonl").stat().st_mtime_ns + 10**9))
+    calls.clear()
+    build_corpus(cfg, tmp_path / "three")
+    assert calls == every
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_langid_filter_drops_and_counts_per_language(tmp_path):

@@ -21,13 +21,15 @@ for monolingual segments and translation pairs separately.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import sys
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -346,11 +348,17 @@ class _Writer:
         self.files: dict[tuple[str, str], tuple] = {}
         self.stats: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SPLITS}
 
-    def _open(self, split: str, lang: str) -> tuple:
+    def _paths(self, split: str, lang: str) -> tuple[Path, Path, Path]:
+        """The text, keys and key-hash files of one split and language."""
+        d = self.root / split
+        return d / f"{lang}.txt", d / f"{lang}.keys", d / f".{lang}.key-hashes"
+
+    def _open(self, split: str, lang: str, append: bool = False) -> tuple:
         if (split, lang) not in self.files:
-            self.files[split, lang] = (*(open(self.root / split / f"{lang}{ext}", "w", encoding="utf-8",
-                                              newline="\n") for ext in (".txt", ".keys")),
-                                       open(self.root / split / f".{lang}.key-hashes", "wb"))
+            txt, keys, hashes = self._paths(split, lang)
+            mode = "a" if append else "w"
+            self.files[split, lang] = (open(txt, mode, encoding="utf-8", newline="\n"),
+                                       open(keys, mode, encoding="utf-8", newline="\n"), open(hashes, f"{mode}b"))
             self.stats[split][lang] = {"segments": 0, "words": 0, "chars": 0}
         return self.files[split, lang]
 
@@ -389,6 +397,30 @@ class _Writer:
                         hashes.write(kh.tobytes())
                         admit.remember(lang, np.fromiter(map(text_hash, texts), np.uint64, len(texts)), kh)
                 self.stats[split][lang] = dict(base.meta["splits"][split][lang])
+
+    def sizes(self) -> dict[str, list[int]]:
+        """{"split/lang": [bytes of its text, keys and key-hash files]}, everything written so far flushed."""
+        out = {}
+        for (split, lang), files in self.files.items():
+            for f in files:
+                f.flush()
+            out[f"{split}/{lang}"] = [f.tell() for f in files]
+        return out
+
+    def resume(self, sizes: dict[str, list[int]], stats: dict, admit: Admit) -> None:
+        """Carry on from a checkpoint (`sizes`, `stats`): each file cut back to its size then (what a stopped run
+        wrote after it is written again), opened for appending, its segments remembered by `admit`."""
+        for name, lens in sizes.items():
+            split, lang = name.split("/")
+            for path, n in zip(self._paths(split, lang), lens, strict=True):
+                os.truncate(path, n)
+            txt, _, hashes = self._paths(split, lang)
+            with open(txt, encoding="utf-8", newline="\n") as t, open(hashes, "rb") as h:
+                while block := list(islice(t, 65_536)):
+                    texts = np.fromiter((text_hash(line[:-1]) for line in block), np.uint64, len(block))
+                    admit.remember(lang, texts, np.fromfile(h, np.uint64, len(block)))
+            self._open(split, lang, append=True)
+            self.stats[split][lang] = dict(stats[split][lang])
 
     def close(self, langs: list[str]) -> None:
         """Close every file; a language with no segment in a split gets empty files there."""
@@ -441,13 +473,51 @@ def _hash_share(path: Path, part: int, parts: int) -> np.ndarray:
 UNIT_BYTES = 4 << 20  # a worker's share of a large text or JSON Lines file (2 a worker in flight, ~10 MB each)
 
 
-def _input_bytes(cfg: CorpusConfig) -> int:
-    """Bytes of the input files named by corpus.paths (the corpus written from them is rarely larger)."""
-    total = 0
+def _input_files(cfg: CorpusConfig) -> list[Path]:
+    """The files named by corpus.paths (folders: every file under them, sorted)."""
+    out: list[Path] = []
     for p in map(Path, cfg.paths):
-        files = (f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
-        total += sum(f.stat().st_size for f in files)
-    return total
+        out += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+    return out
+
+
+def _inputs_stamp(cfg: CorpusConfig, base: Corpus | None) -> str:
+    """What the corpus is made from (the settings but corpus.workers, each input file's size and modification time,
+    a base corpus's meta, the piece size): a stopped run with the same stamp is resumed."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    parts = [json.dumps(settings, sort_keys=True, default=str), str(UNIT_BYTES)]
+    for f in _input_files(cfg):
+        st = f.stat()
+        parts.append(f"{f.absolute()}:{st.st_size}:{st.st_mtime_ns}")
+    if base is not None:
+        parts.append((base.path / "meta.json").read_text(encoding="utf-8"))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+PROGRESS = ".progress.json"  # in a stopped run's partial folder: the pieces it finished and its files' sizes then
+
+
+def _checkpoint(tmp: Path, units: int, writer: _Writer, admit: Admit) -> None:
+    """Record that the first `units` pieces of the source are written (after the base corpus, if any)."""
+    atomic_write_json(tmp / PROGRESS, {"units": units, "files": writer.sizes(), "stats": writer.stats,
+                                       "dropped": admit.dropped, "lang_drops": admit.lang_drops,
+                                       "first_seen": list(admit.first_seen)})
+
+
+def _resume(tmp: Path, writer: _Writer, admit: Admit) -> int | None:
+    """Pieces of the source a stopped run finished in `tmp`, its files and counts taken up; None: start afresh
+    (anything a run left before its first checkpoint removed)."""
+    if not (tmp / PROGRESS).is_file():
+        for child in tmp.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return None
+    state = json.loads((tmp / PROGRESS).read_text(encoding="utf-8"))
+    shutil.rmtree(tmp / ".dedup", ignore_errors=True)  # the hash sets are rebuilt from the text written
+    writer.resume(state["files"], state["stats"], admit)
+    admit.dropped = state["dropped"]
+    admit.lang_drops = state["lang_drops"]
+    admit.first_seen = dict.fromkeys(state["first_seen"])
+    return state["units"]
 
 
 def _base_corpus(cfg: CorpusConfig) -> Corpus | None:
@@ -471,37 +541,54 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, overwrite: bool = True)
     """Read the configured source and write the corpus directory atomically, a batch at a time (memory: the
     dedup hashes and a few batches, not the text). With corpus.workers > 1, worker processes read and clean
     pieces of the source (files, 4 MB stretches of a file, Bible translations) and this process applies
-    deduplication and writes in source order: the output is byte for byte the one-process output. Returns meta."""
+    deduplication and writes in source order: the output is byte for byte the one-process output.
+
+    A run that stops (killed, Ctrl-C, a worker lost, a full disk) keeps what it wrote in a hidden partial folder
+    beside `out_dir`, checkpointed after each piece; the next run over the same inputs and settings (any number of
+    workers) cuts the files back to the last checkpoint, rebuilds the deduplication sets from them and reads only
+    the pieces after it. Returns meta."""
     from xling.progress import progress  # noqa: PLC0415 (keeps import light)
 
     base = _base_corpus(cfg)
-    check_free_space(out_dir, int(1.2 * _input_bytes(cfg)), f"the corpus of {', '.join(cfg.paths) or cfg.source}")
+    check_free_space(out_dir, int(1.2 * sum(f.stat().st_size for f in _input_files(cfg))),
+                     f"the corpus of {', '.join(cfg.paths) or cfg.source}")
     workers = cfg.workers or os.cpu_count() or 1
-    units = source_units(cfg, UNIT_BYTES if workers > 1 else None)
-    if workers > 1:
-        batches = chain.from_iterable(ordered_map(partial(_prepare_unit, cfg), units, workers,
-                                                  what="a corpus worker"))
-    else:
-        batches = chain.from_iterable(prepared_batches(read_unit(cfg, u), cfg) for u in units)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
+    with atomic_dir(out_dir, overwrite=overwrite, keep=_inputs_stamp(cfg, base)) as tmp, \
             progress(desc=f"corpus: reading {cfg.source}", unit="seg") as bar:
-        for split in SPLITS:
-            (tmp / split).mkdir()
         admit = Admit(cfg, spill=tmp / ".dedup")  # sets past 2^20 hashes a run go to disk: flat memory
         writer = _Writer(tmp)
-        if base is not None:
-            try:
-                writer.copy_base(base, admit)
-            except ValueError:
-                raise XlingError(f"corpus.base: the text and .keys files of {base.path} differ in length; rebuild "
-                                 f"that corpus") from None
+        done = _resume(tmp, writer, admit)
+        if done is None:
+            for split in SPLITS:
+                (tmp / split).mkdir()
+            if base is not None:
+                try:
+                    writer.copy_base(base, admit)
+                except ValueError:
+                    raise XlingError(f"corpus.base: the text and .keys files of {base.path} differ in length; "
+                                     f"rebuild that corpus") from None
+            done = 0
+            _checkpoint(tmp, done, writer, admit)
+        else:
+            print(f"corpus: continuing after the first {done:,} pieces of the source, written by an earlier run "
+                  f"that stopped", file=sys.stderr)
+        units = islice(source_units(cfg, UNIT_BYTES), done, None)  # pieces also for one worker: resume points
+        if workers > 1:
+            pieces = ordered_map(partial(_prepare_unit, cfg), units, workers, what="a corpus worker",
+                                 after="the pieces written so far are kept: run the command again to read the rest")
+        else:
+            pieces = (prepared_batches(read_unit(cfg, u), cfg) for u in units)
         try:
-            for p in batches:
-                writer.add(p, admit(p))
-                bar.update(len(p))
+            for batches in pieces:
+                for p in batches:
+                    writer.add(p, admit(p))
+                    bar.update(len(p))
+                done += 1
+                _checkpoint(tmp, done, writer, admit)
         finally:
             langs = list(cfg.langs) or list(admit.first_seen)  # the source's order (bible: DEFAULT_LANGS)
             writer.close(langs)
+        (tmp / PROGRESS).unlink()
         dropped, lang_drops = admit.dropped, admit.lang_drops
         admit.close()  # its hash sets (16 bytes a segment) before the pair count reads key hashes back
         shutil.rmtree(tmp / ".dedup", ignore_errors=True)

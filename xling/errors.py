@@ -10,3 +10,8 @@ class XlingError(Exception):
     """A mistake in the user's input, reported as one line with the fix."""
 
     exit_code = 2
+
+
+class WorkerLost(XlingError):
+    """A worker process died (killed by the system, out of memory): not the input's fault, so a stage that can
+    resume keeps what it finished for the next run."""

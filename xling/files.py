@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from xling.errors import XlingError
+from xling.errors import WorkerLost, XlingError
 
 
 def check_writable(path: str | Path, what: str = "output file", *, directory: bool = False) -> Path:
@@ -66,9 +66,10 @@ def atomic_dir(path: str | Path, overwrite: bool = True, keep: str | None = None
     """Yield a temporary sibling directory; on success it replaces `path`.
 
     On any exception `path` is untouched and the temporary directory is removed, unless `keep` names the work:
-    then it is `.<name>.partial-<keep>`, kept on failure and handed back to the next call with the same `keep`
-    (what a stage that can tell finished pieces from unfinished ones resumes from; a partial directory of other
-    work is removed once this one succeeds).
+    then it is `.<name>.partial-<keep>`, kept when the work stopped for a reason other than its input (Ctrl-C, a
+    worker lost, a full disk, the process killed) and handed back to the next call with the same `keep` (what a
+    stage that can tell finished pieces from unfinished ones resumes from; a partial directory of other work is
+    removed once this one succeeds). An XlingError about the input removes it: the fix changes the input.
     """
     path = check_writable(path, "output directory", directory=True)
     try:
@@ -94,8 +95,8 @@ def atomic_dir(path: str | Path, overwrite: bool = True, keep: str | None = None
             os.replace(tmp, path)
         for stale in path.parent.glob(f".{path.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    except BaseException:
-        if keep is None:
+    except BaseException as e:
+        if keep is None or (isinstance(e, XlingError) and not isinstance(e, WorkerLost)):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -6,8 +6,9 @@
 The engine is the standard library's `ProcessPoolExecutor` (spawned processes: safe beside threads a parent may
 hold, e.g. torch's). Items are consumed lazily and at most `workers * ahead` are in flight, so a slow consumer
 holds a bounded number of results. A worker's exception is raised in the caller as it was raised (an XlingError
-stays one line); a worker killed by the system becomes one XlingError; the rest of the work is cancelled.
-`workers <= 1` runs `fn` in this process, with no pool at all.
+stays one line); a worker killed by the system becomes one WorkerLost (an XlingError that leaves a resumable
+stage's finished work in place); the rest of the work is cancelled. `workers <= 1` runs `fn` in this process, with
+no pool at all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import Any
 
-from xling.errors import XlingError
+from xling.errors import WorkerLost
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable, workers: int, ahead: int = 2,
@@ -42,7 +43,7 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable, workers: int, ahead: 
                     return
                 result = pending.popleft().result()
             except BrokenProcessPool:
-                raise XlingError(f"{what} process died (killed by the system, out of memory?); {after}, with "
+                raise WorkerLost(f"{what} process died (killed by the system, out of memory?); {after}, with "
                                  f"fewer workers if memory is short") from None
             yield result
     finally:
