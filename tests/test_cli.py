@@ -120,6 +120,15 @@ def test_refuses_a_directory_that_is_not_a_run(tmp_path, text_dir, capsys):
     code, _, err = run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--run", rd)
     assert code == 2 and "holds no xling run" in one_line_error(err)
     assert (rd / "notes.txt").read_text() == "my files"
+    # what a first stage killed with `kill -9` leaves is a run to go on with: its stale lock, its work folders
+    fresh = tmp_path / "killed"
+    fresh.mkdir()
+    (fresh / ".xling.lock").write_text("999999999")
+    (fresh / ".corpus.partial-0123456789abcdef").mkdir()
+    (fresh / ".tokenizer.k2j4.tmp").mkdir()
+    code, _, err = run(capsys, "corpus", "--source", "text", "--paths", text_dir, "--run", fresh)
+    assert code == 0 and (fresh / "corpus" / "meta.json").is_file()
+    assert sorted(p.name for p in fresh.iterdir() if p.name.startswith(".")) == [".tokenizer.k2j4.tmp", ".xling.lock"]
 
 
 def test_python_dash_m_and_config_command(tmp_path):

@@ -206,6 +206,12 @@ def stage_hash(cfg: Config, name: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _left_by_a_stop(name: str) -> bool:
+    """The lock, or a stage's hidden work folder (`files.atomic_dir`: `.corpus.partial-*` to resume from, a
+    `.*.tmp` of a killed process): what a run stopped before its first stage finished leaves behind."""
+    return name == LOCK or name.startswith(".") and (".partial-" in name or name.endswith(".tmp"))
+
+
 class RunDir:
     """A run directory and its manifest."""
 
@@ -237,7 +243,7 @@ class RunDir:
     def check_is_ours(self, overwrite: bool) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise XlingError(f"run directory {self.path} is a file; choose another --run")
-        mine = self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
+        mine = self.path.is_dir() and any(not _left_by_a_stop(p.name) for p in self.path.iterdir())
         if mine and not self.manifest_path.exists() and not overwrite:
             raise XlingError(f"{self.path} is not empty and holds no xling run (no {MANIFEST}); "
                              f"choose another --run or pass --overwrite")
