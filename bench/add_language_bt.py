@@ -6,7 +6,7 @@
    corpus.valid/test_fraction of its config), one a line with no alignment key, as `--source text` reads it.
 2. `xling add-language --source text` twice from the same base and the same number of optimizer steps:
    without back-translation (`--steps`), and with it (`--back-translate`: `--steps / 2` before and after the
-   translation fine-tune and the back-translation of `--bt-lines` lines).
+   translation fine-tune of `--ft-steps` steps and the back-translation of `--bt-lines` lines).
 3. Each run's sentence vectors (`xling embed` rules: its retrieval layer, specials as the default) of the test
    chapters' verses in the pivot and the new language, aligned by their Bible keys (which the runs never saw):
    top-1 retrieval each way, beside chance (1 / verses) and the same for the base's languages (en<->fr), so a
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--other", default="fr", help="an old language, to read forgetting beside")
     ap.add_argument("--steps", type=int, default=60, help="continued-pretraining steps of each run, in all")
     ap.add_argument("--bt-lines", type=int, default=2000)
+    ap.add_argument("--ft-steps", type=int, default=300, help="steps of the translation fine-tune before translating")
     ap.add_argument("--work", default="/tmp/xling-bt", help="folder for the text, the runs and the held-out corpus")
     args = ap.parse_args()
 
@@ -56,7 +57,8 @@ def main() -> None:
     text = work / f"{args.lang}.txt"
     text.write_text("".join(t + "\n" for t in corpus.texts("train", args.lang)), encoding="utf-8")
     common = ["--run", str(base), "--lang", args.lang, "--minutes", "0"]
-    settings = ["train.eval_every=0", "translate.compile=false", "translate.max_minutes=0", "translate.max_steps=60"]
+    settings = ["train.eval_every=0", "translate.compile=false", "translate.max_minutes=0",
+                f"translate.max_steps={args.ft_steps}"]
     source = ["--source", "text", "--paths", str(text)]  # last: --paths takes every word after it
     runs = {"without": work / "without", "with back-translation": work / "with-bt"}
     seconds = {}
