@@ -36,6 +36,18 @@ def tiny_segments(chapters: int = 20) -> list[Segment]:
     return out
 
 
+def join_gloo(rank: int, world: int, store: str, **env: str) -> None:
+    """In a process of a test's `mp.spawn`: set the torchrun variables and join a gloo group through the file
+    `store` (fresh for each spawn). A file, not a TCP port: under load a freshly freed port's TCPStore left both
+    processes waiting in the rendezvous (seen once in the full suite beside a training run)."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), XLING_PROGRESS="0", **env)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Torch on one thread for a test module of tiny models: a second thread gains nothing on tiny tensors,

@@ -15,17 +15,16 @@ observed: 0.0, bit for bit, with the default and the avx2 kernels (2 terms, divi
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.conftest import join_gloo
 from tests.test_trainer import build_tiny_run, make_trainer
 from xling import distributed as xdist
 from xling.checkpoint import load_checkpoint, load_model
@@ -42,22 +41,14 @@ def shards_dir(tmp_path_factory) -> Path:
     return build_tiny_run(tmp_path_factory.mktemp("dist_run"), chapters=12) / "shards"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _flip_byte(f: Path, at: int = -10) -> None:
     data = bytearray(f.read_bytes())
     data[at] ^= 0xFF
     f.write_bytes(bytes(data))
 
 
-def _worker(rank: int, world: int, port: int, shards_dir: str, out: str, one_ckpt: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), XLING_PROGRESS="0")
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, shards_dir: str, out: str, one_ckpt: str) -> None:
+    join_gloo(rank, world, f"{out}/gloo-store")
     info = xdist.init_distributed("cpu")
     results = {}
     for mode in ("ddp", "fsdp"):
@@ -101,8 +92,7 @@ def _worker(rank: int, world: int, port: int, shards_dir: str, out: str, one_ckp
 @pytest.fixture(scope="module")
 def two_process_results(shards_dir, single_process, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("dist_out")
-    mp.spawn(_worker, args=(2, _free_port(), str(shards_dir), str(out), str(single_process["ckpt"])), nprocs=2,
-             join=True)
+    mp.spawn(_worker, args=(2, str(shards_dir), str(out), str(single_process["ckpt"])), nprocs=2, join=True)
     return {**torch.load(out / "results.pt", weights_only=True), "out": out}
 
 

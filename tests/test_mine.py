@@ -394,28 +394,27 @@ def _recalls(info: dict) -> dict:
     return {k: v for k, v in info.items() if k.startswith("recall_") and k != "recall_seconds"}
 
 
-def _mine_worker(rank: int, world: int, port: int, root: str) -> None:
+def _mine_worker(rank: int, world: int, root: str) -> None:
     import json
-    import os
 
     from xling.tasks.retrieval.mine import run_mine
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), XLING_PROGRESS="0")
-    torch.set_num_threads(1)
+    from .conftest import join_gloo
+
+    join_gloo(rank, world, f"{root}/gloo-store")
     out = {}
     for backend, mode in (("exact", "intersection"), ("exact", "forward"), ("ivf", "intersection")):
         found = run_mine(root, f"{root}/x.npy", f"{root}/y.npy", backend=backend, mode=mode, recall_sample=700,
                          out=f"{root}/two-{backend}-{mode}.tsv")
         out[f"{backend}-{mode}"] = _recalls(found.info)
     Path(f"{root}/result.{rank}").write_text(json.dumps(out), encoding="utf-8")
+    torch.distributed.destroy_process_group()
 
 
 def test_mining_in_two_processes_writes_what_one_process_writes(tmp_path):
     """`torchrun -m xling -- mine`: each process searches half the rows of both sides (3,001 and 2,999: uneven
     halves), rank 0 writes the pairs; the same pairs, scores and sampled recall as one process."""
     import json
-    import socket
 
     import torch.multiprocessing as mp
 
@@ -427,10 +426,7 @@ def test_mining_in_two_processes_writes_what_one_process_writes(tmp_path):
     y = y[:2999]
     write_vectors(tmp_path / "x", x, [f"s{i}" for i in range(len(x))])
     write_vectors(tmp_path / "y", y, [f"t{i}" for i in range(len(y))])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_mine_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_mine_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"result.{r}").read_text(encoding="utf-8")) for r in range(2)]
     assert results[0] == results[1]  # every process returns the same
     for backend, mode in (("exact", "intersection"), ("exact", "forward"), ("ivf", "intersection")):

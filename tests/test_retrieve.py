@@ -270,31 +270,26 @@ def test_retrieve_backend_faiss_equals_exact_or_says_how_to_install(tmp_path, ca
 
 # ---------------------------------------------------------------------------- embed in several processes
 
-def _embed_worker(rank: int, world: int, port: int, run: str, src: str, out: str, result: str) -> None:
-    import os
-
+def _embed_worker(rank: int, world: int, run: str, src: str, out: str, result: str) -> None:
     from xling.tasks.retrieval.embed import run_embed
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), XLING_PROGRESS="0", XLING_PRECISION_TABLE="fp32")
-    torch.set_num_threads(1)
+    from .conftest import join_gloo
+
+    join_gloo(rank, world, f"{result}.gloo-store", XLING_PRECISION_TABLE="fp32")
     try:
         summary, error = run_embed(run, "en", src, out, layer=1, batch_size=3), None
     except XlingError as e:
         summary, error = None, str(e)
     Path(f"{result}.{rank}").write_text(json.dumps({"summary": summary, "error": error}), encoding="utf-8")
+    torch.distributed.destroy_process_group()
 
 
 def _embed_in_two_processes(run: Path, src: Path, out: Path) -> list[dict]:
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     result = out.parent.parent / f"{out.parent.name}-result"  # beside the output folder, not in it
-    mp.spawn(_embed_worker, args=(2, port, str(run), str(src), str(out), str(result)), nprocs=2, join=True)
+    Path(f"{result}.gloo-store").unlink(missing_ok=True)
+    mp.spawn(_embed_worker, args=(2, str(run), str(src), str(out), str(result)), nprocs=2, join=True)
     return [json.loads(Path(f"{result}.{r}").read_text(encoding="utf-8")) for r in range(2)]
 
 
