@@ -67,7 +67,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dropout: float = 0.0, info=None,
-                 tie: bool = True, base_rows: dict[str, int] | None = None, **overrides) -> Trainer:
+                 tie: bool = True, **overrides) -> Trainer:
     """A tiny model (d=32, 2 layers, language embeddings) and its trainer, fp32 unless asked otherwise."""
     kw = dict(batch_size=4, seq_len=32, max_steps=20, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_every=0,
               log_every=1, ckpt_every=0, precision="fp32", eval_max_tokens=200)
@@ -76,7 +76,7 @@ def make_trainer(shards, run_dir=None, *, seed: int = 0, init_seed: int = 0, dro
     model = Transformer(ModelConfig.preset("tiny", vocab_size=shards.vocab_size, n_langs=len(shards.langs),
                                            dropout=dropout, tie_embeddings=tie))
     objectives = build_objectives(cfg.objectives, shards, d_model=32)
-    return Trainer(model, objectives, shards, cfg, run_dir=run_dir, seed=seed, info=info, base_rows=base_rows)
+    return Trainer(model, objectives, shards, cfg, run_dir=run_dir, seed=seed, info=info)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -102,41 +102,6 @@ def test_lr_scales_of_the_embeddings_and_the_output_layer(tiny_run):
     assert moved["wte.weight"] == pytest.approx(0.25 * 3e-3, rel=0.01)
     assert moved["lm_out.weight"] == pytest.approx(4.0 * 3e-3, rel=0.01)
     assert moved["blocks.0.mlp.c_fc.weight"] == pytest.approx(3e-3, rel=0.01)
-
-
-def test_base_lr_scale_slows_the_base_weights_but_not_the_new_rows(tiny_run):
-    """Continued pretraining over an extended vocabulary: the blocks and the rows the base had step at
-    base_lr_scale x their lr, the rows after them at the full lr (the output layer's head_lr_scale applying to
-    both), and AdamW's moments are those of the unscaled step."""
-    sh = Shards(tiny_run / "shards")
-    v_old = sh.vocab_size - 40
-    rows = {"wte.weight": v_old, "lm_out.weight": v_old, "lang_emb.weight": len(sh.langs) - 1}
-    tr = make_trainer(sh, tie=False, head_lr_scale=4.0, base_lr_scale=0.25, init_from="base", base_rows=rows,
-                      warmup_steps=0, weight_decay=0.0)
-    model = tr.model
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tr.step()
-    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
-    lr = 3e-3
-    assert float(moved["blocks.0.mlp.c_fc.weight"].max()) == pytest.approx(0.25 * lr, rel=0.01)
-    assert float(moved["blocks.1.ln_1.weight"].max()) == pytest.approx(0.25 * lr, rel=0.01)
-    assert float(moved["wte.weight"][:v_old].max()) == pytest.approx(0.25 * lr, rel=0.01)
-    # every row of the output layer has a gradient (the softmax): old rows at 0.25 x 4 x lr, new ones at 4 x lr
-    assert float(moved["lm_out.weight"][:v_old].max()) == pytest.approx(0.25 * 4 * lr, rel=0.01)
-    assert float(moved["lm_out.weight"][v_old:].min()) == pytest.approx(4 * lr, rel=0.01)
-    assert float(moved["lang_emb.weight"][:-1].max()) <= 0.25 * lr * 1.01
-    # the norms are not decayed in their slower group either
-    tr = make_trainer(sh, base_lr_scale=0.25, init_from="base", base_rows=rows, weight_decay=0.1)
-    decay = {id(p): g["weight_decay"] for g in tr.optimizer.param_groups for p in g["params"]}
-    assert decay[id(tr.model.blocks[0].ln_1.weight)] == 0.0
-    assert decay[id(tr.model.blocks[0].mlp.c_fc.weight)] == 0.1
-
-
-def test_base_lr_scale_needs_init_from():
-    with pytest.raises(ValueError, match="base_lr_scale"):
-        TrainConfig(max_steps=1, base_lr_scale=0.5)
-    with pytest.raises(ValueError, match="base_lr_scale"):
-        TrainConfig(max_steps=1, base_lr_scale=1.5, init_from="base")
 
 
 def test_clm_loss_falls_and_bpc_improves(tiny_run):

@@ -213,17 +213,6 @@ def extend_run_tokenizer(corpus: Corpus, cfg: TokenizerConfig, out_dir: str | Pa
     return report
 
 
-def base_rows(model: Transformer, tokenizer_dir: str | Path) -> dict[str, int]:
-    """For train.base_lr_scale: weight name -> how many of its rows the base run had (the vocabulary before the
-    extension its tokenizer report records, the language embeddings of the languages it had); every row when the
-    tokenizer was not extended."""
-    report_path = Path(tokenizer_dir) / "report.json"
-    ext = json.loads(report_path.read_text(encoding="utf-8")).get("extension") if report_path.is_file() else None
-    vocab = ext["base_vocab_size"] if ext else model.cfg.vocab_size
-    langs = max(model.cfg.n_langs - len(ext["added"]), 0) if ext else model.cfg.n_langs
-    return {"wte.weight": vocab, "lm_out.weight": vocab, "lang_emb.weight": langs}
-
-
 def start_from_run(base: str | Path, model_cfg: ModelConfig, tokenizer_dir: str | Path, *, init: str = "mean",
                    seed: int = 0, shards=None, langs: list[str] | None = None) -> Transformer:
     """`train.init_from`: the base run's trained model over this run's tokenizer, an extension of the base's

@@ -204,13 +204,8 @@ def pretrain(cfg, run_dir: str | Path, *, resume: bool = False, overwrite: bool 
         xdist.barrier()
         config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(tc),
                   "run": cfg.to_dict() if hasattr(cfg, "to_dict") else {}}
-        rows = None
-        if tc.init_from:
-            from xling.extend import base_rows
-
-            rows = base_rows(model, run_dir / "tokenizer")
         trainer = Trainer(model, objectives, view, tc, run_dir=run_dir, seed=seed, info=info,
-                          tokenizer_sha256=shards.tokenizer_sha256, config=config, langs=langs, base_rows=rows)
+                          tokenizer_sha256=shards.tokenizer_sha256, config=config, langs=langs)
         step = trainer.load(ckpt_root) if resume else 0  # a bad checkpoint is the only line on stderr
         if info.is_main:
             amp = "bf16 autocast" if trainer.amp_dtype else "fp32"

@@ -46,10 +46,6 @@ class TrainConfig:
     # an untied output layer's lr = lr x this (model.tie_embeddings = false): next-token statistics learn fast
     # there without raising the lr of the blocks that the sentence space shares
     head_lr_scale: float = 1.0
-    # continued pretraining (init_from): the base run's weights (the blocks and the vocabulary rows it had) learn
-    # at this times their lr, the rows of an extended vocabulary at the full lr (`BaseRowsStep`): below 1 the old
-    # languages forget less while the new language's rows learn as fast
-    base_lr_scale: float = 1.0
     min_lr: float = 1e-4  # where the cosine ends
     warmup_steps: int = 100  # linear warmup from 0 over this many steps
     weight_decay: float = 0.1  # AdamW decay of matrices and embeddings (never biases or norms)
@@ -140,9 +136,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not self.max_steps and not self.max_tokens and not self.max_minutes:
             raise ValueError("set a training budget: max_steps, max_tokens or max_minutes (e.g. train.max_minutes=10)")
-        if not 0 < self.base_lr_scale <= 1 or (self.base_lr_scale != 1 and not self.init_from):
-            raise ValueError(f"base_lr_scale must be in (0, 1] and applies to continued pretraining "
-                             f"(train.init_from), not {self.base_lr_scale}")
         if not self.lr > 0 or self.min_lr > self.lr:
             raise ValueError(f"need lr > 0 and min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -190,39 +183,11 @@ def adamw(params: list[nn.Parameter], device: torch.device, weight_decay: float,
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
     wanted = {id(p) for p in params}
-    for ps, scale in lr_scales:
-        ps = [p for p in ps if id(p) in wanted]
-        groups.append({"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale})
-        if any(p.dim() < 2 for p in ps):  # a group of norms and biases: not decayed either
-            groups.append({"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
+    groups += [{"params": [p for p in ps if id(p) in wanted], "weight_decay": weight_decay, "lr_scale": scale}
+               for ps, scale in lr_scales]
     if torch.device(device).type in ("cpu", "cuda"):
         try:
             return torch.optim.AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):  # fused not available for these tensors
             pass
     return torch.optim.AdamW(groups, **kwargs)
-
-
-class BaseRowsStep:
-    """Continued pretraining over an extended vocabulary: the first `rows` rows of a weight (the ids the base run
-    had) step `scale` times what the optimizer stepped them, the rows added after them the full step.
-
-        keep = BaseRowsStep([(wte.weight, 8000), (lm_out.weight, 8000)], scale=1/3)
-        keep.before(); optimizer.step(); keep.after()
-
-    AdamW's update of a row is lr x (its moments' ratio + decay), and the moments do not depend on lr, so a
-    scaled update is exactly the row trained at lr x scale: the rows of one matrix get two learning rates."""
-
-    def __init__(self, weights: Sequence[tuple[nn.Parameter, int]], scale: float):
-        self.weights = [(w, n) for w, n in weights if n > 0]
-        self.scale = scale
-        self._saved: list[torch.Tensor] = []
-
-    def before(self) -> None:
-        self._saved = [w.detach()[:n].clone() for w, n in self.weights]
-
-    @torch.no_grad()
-    def after(self) -> None:
-        for (w, n), old in zip(self.weights, self._saved, strict=True):
-            w[:n].lerp_(old, 1.0 - self.scale)  # old + scale x (stepped - old)
-        self._saved = []

@@ -62,7 +62,7 @@ from xling.errors import XlingError
 from xling.langs import pivot_lang
 from xling.precision import autocast_dtype
 from xling.resume import Resumable
-from xling.train_config import BaseRowsStep, TrainConfig, adamw, compiles, warmup_cosine
+from xling.train_config import TrainConfig, adamw, compiles, warmup_cosine
 
 _OBJ, _EVAL = 1, 4  # sub-stream ids of the seed (SeedSequence); 2 and 3 are RngSlot's
 
@@ -151,10 +151,8 @@ class Trainer(Resumable):
 
     def __init__(self, model: nn.Module, objectives: dict[str, nn.Module], shards, cfg: TrainConfig, *,
                  run_dir: str | Path | None = None, seed: int = 0, info: xdist.DistInfo | None = None,
-                 tokenizer_sha256: str = "", config: dict | None = None, langs: list[str] | None = None,
-                 base_rows: dict[str, int] | None = None):
+                 tokenizer_sha256: str = "", config: dict | None = None, langs: list[str] | None = None):
         self.cfg, self.shards, self.seed = cfg, shards, seed
-        self.base_rows = base_rows or {}  # continued pretraining: weight name -> rows the base run had
         self.info = info or xdist.DistInfo()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tokenizer_sha256 = tokenizer_sha256
@@ -177,7 +175,7 @@ class Trainer(Resumable):
         self.compiles = compiles(cfg)  # train.compile, "auto" decided by the budget
         if self.compiles:
             self.module.compile()
-        self.optimizer, self.base_step = self._make_optimizer()
+        self.optimizer = self._make_optimizer()
         self.amp_dtype = autocast_dtype(cfg.precision, dev, width=model.cfg.d_model)
 
         self.obj_rng = np.random.default_rng([seed, _OBJ])
@@ -199,28 +197,15 @@ class Trainer(Resumable):
 
     # ------------------------------------------------------------------ setup
 
-    def _make_optimizer(self) -> tuple[torch.optim.Optimizer, BaseRowsStep | None]:
-        """AdamW with the lr scales of train.embed_lr_scale / head_lr_scale, and for train.base_lr_scale the base
-        run's blocks in a slower group and its vocabulary rows slowed by a `BaseRowsStep`."""
+    def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         scales = []
         if cfg.embed_lr_scale != 1.0:
             scales.append(([self.model.wte.weight], cfg.embed_lr_scale))
         if cfg.head_lr_scale != 1.0 and getattr(self.model, "lm_out", None) is not None:
             scales.append(([self.model.lm_out.weight], cfg.head_lr_scale))
-        base_step = None
-        if cfg.base_lr_scale != 1.0:
-            if xdist.is_fsdp(self.wrapped) and self.info.distributed:
-                raise XlingError("train.base_lr_scale is not supported with train.dist=fsdp (the vocabulary rows are "
-                                 "sharded); use train.dist=ddp for continued pretraining")
-            named = dict(self.model.named_parameters())
-            rows = [(named[k], n) for k, n in self.base_rows.items() if k in named]
-            own = {id(w) for w, _ in rows} | {id(p) for ps, _ in scales for p in ps}
-            scales.append(([p for p in self.model.parameters() if id(p) not in own], cfg.base_lr_scale))
-            base_step = BaseRowsStep(rows, cfg.base_lr_scale)
-        opt = adamw([p for p in self.module.parameters() if p.requires_grad], self.info.device,
-                    weight_decay=cfg.weight_decay, lr_scales=scales, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-        return opt, base_step
+        return adamw([p for p in self.module.parameters() if p.requires_grad], self.info.device,
+                     weight_decay=cfg.weight_decay, lr_scales=scales, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -303,10 +288,6 @@ class Trainer(Resumable):
             if self.info.is_main:
                 print(f"xling pretrain: step {self.step_no + 1}: gradient norm is {grad_norm} (objective "
                       f"{name}); skipped this update", file=sys.stderr)
-        elif self.base_step is not None:
-            self.base_step.before()
-            self.optimizer.step()
-            self.base_step.after()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
