@@ -21,7 +21,7 @@ from xling.tasks.retrieval.mine import (
     mine_eval_run,
 )
 
-from .conftest import tiny_segments
+from .conftest import join_gloo, tiny_segments
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
@@ -398,8 +398,6 @@ def _mine_worker(rank: int, world: int, root: str) -> None:
     import json
 
     from xling.tasks.retrieval.mine import run_mine
-
-    from .conftest import join_gloo
 
     join_gloo(rank, world, f"{root}/gloo-store")
     out = {}

@@ -21,6 +21,7 @@ from xling.tasks.retrieval.retrieve import (
     write_vectors,
 )
 
+from .conftest import join_gloo
 from .test_mine import build_tiny_run
 
 SPECIALS = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "mask": 4}
@@ -272,8 +273,6 @@ def test_retrieve_backend_faiss_equals_exact_or_says_how_to_install(tmp_path, ca
 
 def _embed_worker(rank: int, world: int, run: str, src: str, out: str, result: str) -> None:
     from xling.tasks.retrieval.embed import run_embed
-
-    from .conftest import join_gloo
 
     join_gloo(rank, world, f"{result}.gloo-store", XLING_PRECISION_TABLE="fp32")
     try:
