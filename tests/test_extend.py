@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from xling.config import read_toml
 from xling.encode import embed_texts, encode
 from xling.errors import XlingError
 from xling.extend import extend_model, extend_tokenizer, piece_parts
 from xling.generate import encode_prompts
 from xling.model import ModelConfig, Transformer
+from xling.registry import load_config
 from xling.tasks.translate.data import make_batch, tsv_examples
 from xling.tokenizer import FIRST_TAG, TokenizerConfig, build_tokenizer, lang_index, lang_tag, special_ids, tag_langs
 
@@ -134,9 +136,10 @@ def added_run(tmp_path_factory):
     assert main(["tokenizer", "--run", str(base), "tokenizer.vocab_size=300"]) == 0
     assert main(["shard", "--run", str(base)]) == 0
     assert main(["pretrain", "--run", str(base), *TINY_RUN, "train.max_steps=150"]) == 0
-    for run, replay in ((out, "0.5"), (forgetful, "0")):
+    for run, replay in ((out, "0.5"), (forgetful, "0")):  # the base's mix (--pair-weight 1): replay alone differs
         assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(run), "--minutes", "0",
-                     "--replay", replay, "--pieces", "60", "tokenizer.min_frequency=1", "train.max_steps=40"]) == 0
+                     "--replay", replay, "--pair-weight", "1", "--pieces", "60", "tokenizer.min_frequency=1",
+                     "train.max_steps=40"]) == 0
     return base, out, forgetful
 
 
@@ -172,6 +175,15 @@ def test_add_language_makes_a_run_with_every_old_id(added_run):
     base_model, _ = load_run(base)
     assert model.cfg.vocab_size == base_model.cfg.vocab_size == 8000  # the tiny model's spare rows hold the new ids
     assert json.loads((out / "corpus" / "meta.json").read_text())["langs"] == ["en", "fr", "ru"]
+    assert read_toml(out / "config.toml", "config")["train"]["objectives"] == {"clm": 1.0, "contrastive": 1.0}
+
+
+def test_added_mix_weighs_only_the_pair_objectives():
+    from xling.stages import added_mix
+
+    mix = added_mix({"clm": 2.0, "mlm": 0.5, "contrastive": 1.0, "tlm": 0.25}, 3.0)
+    assert mix == "train.objectives={clm = 2.0, mlm = 0.5, contrastive = 3.0, tlm = 0.75}"
+    assert load_config(None, [mix]).train.objectives == {"clm": 2.0, "mlm": 0.5, "contrastive": 3.0, "tlm": 0.75}
 
 
 def test_add_language_refuses_bad_input(added_run, tmp_path, capsys):
@@ -192,6 +204,10 @@ def test_add_language_refuses_bad_input(added_run, tmp_path, capsys):
     assert "--pivot de is not a language of" in capsys.readouterr().err
     assert main([*bt, "--bt-lines", "0"]) == 2
     assert "--bt-lines must be at least 1" in capsys.readouterr().err
+    for weight in ("0", "nan", "-1"):
+        assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(tmp_path / "x"),
+                     "--pair-weight", weight]) == 2
+        assert "--pair-weight multiplies the pair objectives' weights" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.phase1").exists()
 
 
@@ -213,6 +229,8 @@ def test_a_language_from_another_source_joins_the_base_corpus_as_it_is(added_run
                  "train.max_steps=3", "--source", "tsv", "--paths", str(tmp_path / "ru.tsv")]) == 0
     old, new = Corpus(base / "corpus"), Corpus(out / "corpus")
     assert new.langs == ["en", "fr", "ru"] and new.meta["source"] == "tsv"
+    # the base's clm 1 : contrastive 1, its pair objective at the default --pair-weight, 2x its weight
+    assert read_toml(out / "config.toml", "config")["train"]["objectives"] == {"clm": 1.0, "contrastive": 2.0}
     for split in SPLITS:
         assert new.texts(split, "fr") == old.texts(split, "fr")
         assert new.texts(split, "en")[:len(old.texts(split, "en"))] == old.texts(split, "en")
@@ -340,7 +358,7 @@ def test_the_same_command_with_a_larger_budget_continues_the_new_run(added_run, 
     shutil.copytree(out, again)
     capsys.readouterr()
     assert main(["add-language", "--run", str(base), "--lang", "ru", "--out", str(again), "--minutes", "0",
-                 "--pieces", "60", "tokenizer.min_frequency=1", "train.max_steps=44"]) == 0
+                 "--pair-weight", "1", "--pieces", "60", "tokenizer.min_frequency=1", "train.max_steps=44"]) == 0
     printed = capsys.readouterr()
     assert all(f"{stage}: up to date" in printed.out for stage in ("corpus", "tokenizer", "shard")), printed.out
     assert "resumed from step 40" in printed.err

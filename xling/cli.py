@@ -226,7 +226,8 @@ def cmd_add_language(args) -> int:
 
     _check_number(args.minutes, "--minutes", 0)
     summary = run_add_language(args.run, args.lang, args.out, minutes=args.minutes, replay=args.replay,
-                               init=args.init, pieces=args.pieces, source=args.source, paths=args.paths or (),
+                               init=args.init, pieces=args.pieces, pair_weight=args.pair_weight,
+                               source=args.source, paths=args.paths or (),
                                overrides=args.overrides, overwrite=args.overwrite,
                                back_translate=args.back_translate, pivot=args.pivot, bt_lines=args.bt_lines)
     print(f"add-language: {args.out} holds the model with {args.lang} ({summary.get('steps', '?')} steps); "
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new embedding rows: mean of the old pieces each new piece splits into (default), random, "
                         "or cross-language LSI of the aligned text mapped into the trained embeddings")
     p.add_argument("--pieces", type=int, default=2000, help="new vocabulary pieces (default 2000)")
+    p.add_argument("--pair-weight", type=float,
+                   help="the base's pair objectives (contrastive, tlm, ...) weigh this many times their weight "
+                        "against the others while the language is added (default 2; 1 = the base's mix)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out built from another config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for the new run")
     p.set_defaults(func=cmd_add_language)
