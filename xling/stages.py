@@ -433,9 +433,8 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
 
 
 # add-language: the base's pair objectives (contrastive, tlm, ...) weigh this many times their weight against the
-# others. A new language's place in the shared sentence space is what continued pretraining has least of; at the
-# demo recipe's 2:1 clm:contrastive it aligned Italian to 0.83x a from-scratch run, at 2:2 to 0.92x in the same
-# compute, and the old pairs gained instead of lost (docs/measurements.md, "The objective mix")
+# others: a new language's place in the shared sentence space is what the added minutes have least of, and the old
+# pairs keep theirs with it (measured: docs/measurements.md, "The objective mix while a language is added")
 PAIR_WEIGHT = 2.0
 
 
