@@ -1,10 +1,12 @@
 """xling.extend: a language added to a trained tokenizer and model keeps every existing id and weight."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from xling.config import read_toml
 from xling.encode import embed_texts, encode
@@ -105,6 +107,29 @@ def test_mean_init_is_the_mean_of_the_old_pieces(tok, extended):
     assert 0.01 < float(rnd.wte.weight.detach()[new_ids[1]:].std()) < 0.03  # N(0, 0.02)
     with pytest.raises(XlingError, match="init must be"):
         extend_model(model, tok, tok2, init="focus")
+
+
+@pytest.mark.parametrize("init", ["mean", "random"])
+def test_new_output_rows_start_at_the_old_mean_and_bound_the_old_loss(tok, extended, init):
+    """An untied output layer's new rows are the old rows' mean whatever the init, so on text of old ids the
+    next-token loss rises by at most log(1 + new / old ids) (Jensen: exp(mean logit) <= mean exp(logit))."""
+    tok2, new_ids = extended
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size(), n_langs=2,
+                                           tie_embeddings=False)).eval()
+    with torch.no_grad():  # a trained-looking head: rows far from their mean, so a careless start would show
+        model.lm_out.weight.mul_(20.0)
+    big = extend_model(model, tok, tok2, init=init).eval()
+    v, v2 = tok.get_vocab_size(), tok2.get_vocab_size()
+    out = big.lm_out.weight.detach()
+    torch.testing.assert_close(out[v:v2], model.lm_out.weight.detach().mean(0).expand(v2 - v, -1))
+    ids = torch.tensor([tok.encode(t).ids[:12] for t in (EN[0], FR[1], EN[2])])
+    x, y, lang = ids[:, :-1], ids[:, 1:], torch.zeros_like(ids[:, :-1])
+    with torch.no_grad():
+        old = F.cross_entropy(model.lm_head(model(x, lang_ids=lang)).flatten(0, 1), y.flatten(), reduction="none")
+        new = F.cross_entropy(big.lm_head(big(x, lang_ids=lang)).flatten(0, 1), y.flatten(), reduction="none")
+    rise = new - old
+    assert float(rise.min()) > 0 and float(rise.max()) <= math.log(1 + (v2 - v) / v) + 1e-5
 
 
 # ---------------------------------------------------------------------------- the whole command on a tiny run
