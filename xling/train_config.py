@@ -97,6 +97,12 @@ class TrainConfig:
     # aligned training text mapped into the trained embeddings (mean where a piece is not in it) (xling.extend)
     init_from: str = ""
     extend_init: str = "mean"
+    # continued pretraining with an extended vocabulary: the ids below old_vocab are the base model's (add-language
+    # sets it to the base tokenizer's size); their rows of the token embeddings and the output layer learn at
+    # old_vocab_lr_scale x their matrix's lr, the new ids' rows at the full rate: what the base learned of its own
+    # pieces moves slowly while the new language's pieces learn fast (0 = no old rows)
+    old_vocab: int = 0
+    old_vocab_lr_scale: float = 1.0
     tau: float = 0.05  # contrastive temperature
     margin: float = 0.0  # contrastive additive margin (LaBSE)
     # distill: the teacher of the English side, "use" (the multilingual USE, pip install 'xling[peer]') or a local
@@ -136,6 +142,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not self.max_steps and not self.max_tokens and not self.max_minutes:
             raise ValueError("set a training budget: max_steps, max_tokens or max_minutes (e.g. train.max_minutes=10)")
+        if not 0 < self.old_vocab_lr_scale <= 1:
+            raise ValueError(f"old_vocab_lr_scale must be in (0, 1], not {self.old_vocab_lr_scale}")
+        if self.old_vocab < 0:
+            raise ValueError(f"old_vocab must be >= 0, not {self.old_vocab}")
         if not self.lr > 0 or self.min_lr > self.lr:
             raise ValueError(f"need lr > 0 and min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

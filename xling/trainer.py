@@ -176,6 +176,7 @@ class Trainer(Resumable):
         if self.compiles:
             self.module.compile()
         self.optimizer = self._make_optimizer()
+        self.slow_rows = self._slow_rows()
         self.amp_dtype = autocast_dtype(cfg.precision, dev, width=model.cfg.d_model)
 
         self.obj_rng = np.random.default_rng([seed, _OBJ])
@@ -206,6 +207,27 @@ class Trainer(Resumable):
             scales.append(([self.model.lm_out.weight], cfg.head_lr_scale))
         return adamw([p for p in self.module.parameters() if p.requires_grad], self.info.device,
                      weight_decay=cfg.weight_decay, lr_scales=scales, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+    def _slow_rows(self) -> list[torch.Tensor]:
+        """The matrices whose rows of the base model's ids (train.old_vocab) learn at train.old_vocab_lr_scale of
+        their lr (`_step_optimizer`): the token embeddings and an untied output layer."""
+        cfg = self.cfg
+        if cfg.old_vocab_lr_scale == 1.0 or not cfg.old_vocab:
+            return []
+        if xdist.is_fsdp(self.wrapped) and self.info.distributed:
+            raise XlingError("train.old_vocab_lr_scale needs whole embedding matrices on each process: use "
+                             "train.dist=\"ddp\" (or old_vocab_lr_scale=1) with FSDP")
+        head = getattr(self.model, "lm_out", None)
+        return [self.model.wte.weight] + ([head.weight] if head is not None else [])
+
+    def _step_optimizer(self) -> None:
+        """optimizer.step(), the old vocabulary's rows moved old_vocab_lr_scale of the way: AdamW's update
+        (decoupled decay included) is linear in the lr, so this is exactly those rows at that share of the lr."""
+        slow = [m.detach()[:self.cfg.old_vocab] for m in self.slow_rows]  # (old_vocab, d) views
+        before = [rows.clone() for rows in slow]
+        self.optimizer.step()
+        for rows, old in zip(slow, before, strict=True):
+            rows.copy_(old.lerp_(rows, self.cfg.old_vocab_lr_scale))
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -289,7 +311,7 @@ class Trainer(Resumable):
                 print(f"xling pretrain: step {self.step_no + 1}: gradient norm is {grad_norm} (objective "
                       f"{name}); skipped this update", file=sys.stderr)
         else:
-            self.optimizer.step()
+            self._step_optimizer()
         self.optimizer.zero_grad(set_to_none=True)
 
         # one all-reduce per step: tokens, wall time, loss; every rank gets the same totals
