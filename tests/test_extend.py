@@ -15,6 +15,7 @@ from xling.extend import extend_model, extend_tokenizer, piece_parts
 from xling.generate import encode_prompts
 from xling.model import ModelConfig, Transformer
 from xling.registry import load_config
+from xling.stages import OLD_VOCAB_HEAD_LR_SCALE
 from xling.tasks.translate.data import make_batch, tsv_examples
 from xling.tokenizer import FIRST_TAG, TokenizerConfig, build_tokenizer, lang_index, lang_tag, special_ids, tag_langs
 
@@ -200,7 +201,9 @@ def test_add_language_makes_a_run_with_every_old_id(added_run):
     base_model, _ = load_run(base)
     assert model.cfg.vocab_size == base_model.cfg.vocab_size == 8000  # the tiny model's spare rows hold the new ids
     assert json.loads((out / "corpus" / "meta.json").read_text())["langs"] == ["en", "fr", "ru"]
-    assert read_toml(out / "config.toml", "config")["train"]["objectives"] == {"clm": 1.0, "contrastive": 1.0}
+    train = read_toml(out / "config.toml", "config")["train"]
+    assert train["objectives"] == {"clm": 1.0, "contrastive": 1.0}
+    assert (train["old_vocab"], train["old_vocab_head_lr_scale"]) == (v, OLD_VOCAB_HEAD_LR_SCALE)  # the base's ids
 
 
 def test_added_mix_weighs_only_the_pair_objectives():

@@ -436,6 +436,11 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
 # others: a new language's place in the shared sentence space is what the added minutes have least of, and the old
 # pairs keep theirs with it (measured: docs/measurements.md, "The objective mix while a language is added")
 PAIR_WEIGHT = 2.0
+# add-language: an untied output layer's rows of the base vocabulary learn at this share of its lr
+# (train.old_vocab_head_lr_scale), the new pieces' rows at the full rate: the old languages' next-token statistics
+# move slowly while the new language's pieces learn fast (measured: docs/measurements.md, "The output layer's new
+# rows, and the learning rates of the blocks and the head")
+OLD_VOCAB_HEAD_LR_SCALE = 0.3
 
 
 def added_mix(objectives: dict[str, float], pair_weight: float) -> str:
@@ -497,6 +502,8 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
     extra = [*from_source, f"corpus.langs=[{', '.join(json.dumps(lg) for lg in [*langs, lang])}]",
              f"tokenizer.extend={json.dumps(str(base))}", f"tokenizer.extend_pieces={pieces}",
              f"train.init_from={json.dumps(str(base))}", f"train.extend_init={json.dumps(init)}",
+             f"train.old_vocab={json.loads((base / 'tokenizer' / 'meta.json').read_text())['vocab_size']}",
+             f"train.old_vocab_head_lr_scale={OLD_VOCAB_HEAD_LR_SCALE}",
              f"train.max_minutes={minutes}", "train.max_steps=0", "train.max_tokens=0",
              f"train.lang_shares={{{json.dumps(lang)} = {1 - replay}}}",
              added_mix(load_config(None, [], base=saved).train.objectives, pair_weight)]

@@ -98,11 +98,12 @@ class TrainConfig:
     init_from: str = ""
     extend_init: str = "mean"
     # continued pretraining with an extended vocabulary: the ids below old_vocab are the base model's (add-language
-    # sets it to the base tokenizer's size); their rows of the token embeddings and the output layer learn at
-    # old_vocab_lr_scale x their matrix's lr, the new ids' rows at the full rate: what the base learned of its own
-    # pieces moves slowly while the new language's pieces learn fast (0 = no old rows)
+    # sets it to the base tokenizer's size); their rows of an untied output layer learn at old_vocab_head_lr_scale
+    # x the head's lr, the new ids' rows at the head's full rate: the old languages' next-token statistics move
+    # slowly while the new language's pieces learn fast (0 = no old rows). The input embeddings keep one rate: the
+    # new language reads its text through the old pieces' rows too
     old_vocab: int = 0
-    old_vocab_lr_scale: float = 1.0
+    old_vocab_head_lr_scale: float = 1.0
     tau: float = 0.05  # contrastive temperature
     margin: float = 0.0  # contrastive additive margin (LaBSE)
     # distill: the teacher of the English side, "use" (the multilingual USE, pip install 'xling[peer]') or a local
@@ -142,8 +143,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not self.max_steps and not self.max_tokens and not self.max_minutes:
             raise ValueError("set a training budget: max_steps, max_tokens or max_minutes (e.g. train.max_minutes=10)")
-        if not 0 < self.old_vocab_lr_scale <= 1:
-            raise ValueError(f"old_vocab_lr_scale must be in (0, 1], not {self.old_vocab_lr_scale}")
+        if not 0 < self.old_vocab_head_lr_scale <= 1:
+            raise ValueError(f"old_vocab_head_lr_scale must be in (0, 1], not {self.old_vocab_head_lr_scale}")
         if self.old_vocab < 0:
             raise ValueError(f"old_vocab must be >= 0, not {self.old_vocab}")
         if not self.lr > 0 or self.min_lr > self.lr:

@@ -209,25 +209,25 @@ class Trainer(Resumable):
                      weight_decay=cfg.weight_decay, lr_scales=scales, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
     def _slow_rows(self) -> list[torch.Tensor]:
-        """The matrices whose rows of the base model's ids (train.old_vocab) learn at train.old_vocab_lr_scale of
-        their lr (`_step_optimizer`): the token embeddings and an untied output layer."""
-        cfg = self.cfg
-        if cfg.old_vocab_lr_scale == 1.0 or not cfg.old_vocab:
+        """The output layer whose rows of the base model's ids (train.old_vocab) learn at
+        train.old_vocab_head_lr_scale of its lr (`_step_optimizer`): an untied one only (tied, it is the input
+        embeddings too), or none."""
+        cfg, head = self.cfg, getattr(self.model, "lm_out", None)
+        if cfg.old_vocab_head_lr_scale == 1.0 or not cfg.old_vocab or head is None:
             return []
         if xdist.is_fsdp(self.wrapped) and self.info.distributed:
-            raise XlingError("train.old_vocab_lr_scale needs whole embedding matrices on each process: use "
-                             "train.dist=\"ddp\" (or old_vocab_lr_scale=1) with FSDP")
-        head = getattr(self.model, "lm_out", None)
-        return [self.model.wte.weight] + ([head.weight] if head is not None else [])
+            raise XlingError("train.old_vocab_head_lr_scale needs the whole output layer on each process: use "
+                             "train.dist=\"ddp\" (or old_vocab_head_lr_scale=1) with FSDP")
+        return [head.weight]
 
     def _step_optimizer(self) -> None:
-        """optimizer.step(), the old vocabulary's rows moved old_vocab_lr_scale of the way: AdamW's update
+        """optimizer.step(), the old vocabulary's rows moved old_vocab_head_lr_scale of the way: AdamW's update
         (decoupled decay included) is linear in the lr, so this is exactly those rows at that share of the lr."""
         slow = [m.detach()[:self.cfg.old_vocab] for m in self.slow_rows]  # (old_vocab, d) views
         before = [rows.clone() for rows in slow]
         self.optimizer.step()
         for rows, old in zip(slow, before, strict=True):
-            rows.copy_(old.lerp_(rows, self.cfg.old_vocab_lr_scale))
+            rows.copy_(old.lerp_(rows, self.cfg.old_vocab_head_lr_scale))
 
     def autocast(self):
         if self.amp_dtype is None:
