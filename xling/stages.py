@@ -464,7 +464,8 @@ def run_add_language(base: str | Path, lang: str, out: str | Path, *, minutes: f
     tokenizer.extend); its model starts from the base's (new rows by `init`, train.init_from) and trains `minutes`
     more with the old languages replayed in `replay` of the rows (train.lang_shares = {lang: 1 - replay}) and the
     base's pair objectives weighted `pair_weight` (default PAIR_WEIGHT) times their weight against the others
-    (`added_mix`). Later stages (evaluate, report, export) treat it as any run. With `back_translate`, see
+    (`added_mix`), and an untied output layer's rows of the base's ids at OLD_VOCAB_HEAD_LR_SCALE of its lr
+    (train.old_vocab). Later stages (evaluate, report, export) treat it as any run. With `back_translate`, see
     `_add_back_translated`.
     Returns the pretraining summary."""
     from xling.checkpoint import list_checkpoints
