@@ -125,7 +125,7 @@ def test_the_old_vocabulary_output_rows_learn_at_their_share_of_the_lr(tiny_run)
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
     slow.step()  # and the next steps run on
     assert all(torch.isfinite(p).all() for p in slow.model.parameters())
-    assert make_trainer(sh, old_vocab=old, old_vocab_head_lr_scale=0.25).slow_rows == []  # tied
+    assert make_trainer(sh, old_vocab=old, old_vocab_head_lr_scale=0.25).slow_head is None  # tied
 
 
 def test_clm_loss_falls_and_bpc_improves(tiny_run):

@@ -438,8 +438,8 @@ def run_demo(run_dir: str | Path, *, config: str | None = None, minutes: float |
 PAIR_WEIGHT = 2.0
 # add-language: an untied output layer's rows of the base vocabulary learn at this share of its lr
 # (train.old_vocab_head_lr_scale), the new pieces' rows at the full rate: the old languages' next-token statistics
-# move slowly while the new language's pieces learn fast (measured: docs/measurements.md, "The output layer's new
-# rows, and the learning rates of the blocks and the head")
+# move slowly while the new language's pieces learn fast (measured: docs/measurements.md, "The base vocabulary's
+# output rows at a third of the head's lr")
 OLD_VOCAB_HEAD_LR_SCALE = 0.3
 
 

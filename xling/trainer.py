@@ -176,7 +176,7 @@ class Trainer(Resumable):
         if self.compiles:
             self.module.compile()
         self.optimizer = self._make_optimizer()
-        self.slow_rows = self._slow_rows()
+        self.slow_head = self._slow_head()
         self.amp_dtype = autocast_dtype(cfg.precision, dev, width=model.cfg.d_model)
 
         self.obj_rng = np.random.default_rng([seed, _OBJ])
@@ -208,26 +208,28 @@ class Trainer(Resumable):
         return adamw([p for p in self.module.parameters() if p.requires_grad], self.info.device,
                      weight_decay=cfg.weight_decay, lr_scales=scales, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
-    def _slow_rows(self) -> list[torch.Tensor]:
+    def _slow_head(self) -> torch.Tensor | None:
         """The output layer whose rows of the base model's ids (train.old_vocab) learn at
         train.old_vocab_head_lr_scale of its lr (`_step_optimizer`): an untied one only (tied, it is the input
-        embeddings too), or none."""
+        embeddings too), or None."""
         cfg, head = self.cfg, getattr(self.model, "lm_out", None)
         if cfg.old_vocab_head_lr_scale == 1.0 or not cfg.old_vocab or head is None:
-            return []
+            return None
         if xdist.is_fsdp(self.wrapped) and self.info.distributed:
             raise XlingError("train.old_vocab_head_lr_scale needs the whole output layer on each process: use "
                              "train.dist=\"ddp\" (or old_vocab_head_lr_scale=1) with FSDP")
-        return [head.weight]
+        return head.weight
 
     def _step_optimizer(self) -> None:
-        """optimizer.step(), the old vocabulary's rows moved old_vocab_head_lr_scale of the way: AdamW's update
-        (decoupled decay included) is linear in the lr, so this is exactly those rows at that share of the lr."""
-        slow = [m.detach()[:self.cfg.old_vocab] for m in self.slow_rows]  # (old_vocab, d) views
-        before = [rows.clone() for rows in slow]
+        """optimizer.step(), the old vocabulary's output rows moved old_vocab_head_lr_scale of the way: AdamW's
+        update (decoupled decay included) is linear in the lr, so this is those rows at that share of the lr."""
+        if self.slow_head is None:
+            self.optimizer.step()
+            return
+        rows = self.slow_head.detach()[:self.cfg.old_vocab]  # (old_vocab, d), a view
+        before = rows.clone()
         self.optimizer.step()
-        for rows, old in zip(slow, before, strict=True):
-            rows.copy_(old.lerp_(rows, self.cfg.old_vocab_head_lr_scale))
+        rows.copy_(before.lerp_(rows, self.cfg.old_vocab_head_lr_scale))
 
     def autocast(self):
         if self.amp_dtype is None:
