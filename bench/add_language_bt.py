@@ -11,6 +11,8 @@
    chapters' verses in the pivot and the new language, aligned by their Bible keys (which the runs never saw):
    top-1 retrieval each way, beside chance (1 / verses) and the same for the base's languages (en<->fr), so a
    change in the new language is read beside what the old ones kept.
+4. How good the back-translations were: chrF against the pivot verses they translate (by the same keys), beside
+   the same translations against those verses shuffled.
 Last line: `name=value` pairs.
 """
 
@@ -92,6 +94,8 @@ def main() -> None:
             row += [f"{fwd:.3f}", f"{bwd:.3f}"]
             out[f"{name.split()[0]}_{a}{b}"] = round((fwd + bwd) / 2, 4)
         rows.append(row)
+    quality = translation_quality(runs["with back-translation"], corpus, args.lang, args.pivot)
+    out.update(quality)
     n = len(aligned(args.pivot, args.lang)[0])
     print(f"{n} test verses {args.pivot}-{args.lang} (chance {1 / n:.4f}); {args.steps} steps each run; "
           f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
@@ -100,7 +104,35 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print(f"the {quality['bt_kept']:,} kept back-translations against the {args.pivot} verses they translate: chrF "
+          f"{quality['bt_chrf']:.1f}; against the {args.pivot} verses shuffled (what unrelated {args.pivot} scores) "
+          f"{quality['bt_chrf_shuffled']:.1f}")
     print(" ".join(f"{k}={v}" for k, v in out.items()) + f" chance={1 / n:.4f} n={n}")
+
+
+def translation_quality(run: Path, corpus, lang: str, pivot: str) -> dict:
+    """chrF of the kept back-translations against the true pivot verses of the lines they translate (the Bible keys
+    the run never saw: the synthetic id `<lang>:<i>` is line i of the text file, written from the held-out corpus's
+    train verses in order), beside the same hypotheses against those references shuffled (the baseline: fluent
+    pivot text about something else)."""
+    import json
+    import random
+
+    from xling.metrics import chrf
+
+    keys = corpus.keys("train", lang)
+    truth = dict(zip(corpus.keys("train", pivot), corpus.texts("train", pivot), strict=True))
+    hyps, refs = [], []
+    for line in (Path(f"{run}.phase1") / f"back-translated.{pivot}.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        key = keys[int(record["id"].rsplit(":", 1)[1]) - 1]
+        if key in truth:
+            hyps.append(record["text"])
+            refs.append(truth[key])
+    shuffled = refs[:]
+    random.Random(0).shuffle(shuffled)
+    return {"bt_kept": len(hyps), "bt_chrf": round(chrf(hyps, [refs], pivot)[0], 2),
+            "bt_chrf_shuffled": round(chrf(hyps, [shuffled], pivot)[0], 2)}
 
 
 if __name__ == "__main__":
