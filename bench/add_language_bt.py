@@ -19,6 +19,8 @@ Last line: `name=value` pairs.
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import subprocess
 import sys
 import time
@@ -115,9 +117,6 @@ def translation_quality(run: Path, corpus, lang: str, pivot: str) -> dict:
     the run never saw: the synthetic id `<lang>:<i>` is line i of the text file, written from the held-out corpus's
     train verses in order), beside the same hypotheses against those references shuffled (the baseline: fluent
     pivot text about something else)."""
-    import json
-    import random
-
     from xling.metrics import chrf
 
     keys = corpus.keys("train", lang)
